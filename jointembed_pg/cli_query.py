@@ -1,0 +1,113 @@
+"""``jointembed search`` and ``jointembed eval``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .cli import (DEFAULT_COLLECTION, _errors, _progress, bundle_option, cli, collection_option,
+                  dsn_option, json_option, progress_option)
+
+_TARGET = {"images": "image", "texts": "text"}
+
+
+@cli.group()
+def search():
+    """Cross-modal search: a sentence or an image against stored images or captions."""
+
+
+def _search_options(default_target):
+    def deco(f):
+        for opt in reversed([
+            click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, 1000), help="Hits to return."),
+            click.option("--target", type=click.Choice(list(_TARGET)), default=default_target, show_default=True,
+                         help="Search stored images or stored captions."),
+            collection_option, dsn_option, bundle_option,
+            click.option("--ef-search", type=click.IntRange(1, 1000), default=None, help="HNSW ef_search for this query."),
+            click.option("--exact", is_flag=True, help="Exact scan (no index)."),
+            click.option("--html", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                         help="Also write an HTML page with thumbnails of the hits."),
+            json_option,
+        ]):
+            f = opt(f)
+        return f
+    return deco
+
+
+def _print_hits(label, hits, as_json):
+    if as_json:
+        for h in hits:
+            click.echo(json.dumps({"id": h.id, "key": h.key, "modality": h.modality, "distance": float(h.distance),
+                                   "source": h.source, "text": h.text}))
+        return
+    click.echo(f"{label}")
+    for rank, h in enumerate(hits, 1):
+        what = h.text if h.modality == "text" else (h.source or h.key)
+        click.echo(f"  {rank:>3}. {h.distance:.4f}  {what}")
+
+
+def _run_search(obj, vec, label, query_image, query_text, k, target, collection, dsn, bundle, ef_search, exact, html, as_json):
+    coll = obj.store(dsn).collection(collection, model_id=bundle.model_id, dim=bundle.dim)
+    hits = coll.search_vector(vec, target=_TARGET[target], k=k, ef_search=ef_search, exact=exact)
+    _print_hits(label, hits, as_json)
+    if html:
+        from .gallery import write_gallery
+
+        write_gallery(html, [{"label": label, "query_image": query_image, "query_text": query_text, "hits": hits}])
+        if not as_json:
+            click.echo(f"wrote {html}", err=True)
+
+
+@search.command("text")
+@click.argument("query")
+@_search_options("images")
+@click.pass_obj
+def search_text(obj, query, k, target, collection, dsn, bundle_name, ef_search, exact, html, as_json):
+    """Find stored images (or captions) closest to the sentence QUERY (L2 distance)."""
+    with _errors():
+        bundle = obj.bundle(bundle_name)
+        vec = bundle.encode_texts([query])[0]
+        _run_search(obj, vec, f"text: {query}", None, query, k, target, collection, dsn, bundle,
+                    ef_search, exact, html, as_json)
+
+
+@search.command("image")
+@click.argument("path", type=click.Path(path_type=Path))
+@_search_options("texts")
+@click.pass_obj
+def search_image(obj, path, k, target, collection, dsn, bundle_name, ef_search, exact, html, as_json):
+    """Find stored captions (or images) closest to the image at PATH (L2 distance)."""
+    with _errors():
+        bundle = obj.bundle(bundle_name)
+        vec = bundle.encode_images([path])[0]
+        _run_search(obj, vec, f"image: {path}", str(path), None, k, target, collection, dsn, bundle,
+                    ef_search, exact, html, as_json)
+
+
+@cli.command("eval")
+@click.option("--data-dir", required=True, type=click.Path(path_type=Path), help="Flickr8K-layout directory.")
+@click.option("--split", type=click.Choice(["train", "dev", "test"]), default="test", show_default=True)
+@click.option("--collection", default=None, help="Collection to write the split into [default: flickr8k_<split>].")
+@dsn_option
+@bundle_option
+@json_option
+@progress_option
+@click.pass_obj
+def eval_cmd(obj, data_dir, split, collection, dsn, bundle_name, as_json, progress):
+    """Index a Flickr8K split through Postgres and report R@1/5/10 (i2t, t2i), medr and rsum."""
+    from .evaluate import evaluate_split
+
+    with _errors():
+        bundle = obj.bundle(bundle_name)
+        name = collection or f"flickr8k_{split}"
+        coll = obj.store(dsn).collection(name, model_id=bundle.model_id, dim=bundle.dim, create=True)
+        res = evaluate_split(coll, bundle, data_dir, split, progress=_progress(progress))
+    m = res.metrics
+    if as_json:
+        click.echo(json.dumps({**m, "split": split, "model_id": bundle.model_id, "collection": name}))
+        return
+    click.echo(f"Flickr8K {split} via Postgres ({res.images.total} images, {res.texts.total} captions), model {bundle.model_id}")
+    for d in ("i2t", "t2i"):
+        click.echo(f"  {d}: R@1 {m[f'{d}_R@1']:6.2f}  R@5 {m[f'{d}_R@5']:6.2f}  R@10 {m[f'{d}_R@10']:6.2f}  medr {m[f'{d}_medr']:g}")
+    click.echo(f"  rsum {m['rsum']:.2f}")

@@ -1,0 +1,227 @@
+"""Batch ingest: decode -> encode -> write, overlapped, resumable, one bad item never fatal.
+
+``index_images`` and ``index_texts`` take records from :mod:`jointembed_pg.readers`, skip
+items whose content hash is already stored for the collection's model (so a rerun after
+a crash resumes instead of starting over), embed the rest in batches with the bundle's
+ONNX encoders, and upsert each batch in one transaction. Decoding runs in a thread pool
+ahead of the encoder and writes run on a writer thread behind it, so the encoder stays
+busy (Pillow, onnxruntime and psycopg all release the GIL).
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+
+import numpy as np
+
+from . import preprocess
+from .errors import InputError, JointEmbedError
+from .readers import PathRecord, TextRecord
+
+T = TypeVar("T")
+
+IMAGE_BATCH = 32
+TEXT_BATCH = 256
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An item that could not be embedded, with the reason (one line)."""
+
+    key: str
+    error: str
+
+
+@dataclass
+class IngestReport:
+    """What a batch job did. Times in seconds."""
+
+    modality: str
+    total: int = 0
+    written: int = 0
+    skipped: int = 0
+    failed: list[Failure] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        """JSON-ready form (``failed`` as a list of ``{key, error}``)."""
+        return {
+            "modality": self.modality, "total": self.total, "written": self.written,
+            "skipped": self.skipped, "failed": [f.__dict__ for f in self.failed],
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass(frozen=True)
+class Row:
+    """One embedded item ready to write. ``embedding``: ``(D,) float32``, L2 space."""
+
+    modality: str
+    key: str
+    source: str | None
+    text: str | None
+    content_hash: str
+    embedding: np.ndarray
+
+
+def sha256(data: bytes) -> str:
+    """Hex SHA-256 of ``data``: the content hash stored beside each embedding."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def _chunks(items: Iterable[T], n: int) -> Iterator[list[T]]:
+    buf: list[T] = []
+    for it in items:
+        buf.append(it)
+        if len(buf) == n:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+def _load_image(rec: PathRecord, spec: preprocess.ImageSpec) -> tuple[PathRecord, str, np.ndarray]:
+    if rec.error:
+        raise InputError(rec.error)
+    try:
+        size = rec.path.stat().st_size
+        if size > preprocess.MAX_FILE_BYTES:
+            raise InputError(f"{rec.path}: file is {size} bytes, over the {preprocess.MAX_FILE_BYTES}-byte limit")
+        data = rec.path.read_bytes()
+    except IsADirectoryError as e:
+        raise InputError(f"{rec.path}: is a directory, not an image file") from e
+    except OSError as e:
+        raise InputError(f"{rec.path}: cannot read ({e.strerror or e})") from e
+    return rec, sha256(data), preprocess.load(data if data else rec.path, spec)
+
+
+class _Writer:
+    """Runs ``write(rows)`` on one background thread, one batch in flight at a time."""
+
+    def __init__(self, write: Callable[[list[Row]], None]):
+        self._write = write
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="jointembed-writer")
+        self._pending: Future | None = None
+
+    def submit(self, rows: list[Row]) -> None:
+        self.wait()
+        if rows:
+            self._pending = self._pool.submit(self._write, sorted(rows, key=lambda r: r.key))
+
+    def wait(self) -> None:
+        if self._pending is not None:
+            fut, self._pending = self._pending, None
+            fut.result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
+def _progress(total: int | None, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="item", disable=not enabled, dynamic_ncols=True)
+
+
+def index_images(collection, bundle, records: Sequence[PathRecord], *, batch_size: int = IMAGE_BATCH,
+                 decode_threads: int = 2, progress: bool = True) -> IngestReport:
+    """Embed image files into ``collection`` (modality ``image``, key = resolved path).
+
+    Args:
+        collection: a :class:`jointembed_pg.store.Collection` (its model must be ``bundle``'s).
+        bundle: a :class:`jointembed_pg.bundle.Bundle`; images become ``(D,) float32``.
+        records: image paths (from :func:`readers.iter_image_paths`).
+    Returns:
+        an :class:`IngestReport`; unreadable, corrupt or oversized files are in ``failed``.
+    Raises:
+        DatabaseError / ModelMismatchError: the database write failed (nothing of that
+        batch is committed; a rerun resumes).
+    """
+    report, t0 = IngestReport("image", total=len(records)), time.perf_counter()
+    known = collection.content_hashes("image", [r.key for r in records if not r.error])
+    writer, bar = _Writer(collection.upsert), _progress(len(records), "images", progress)
+    pool = ThreadPoolExecutor(max(1, decode_threads), thread_name_prefix="jointembed-decode")
+    try:
+        futures = (pool.submit(_load_image, r, bundle.image_spec) for r in records)
+        for chunk in _chunks(zip(records, futures), batch_size):
+            loaded = []
+            for rec, fut in chunk:
+                try:
+                    loaded.append(fut.result())
+                except (InputError, OSError) as e:
+                    report.failed.append(Failure(rec.key, str(e)))
+            fresh = [(r, h, a) for r, h, a in loaded if known.get(r.key) != h]
+            report.skipped += len(loaded) - len(fresh)
+            rows = _embed_images(bundle, fresh, report)
+            writer.submit(rows)
+            report.written += len(rows)
+            bar.update(len(chunk))
+        writer.wait()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        writer.close()
+        bar.close()
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _embed_images(bundle, items, report: IngestReport) -> list[Row]:
+    if not items:
+        return []
+    try:
+        emb = bundle.encode_pixels(np.stack([a for _, _, a in items]))
+    except JointEmbedError:
+        if len(items) == 1:
+            raise
+        return [row for it in items for row in _embed_images(bundle, [it], report)]
+    return [Row("image", r.key, str(r.path), None, h, e) for (r, h, _), e in zip(items, emb)]
+
+
+def index_texts(collection, bundle, records: Iterable[TextRecord], *, batch_size: int = TEXT_BATCH,
+                progress: bool = True) -> IngestReport:
+    """Embed captions into ``collection`` (modality ``text``, key = the record's id).
+
+    Records with ``error`` set (bad lines) and captions the encoder refuses are reported
+    in ``failed``; the rest is written. Same contract as :func:`index_images`.
+    """
+    records = list(records)
+    report, t0 = IngestReport("text", total=len(records)), time.perf_counter()
+    good = [r for r in records if r.error is None]
+    report.failed.extend(Failure(r.key, r.error) for r in records if r.error is not None)
+    known = collection.content_hashes("text", [r.key for r in good])
+    writer, bar = _Writer(collection.upsert), _progress(len(records), "captions", progress)
+    bar.update(len(records) - len(good))
+    try:
+        for chunk in _chunks(good, batch_size):
+            hashed = [(r, sha256(r.text.encode("utf-8"))) for r in chunk]
+            fresh = [(r, h) for r, h in hashed if known.get(r.key) != h]
+            report.skipped += len(chunk) - len(fresh)
+            rows = _embed_texts(bundle, fresh, report)
+            writer.submit(rows)
+            report.written += len(rows)
+            bar.update(len(chunk))
+        writer.wait()
+    finally:
+        writer.close()
+        bar.close()
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _embed_texts(bundle, items, report: IngestReport) -> list[Row]:
+    if not items:
+        return []
+    try:
+        emb = bundle.encode_texts([r.text for r, _ in items])
+    except InputError as e:
+        if len(items) == 1:
+            report.failed.append(Failure(items[0][0].key, str(e)))
+            return []
+        return [row for it in items for row in _embed_texts(bundle, [it], report)]
+    return [Row("text", r.key, None, r.text, h, e) for (r, h), e in zip(items, emb)]

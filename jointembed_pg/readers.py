@@ -1,0 +1,219 @@
+"""Input readers: image paths, caption files, and the Flickr8K layout.
+
+Caption files (``jointembed index texts FILE``) come in three formats, chosen by suffix:
+
+* ``.jsonl`` / ``.ndjson``: one JSON object per line with ``id`` and ``text``;
+* ``.csv``: a header row with ``id`` and ``text`` columns;
+* anything else: a Flickr8K token file, ``<image>.jpg#<n><TAB><caption>`` per line.
+
+Readers never stop at a bad line: each one yields a :class:`TextRecord` with ``error``
+set (invalid UTF-8, a missing field, an empty caption), so the batch job records it and
+goes on.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from .errors import InputError
+
+#: File suffixes taken when a directory is walked (an explicitly named file is always tried).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
+
+TOKEN_FILE = "Flickr8k.token.txt"
+SPLIT_FILES = {
+    "train": "Flickr_8k.trainImages.txt",
+    "dev": "Flickr_8k.devImages.txt",
+    "test": "Flickr_8k.testImages.txt",
+}
+
+
+@dataclass(frozen=True)
+class TextRecord:
+    """One caption to embed. ``error`` is set (and ``text`` may be empty) for a bad line."""
+
+    key: str
+    text: str
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class PathRecord:
+    """One image path to embed. ``error`` is set when the path cannot be used at all."""
+
+    key: str
+    path: Path
+    error: str | None = None
+
+
+def iter_image_paths(paths: Iterable[str | Path]) -> Iterator[PathRecord]:
+    """Expand files and directories (recursively, sorted) into image path records.
+
+    The key of an image is its resolved absolute path. A path that does not exist is
+    yielded with ``error`` set rather than raised.
+    """
+    for p in paths:
+        path = Path(p).expanduser()
+        if not path.exists():
+            yield PathRecord(str(path), path, f"{path}: no such file or directory")
+        elif path.is_dir():
+            for f in sorted(path.rglob("*")):
+                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
+                    yield PathRecord(str(f.resolve()), f.resolve())
+        else:
+            yield PathRecord(str(path.resolve()), path.resolve())
+
+
+def clean_text(text: object, key: str = "<text>") -> str:
+    """Validate one caption: a non-blank ``str``; returns it stripped.
+
+    Raises:
+        InputError: not a string, or empty / whitespace-only.
+    """
+    if not isinstance(text, str):
+        raise InputError(f"{key}: caption is {type(text).__name__}, not text")
+    stripped = text.strip()
+    if not stripped:
+        raise InputError(f"{key}: empty caption")
+    return stripped
+
+
+def read_texts(path: str | Path) -> Iterator[TextRecord]:
+    """Yield the captions of a JSONL, CSV or Flickr8K token file (see module docstring).
+
+    Raises:
+        InputError: the file is missing, a directory, or holds no caption at all.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise InputError(f"{path}: no such caption file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, not a caption file")
+    lines = path.read_bytes().splitlines()
+    if not any(line.strip() for line in lines):
+        raise InputError(f"{path}: empty caption file")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        yield from _read_jsonl(path, lines)
+    elif suffix == ".csv":
+        yield from _read_csv(path, lines)
+    else:
+        yield from _read_token_file(path, lines)
+
+
+def _decode(path: Path, lineno: int, raw: bytes) -> str | TextRecord:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        key = f"{path.name}:{lineno}"
+        return TextRecord(key, "", f"{key}: invalid UTF-8 ({e.reason} at byte {e.start})")
+
+
+def _read_token_file(path: Path, lines: list[bytes]) -> Iterator[TextRecord]:
+    for lineno, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        line = _decode(path, lineno, raw)
+        if isinstance(line, TextRecord):
+            yield line
+            continue
+        key, sep, text = line.rstrip("\r\n").partition("\t")
+        if not sep:
+            yield TextRecord(f"{path.name}:{lineno}", "", f"{path.name}:{lineno}: no TAB between key and caption")
+        else:
+            yield _checked(key.strip(), text)
+
+
+def _read_jsonl(path: Path, lines: list[bytes]) -> Iterator[TextRecord]:
+    for lineno, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        line = _decode(path, lineno, raw)
+        if isinstance(line, TextRecord):
+            yield line
+            continue
+        where = f"{path.name}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield TextRecord(where, "", f"{where}: invalid JSON ({e.msg})")
+            continue
+        if not isinstance(obj, dict) or "id" not in obj or "text" not in obj:
+            yield TextRecord(where, "", f"{where}: needs the fields 'id' and 'text'")
+            continue
+        yield _checked(str(obj["id"]), obj["text"])
+
+
+def _read_csv(path: Path, lines: list[bytes]) -> Iterator[TextRecord]:
+    decoded: list[str] = []
+    for lineno, raw in enumerate(lines, 1):
+        line = _decode(path, lineno, raw)
+        if isinstance(line, TextRecord):
+            yield line
+            decoded.append("")
+        else:
+            decoded.append(line)
+    reader = csv.DictReader(io.StringIO("\n".join(decoded)))
+    if not reader.fieldnames or not {"id", "text"} <= set(reader.fieldnames):
+        raise InputError(f"{path}: CSV needs a header with 'id' and 'text' columns, found {reader.fieldnames}")
+    for row in reader:
+        if row.get("id") in (None, "") and not row.get("text"):
+            continue
+        yield _checked(str(row["id"]), row.get("text"))
+
+
+def _checked(key: str, text: object) -> TextRecord:
+    try:
+        return TextRecord(key, clean_text(text, key))
+    except InputError as e:
+        return TextRecord(key, "", str(e))
+
+
+@dataclass(frozen=True)
+class Flickr8kSplit:
+    """One split of a Flickr8K-layout directory.
+
+    Attributes:
+        image_paths: the split's image files, in split-file order.
+        captions: ``(key, caption)`` pairs, e.g. ``("1000268201_693b08cb0e.jpg#0", "A child ...")``.
+        caption_image_ids: ``(M,)`` index into ``image_paths`` of each caption's image.
+    """
+
+    image_paths: list[Path]
+    captions: list[tuple[str, str]]
+    caption_image_ids: list[int]
+
+
+def load_flickr8k(data_dir: str | Path, split: str) -> Flickr8kSplit:
+    """Read a Flickr8K-layout directory (``images/``, token file, split files).
+
+    Raises:
+        InputError: the directory, the token file, the split file or the images are missing,
+            or ``split`` is not one of train/dev/test.
+    """
+    root = Path(data_dir).expanduser()
+    if split not in SPLIT_FILES:
+        raise InputError(f"unknown split {split!r}; choose one of {', '.join(SPLIT_FILES)}")
+    if not root.is_dir():
+        raise InputError(f"data directory {root} does not exist (pass --data-dir DIR with a Flickr8K layout)")
+    for name in (TOKEN_FILE, SPLIT_FILES[split], "images"):
+        if not (root / name).exists():
+            raise InputError(f"{root} is not a Flickr8K-layout directory: {name} is missing")
+    names = [n.strip() for n in (root / SPLIT_FILES[split]).read_text().splitlines() if n.strip()]
+    index = {n: i for i, n in enumerate(names)}
+    captions: list[tuple[str, str]] = []
+    ids: list[int] = []
+    for rec in _read_token_file(root / TOKEN_FILE, (root / TOKEN_FILE).read_bytes().splitlines()):
+        image = rec.key.split("#", 1)[0]
+        if image in index and rec.error is None:
+            captions.append((rec.key, rec.text))
+            ids.append(index[image])
+    paths = [(root / "images" / n).resolve() for n in names]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise InputError(f"{len(missing)} images of the {split} split are missing under {root / 'images'}, e.g. {missing[0].name}")
+    return Flickr8kSplit(paths, captions, ids)

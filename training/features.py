@@ -1,0 +1,142 @@
+"""Frozen-backbone feature cache (METHOD.md, Encoders, "frozen" mode).
+
+Image features ``(N, 1280) float32`` and caption features ``(M, 384) float32`` are
+computed once with ``torch.inference_mode`` and stored as ``.npy`` under a cache
+directory. The file name carries a key hashed from the backbone weight files, the
+preprocessing rule (:class:`jointembed_pg.preprocess.ImageSpec`), the view, the token
+limit and the exact list of inputs, so a stale cache is never reused.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from jointembed_pg import preprocess
+from jointembed_pg.preprocess import ImageSpec
+
+from . import backbones
+
+DEFAULT_CACHE_DIR = Path(__file__).resolve().parent.parent / "cache"
+CACHE_VERSION = 1  #: bump when feature code changes meaning
+VIEWS = ("center", "hflip", "zoom_tl", "zoom_tr", "zoom_bl", "zoom_br", "zoom_c")
+_ZOOM = 256  #: shorter side before a 224 corner crop for the ``zoom_*`` views
+
+
+def _key(kind: str, items: Sequence[str], extra: dict) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"v": CACHE_VERSION, "kind": kind, "bb": backbones.backbone_fingerprint(),
+                         **extra}, sort_keys=True).encode())
+    for s in items:
+        h.update(s.encode("utf-8", "surrogatepass") + b"\0")
+    return h.hexdigest()[:16]
+
+
+def load_view(path: Path, spec: ImageSpec, view: str) -> np.ndarray:
+    """One image as ``(3, S, S) float32`` encoder input under augmentation ``view``.
+
+    ``center`` is exactly :func:`jointembed_pg.preprocess.load` (the runtime pixels).
+    ``hflip`` mirrors it. ``zoom_<pos>`` resizes the shorter side to 256 (8/7 of 224) with
+    the spec's filter and takes a 224 crop at a corner (tl/tr/bl/br) or the centre (c),
+    then normalises with the spec's mean/std. Raises ValueError for an unknown view.
+    """
+    if view == "center":
+        return preprocess.load(path, spec)
+    if view == "hflip":
+        return np.ascontiguousarray(preprocess.load(path, spec)[:, :, ::-1])
+    if not view.startswith("zoom_") or view not in VIEWS:
+        raise ValueError(f"unknown view {view!r}; expected one of {VIEWS}")
+    s = spec.size
+    big = round(s * _ZOOM / 224)
+    img = preprocess.resize_shorter(preprocess.decode(path), big, spec.interpolation)
+    w, h = img.size
+    pos = view[5:]
+    left = {"tl": 0, "bl": 0, "tr": w - s, "br": w - s, "c": (w - s) // 2}[pos]
+    top = {"tl": 0, "tr": 0, "bl": h - s, "br": h - s, "c": (h - s) // 2}[pos]
+    return preprocess.to_array(img.crop((left, top, left + s, top + s)), spec.mean, spec.std)
+
+
+def _cached(path: Path, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    if path.is_file():
+        return np.load(path)
+    arr = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, arr)
+    tmp.replace(path)
+    return arr
+
+
+def image_features(paths: Sequence[Path], cache_dir: Path = DEFAULT_CACHE_DIR, *,
+                   spec: ImageSpec = ImageSpec(), view: str = "center", batch_size: int = 64,
+                   device: str = "cpu", progress: bool = True) -> np.ndarray:
+    """EfficientNet-Lite0 pooled features ``(N, 1280) float32`` of ``paths`` (cached)."""
+    key = _key("image", [str(p) for p in paths], {"spec": spec.to_dict(), "view": view})
+    out = Path(cache_dir) / f"img_{view}_{key}.npy"
+
+    def compute() -> np.ndarray:
+        net = backbones.load_image_backbone().to(device)
+        feats = np.zeros((len(paths), backbones.IMAGE_FEATURE_DIM), np.float32)
+        with torch.inference_mode():
+            for lo in tqdm(range(0, len(paths), batch_size), desc=f"image features ({view})",
+                           disable=not progress):
+                batch = np.stack([load_view(p, spec, view) for p in paths[lo:lo + batch_size]])
+                feats[lo:lo + len(batch)] = net(torch.from_numpy(batch).to(device)).cpu().numpy()
+        return feats
+
+    return _cached(out, compute)
+
+
+def tokenize(texts: Sequence[str], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokenise with ``tokenizers`` from :func:`backbones.tokenizer_path` (as the runtime).
+
+    Returns ``input_ids, attention_mask``: ``(N, L) int64`` padded to the longest text,
+    truncated (longest_first) to ``max_tokens``.
+    """
+    from tokenizers import Tokenizer
+
+    tok = _tokenizer(max_tokens)
+    enc = tok.encode_batch(list(texts))
+    ids = torch.tensor([e.ids for e in enc], dtype=torch.int64)
+    mask = torch.tensor([e.attention_mask for e in enc], dtype=torch.int64)
+    return ids, mask
+
+
+_TOK: dict[int, object] = {}
+
+
+def _tokenizer(max_tokens: int):
+    from tokenizers import Tokenizer
+
+    if max_tokens not in _TOK:
+        tok = Tokenizer.from_file(str(backbones.tokenizer_path()))
+        tok.enable_truncation(max_tokens)
+        tok.enable_padding(pad_id=0, pad_token="[PAD]")  # pad to the longest in the batch
+        _TOK[max_tokens] = tok
+    return _TOK[max_tokens]
+
+
+def text_features(captions: Sequence[str], cache_dir: Path = DEFAULT_CACHE_DIR, *,
+                  max_tokens: int = 128, batch_size: int = 256, device: str = "cpu",
+                  progress: bool = True) -> np.ndarray:
+    """MiniLM mean-pooled caption features ``(M, 384) float32`` (cached)."""
+    key = _key("text", captions, {"max_tokens": max_tokens})
+    out = Path(cache_dir) / f"txt_mean_{key}.npy"
+
+    def compute() -> np.ndarray:
+        net = backbones.load_text_backbone().to(device)
+        order = np.argsort([len(c) for c in captions], kind="stable")  # similar lengths batch
+        feats = np.zeros((len(captions), backbones.TEXT_FEATURE_DIM), np.float32)
+        with torch.inference_mode():
+            for lo in tqdm(range(0, len(order), batch_size), desc="text features", disable=not progress):
+                idx = order[lo:lo + batch_size]
+                ids, mask = tokenize([captions[i] for i in idx], max_tokens)
+                feats[idx] = net(ids.to(device), mask.to(device)).cpu().numpy()
+        return feats
+
+    return _cached(out, compute)
