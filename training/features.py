@@ -74,22 +74,51 @@ def _cached(path: Path, compute: Callable[[], np.ndarray]) -> np.ndarray:
 
 def image_features(paths: Sequence[Path], cache_dir: Path = DEFAULT_CACHE_DIR, *,
                    spec: ImageSpec = ImageSpec(), view: str = "center", batch_size: int = 64,
-                   device: str = "cpu", progress: bool = True) -> np.ndarray:
-    """EfficientNet-Lite0 pooled features ``(N, 1280) float32`` of ``paths`` (cached)."""
+                   device: str = "cpu", progress: bool = True, save_grid: bool = False) -> np.ndarray:
+    """EfficientNet-Lite0 pooled features ``(N, 1280) float32`` of ``paths`` (cached).
+
+    With ``save_grid`` the final feature maps are also stored, as
+    ``imggrid_<view>_<key>.npy``: ``(N, h*w, 1280) float16`` (7x7 grid for 224 input).
+    """
     key = _key("image", [str(p) for p in paths], {"spec": spec.to_dict(), "view": view})
     out = Path(cache_dir) / f"img_{view}_{key}.npy"
+
+    grid_path = Path(cache_dir) / f"imggrid_{view}_{key}.npy"
 
     def compute() -> np.ndarray:
         net = backbones.load_image_backbone().to(device)
         feats = np.zeros((len(paths), backbones.IMAGE_FEATURE_DIM), np.float32)
+        grid = None
         with torch.inference_mode():
             for lo in tqdm(range(0, len(paths), batch_size), desc=f"image features ({view})",
                            disable=not progress):
                 batch = np.stack([load_view(p, spec, view) for p in paths[lo:lo + batch_size]])
-                feats[lo:lo + len(batch)] = net(torch.from_numpy(batch).to(device)).cpu().numpy()
+                fmap = net.net.extract_features(torch.from_numpy(batch).to(device))  # (n,1280,h,w)
+                feats[lo:lo + len(batch)] = fmap.mean(dim=(2, 3)).cpu().numpy()
+                if save_grid:
+                    g = fmap.flatten(2).transpose(1, 2).to(torch.float16).cpu().numpy()  # (n,hw,1280)
+                    if grid is None:
+                        grid = np.zeros((len(paths),) + g.shape[1:], np.float16)
+                    grid[lo:lo + len(batch)] = g
+        if grid is not None:
+            np.save(grid_path, grid)
         return feats
 
     return _cached(out, compute)
+
+
+def image_grid_features(paths: Sequence[Path], cache_dir: Path = DEFAULT_CACHE_DIR, *,
+                        spec: ImageSpec = ImageSpec(), view: str = "center", device: str = "cpu",
+                        progress: bool = True) -> np.ndarray:
+    """Final feature maps ``(N, 49, 1280) float16`` of ``paths`` (memory-mapped cache)."""
+    key = _key("image", [str(p) for p in paths], {"spec": spec.to_dict(), "view": view})
+    grid_path = Path(cache_dir) / f"imggrid_{view}_{key}.npy"
+    if not grid_path.is_file():
+        pooled = Path(cache_dir) / f"img_{view}_{key}.npy"
+        pooled.unlink(missing_ok=True)  # recompute both in one pass
+        image_features(paths, cache_dir, spec=spec, view=view, device=device, progress=progress,
+                       save_grid=True)
+    return np.load(grid_path, mmap_mode="r")
 
 
 def tokenize(texts: Sequence[str], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,116 @@
+"""Runs every section of the benchmark once and returns one JSON-ready results dict."""
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from jointembed_pg.bundle import Bundle
+
+from . import data, env, ingest_bench, limit, machine, naive, query_bench, scale, synth
+from .config import DEFAULT_CHECKPOINT, BenchConfig
+
+
+class Run:
+    """Results of one run being filled in, with per-section wall times and progress lines."""
+
+    def __init__(self, cfg: BenchConfig):
+        self.t0 = time.perf_counter()
+        self.results: dict = {"config": cfg.to_dict(), "machine": machine.facts(), "timings": {},
+                              "skipped": []}
+
+    @contextmanager
+    def section(self, name: str):
+        t = time.perf_counter()
+        self.log(f"{name} ...")
+        yield
+        self.results["timings"][name] = time.perf_counter() - t
+        self.log(f"{name} done in {self.results['timings'][name]:.1f} s")
+
+    def log(self, msg: str) -> None:
+        print(f"[bench {time.perf_counter() - self.t0:7.1f} s] {msg}", file=sys.stderr, flush=True)
+
+    def skip(self, what: str, why: str) -> None:
+        self.results["skipped"].append({"what": what, "why": why})
+        self.log(f"skipped {what}: {why}")
+
+
+def _bundle_facts(bundle: Bundle) -> dict:
+    m = bundle.manifest
+    return {"path": str(bundle.path), "model_id": bundle.model_id, "dim": bundle.dim,
+            "normalized": bundle.normalized, "precision": m.get("precision"),
+            "image_size": bundle.image_spec.size, "max_tokens": bundle.max_tokens}
+
+
+def _naive(run: Run, database, bundle, cfg: BenchConfig, inputs, checkpoint: Path) -> None:
+    if not checkpoint.is_file():
+        run.skip("naive PyTorch path", f"no checkpoint at {checkpoint}")
+        return
+    try:
+        with run.section("naive"):
+            run.results["naive"] = naive.run(database, bundle, checkpoint, inputs.images[:cfg.naive_images],
+                                             inputs.captions[:cfg.naive_captions], cfg.threads)
+    except ImportError as e:
+        run.skip("naive PyTorch path", f"the training extra is not installed ({e})")
+
+
+def _queries(run: Run, database, bundle, cfg: BenchConfig, inputs, base: dict) -> None:
+    rng = np.random.default_rng(cfg.seed)
+    with run.section("query encode"):
+        queries = query_bench.encode_queries(bundle, inputs.query_texts, inputs.query_images)
+    nn = {m: synth.median_nn_distance(b, rng) for m, b in base.items()}
+    noise = {m: synth.noise_model(b, cfg.noise * nn[m], cfg.noise_shape) for m, b in base.items()}
+    run.results["synthetic"] = {"median_nn": nn, "noise_norm": {m: z.norm for m, z in noise.items()},
+                                "noise": cfg.noise, "shape": cfg.noise_shape,
+                                "base_rows": {m: len(b) for m, b in base.items()}}
+    run.results["query_encode"] = {m: {"n": len(q["seconds"])} for m, q in queries.items()}
+    with run.section("synthetic fidelity"):
+        run.results["fidelity"] = scale.fidelity(database, bundle, cfg, base["text"], queries, rng)
+    run.results["scales"] = []
+    for n in cfg.sizes:
+        with run.section(f"scale {n}"):
+            run.results["scales"].append(scale.run_size(database, bundle, cfg, n, base, noise, queries, rng))
+    if cfg.million_load or cfg.million:
+        with run.section("scale 1M"):
+            run.results["million"] = scale.run_million(database, bundle, cfg, base["image"], noise["image"],
+                                                       queries, rng)
+    else:
+        run.skip("1M stored vectors", "--quick" if cfg.quick else "disabled (--no-million-load)")
+    if not cfg.million and cfg.million_load:
+        run.skip("1M HNSW build and ef_search sweep",
+                 "not run by default: the build alone takes about 10x the 100k build (see the index "
+                 "table), which does not fit the 30-minute budget on 2 cores; run with --million")
+
+
+def run(cfg: BenchConfig, *, dsn: str | None, bundle_path: Path | None, data_dir: Path | None,
+        checkpoint: Path | None) -> dict:
+    """All sections, in order. Raises :class:`env.Unavailable` when a prerequisite is missing."""
+    r = Run(cfg)
+    with r.section("setup"):
+        bundle = Bundle.load(env.resolve_bundle(bundle_path))
+        flickr = env.flickr8k_dir(data_dir)
+        inputs = data.load(flickr, cfg.n_images, cfg.n_captions, cfg.n_queries)
+        database = env.Database.open(dsn)
+    r.results["bundle"] = _bundle_facts(bundle)
+    r.results["data_dir"] = str(flickr)
+    try:
+        r.results["postgres"] = machine.postgres(database.conn)
+        r.results["postgres"]["embedded"] = dsn is None
+        with r.section("ingest images"):
+            r.results["ingest_images"], img_emb = ingest_bench.run_images(database, bundle, inputs.images)
+        with r.section("ingest captions"):
+            r.results["ingest_captions"], txt_emb = ingest_bench.run_texts(database, bundle, inputs.captions,
+                                                                          inputs.token_file)
+        with r.section("limit"):
+            r.results["limit"] = limit.measure(bundle.path / "image.onnx", r.results["ingest_images"]["encode_per_s"],
+                                               cfg.threads, cfg.peak_n, 2 if cfg.quick else limit.PEAK_REPEATS)
+        _naive(r, database, bundle, cfg, inputs, checkpoint or DEFAULT_CHECKPOINT)
+        _queries(r, database, bundle, cfg, inputs, {"image": img_emb, "text": txt_emb})
+    finally:
+        database.close()
+    r.results["total_s"] = time.perf_counter() - r.t0
+    r.results["load_at_end"] = machine.load_average()
+    return r.results

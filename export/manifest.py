@@ -1,0 +1,113 @@
+"""The bundle manifest (``manifest.json``, schema 1) as the exporter writes it.
+
+Field meanings are Contract 2 of docs/DESIGN.md; :func:`jointembed_pg.bundle.validate_manifest`
+is the reader's side. ``model_id`` hashes the checkpoint bytes and the export options, so
+two bundles share an id exactly when they embed identically.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from jointembed_pg.bundle import BUNDLE_FILES, INPUTS, MANIFEST, OUTPUTS, SCHEMA_VERSION, sha256_file
+from jointembed_pg.preprocess import ImageSpec
+from jointembed_pg.text import DEFAULT_MAX_TOKENS, TRUNCATION
+
+#: Bump when the exporter's output changes for the same checkpoint: changes model_id and
+#: makes :func:`export.build.bundle_is_current` rebuild cached bundles.
+EXPORT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Everything besides the checkpoint that decides what a bundle computes.
+
+    Attributes:
+        opset: ONNX opset of both graphs.
+        precision: ``"fp32"``, or ``"int8"`` for the quantised variant.
+        int8_method: how int8 weights were made (``None`` for fp32).
+    """
+
+    opset: int = 17
+    precision: str = "fp32"
+    int8_method: str | None = None
+
+
+def make_model_id(checkpoint_sha256: str, options: ExportOptions) -> str:
+    """``je-<12 hex>``: sha256 of the checkpoint hash, export options and EXPORT_VERSION."""
+    key = json.dumps({"ckpt": checkpoint_sha256, "opts": asdict(options), "v": EXPORT_VERSION}, sort_keys=True)
+    return "je-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def file_entries(bundle_dir: Path) -> dict[str, dict[str, Any]]:
+    """``{name: {sha256, bytes}}`` for every bundle file in ``bundle_dir``."""
+    return {n: {"sha256": sha256_file(bundle_dir / n), "bytes": (bundle_dir / n).stat().st_size}
+            for n in BUNDLE_FILES}
+
+
+def quantizer_info(config: dict[str, Any]) -> dict[str, Any] | None:
+    """``{K, tau_end, beta}`` of the training config's quantizer, or ``None`` if disabled."""
+    if not config.get("quantizer"):
+        return None
+    return {"K": int(config["codebook_size"]), "tau_end": float(config["tau_end"]),
+            "beta": float(config["quant_beta"])}
+
+
+def max_tokens(config: dict[str, Any]) -> int:
+    """Caption token limit the model was trained with (``text_max_tokens``, default 128)."""
+    return int(config.get("text_max_tokens", DEFAULT_MAX_TOKENS))
+
+
+def make_manifest(*, checkpoint_sha256: str, options: ExportOptions, bundle_dir: Path, dim: int,
+                  normalized: bool, config: dict[str, Any], metrics: dict[str, Any],
+                  image_spec: ImageSpec = ImageSpec()) -> dict[str, Any]:
+    """The manifest for the files now in ``bundle_dir`` (checksums computed here)."""
+    import onnx
+    import onnxruntime
+    import torch
+
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "model_id": make_model_id(checkpoint_sha256, options),
+        "dim": int(dim),
+        "distance": "l2",
+        "normalized": bool(normalized),
+        "precision": options.precision,
+        "files": file_entries(bundle_dir),
+        "preprocess": {"image": image_spec.to_dict(),
+                       "text": {"max_tokens": max_tokens(config), "truncation": TRUNCATION}},
+        "inputs": INPUTS,
+        "outputs": OUTPUTS,
+        "quantizer": quantizer_info(config),
+        "training": config,
+        "metrics": metrics,
+        "source_checkpoint_sha256": checkpoint_sha256,
+        "export": {"version": EXPORT_VERSION, "options": asdict(options),
+                   "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                   "torch": torch.__version__, "onnx": onnx.__version__,
+                   "onnxruntime": onnxruntime.__version__, "python": platform.python_version()},
+    }
+
+
+def write_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> Path:
+    """Write ``manifest.json`` (indented, sorted keys, atomic within the directory)."""
+    path = Path(bundle_dir) / MANIFEST
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=_jsonable) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def _jsonable(x: Any) -> Any:
+    """JSON fallback for config values (paths, tuples, numpy scalars)."""
+    if hasattr(x, "item"):
+        return x.item()
+    if isinstance(x, (set, frozenset)):
+        return sorted(x)
+    return str(x)

@@ -1,0 +1,338 @@
+"""Model bundles: load an exported bundle and embed images and captions (torch-free).
+
+A bundle is a directory (``<home>/bundles/<name>/`` or any path) holding
+``manifest.json``, ``image.onnx``, ``text.onnx`` and ``tokenizer.json`` (Contract 2 of
+docs/DESIGN.md). :meth:`Bundle.load` validates the manifest and every file's sha256;
+onnxruntime sessions are created lazily, once, under a lock, so a loaded bundle can be
+shared by threads.
+
+All embeddings are ``(N, D) float32`` in one Euclidean space; similarity is L2 distance
+(smaller = more similar) [Malali & Keller 2022]. ``manifest["normalized"]`` says whether
+rows are L2-normalised (then L2 ranks exactly as cosine).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import paths
+from .errors import BundleError, InputError
+from .preprocess import ImageSpec, load as load_image
+from .text import TRUNCATION, TextTokenizer, validate_texts
+
+#: The manifest layout this runtime reads.
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+IMAGE_ONNX, TEXT_ONNX, TOKENIZER = "image.onnx", "text.onnx", "tokenizer.json"
+BUNDLE_FILES = (IMAGE_ONNX, TEXT_ONNX, TOKENIZER)
+#: Graph input/output names per encoder (dynamic batch axis 0; text also axis 1).
+INPUTS = {"image": ["pixels"], "text": ["input_ids", "attention_mask"]}
+OUTPUTS = {"image": ["embedding"], "text": ["embedding"]}
+PRECISIONS = ("fp32", "int8")
+#: Rows per onnxruntime call in the ``encode_*`` methods (bounds memory).
+DEFAULT_BATCH = 32
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resolve(name_or_path: str | Path | None = None) -> Path:
+    """Bundle directory for a name under :func:`paths.bundles_dir`, or a path.
+
+    ``None`` means :data:`paths.DEFAULT_BUNDLE`. A :class:`~pathlib.Path` or a string with
+    a path separator is a path; a bare name is looked up under ``bundles_dir()`` first,
+    then as a directory relative to the working directory.
+
+    Raises:
+        BundleError: the directory does not exist (the message says how to build one).
+    """
+    name = paths.DEFAULT_BUNDLE if name_or_path is None else name_or_path
+    if isinstance(name, Path) or "/" in name or "\\" in name:
+        d = Path(name).expanduser()
+    else:
+        d = paths.bundles_dir() / name
+        if not d.is_dir() and Path(name).is_dir():
+            d = Path(name)
+    if not d.is_dir():
+        raise BundleError(f"no model bundle at {d} (build one with `jointembed model build`)")
+    return d
+
+
+def read_manifest(bundle_dir: Path) -> dict[str, Any]:
+    """Parse ``<bundle_dir>/manifest.json``. Raises BundleError if missing or not JSON."""
+    path = Path(bundle_dir) / MANIFEST
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise BundleError(f"{path}: missing") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(m, dict):
+        raise BundleError(f"{path}: expected a JSON object, got {type(m).__name__}")
+    return m
+
+
+def _field(m: dict, dotted: str | tuple[str, ...], types: type | tuple, where: Path) -> Any:
+    """``m[k1][k2]...`` for ``dotted = "k1.k2"`` (or a key tuple), checked against ``types``."""
+    keys = dotted.split(".") if isinstance(dotted, str) else dotted
+    dotted = ".".join(keys)
+    cur: Any = m
+    for key in keys:
+        if not isinstance(cur, dict) or key not in cur:
+            raise BundleError(f"{where}: missing field {dotted!r}")
+        cur = cur[key]
+    if not isinstance(cur, types) or (isinstance(cur, bool) and bool not in _tuple(types)):
+        raise BundleError(f"{where}: field {dotted!r} has type {type(cur).__name__}")
+    return cur
+
+
+def _tuple(t: type | tuple) -> tuple:
+    return t if isinstance(t, tuple) else (t,)
+
+
+def validate_manifest(m: dict[str, Any], bundle_dir: Path, *, checksums: bool = True) -> ImageSpec:
+    """Check a manifest against this runtime and the files beside it.
+
+    Checks schema version, ``model_id``, ``dim``, ``distance``, ``precision``, the
+    preprocessing rules, encoder input/output names and, per file, existence, byte size
+    and (when ``checksums``) sha256.
+
+    Returns:
+        The manifest's image preprocessing spec.
+
+    Raises:
+        BundleError: naming the manifest field or the file that is wrong.
+    """
+    where = Path(bundle_dir) / MANIFEST
+    version = _field(m, "schema_version", int, where)
+    if version != SCHEMA_VERSION:
+        raise BundleError(f"{where}: schema_version {version} not supported (this runtime reads {SCHEMA_VERSION})")
+    if not _field(m, "model_id", str, where):
+        raise BundleError(f"{where}: field 'model_id' is empty")
+    if _field(m, "dim", int, where) <= 0:
+        raise BundleError(f"{where}: field 'dim' must be positive, got {m['dim']}")
+    if _field(m, "distance", str, where) != "l2":
+        raise BundleError(f"{where}: field 'distance' must be 'l2', got {m['distance']!r}")
+    _field(m, "normalized", bool, where)
+    if _field(m, "precision", str, where) not in PRECISIONS:
+        raise BundleError(f"{where}: field 'precision' must be one of {PRECISIONS}, got {m['precision']!r}")
+    for enc in INPUTS:
+        for kind, want in (("inputs", INPUTS[enc]), ("outputs", OUTPUTS[enc])):
+            got = _field(m, f"{kind}.{enc}", list, where)
+            if got != want:
+                raise BundleError(f"{where}: field '{kind}.{enc}' is {got}, this runtime needs {want}")
+    if _field(m, "preprocess.text.max_tokens", int, where) < 3:
+        raise BundleError(f"{where}: field 'preprocess.text.max_tokens' must be >= 3")
+    if _field(m, "preprocess.text.truncation", str, where) != TRUNCATION:
+        raise BundleError(f"{where}: field 'preprocess.text.truncation' must be {TRUNCATION!r}")
+    try:
+        spec = ImageSpec.from_dict(_field(m, "preprocess.image", dict, where))
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleError(f"{where}: field 'preprocess.image' is invalid ({e})") from e
+    for name in BUNDLE_FILES:
+        _check_file(Path(bundle_dir), name, m, where, checksums)
+    return spec
+
+
+def _check_file(bundle_dir: Path, name: str, m: dict, where: Path, checksums: bool) -> None:
+    sha = _field(m, ("files", name, "sha256"), str, where)
+    size = _field(m, ("files", name, "bytes"), int, where)
+    path = bundle_dir / name
+    if not path.is_file():
+        raise BundleError(f"{path}: missing (listed in {where})")
+    if path.stat().st_size != size:
+        raise BundleError(f"{path}: {path.stat().st_size} bytes, manifest says {size}: corrupt or replaced")
+    if checksums and sha256_file(path) != sha:
+        raise BundleError(f"{path}: sha256 differs from the manifest's: corrupt or replaced")
+
+
+class Bundle:
+    """A loaded model bundle: embeds images and captions with onnxruntime.
+
+    Use :meth:`load`; the constructor expects an already validated manifest.
+    """
+
+    def __init__(self, path: Path, manifest: dict[str, Any], image_spec: ImageSpec, *,
+                 providers: Sequence[str] | None = None, intra_op_threads: int | None = None):
+        self.path = Path(path)
+        self.manifest = manifest
+        self.image_spec = image_spec
+        self.providers = list(providers) if providers else ["CPUExecutionProvider"]
+        self.intra_op_threads = intra_op_threads
+        self._lock = threading.Lock()
+        self._sessions: dict[str, Any] = {}
+        self._tokenizer: TextTokenizer | None = None
+
+    @classmethod
+    def load(cls, name_or_path: str | Path | None = None, *, providers: Sequence[str] | None = None,
+             intra_op_threads: int | None = None, verify: bool = True) -> "Bundle":
+        """Open and validate a bundle (sessions are created on first use).
+
+        Args:
+            name_or_path: a bundle directory, or a name under ``bundles_dir()``;
+                ``None`` = ``paths.DEFAULT_BUNDLE``.
+            providers: onnxruntime execution providers (default: CPU).
+            intra_op_threads: threads per onnxruntime call (default: onnxruntime's choice).
+            verify: check every file's sha256 (a few hundred ms); sizes are always checked.
+
+        Raises:
+            BundleError: missing directory, bad manifest, missing or corrupt file.
+        """
+        d = resolve(name_or_path)
+        m = read_manifest(d)
+        spec = validate_manifest(m, d, checksums=verify)
+        return cls(d, m, spec, providers=providers, intra_op_threads=intra_op_threads)
+
+    @property
+    def model_id(self) -> str:
+        """Unique id of the weights + export options, e.g. ``je-1a2b3c4d5e6f``."""
+        return self.manifest["model_id"]
+
+    @property
+    def dim(self) -> int:
+        """Embedding dimension D."""
+        return int(self.manifest["dim"])
+
+    @property
+    def normalized(self) -> bool:
+        """Whether embeddings are L2-normalised (unit rows)."""
+        return bool(self.manifest["normalized"])
+
+    @property
+    def max_tokens(self) -> int:
+        """Longest tokenised caption, special tokens included; longer ones are truncated."""
+        return int(self.manifest["preprocess"]["text"]["max_tokens"])
+
+    def __repr__(self) -> str:
+        return f"Bundle({str(self.path)!r}, model_id={self.model_id!r}, dim={self.dim}, precision={self.manifest['precision']!r})"
+
+    # -- sessions -------------------------------------------------------------------
+    def _session(self, encoder: str):
+        """The onnxruntime session of ``"image"`` or ``"text"``, created once (locked)."""
+        sess = self._sessions.get(encoder)
+        if sess is not None:
+            return sess
+        with self._lock:
+            if encoder not in self._sessions:
+                self._sessions[encoder] = self._new_session(self.path / f"{encoder}.onnx", encoder)
+            return self._sessions[encoder]
+
+    def _new_session(self, path: Path, encoder: str):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.intra_op_threads:
+            opts.intra_op_num_threads = int(self.intra_op_threads)
+        try:
+            sess = ort.InferenceSession(str(path), sess_options=opts, providers=self.providers)
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise BundleError(f"{path}: onnxruntime cannot load it ({e})") from e
+        names = [i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()]
+        if names != (INPUTS[encoder], OUTPUTS[encoder]):
+            raise BundleError(f"{path}: graph inputs/outputs are {names}, expected {INPUTS[encoder]} -> {OUTPUTS[encoder]}")
+        return sess
+
+    def _run(self, encoder: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        out = self._session(encoder).run(None, feeds)[0]
+        if out.ndim != 2 or out.shape[1] != self.dim:
+            raise BundleError(f"{self.path / (encoder + '.onnx')}: output shape {out.shape}, manifest dim is {self.dim}")
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+    @property
+    def tokenizer(self) -> TextTokenizer:
+        """The caption tokenizer (``tokenizer.json`` at the manifest's ``max_tokens``), loaded once."""
+        return self._text_tokenizer()
+
+    def _text_tokenizer(self) -> TextTokenizer:
+        with self._lock:
+            if self._tokenizer is None:
+                self._tokenizer = TextTokenizer(self.path / TOKENIZER, self.max_tokens)
+            return self._tokenizer
+
+    # -- encoders -------------------------------------------------------------------
+    def encode_pixels(self, pixels: np.ndarray, *, batch_size: int = DEFAULT_BATCH) -> np.ndarray:
+        """Embed preprocessed images.
+
+        Args:
+            pixels: ``(N, 3, S, S) float32`` from :func:`jointembed_pg.preprocess.load`
+                with :attr:`image_spec` (S = ``image_spec.size``).
+
+        Returns:
+            ``(N, D) float32`` embeddings (L2-normalised rows if :attr:`normalized`).
+
+        Raises:
+            InputError: wrong shape or non-finite values.
+        """
+        x = np.asarray(pixels, dtype=np.float32)
+        s = self.image_spec.size
+        if x.ndim != 4 or x.shape[1:] != (3, s, s):
+            raise InputError(f"pixels: expected shape (N, 3, {s}, {s}), got {x.shape}")
+        if not np.isfinite(x).all():
+            raise InputError("pixels: contains NaN or infinite values")
+        chunks = [self._run("image", {"pixels": np.ascontiguousarray(x[i:i + batch_size])})
+                  for i in range(0, len(x), batch_size)]
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.dim), np.float32)
+
+    def load_pixels(self, sources: Sequence[str | Path | bytes], *, start: int = 0) -> np.ndarray:
+        """Decode and preprocess images: ``(N, 3, S, S) float32``.
+
+        Args:
+            sources: image paths or encoded bytes.
+            start: index of ``sources[0]`` in the caller's list (used in error messages).
+
+        Raises:
+            InputError: an item cannot be read; the message names its index and path.
+        """
+        if isinstance(sources, (str, bytes, Path)):
+            raise InputError(f"sources: expected a list of paths or bytes, got one {type(sources).__name__}")
+        out = np.empty((len(sources), 3, self.image_spec.size, self.image_spec.size), np.float32)
+        for i, src in enumerate(sources):
+            try:
+                out[i] = load_image(src, self.image_spec)
+            except InputError as e:
+                raise InputError(f"images[{start + i}]: {e}") from e
+            except TypeError as e:
+                raise InputError(f"images[{start + i}]: expected a path or bytes, got {type(src).__name__}") from e
+        return out
+
+    def encode_images(self, sources: Sequence[str | Path | bytes], *, batch_size: int = DEFAULT_BATCH) -> np.ndarray:
+        """Embed image files or encoded bytes: ``(N, D) float32``.
+
+        Raises:
+            InputError: an item cannot be read or decoded (message names index and path).
+        """
+        if isinstance(sources, (str, bytes, Path)):
+            raise InputError(f"sources: expected a list of paths or bytes, got one {type(sources).__name__}")
+        out = [self.encode_pixels(self.load_pixels(sources[i:i + batch_size], start=i), batch_size=batch_size)
+               for i in range(0, len(sources), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+    def encode_texts(self, texts: Sequence[str], *, batch_size: int = DEFAULT_BATCH) -> np.ndarray:
+        """Embed captions: ``(N, D) float32``.
+
+        Captions are tokenised, truncated at :attr:`max_tokens` (with a
+        :class:`~jointembed_pg.text.TruncationWarning`) and padded per batch; padding does
+        not change an embedding.
+
+        Raises:
+            InputError: not a list of str, or an empty / whitespace-only caption.
+        """
+        texts = validate_texts(texts)
+        tok = self._text_tokenizer()
+        out = []
+        for i in range(0, len(texts), batch_size):
+            ids, mask = tok.encode(texts[i:i + batch_size], start=i)
+            out.append(self._run("text", {"input_ids": ids, "attention_mask": mask}))
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)

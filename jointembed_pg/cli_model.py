@@ -1,0 +1,118 @@
+"""``jointembed model ...``: build, inspect and verify model bundles.
+
+``build`` and the parity part of ``verify`` need the ``[export]`` extra (torch, onnx);
+the :mod:`export` package is imported inside those commands only, so the rest of the
+CLI stays torch-free.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from . import paths
+from .bundle import BUNDLE_FILES, Bundle, resolve
+from .errors import JointEmbedError
+
+_EXTRA_HINT = "install the export extra: pip install 'jointembed-pg[export]'"
+
+
+def _export_build():
+    """The :mod:`export.build` module, or a ClickException saying which extra is missing."""
+    try:
+        from export import build
+    except ImportError as e:
+        raise click.ClickException(f"this command needs torch and onnx ({e}); {_EXTRA_HINT}") from e
+    return build
+
+
+@click.group("model", help="Build, inspect and verify model bundles (ONNX encoders + manifest).")
+def model() -> None:
+    """Click group mounted as ``jointembed model``."""
+
+
+@model.command("build")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path),
+              help="Training checkpoint (default: the committed training/weights/default.pt).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Bundle directory to write.")
+@click.option("--name", help=f"Bundle name under the bundles directory (default: {paths.DEFAULT_BUNDLE}).")
+@click.option("--int8", "int8", is_flag=True, help="Also write the int8 variant as <name>-int8.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Flickr8K-layout directory for parity (and int8 evaluation); default ../shared/data/flickr8k.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle.")
+def build_cmd(checkpoint: Path | None, out: Path | None, name: str | None, int8: bool,
+              data_dir: Path | None, force: bool) -> None:
+    """Export a checkpoint into a bundle (default: bundles_dir()/default), with a parity check."""
+    if out and name:
+        raise click.UsageError("give either --out or --name, not both")
+    target = out or paths.bundles_dir() / (name or paths.DEFAULT_BUNDLE)
+    build = _export_build()
+    from export import ExportError
+
+    try:
+        path = build.build_default_bundle(target, checkpoint=checkpoint, int8=int8, data_dir=data_dir, force=force)
+    except (ExportError, JointEmbedError) as e:
+        raise click.ClickException(str(e)) from e
+    for p in [path] + ([build.int8_dir(path)] if int8 else []):
+        b = Bundle.load(p, verify=False)
+        click.echo(f"wrote {p}: {b.model_id}, dim {b.dim}, {b.manifest['precision']}, "
+                   f"parity {_parity_line(b.manifest.get('parity') or {})}")
+
+
+def _parity_line(p: dict) -> str:
+    if not p:
+        return "not recorded"
+    keys = [k for k in ("image_max_abs_diff", "text_max_abs_diff") if k in p]
+    return ", ".join(f"{k.split('_')[0]} {p[k]:.2g}" for k in keys) + f" ({p.get('inputs', '?')})"
+
+
+@model.command("info")
+@click.argument("bundle", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
+def info_cmd(bundle: str | None, as_json: bool) -> None:
+    """Show a bundle's manifest (default bundle if none is named)."""
+    try:
+        b = Bundle.load(bundle, verify=False)
+    except JointEmbedError as e:
+        raise click.ClickException(str(e)) from e
+    if as_json:
+        click.echo(json.dumps(b.manifest, indent=2, sort_keys=True))
+        return
+    m = b.manifest
+    test = (m.get("metrics") or {}).get("test") or {}
+    rows = [("path", b.path), ("model_id", b.model_id), ("dim", b.dim), ("distance", m["distance"]),
+            ("normalized", m["normalized"]), ("precision", m["precision"]), ("quantizer", m.get("quantizer")),
+            ("max_tokens", b.max_tokens), ("image size", b.image_spec.size),
+            ("test rsum", test.get("rsum", "n/a")), ("parity", _parity_line(m.get("parity") or {}))]
+    if m.get("int8"):
+        rows.append(("int8", m["int8"]))
+    rows += [(f"file {n}", f"{m['files'][n]['bytes']} bytes, sha256 {m['files'][n]['sha256'][:12]}")
+             for n in BUNDLE_FILES]
+    for k, v in rows:
+        click.echo(f"{k:>20}: {v}")
+
+
+@model.command("verify")
+@click.argument("bundle", required=False)
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path),
+              help="Checkpoint the bundle was exported from (default: the committed one).")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Flickr8K-layout directory for the parity inputs.")
+def verify_cmd(bundle: str | None, checkpoint: Path | None, data_dir: Path | None) -> None:
+    """Check a bundle's checksums, then re-run ONNX-vs-PyTorch parity if torch is installed."""
+    try:
+        b = Bundle.load(bundle, verify=True)
+    except JointEmbedError as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"{b.path}: manifest and sha256 of {len(BUNDLE_FILES)} files OK ({b.model_id})")
+    try:
+        from export import ExportError, build
+    except ImportError as e:
+        click.echo(f"parity skipped: torch/export not installed ({e})")
+        return
+    try:
+        report = build.verify_parity(resolve(bundle), checkpoint=checkpoint, data_dir=data_dir)
+    except (ExportError, JointEmbedError) as e:
+        raise click.ClickException(f"parity FAILED: {e}") from e
+    click.echo(f"parity OK: {_parity_line(report)}, tolerance {report.get('atol', 'none (int8)')}")

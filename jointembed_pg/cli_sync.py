@@ -1,0 +1,238 @@
+"""``jointembed attach / detach / sync / worker / status / reembed``: attached tables.
+
+Registered on the main group by importing this module (``jointembed_pg.cli`` does).
+See docs/SYNC.md.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+
+import click
+
+from .cli import EXIT_PARTIAL, _errors, _progress, bundle_option, cli, dsn_option, json_option
+
+table_option = click.option("--table", required=True, metavar="TABLE",
+                            help="The table's name as stored (no SQL quoting).")
+schema_option = click.option("--schema", default=None, metavar="SCHEMA",
+                             help="The table's schema (default: the first on the search_path).")
+progress_option = click.option("--progress/--no-progress", default=None,
+                               help="Progress bar (default: on when stderr is a terminal).")
+
+
+@contextmanager
+def _cli_errors(dsn):
+    """Library errors and unexpected database errors -> one line, password removed."""
+    import os
+
+    import psycopg
+
+    from .db import DSN_ENV
+    from .sync import one_line
+
+    try:
+        with _errors():
+            yield
+    except psycopg.Error as e:
+        raise click.ClickException(f"database error: {one_line(e, dsn or os.environ.get(DSN_ENV))}") from e
+
+
+def _config(batch_size: int, max_attempts: int | None = None, retry_base: float | None = None):
+    from .sync_worker import SyncConfig
+
+    kw = {"batch_size": batch_size}
+    if max_attempts is not None:
+        kw["max_attempts"] = max_attempts
+    if retry_base is not None:
+        kw["retry_base_s"] = retry_base
+    return SyncConfig(**kw)
+
+
+def _connect(dsn):
+    from . import db
+
+    return db.connect(dsn, autocommit=True)
+
+
+@cli.command("attach")
+@table_option
+@click.option("--key", required=True, metavar="COL", help="Unique key column (primary key or unique index).")
+@click.option("--image-column", default=None, metavar="COL", help="Column naming or holding the image.")
+@click.option("--text-column", default=None, metavar="COL", help="Column holding the text to embed.")
+@click.option("--image-source", type=click.Choice(["path", "url", "bytea"]), default="path", show_default=True,
+              help="How the image column is read: file path, http(s) URL, or the bytes themselves.")
+@click.option("--image-root", default=None, metavar="DIR", help="Base directory of relative image paths.")
+@schema_option
+@dsn_option
+@bundle_option
+@json_option
+@click.pass_obj
+def attach_cmd(obj, table, key, image_column, text_column, image_source, image_root, schema, dsn,
+               bundle_name, as_json):
+    """Keep TABLE's rows embedded: side table, triggers and queue; enqueue all rows.
+
+    The table is not altered. Then run `jointembed sync --table TABLE` (once) or
+    `jointembed worker` (continuously).
+    """
+    from . import sync
+
+    with _cli_errors(dsn):
+        bundle = obj.bundle(bundle_name)
+        with _connect(dsn) as conn:
+            att = sync.attach(conn, table, bundle, key=key, image_column=image_column, text_column=text_column,
+                              image_source=image_source, image_root=image_root, schema=schema)
+            st = sync.status(conn, att.table_name, att.schema_name)[0]
+    if as_json:
+        click.echo(json.dumps(st, default=str))
+    else:
+        click.echo(f"attached {att.qualified} (model {att.model_id}, dim {att.dim}): {st['pending']} rows "
+                   f"enqueued; run `jointembed sync --table {table}` or `jointembed worker`")
+
+
+@cli.command("detach")
+@table_option
+@schema_option
+@dsn_option
+def detach_cmd(table, schema, dsn):
+    """Remove TABLE's embeddings, triggers and queue (the table itself is untouched)."""
+    from . import sync
+
+    with _cli_errors(dsn), _connect(dsn) as conn:
+        att = sync.detach(conn, table, schema)
+    click.echo(f"detached {att.qualified}")
+
+
+def _print_report(rep, as_json):
+    if as_json:
+        click.echo(json.dumps(rep.to_dict(), default=str))
+        return
+    click.echo(f"{rep.table}: {rep.written} embedded, {rep.unchanged} unchanged, {len(rep.failed)} failed "
+               f"in {rep.seconds:.1f} s (model {rep.model_id})", err=True)
+    for f in rep.failed[:20]:
+        click.echo(f"  failed: {f['error']}", err=True)
+    if len(rep.failed) > 20:
+        click.echo(f"  ... and {len(rep.failed) - 20} more (see `jointembed status`)", err=True)
+
+
+@cli.command("sync")
+@table_option
+@schema_option
+@dsn_option
+@bundle_option
+@click.option("--batch-size", default=32, show_default=True, help="Queue rows per batch.")
+@click.option("--retry-failed", is_flag=True, help="First make given-up rows ready again.")
+@click.option("--rescan", is_flag=True, help="First enqueue every row (e.g. image files changed in place).")
+@json_option
+@progress_option
+@click.pass_obj
+def sync_cmd(obj, table, schema, dsn, bundle_name, batch_size, retry_failed, rescan, as_json, progress):
+    """Drain TABLE's queue once and exit (exit code 3 when some rows failed)."""
+    from .sync_worker import sync_table
+
+    with _cli_errors(dsn):
+        bundle = obj.bundle(bundle_name)
+        with _connect(dsn) as conn:
+            rep = sync_table(conn, table, bundle, schema=schema, cfg=_config(batch_size),
+                             progress=_progress(progress), retry_failed=retry_failed,
+                             rescan=rescan)
+    _print_report(rep, as_json)
+    if rep.failed:
+        sys.exit(EXIT_PARTIAL)
+
+
+@cli.command("worker")
+@click.option("--table", "tables", multiple=True, metavar="TABLE",
+              help="Table to serve (repeatable; default: every attached table of the bundle's model).")
+@schema_option
+@dsn_option
+@bundle_option
+@click.option("--batch-size", default=32, show_default=True, help="Queue rows per batch.")
+@click.option("--poll", "poll_s", default=5.0, show_default=True, help="Seconds between polls without NOTIFY.")
+@click.option("--until-idle", is_flag=True, help="Exit once every queue is drained.")
+@click.pass_obj
+def worker_cmd(obj, tables, schema, dsn, bundle_name, batch_size, poll_s, until_idle):
+    """Embed queued rows continuously (LISTEN/NOTIFY + polling); JSON log lines on stderr.
+
+    Stops gracefully on SIGTERM / SIGINT (the batch in hand is finished). Run as many
+    as you like: each row is embedded by one of them.
+    """
+    from .sync_loop import Worker
+
+    with _cli_errors(dsn):
+        bundle = obj.bundle(bundle_name)
+        worker = Worker(dsn, bundle, tables=[(t, schema) for t in tables] or None,
+                        cfg=_config(batch_size), poll_s=poll_s)
+        worker.run(until_idle=until_idle)
+
+
+@cli.command("status")
+@click.option("--table", default=None, metavar="TABLE", help="One attached table (default: all).")
+@schema_option
+@dsn_option
+@json_option
+def status_cmd(table, schema, dsn, as_json):
+    """Pending / done / failed counts and the latest errors of attached tables."""
+    from . import sync
+
+    with _cli_errors(dsn), _connect(dsn) as conn:
+        rows = sync.status(conn, table, schema)
+    if as_json:
+        click.echo(json.dumps(rows[0] if table is not None else rows, default=str))
+        return
+    if not rows:
+        click.echo("no attached tables")
+    for st in rows:
+        click.echo(f"{_qualified(st)}: model {st['model_id']} (dim {st['dim']}): {st['done']} done, "
+                   f"{st['pending']} pending, {st['failed']} failed ({st['gave_up']} given up)")
+        if st.get("building"):
+            b = st["building"]
+            click.echo(f"  reembed to {b['model_id']} (dim {b['dim']}): {b['done']} done, "
+                       f"{b['pending']} pending, {b['failed']} failed")
+        for e in st["errors"]:
+            retry = f"retry at {e['next_attempt_at']}" if e["next_attempt_at"] else "given up"
+            click.echo(f"  [{e['key']}] {e['modality']}: {e['error']} (attempts {e['attempts']}, {retry})")
+
+
+def _qualified(st: dict) -> str:
+    from .sync import _quote
+
+    return f"{_quote(st['schema'])}.{_quote(st['table'])}"
+
+
+@cli.command("reembed")
+@table_option
+@schema_option
+@dsn_option
+@bundle_option
+@click.option("--batch-size", default=32, show_default=True, help="Queue rows per batch.")
+@click.option("--abort", "abort_", is_flag=True, help="Abandon a reembed in progress instead.")
+@json_option
+@progress_option
+@click.pass_obj
+def reembed_cmd(obj, table, schema, dsn, bundle_name, batch_size, abort_, as_json, progress):
+    """Re-embed TABLE with another model, then switch searches to it atomically.
+
+    The old embeddings stay searchable until the new ones are complete. Restart
+    workers with the new bundle afterwards.
+    """
+    from . import sync_reembed
+
+    with _cli_errors(dsn):
+        if abort_:
+            with _connect(dsn) as conn:
+                done = sync_reembed.abort(conn, table, schema)
+            click.echo("reembed abandoned" if done else "no reembed in progress")
+            return
+        bundle = obj.bundle(bundle_name)
+        with _connect(dsn) as conn:
+            rep = sync_reembed.reembed(conn, table, bundle, schema=schema, cfg=_config(batch_size),
+                                       progress=_progress(progress))
+    if as_json:
+        click.echo(json.dumps(rep.to_dict(), default=str))
+    elif not rep.switched:
+        click.echo(f"{rep.table} already uses model {rep.new_model_id}")
+    else:
+        click.echo(f"{rep.table}: switched from {rep.old_model_id} (dim {rep.old_dim}) to "
+                   f"{rep.new_model_id} (dim {rep.new_dim}); {rep.sync.written} rows embedded, "
+                   f"{len(rep.sync.failed)} failed")

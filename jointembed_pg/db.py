@@ -1,0 +1,193 @@
+"""Connections: DSN resolution, the embedded server, pgvector registration, migrations.
+
+Thin glue over psycopg 3 and :func:`pgvector.psycopg.register_vector`: after
+:func:`connect` (or :func:`prepare` on a connection you opened yourself) numpy
+``(D,) float32`` arrays bind as ``vector`` parameters and ``vector`` columns load as
+numpy arrays.
+
+Anything that takes "conn" in this package accepts a DSN string, ``None`` (see
+:func:`resolve_dsn`), a ``psycopg.Connection``, or a SQLAlchemy ``Engine`` /
+``Connection`` using the ``postgresql+psycopg`` driver (see :func:`borrow`).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from typing import Any, Iterator
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from pgvector.psycopg import register_vector
+
+from . import embedded, migrations
+from .errors import DatabaseError
+
+#: Seconds to wait for a server before giving up (unless the DSN sets connect_timeout).
+DEFAULT_CONNECT_TIMEOUT = 5
+#: Environment variable naming the database when no DSN is passed.
+DSN_ENV = "DATABASE_URL"
+
+_KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
+def redact(dsn: str) -> str:
+    """``dsn`` with any password replaced by ``***`` (URI or ``key=value`` form)."""
+    if "://" not in dsn:
+        return _KV_PASSWORD.sub(r"\1***", dsn)
+    try:
+        parts = urlsplit(dsn)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, host = netloc.rsplit("@", 1)
+            if ":" in userinfo:
+                userinfo = userinfo.split(":", 1)[0] + ":***"
+            netloc = f"{userinfo}@{host}"
+        query = parts.query
+        if query:
+            pairs = [(k, "***" if k.lower() == "password" else v)
+                     for k, v in parse_qsl(query, keep_blank_values=True)]
+            query = urlencode(pairs, safe="/*:")
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:
+        return re.sub(r"//[^@/]*@", "//***@", dsn)
+
+
+def resolve_dsn(dsn: str | None = None) -> str:
+    """``dsn``, else ``$DATABASE_URL``, else the embedded server's URI (started on demand).
+
+    Raises:
+        DatabaseError: the embedded server cannot start.
+    """
+    if dsn:
+        return dsn
+    env = os.environ.get(DSN_ENV)
+    if env:
+        return env
+    return embedded.get_uri()
+
+
+def connect(dsn: str | None = None, *, autocommit: bool = False,
+            connect_timeout: int = DEFAULT_CONNECT_TIMEOUT, migrate: bool = True) -> psycopg.Connection:
+    """Open a connection ready for jointembed: pgvector registered, schema migrated.
+
+    Args:
+        dsn: libpq DSN or URI; ``None`` → ``$DATABASE_URL`` → embedded pgserver.
+        autocommit: psycopg autocommit mode of the returned connection.
+        connect_timeout: seconds, used unless the DSN sets its own.
+        migrate: create the ``vector`` extension and apply pending migrations.
+
+    Returns:
+        An idle ``psycopg.Connection`` (caller closes it; usable as a context manager).
+
+    Raises:
+        DatabaseError: the server is unreachable or refuses the login, the DSN is
+            malformed, or the migrations fail. The message is one line and never shows
+            the password; the psycopg error is chained as ``__cause__``.
+    """
+    target = resolve_dsn(dsn)
+    kwargs: dict[str, Any] = {"autocommit": autocommit}
+    try:
+        if "connect_timeout" not in psycopg.conninfo.conninfo_to_dict(target):
+            kwargs["connect_timeout"] = connect_timeout
+        conn = psycopg.connect(target, **kwargs)
+    except psycopg.Error as e:
+        raise DatabaseError(f"cannot connect to PostgreSQL at {redact(target)}: "
+                            f"{one_line(e, target)}") from e
+    try:
+        prepare(conn, migrate=migrate)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def prepare(conn: psycopg.Connection, *, migrate: bool = True) -> psycopg.Connection:
+    """Make a connection you opened yourself ready: migrations, ``register_vector``.
+
+    Idempotent and cheap when already done. Leaves an idle connection idle and an open
+    transaction open (the work then joins it).
+
+    Raises:
+        DatabaseError: the ``vector`` extension or a migration cannot be created.
+    """
+    was_idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    try:
+        if migrate:
+            migrations.apply(conn)
+        if conn.adapters.types.get("vector") is None:
+            register_vector(conn)
+            if was_idle and conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS:
+                conn.commit()  # end the transaction the type lookup opened, not the caller's
+    except psycopg.Error as e:
+        raise DatabaseError(f"cannot prepare the jointembed schema: {one_line(e)}") from e
+    return conn
+
+
+def vector_version(conn: psycopg.Connection) -> tuple[int, ...]:
+    """Installed pgvector version as a tuple, e.g. ``(0, 6, 2)``; ``()`` if not installed."""
+    with conn.transaction():
+        row = conn.execute(migrations.queries()["vector_version"]).fetchone()
+    if row is None:
+        return ()
+    return tuple(int(p) for p in re.findall(r"\d+", row[0]))
+
+
+@contextlib.contextmanager
+def borrow(target: Any = None) -> Iterator[psycopg.Connection]:
+    """Yield a prepared ``psycopg.Connection`` for ``target``; close it only if opened here.
+
+    ``target``: a ``psycopg.Connection`` (yielded as is), a SQLAlchemy ``Engine`` (one
+    pooled connection, returned to the pool afterwards), a SQLAlchemy ``Connection`` (its
+    driver connection, inside its transaction if one is open), or a DSN / ``None``
+    (a new connection via :func:`connect`, closed afterwards).
+
+    Raises:
+        TypeError: ``target`` is none of these, or a SQLAlchemy one with another driver.
+        DatabaseError: as :func:`connect`.
+    """
+    if isinstance(target, psycopg.Connection):
+        yield _ensure_registered(target)
+        return
+    if target is None or isinstance(target, str):
+        with connect(target) as conn:
+            yield conn
+        return
+    kind = type(target).__module__ + "." + type(target).__name__
+    if kind == "sqlalchemy.engine.base.Engine":
+        raw = target.raw_connection()
+        try:
+            yield _ensure_registered(_driver(raw.driver_connection, kind))
+        finally:
+            raw.close()
+        return
+    if kind == "sqlalchemy.engine.base.Connection":
+        yield _ensure_registered(_driver(target.connection.driver_connection, kind))
+        return
+    raise TypeError(f"expected a DSN, psycopg.Connection or SQLAlchemy Engine/Connection, got {kind}")
+
+
+def _driver(conn: Any, kind: str) -> psycopg.Connection:
+    if not isinstance(conn, psycopg.Connection):
+        raise TypeError(f"{kind} must use the psycopg 3 driver (postgresql+psycopg://...), "
+                        f"got a {type(conn).__module__}.{type(conn).__name__}")
+    return conn
+
+
+def _ensure_registered(conn: psycopg.Connection) -> psycopg.Connection:
+    if conn.adapters.types.get("vector") is None:
+        prepare(conn)
+    return conn
+
+
+def one_line(err: BaseException, dsn: str | None = None) -> str:
+    """First non-empty line of an error message, with the DSN's password removed."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    if dsn:
+        try:
+            password = psycopg.conninfo.conninfo_to_dict(dsn).get("password")
+        except psycopg.Error:
+            password = None
+        if password:
+            text = text.replace(str(password), "***")
+    return text[:500]

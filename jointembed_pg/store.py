@@ -1,0 +1,381 @@
+"""Collections of embedded items in PostgreSQL: create, batch upsert, index, search.
+
+>>> store = Store()                                     # embedded server, or a DSN / conn / Engine
+>>> coll = store.collection("photos", model_id=b.model_id, dim=b.dim, create=True)
+>>> coll.upsert([("image", "a.jpg", "/data/a.jpg", None, sha, emb)])   # emb: (D,) float32
+>>> coll.ensure_index()
+>>> coll.search_vector(q, target="image", k=10)          # -> list[Hit], L2 distance ascending
+
+Each collection has its own items table ``jointembed.items_<id>`` (``embedding vector(D)``,
+unique ``(modality, key)``) with one partial HNSW index (``vector_l2_ops``) per modality.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import psycopg
+from psycopg import sql
+
+from . import db, search
+from .errors import DatabaseError, InputError, ModelMismatchError
+from .migrations import query, queries
+from .search import Hit, Where  # noqa: F401  (re-exported)
+
+#: HNSW build parameters (pgvector defaults).
+DEFAULT_M = 16
+DEFAULT_EF_CONSTRUCTION = 64
+_STAGE_TYPES = ["int4", "text", "text", "text", "text", "text", "vector"]
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    """A row of ``jointembed.collections``."""
+
+    id: int
+    name: str
+    model_id: str
+    dim: int
+    items_table: str
+    created_at: datetime
+
+
+class Store:
+    """Entry point: a database holding jointembed collections.
+
+    Args:
+        target: DSN string or ``None`` (``$DATABASE_URL``, else the embedded server) — the
+            Store then owns one connection (close it with :meth:`close`); or a
+            ``psycopg.Connection`` / SQLAlchemy ``Connection`` (used as is; work joins its
+            open transaction, if any); or a SQLAlchemy ``Engine`` (a pooled connection per
+            operation). Migrations are applied on construction.
+        exact_below: filtered searches matching at most this many rows run exactly.
+
+    Thread-safe: operations through one Store are serialised by a lock (use one Store
+    per thread for parallel queries).
+
+    Raises:
+        DatabaseError: unreachable server (password redacted) or failed migrations.
+    """
+
+    def __init__(self, target: Any = None, *, exact_below: int = search.DEFAULT_EXACT_BELOW):
+        self._lock = threading.RLock()
+        self._owned: psycopg.Connection | None = None
+        self._dsn = target if target is None or isinstance(target, str) else None
+        if target is None or isinstance(target, str):
+            self._owned = db.connect(target)
+            self._target: Any = self._owned
+        else:
+            self._target = target
+        self.exact_below = exact_below
+        with db.borrow(self._target) as conn, self._lock:
+            db.prepare(conn)
+            self.vector_version = db.vector_version(conn)
+
+    # -- connection handling -------------------------------------------------------
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[psycopg.Connection]:
+        """Yield a prepared connection inside a transaction (committed on success).
+
+        psycopg errors raised inside are re-raised as :class:`DatabaseError` (one line,
+        chained); library errors pass through unchanged. A connection the Store opened
+        itself is reopened if it was lost (e.g. the server restarted).
+        """
+        with self._lock:
+            if self._owned is not None and (self._owned.broken or self._owned.closed):
+                self._owned = self._target = db.connect(self._dsn)
+            with db.borrow(self._target) as conn:
+                try:
+                    with conn.transaction():
+                        yield conn
+                except psycopg.Error as e:
+                    raise DatabaseError(f"{type(e).__name__}: {db.one_line(e)}") from e
+
+    def close(self) -> None:
+        """Close the connection this Store opened (not one it was given)."""
+        with self._lock:
+            if self._owned is not None:
+                self._owned.close()
+                self._dsn = None
+                self._owned = None
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def iterative_scan(self) -> bool:
+        """Whether the server's pgvector has ``hnsw.iterative_scan`` (>= 0.8)."""
+        return self.vector_version >= (0, 8)
+
+    # -- collections -----------------------------------------------------------------
+    def collection(self, name: str, *, model_id: str | None = None, dim: int | None = None,
+                   create: bool = False) -> "Collection":
+        """Open (or with ``create=True`` create) the collection ``name``.
+
+        ``model_id`` / ``dim``, when given, must equal the stored ones; they are required
+        to create. Any name is allowed (stored as data; the table name is derived from the id).
+
+        Raises:
+            ModelMismatchError: ``model_id`` or ``dim`` differs from the collection's
+                (checked before anything is written).
+            DatabaseError: no such collection and ``create`` is false.
+            ValueError: invalid name, or ``create`` without ``model_id``/``dim``.
+        """
+        if not isinstance(name, str) or not 1 <= len(name) <= 200 or "\x00" in name:
+            raise ValueError(f"collection name must be 1..200 characters without NUL, got {name!r}")
+        if dim is not None and (int(dim) != dim or not 1 <= dim <= 16000):
+            raise ValueError(f"dim must be an integer in 1..16000, got {dim!r}")
+        with self.transaction() as conn:
+            row = conn.execute(query("collection_get"), {"name": name}).fetchone()
+        if row is None:
+            if not create:
+                raise DatabaseError(f"no collection named {name!r} (create it with create=True "
+                                    "or `jointembed index ...`)")
+            if model_id is None or dim is None:
+                raise ValueError(f"creating collection {name!r} needs model_id and dim")
+            with self.transaction() as conn:
+                row = conn.execute(query("collection_create"),
+                                   {"name": name, "model_id": model_id, "dim": int(dim)}).fetchone()
+        info = CollectionInfo(*row)
+        _check_model(info, model_id, dim)
+        return Collection(self, info)
+
+    def collections(self) -> list[CollectionInfo]:
+        """All collections, by name."""
+        with self.transaction() as conn:
+            return [CollectionInfo(*r) for r in conn.execute(query("collection_list")).fetchall()]
+
+    def drop_collection(self, name: str) -> bool:
+        """Drop a collection and its items table; ``False`` if it did not exist."""
+        with self.transaction() as conn:
+            return bool(conn.execute(query("collection_drop"), {"name": name}).fetchone()[0])
+
+    def info(self) -> dict:
+        """Server, pgvector and schema versions and the collections (JSON-ready)."""
+        with self.transaction() as conn:
+            server = conn.info.server_version
+            schema = conn.execute("SELECT coalesce(max(version), 0) FROM jointembed.schema_version").fetchone()[0]
+        return {
+            "server_version": server,
+            "pgvector": ".".join(map(str, self.vector_version)),
+            "schema_version": schema,
+            "collections": [c.name for c in self.collections()],
+        }
+
+
+def _check_model(info: CollectionInfo, model_id: str | None, dim: int | None) -> None:
+    if model_id is not None and model_id != info.model_id:
+        raise ModelMismatchError(f"collection {info.name!r} holds embeddings of model {info.model_id!r}, "
+                                 f"not {model_id!r}; use another collection or re-create it")
+    if dim is not None and int(dim) != info.dim:
+        raise ModelMismatchError(f"collection {info.name!r} stores {info.dim}-dimensional embeddings, not {dim}")
+
+
+class Collection:
+    """One collection: its items table and the operations on it.
+
+    Attributes:
+        store: the owning :class:`Store`. info: its :class:`CollectionInfo`.
+        table_ident: ``psycopg.sql.Identifier("jointembed", "items_<id>")`` for your own SQL.
+    """
+
+    def __init__(self, store: Store, info: CollectionInfo):
+        self.store, self.info = store, info
+        self.table_ident = sql.Identifier("jointembed", info.items_table)
+
+    name = property(lambda self: self.info.name)
+    model_id = property(lambda self: self.info.model_id)
+    dim = property(lambda self: self.info.dim)
+
+    def __repr__(self) -> str:
+        return f"Collection({self.name!r}, model_id={self.model_id!r}, dim={self.dim})"
+
+    def _q(self, name: str, **idents: sql.Composable) -> sql.Composed:
+        return query(name).format(items=self.table_ident, **idents)
+
+    # -- writing ---------------------------------------------------------------------
+    def upsert(self, rows: Iterable[Any]) -> int:
+        """Insert or update items by ``(modality, key)`` in one transaction; return the count.
+
+        A row is a tuple ``(modality, key, source, text, content_hash, embedding)`` or an
+        object with those attributes; ``embedding`` is ``(D,) float32`` (L2 space).
+        Rows are COPYed (binary) into a temporary table and merged with one
+        ``INSERT ... ON CONFLICT DO UPDATE``; with duplicate keys in a batch the last wins.
+
+        Raises:
+            InputError: a row has a bad modality, empty key, or a wrong-shape / non-finite
+                embedding (nothing of the batch is written).
+        """
+        batch = [self._row(r) for r in rows]
+        if not batch:
+            return 0
+        with self.store.transaction() as conn:
+            conn.execute(queries()["stage_create"])
+            conn.execute(queries()["stage_clear"])
+            with conn.cursor().copy(queries()["stage_copy"]) as copy:
+                copy.set_types(_STAGE_TYPES)
+                for n, row in enumerate(batch):
+                    copy.write_row((n, *row))
+            conn.execute(self._q("stage_merge"), {"model_id": self.model_id})
+        return len({(r[0], r[1]) for r in batch})
+
+    def _row(self, row: Any) -> tuple:
+        if hasattr(row, "embedding") and hasattr(row, "modality"):
+            fields = (row.modality, row.key, row.source, row.text, row.content_hash, row.embedding)
+        else:
+            fields = tuple(row)
+            if len(fields) != 6:
+                raise InputError(f"row must be (modality, key, source, text, content_hash, embedding), "
+                                 f"got {len(fields)} fields")
+        modality, key, source, text, content_hash, emb = fields
+        if modality not in search.MODALITIES:
+            raise InputError(f"item {key!r}: modality must be 'image' or 'text', got {modality!r}")
+        if not isinstance(key, str) or not key:
+            raise InputError(f"item key must be a non-empty string, got {key!r}")
+        e = np.asarray(emb, dtype=np.float32)
+        if e.shape != (self.dim,):
+            raise InputError(f"item {key!r}: embedding shape {e.shape}, collection {self.name!r} needs ({self.dim},)")
+        if not np.isfinite(e).all():
+            raise InputError(f"item {key!r}: embedding contains NaN or infinite values")
+        return modality, key, source, text, content_hash, e
+
+    def delete(self, modality: str, keys: Sequence[str]) -> int:
+        """Delete items by key; return how many were deleted."""
+        with self.store.transaction() as conn:
+            return conn.execute(self._q("delete_keys"), {"modality": modality, "keys": list(keys)}).rowcount
+
+    # -- reading ---------------------------------------------------------------------
+    def content_hashes(self, modality: str, keys: Sequence[str]) -> dict[str, str | None]:
+        """``{key: content_hash}`` for those of ``keys`` already stored (to skip unchanged items)."""
+        search.check_target(modality)
+        with self.store.transaction() as conn:
+            rows = conn.execute(self._q("content_hashes"), {"modality": modality, "keys": list(keys)}).fetchall()
+        return dict(rows)
+
+    def existing_keys(self, modality: str, keys: Sequence[str]) -> set[str]:
+        """The subset of ``keys`` already stored for ``modality``."""
+        return set(self.content_hashes(modality, keys))
+
+    def count(self, modality: str | None = None) -> int:
+        """Number of items (of one modality, or all)."""
+        if modality is not None:
+            search.check_target(modality)
+        with self.store.transaction() as conn:
+            return conn.execute(self._q("count"), {"modality": modality}).fetchone()[0]
+
+    def get(self, item_id: int) -> Hit:
+        """The item ``item_id`` as a :class:`Hit` (distance 0, embedding included).
+
+        Raises:
+            DatabaseError: no such item.
+        """
+        with self.store.transaction() as conn:
+            row = conn.execute(self._q("get_item"), {"je_id": item_id}).fetchone()
+        if row is None:
+            raise DatabaseError(f"no item {item_id} in collection {self.name!r}")
+        return search._hits([row])[0]
+
+    # -- indexing --------------------------------------------------------------------
+    def index_name(self, modality: str) -> str:
+        """Name of the HNSW index of one modality: ``items_<id>_<modality>_hnsw``."""
+        return f"{self.info.items_table}_{modality}_hnsw"
+
+    def ensure_index(self, m: int = DEFAULT_M, ef_construction: int = DEFAULT_EF_CONSTRUCTION, *,
+                     modalities: Sequence[str] = search.MODALITIES,
+                     maintenance_work_mem: str | None = None) -> list[str]:
+        """Create the partial HNSW indexes (``vector_l2_ops``) that do not exist yet.
+
+        An existing index is left as it is (whatever its ``m``/``ef_construction``), found
+        by a catalog lookup without locking the table: calling this again is a fast no-op.
+
+        Returns:
+            Names of the indexes created by this call.
+        Raises:
+            ValueError: ``m`` not in 2..100 or ``ef_construction`` not in ``2*m``..1000.
+        """
+        if not 2 <= m <= 100 or not 2 * m <= ef_construction <= 1000:
+            raise ValueError(f"need 2 <= m <= 100 and 2*m <= ef_construction <= 1000, got m={m}, "
+                             f"ef_construction={ef_construction}")
+        created = []
+        for modality in modalities:
+            search.check_target(modality)
+            name = self.index_name(modality)
+            with self.store.transaction() as conn:
+                if conn.execute(query("index_exists"), {"name": name}).fetchone()[0]:
+                    continue
+                if maintenance_work_mem:
+                    search.set_local(conn, "maintenance_work_mem", maintenance_work_mem)
+                conn.execute(self._q("index_create", index=sql.Identifier(name), m=sql.Literal(int(m)),
+                                     ef_construction=sql.Literal(int(ef_construction)),
+                                     modality=sql.Literal(modality)))
+            created.append(name)
+        return created
+
+    # -- searching -------------------------------------------------------------------
+    def search_vector(self, vector: Any, *, target: str | None = "image", k: int = 10,
+                      ef_search: int | None = None, exact: bool = False, where: Where = None,
+                      params: Mapping[str, Any] | None = None, with_embedding: bool = False) -> list[Hit]:
+        """The ``k`` items nearest to ``vector`` by L2 distance, closest first.
+
+        Args:
+            vector: ``(D,) float32`` query embedding (same model as the collection).
+            target: ``"image"``, ``"text"`` or ``None`` (both modalities).
+            k: number of results (fewer only if fewer items match).
+            ef_search: HNSW ``hnsw.ef_search`` for this query (1..1000; default 40,
+                always at least ``k``).
+            exact: exact scan, no index (reference results, small collections).
+            where: filter, see :func:`jointembed_pg.search.compose_where`; the result
+                still has exactly ``k`` rows when at least ``k`` items match.
+            params: values of the filter's ``%(name)s`` placeholders.
+            with_embedding: also return each hit's embedding.
+
+        Raises:
+            ModelMismatchError: ``vector`` has the wrong dimension.
+            InputError: ``vector`` is not 1-D or not finite. ValueError: bad k/target/ef_search.
+        """
+        q = search.check_vector(vector, self.dim)
+        targets = search.check_target(target)
+        with self.store.transaction() as conn:
+            return search.run(conn, self.table_ident, q, targets=targets, k=k, ef_search=ef_search,
+                              exact=exact, where=where, params=params, with_embedding=with_embedding,
+                              iterative_scan=self.store.iterative_scan, exact_below=self.store.exact_below)
+
+    def more_like_this(self, item_id: int, *, target: str | None = None, k: int = 10,
+                       **options: Any) -> list[Hit]:
+        """The ``k`` items nearest to the stored item ``item_id`` (itself excluded).
+
+        ``target=None`` searches the item's own modality. Other options as :meth:`search_vector`.
+
+        Raises:
+            DatabaseError: no such item.
+        """
+        item = self.get(item_id)
+        hits = self.search_vector(item.embedding, target=target or item.modality, k=k + 1, **options)
+        return [h for h in hits if h.id != item_id][:k]
+
+    def search_text(self, bundle: Any, text: str, *, target: str | None = "image", k: int = 10,
+                    **options: Any) -> list[Hit]:
+        """Embed ``text`` with ``bundle`` and search (default: text → image).
+
+        Raises:
+            ModelMismatchError: the bundle's model is not the collection's.
+            InputError: empty text.
+        """
+        self._check_bundle(bundle)
+        return self.search_vector(bundle.encode_texts([text])[0], target=target, k=k, **options)
+
+    def search_image(self, bundle: Any, source: Any, *, target: str | None = "text", k: int = 10,
+                     **options: Any) -> list[Hit]:
+        """Embed one image (path, URL or bytes, as the bundle accepts) and search (default: image → text)."""
+        self._check_bundle(bundle)
+        return self.search_vector(bundle.encode_images([source])[0], target=target, k=k, **options)
+
+    def _check_bundle(self, bundle: Any) -> None:
+        _check_model(self.info, bundle.model_id, bundle.dim)

@@ -1,0 +1,346 @@
+"""Draining the queue of an attached table: claim -> read -> embed -> write.
+
+One *batch* (:func:`process_batch`):
+
+1. **claim** up to ``batch_size`` ready queue rows of one model version with
+   ``FOR UPDATE SKIP LOCKED`` and a lease (``jointembed.sync_claim``, its own short
+   transaction), so any number of workers share a queue and each row goes to one of
+   them; a crashed worker's rows return when the lease runs out;
+2. **read** the user's current content of those rows (``jointembed.sync_fetch``);
+3. **embed** what changed: a row whose content hash equals the stored one is only
+   dequeued; images are read (:mod:`jointembed_pg.sources`) and decoded in threads;
+4. **write** the embeddings and delete the queue rows, and record the failures, in one
+   transaction (``sync_complete`` / ``sync_fail``), retried on serialization failures
+   and deadlocks. Rows changed, deleted or re-claimed since the claim are not written.
+
+A row that fails (NULL value, missing file, bad image, URL error) is recorded with its
+error and retried with exponential backoff up to ``max_attempts`` (NULL values and
+undecodable bytea are not retried); it never blocks the rest of the queue.
+The long-running loop (LISTEN/NOTIFY, signals, JSON logs) is :mod:`jointembed_pg.sync_loop`.
+"""
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import psycopg
+
+from . import db, preprocess
+from .errors import InputError, JointEmbedError, ModelMismatchError
+from .ingest import sha256
+from .readers import clean_text
+from .sources import ImageSource, is_retryable
+from .sync import Attachment, Version, _call, find, version_for
+
+#: Transient errors retried around a transaction (then re-raised).
+RETRYABLE = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected,
+             psycopg.errors.LockNotAvailable)
+TX_RETRIES = 5
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    """Knobs of queue draining. Times in seconds.
+
+    Attributes:
+        batch_size: queue rows claimed per batch (images + texts).
+        lease_s: how long a claim is kept before others may take it (must exceed the
+            time to embed one batch).
+        retry_base_s / retry_max_s: backoff after a failure: ``base * 2^(attempts-1)``,
+            at most ``max``.
+        max_attempts: failures after which a row is given up (``sync --retry-failed``).
+        load_threads: threads reading and decoding images.
+    """
+
+    batch_size: int = 32
+    lease_s: float = 600.0
+    retry_base_s: float = 30.0
+    retry_max_s: float = 3600.0
+    max_attempts: int = 5
+    load_threads: int = 2
+
+
+@dataclass
+class SyncReport:
+    """What draining did. ``failed``: ``[{key, modality, error}]`` of this run."""
+
+    table: str
+    model_id: str
+    version: int
+    written: int = 0
+    unchanged: int = 0
+    gone: int = 0
+    failed: list[dict] = field(default_factory=list)
+    batches: int = 0
+    seconds: float = 0.0
+
+    def add(self, other: "BatchResult") -> None:
+        self.written += other.written
+        self.unchanged += other.unchanged
+        self.gone += other.gone
+        self.failed.extend(other.failed)
+        self.batches += 1
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        return {"table": self.table, "model_id": self.model_id, "version": self.version,
+                "written": self.written, "unchanged": self.unchanged, "gone": self.gone,
+                "failed": self.failed, "batches": self.batches, "seconds": round(self.seconds, 3)}
+
+
+@dataclass
+class BatchResult:
+    """One batch: counts of written / unchanged / gone rows and the failures."""
+
+    claimed: int = 0
+    written: int = 0
+    unchanged: int = 0
+    gone: int = 0
+    failed: list[dict] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One attachment version a bundle writes: what :func:`process_batch` works on."""
+
+    attachment: Attachment
+    version: Version
+
+    @classmethod
+    def resolve(cls, conn, table: str, bundle, schema: str | None = None) -> "Target":
+        """The live version of ``table`` matching ``bundle``.
+
+        Raises:
+            DatabaseError: not attached. ModelMismatchError: no version of this model.
+        """
+        att = find(conn, table, schema)
+        return cls(att, version_for(conn, att, bundle))
+
+
+def with_retries(fn: Callable[[], object], retries: int = TX_RETRIES):
+    """Call ``fn`` (one whole transaction), retrying serialization failures/deadlocks."""
+    for attempt in range(retries + 1):
+        try:
+            return fn()
+        except RETRYABLE:
+            if attempt == retries:
+                raise
+            time.sleep(0.02 * 2 ** attempt * (1 + random.random()))
+
+
+@dataclass
+class _Item:
+    qid: int
+    key: str
+    modality: str
+    content: str | bytes | None = None   # cleaned text, or image bytes
+    digest: str | None = None
+    pixels: np.ndarray | None = None     # (3, S, S) float32
+    error: str | None = None
+    final: bool = False                  # error not worth retrying
+
+
+def _prepare(row, att: Attachment, reader: ImageSource, spec) -> _Item:
+    """Turn one ``sync_fetch`` row into an item: content, hash, pixels, or an error."""
+    qid, key, modality, _present, text, image_ref, image_data, _stored, _attempts = row
+    item = _Item(qid, key, modality)
+    where = f"{att.qualified}[{key}]"
+    try:
+        if modality == "text":
+            if text is None:
+                raise InputError(f"{where}.{att.text_column}: text is NULL")
+            item.content = clean_text(text, f"{where}.{att.text_column}")
+            item.digest = sha256(item.content.encode("utf-8"))
+        else:
+            value = image_data if att.image_source == "bytea" else image_ref
+            item.content = reader.read(value, f"{where}.{att.image_column}")
+            item.digest = sha256(item.content)
+    except InputError as e:
+        # a text (or a NULL) only changes through an UPDATE, which re-enqueues the row
+        item.error, item.final = str(e), modality == "text" or not is_retryable(e)
+    return item
+
+
+def _decode(item: _Item, spec, att: Attachment) -> _Item:
+    try:
+        item.pixels = preprocess.load(item.content, spec)
+    except InputError as e:
+        item.error = f"{att.qualified}[{item.key}].{att.image_column}: {e}"
+        item.final = att.image_source == "bytea"
+    return item
+
+
+def _encode(bundle, items: list[_Item]) -> list[np.ndarray | None]:
+    """Embeddings ``(D,) float32`` per item, None where the encoder refused it alone."""
+    if not items:
+        return []
+    try:
+        if items[0].modality == "text":
+            emb = bundle.encode_texts([it.content for it in items])
+        else:
+            emb = bundle.encode_pixels(np.stack([it.pixels for it in items]))
+        return list(np.asarray(emb, dtype=np.float32))
+    except JointEmbedError as e:
+        if len(items) == 1:
+            items[0].error, items[0].final = str(e), True
+            return [None]
+        return [v for it in items for v in _encode(bundle, [it])]
+
+
+def process_batch(conn: psycopg.Connection, target: Target, bundle, cfg: SyncConfig = SyncConfig(),
+                  pool: ThreadPoolExecutor | None = None) -> BatchResult:
+    """Claim, embed and write one batch (see the module docstring).
+
+    Args:
+        conn: an autocommit connection (each step is its own transaction).
+        bundle: must be the target version's model (checked: ModelMismatchError).
+    Returns:
+        :class:`BatchResult`; ``claimed == 0`` means nothing was ready.
+    Raises:
+        ModelMismatchError, DatabaseError; anything else unexpected after releasing the
+        claim (so other workers can take the rows at once).
+    """
+    att, ver = target.attachment, target.version
+    if bundle.model_id != ver.model_id or int(bundle.dim) != ver.dim:
+        raise ModelMismatchError(f"version {ver.version} of table {att.qualified} is model {ver.model_id} "
+                                 f"(dim {ver.dim}), but the bundle is {bundle.model_id} (dim {bundle.dim})")
+    token = uuid.uuid4()
+    claimed = with_retries(lambda: _call(conn, "SELECT jointembed.sync_claim(%s, %s, %s, %s, %s)",
+                                         [att.id, ver.version, token, cfg.batch_size,
+                                          f"{cfg.lease_s} seconds"])[0])
+    result = BatchResult(claimed=claimed)
+    if not claimed:
+        return result
+    try:
+        rows = _call(conn, "SELECT * FROM jointembed.sync_fetch(%s, %s, %s)", [att.id, ver.version, token],
+                     fetch="all")
+        _embed_and_write(conn, target, bundle, cfg, token, rows, result, pool)
+    except BaseException:
+        try:
+            _call(conn, "SELECT jointembed.sync_release(%s, %s)", [att.id, token])
+        except Exception:  # noqa: BLE001 - the lease returns them anyway
+            pass
+        raise
+    return result
+
+
+def _embed_and_write(conn, target: Target, bundle, cfg: SyncConfig, token, rows, result: BatchResult,
+                     pool: ThreadPoolExecutor | None) -> None:
+    att, ver = target.attachment, target.version
+    reader, spec = att.image_reader(), bundle.image_spec
+    present = [r for r in rows if r[3]]
+    gone = [r[0] for r in rows if not r[3]]
+    prep = (lambda r: _prepare(r, att, reader, spec))
+    items = list(pool.map(prep, present)) if pool else [prep(r) for r in present]
+    stored = {r[0]: r[7] for r in rows}
+    same = [it for it in items if it.error is None and it.digest == stored.get(it.qid)]
+    fresh = [it for it in items if it.error is None and it.digest != stored.get(it.qid)]
+    images = [it for it in fresh if it.modality == "image"]
+    if images:
+        dec = (lambda it: _decode(it, spec, att))
+        list(pool.map(dec, images)) if pool else [dec(it) for it in images]
+    texts = [it for it in fresh if it.modality == "text"]
+    images = [it for it in images if it.error is None]
+    done: list[tuple[_Item, np.ndarray]] = []
+    for group in (texts, images):
+        for it, emb in zip(group, _encode(bundle, group)):
+            if emb is not None:
+                done.append((it, emb))
+    failed = [it for it in items if it.error is not None]
+    bad = next((e.shape for _, e in done if e.shape != (ver.dim,)), None)
+    if bad is not None:
+        raise ModelMismatchError(f"the bundle {bundle.model_id} returned embeddings of shape {bad}, "
+                                 f"but table {att.qualified} stores vector({ver.dim})")
+
+    def write():
+        with conn.transaction():
+            n = 0
+            if done:
+                n = conn.execute("SELECT jointembed.sync_complete(%s, %s, %s, %s, %s, %s)",
+                                 [att.id, ver.version, token, [it.qid for it, _ in done],
+                                  [it.digest for it, _ in done], [e for _, e in done]]).fetchone()[0]
+            skip = [it.qid for it in same] + gone
+            if skip:
+                conn.execute("SELECT jointembed.sync_complete(%s, %s, %s, %s, NULL, NULL)",
+                             [att.id, ver.version, token, skip])
+            if failed:
+                conn.execute("SELECT jointembed.sync_fail(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                             [att.id, ver.version, token, [it.qid for it in failed],
+                              [it.error for it in failed], [it.final for it in failed],
+                              cfg.retry_base_s, cfg.retry_max_s, cfg.max_attempts])
+            return n
+
+    result.written = with_retries(write)
+    result.unchanged, result.gone = len(same), len(gone)
+    result.failed = [{"key": it.key, "modality": it.modality, "error": it.error} for it in failed]
+
+
+def drain(conn: psycopg.Connection, target: Target, bundle, cfg: SyncConfig = SyncConfig(), *,
+          progress: bool = False, stop: Callable[[], bool] = lambda: False,
+          on_batch: Callable[[BatchResult], None] | None = None) -> SyncReport:
+    """Process batches of ``target`` until nothing is ready (or ``stop()`` is true).
+
+    Rows waiting for a retry (backoff) are not waited for. Returns a :class:`SyncReport`.
+    """
+    att, ver = target.attachment, target.version
+    report, t0 = SyncReport(att.qualified, ver.model_id, ver.version), time.perf_counter()
+    total = _ready_count(conn, target) if progress else None
+    bar = _bar(total, att.qualified, progress)
+    pool = ThreadPoolExecutor(max(1, cfg.load_threads), thread_name_prefix="jointembed-sync")
+    try:
+        while not stop():
+            res = process_batch(conn, target, bundle, cfg, pool)
+            if not res.claimed:
+                break
+            report.add(res)
+            bar.update(res.claimed)
+            if on_batch is not None:
+                on_batch(res)
+    finally:
+        pool.shutdown(wait=True)
+        bar.close()
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _ready_count(conn, target: Target) -> int:
+    st = _call(conn, "SELECT jointembed.sync_status(%s, 0)", [target.attachment.id])[0]
+    if st.get("version") == target.version.version:
+        return int(st["ready"])
+    return int((st.get("building") or {}).get("ready", 0))
+
+
+def _bar(total, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="row", disable=not enabled, dynamic_ncols=True)
+
+
+def sync_table(conn, table: str, bundle, *, schema: str | None = None, cfg: SyncConfig = SyncConfig(),
+               progress: bool = False, retry_failed: bool = False, rescan: bool = False) -> SyncReport:
+    """Drain ``table``'s queue once with ``bundle`` and return (``jointembed sync``).
+
+    Args:
+        conn: DSN / connection / engine (an autocommit connection is opened for a DSN).
+        retry_failed: first make given-up rows ready again.
+        rescan: first enqueue every row (content hashes skip the unchanged ones).
+    Raises:
+        ModelMismatchError: ``bundle`` is not the table's model (nor the one a reembed
+            is building), before any write. DatabaseError: not attached.
+    """
+    if conn is None or isinstance(conn, str):
+        with db.connect(conn, autocommit=True) as c:
+            return sync_table(c, table, bundle, schema=schema, cfg=cfg, progress=progress,
+                              retry_failed=retry_failed, rescan=rescan)
+    with db.borrow(conn) as c:
+        target = Target.resolve(c, table, bundle, schema)
+        if rescan:
+            _call(c, "SELECT jointembed.sync_rescan(%s)", [target.attachment.id])
+        if retry_failed:
+            _call(c, "SELECT jointembed.sync_retry_failed(%s, %s)", [target.attachment.id, target.version.version])
+        return drain(c, target, bundle, cfg, progress=progress)

@@ -1,0 +1,100 @@
+-- Named query templates for jointembed_pg.store / jointembed_pg.search.
+-- Each block starts with "-- name: <name>". Values are bound parameters (%(name)s);
+-- {braced} names are identifiers/literals composed with psycopg.sql (Identifier/Literal).
+-- The items table is always aliased "i" so caller filters can refer to i.<column>.
+
+-- name: collection_get
+SELECT id, name, model_id, dim, items_table, created_at
+FROM jointembed.collections WHERE name = %(name)s
+
+-- name: collection_list
+SELECT id, name, model_id, dim, items_table, created_at
+FROM jointembed.collections ORDER BY name
+
+-- name: collection_create
+SELECT id, name, model_id, dim, items_table, created_at
+FROM jointembed.create_collection(%(name)s, %(model_id)s, %(dim)s)
+
+-- name: collection_drop
+SELECT jointembed.drop_collection(%(name)s)
+
+-- name: stage_create
+CREATE TEMP TABLE IF NOT EXISTS jointembed_stage (
+    ord integer, modality text, key text, source text, text text,
+    content_hash text, embedding vector
+) ON COMMIT DELETE ROWS
+
+-- name: stage_clear
+DELETE FROM pg_temp.jointembed_stage
+
+-- name: stage_copy
+COPY pg_temp.jointembed_stage (ord, modality, key, source, text, content_hash, embedding)
+FROM STDIN (FORMAT BINARY)
+
+-- name: stage_merge
+INSERT INTO {items} AS t (modality, key, source, text, content_hash, model_id, embedding)
+SELECT DISTINCT ON (s.modality, s.key)
+       s.modality, s.key, s.source, s.text, s.content_hash, %(model_id)s::text, s.embedding
+FROM pg_temp.jointembed_stage s
+ORDER BY s.modality, s.key, s.ord DESC
+ON CONFLICT (modality, key) DO UPDATE
+SET source = EXCLUDED.source, text = EXCLUDED.text, content_hash = EXCLUDED.content_hash,
+    model_id = EXCLUDED.model_id, embedding = EXCLUDED.embedding, updated_at = now()
+
+-- name: content_hashes
+SELECT i.key, i.content_hash FROM {items} i
+WHERE i.modality = %(modality)s AND i.key = ANY(%(keys)s)
+
+-- name: count
+SELECT count(*) FROM {items} i WHERE (%(modality)s::text IS NULL OR i.modality = %(modality)s)
+
+-- name: delete_keys
+DELETE FROM {items} i WHERE i.modality = %(modality)s AND i.key = ANY(%(keys)s)
+
+-- name: get_item
+SELECT i.id, i.key, i.modality, 0.0::float8 AS distance, i.source, i.text, i.embedding
+FROM {items} i WHERE i.id = %(je_id)s
+
+-- name: index_exists
+SELECT EXISTS (SELECT 1 FROM pg_indexes WHERE schemaname = 'jointembed' AND indexname = %(name)s)
+
+-- name: index_create
+CREATE INDEX IF NOT EXISTS {index} ON {items}
+USING hnsw (embedding vector_l2_ops) WITH (m = {m}, ef_construction = {ef_construction})
+WHERE modality = {modality}
+
+-- name: set_local
+SELECT set_config(%(name)s, %(value)s, true)
+
+-- name: get_setting
+SELECT current_setting(%(name)s, true)
+
+-- name: search_index
+SELECT i.id, i.key, i.modality, i.embedding <-> %(je_q)s AS distance, i.source, i.text{extra}
+FROM {items} i
+WHERE i.modality = {target} AND ({where})
+ORDER BY i.embedding <-> %(je_q)s
+LIMIT %(je_k)s
+
+-- name: search_exact
+SELECT i.id, i.key, i.modality, l2_distance(i.embedding, %(je_q)s) AS distance, i.source, i.text{extra}
+FROM {items} i
+WHERE i.modality = {target} AND ({where})
+ORDER BY distance
+LIMIT %(je_k)s
+
+-- name: search_probe
+WITH m AS MATERIALIZED (
+    SELECT i.id, i.key, i.modality, i.source, i.text, i.embedding
+    FROM {items} i
+    WHERE i.modality = {target} AND ({where})
+    LIMIT %(je_cap)s + 1
+)
+SELECT i.id, i.key, i.modality, l2_distance(i.embedding, %(je_q)s) AS distance, i.source, i.text{extra},
+       (SELECT count(*) FROM m) AS n_matched
+FROM m i
+ORDER BY distance
+LIMIT %(je_k)s
+
+-- name: vector_version
+SELECT extversion FROM pg_extension WHERE extname = 'vector'

@@ -1,0 +1,387 @@
+"""Attached tables on a real PostgreSQL with real Flickr8K rows and the real bundle:
+attach -> backfill -> search, triggers (what enqueues and what does not), failures and
+retries, detach leaving the user's objects as they were, hostile names, model checks.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import numpy as np
+import psycopg
+import pytest
+from psycopg import sql
+
+from jointembed_pg import db, sync
+from jointembed_pg.errors import DatabaseError, InputError, ModelMismatchError
+from jointembed_pg.sync_worker import SyncConfig, sync_table
+from test_sync_support import (Counting, Projected, catalog_snapshot, flickr_rows, make_photos, queue,
+                               side_rows, table_digest)
+
+pytestmark = pytest.mark.flickr8k
+
+
+@pytest.fixture
+def conn(pg_dsn):
+    with db.connect(pg_dsn, autocommit=True) as c:
+        yield c
+
+
+@pytest.fixture
+def images(flickr8k_dir):
+    return str(flickr8k_dir / "images")
+
+
+def _attach(conn, bundle, images, table="photos", **kw):
+    kw.setdefault("key", "id")
+    kw.setdefault("image_column", "image_path")
+    kw.setdefault("text_column", "caption")
+    return sync.attach(conn, table, bundle, image_root=images, **kw)
+
+
+def test_attach_backfill_then_search_in_python_and_sql(conn, bundle, flickr8k_dir, images):
+    rows = flickr_rows(str(flickr8k_dir), 12)
+    make_photos(conn, rows)
+    att = _attach(conn, bundle, images)
+    assert (att.schema_name, att.table_name, att.key_column, att.model_id, att.dim) == \
+        ("public", "photos", "id", bundle.model_id, bundle.dim)
+    st = sync.status(conn, "photos")[0]
+    assert (st["pending"], st["done"], st["failed"]) == (24, 0, 0)
+
+    rep = sync_table(conn, "photos", bundle)
+    assert (rep.written, rep.failed) == (24, [])
+    st = sync.status(conn, "photos")[0]
+    assert (st["pending"], st["done"], st["failed"]) == (0, 24, 0)
+
+    # a caption finds its own row's text first; the image of row 5 finds row 5's image
+    q = bundle.encode_texts([rows[4][1]])[0]
+    hits = sync.search_attached(conn, "photos", q, k=3, modality="text")
+    assert hits[0][0] == 5 and isinstance(hits[0][0], int) and hits[0][1] == pytest.approx(0.0, abs=1e-3)
+    img = bundle.encode_images([flickr8k_dir / "images" / rows[4][2]])[0]
+    assert sync.search_attached(conn, "photos", img, k=1, modality="image")[0][0] == 5
+    both = sync.search_attached(conn, "photos", q, k=30, modality=None)
+    assert len(both) == 24 and [d for _, d in both] == sorted(d for _, d in both)
+
+    # the SQL function, and joining back to the user's table as docs/SYNC.md shows
+    got = conn.execute("SELECT p.id, p.caption, r.distance "
+                       "FROM jointembed.search_attached('photos', %s, 3, 'text') r "
+                       "JOIN photos p ON p.id = r.key::integer ORDER BY r.distance", [q]).fetchall()
+    assert got[0][:2] == (5, rows[4][1])
+    with pytest.raises(psycopg.errors.DataException, match="dimensions"):
+        conn.execute("SELECT * FROM jointembed.search_attached('photos', %s, 3)", [q[:5]])
+    with pytest.raises(ModelMismatchError, match="dimensions"):
+        sync.search_attached(conn, "photos", q[:5])
+
+
+def test_triggers_enqueue_only_embedded_columns(conn, bundle, flickr8k_dir, images):
+    rows = flickr_rows(str(flickr8k_dir), 8)
+    make_photos(conn, rows)
+    att = _attach(conn, bundle, images)
+    sync_table(conn, "photos", bundle)
+    before = side_rows(conn, att.id)
+
+    conn.execute("UPDATE photos SET likes = likes + 1")            # unrelated column
+    conn.execute("UPDATE photos SET caption = caption WHERE id = 2")  # same value
+    assert queue(conn, att.id) == []
+
+    conn.execute("UPDATE photos SET caption = 'a dog runs on the beach' WHERE id = 3")
+    assert queue(conn, att.id) == [("3", "text", 1)]
+    counting = Counting(bundle)
+    rep = sync_table(conn, "photos", counting)
+    assert (rep.written, counting.images, dict(counting.texts)) == (1, 0, {"a dog runs on the beach": 1})
+    after = side_rows(conn, att.id)
+    changed = {k for k in before if not np.array_equal(before[k][2], after[k][2])}
+    assert changed == {("3", "text")}
+
+    conn.execute("DELETE FROM photos WHERE id = 4")
+    assert ("4", "text") not in side_rows(conn, att.id) and ("4", "image") not in side_rows(conn, att.id)
+    conn.execute("INSERT INTO photos (id, caption, image_path) VALUES (100, %s, %s)", [rows[0][1], rows[0][2]])
+    conn.execute("UPDATE photos SET id = 200 WHERE id = 5")        # key change: old key's rows go
+    assert queue(conn, att.id) == [("100", "image", 1), ("100", "text", 1), ("200", "image", 1), ("200", "text", 1)]
+    assert not {k for k in side_rows(conn, att.id) if k[0] == "5"}
+    counting = Counting(bundle)
+    rep = sync_table(conn, "photos", counting)
+    assert rep.written == 4 and counting.images == 2
+    keys = {k for k, _ in side_rows(conn, att.id)}
+    assert keys == {"1", "2", "3", "6", "7", "8", "100", "200"}
+
+    conn.execute("TRUNCATE photos")
+    assert side_rows(conn, att.id) == {} and queue(conn, att.id) == []
+
+
+def test_unchanged_content_is_not_re_embedded(conn, bundle, flickr8k_dir, images):
+    rows = flickr_rows(str(flickr8k_dir), 4)
+    make_photos(conn, rows)
+    att = _attach(conn, bundle, images)
+    sync_table(conn, "photos", bundle)
+    # A -> B -> A before the next sync: queued, but the content hash matches: dequeued only
+    conn.execute("UPDATE photos SET caption = 'x' WHERE id = 1")
+    conn.execute("UPDATE photos SET caption = %s WHERE id = 1", [rows[0][1]])
+    counting = Counting(bundle)
+    rep = sync_table(conn, "photos", counting)
+    assert (rep.unchanged, rep.written, sum(counting.texts.values())) == (1, 0, 0)
+    assert queue(conn, att.id) == []
+    # --rescan enqueues everything; only content that changed is embedded
+    rep = sync_table(conn, "photos", counting, rescan=True)
+    assert (rep.unchanged, rep.written, counting.images) == (8, 0, 0)
+
+
+def test_null_and_missing_values_fail_retry_with_backoff_and_never_block(conn, bundle, flickr8k_dir, tmp_path):
+    rows = flickr_rows(str(flickr8k_dir), 6)
+    for _, _, image in rows:
+        shutil.copy(flickr8k_dir / "images" / image, tmp_path / image)
+    (tmp_path / rows[1][2]).unlink()                                 # row 2: missing file
+    (tmp_path / rows[3][2]).write_bytes(b"not a jpeg")               # row 4: not an image
+    make_photos(conn, rows)
+    conn.execute("UPDATE photos SET caption = NULL WHERE id = 3")
+    conn.execute("UPDATE photos SET image_path = NULL WHERE id = 5")
+    conn.execute("UPDATE photos SET image_path = '../outside.jpg' WHERE id = 6")
+    att = _attach(conn, bundle, str(tmp_path))
+    cfg = SyncConfig(retry_base_s=1.0, max_attempts=3)
+    rep = sync_table(conn, "photos", bundle, cfg=cfg)
+    errors = {(f["key"], f["modality"]): f["error"] for f in rep.failed}
+    assert set(errors) == {("2", "image"), ("3", "text"), ("4", "image"), ("5", "image"), ("6", "image")}
+    assert "no such file" in errors[("2", "image")] and "NULL" in errors[("3", "text")]
+    assert "not a readable image" in errors[("4", "image")] or "corrupt" in errors[("4", "image")]
+    assert "NULL" in errors[("5", "image")] and "leaves the image root" in errors[("6", "image")]
+    st = sync.status(conn, "photos", errors=10)[0]
+    assert (st["pending"], st["failed"], st["done"]) == (0, 5, 7)
+    by_key = {(e["key"], e["modality"]): e for e in st["errors"]}
+    assert by_key[("2", "image")]["next_attempt_at"] is not None       # will be retried
+    assert by_key[("3", "text")]["next_attempt_at"] is None            # NULL: given up at once
+    assert by_key[("2", "image")]["attempts"] == 1
+
+    # not due yet: an immediate sync retries nothing; other rows are not blocked
+    conn.execute("INSERT INTO photos (id, caption, image_path) VALUES (7, 'new row', %s)", [rows[0][2]])
+    rep = sync_table(conn, "photos", bundle, cfg=cfg)
+    assert rep.written == 2 and rep.failed == []
+    # the file appears; after the backoff the retry embeds it
+    shutil.copy(flickr8k_dir / "images" / rows[1][2], tmp_path / rows[1][2])
+    time.sleep(1.1)
+    rep = sync_table(conn, "photos", bundle, cfg=cfg)
+    assert rep.written == 1 and ("2", "image") in side_rows(conn, att.id)
+    # a fixed NULL is re-enqueued by its UPDATE and embedded
+    conn.execute("UPDATE photos SET caption = 'a caption at last' WHERE id = 3")
+    assert sync_table(conn, "photos", bundle, cfg=cfg).written == 1
+    # the broken file was retried with a doubled wait (1 s, then 2 s); its third failure gives up
+    e4 = next(e for e in sync.status(conn, "photos", errors=10)[0]["errors"] if e["key"] == "4")
+    assert e4["attempts"] == 2 and e4["next_attempt_at"] is not None
+    time.sleep(2.1)
+    assert sync_table(conn, "photos", bundle, cfg=cfg).failed[0]["key"] == "4"
+    st = sync.status(conn, "photos", errors=10)[0]
+    e4 = next(e for e in st["errors"] if e["key"] == "4")
+    assert e4["attempts"] == 3 and e4["next_attempt_at"] is None
+
+
+def test_detach_leaves_user_objects_exactly_as_before(conn, bundle, flickr8k_dir, images):
+    rows = flickr_rows(str(flickr8k_dir), 5)
+    name = make_photos(conn, rows)
+    make_photos(conn, rows, table="other")
+    conn.execute("CREATE FUNCTION public.user_fn() RETURNS int LANGUAGE sql AS 'SELECT 1'")
+    conn.execute("CREATE TRIGGER user_trg BEFORE UPDATE ON photos FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger()")
+    snap, data = catalog_snapshot(conn, "public"), table_digest(conn, name)
+    att = _attach(conn, bundle, images)
+    other = _attach(conn, bundle, images, table="other")
+    sync_table(conn, "photos", bundle)
+    assert len(catalog_snapshot(conn, "public")["trigger"]) > len(snap["trigger"])
+    assert table_digest(conn, name) == data            # attach/sync never write the user's rows
+
+    sync.detach(conn, "photos")
+    assert catalog_snapshot(conn, "public")["trigger"] != snap["trigger"]  # other's triggers remain
+    sync.detach(conn, "other")
+    assert catalog_snapshot(conn, "public") == snap
+    assert table_digest(conn, name) == data
+    left = conn.execute("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                        "WHERE n.nspname = 'jointembed' AND c.relname ~ %s",
+                        [f"^a({att.id}|{other.id})_"]).fetchone()[0]
+    assert left == 0 and sync.list_attachments(conn) == []
+    conn.execute("UPDATE photos SET caption = 'still works' WHERE id = 1")  # no trigger left behind
+    with pytest.raises(DatabaseError, match="not attached"):
+        sync.detach(conn, "photos")
+
+
+def test_detaching_one_table_keeps_the_other_in_sync(conn, bundle, flickr8k_dir, images):
+    rows = flickr_rows(str(flickr8k_dir), 3)
+    make_photos(conn, rows)
+    make_photos(conn, rows, table="other")
+    _attach(conn, bundle, images, text_column=None)
+    other = _attach(conn, bundle, images, table="other", image_column=None)
+    sync.detach(conn, "photos")
+    conn.execute("UPDATE other SET caption = 'changed' WHERE id = 1")
+    assert queue(conn, other.id)[-1] == ("3", "text", 1) and len(queue(conn, other.id)) == 3
+    assert sync_table(conn, "other", bundle).written == 3
+
+
+HOSTILE_SCHEMA = 'Wé ird; "s"'
+HOSTILE_TABLE = 'My "Photos"; drop table x'
+
+
+def test_hostile_names_attach_sync_search_detach(conn, bundle, flickr8k_dir, images):
+    rows = flickr_rows(str(flickr8k_dir), 4)
+    conn.execute("CREATE TABLE x (id int)")
+    cols = ('"Key"; --', "Cap tion", "Ïmg 'path'", "likes")
+    name = make_photos(conn, rows, schema=HOSTILE_SCHEMA, table=HOSTILE_TABLE, cols=cols)
+    snap = catalog_snapshot(conn, HOSTILE_SCHEMA)
+    att = sync.attach(conn, HOSTILE_TABLE, bundle, key=cols[0], image_column=cols[2], text_column=cols[1],
+                      image_root=images, schema=HOSTILE_SCHEMA)
+    assert sync.find(conn, HOSTILE_TABLE).id == att.id
+    rep = sync_table(conn, HOSTILE_TABLE, bundle)
+    assert (rep.written, rep.failed) == (8, [])
+    q = bundle.encode_texts([rows[2][1]])[0]
+    assert sync.search_attached(conn, HOSTILE_TABLE, q, k=1, modality="text")[0][0] == 3
+    reg = conn.execute("SELECT %s::regclass", [f"{sql.Identifier(HOSTILE_SCHEMA, HOSTILE_TABLE).as_string(conn)}"]).fetchone()[0]
+    assert conn.execute("SELECT key FROM jointembed.search_attached(%s::regclass, %s, 1, 'text')",
+                        [str(reg), q]).fetchone()[0] == "3"
+    conn.execute(sql.SQL("UPDATE {} SET {} = 'changed' WHERE {} = 1").format(
+        name, sql.Identifier(cols[1]), sql.Identifier(cols[0])))
+    assert queue(conn, att.id) == [("1", "text", 1)]
+    assert sync_table(conn, HOSTILE_TABLE, bundle).written == 1
+    sync.detach(conn, HOSTILE_TABLE, HOSTILE_SCHEMA)
+    assert catalog_snapshot(conn, HOSTILE_SCHEMA) == snap
+    assert conn.execute("SELECT to_regclass('public.x')").fetchone()[0] is not None
+
+
+def test_attach_validates_before_creating_anything(conn, bundle, flickr8k_dir, images):
+    rows = flickr_rows(str(flickr8k_dir), 2)
+    make_photos(conn, rows)
+    conn.execute("CREATE TABLE nokey (id int, caption text)")
+    snap = catalog_snapshot(conn, "public")
+    cases = [
+        (dict(table="nope"), "no table"),
+        (dict(key="nope"), "no column"),
+        (dict(text_column="likes"), "has type integer"),
+        (dict(image_column="image_path", image_source="bytea"), "has type text"),
+        (dict(table="nokey", image_column=None), "not unique"),
+    ]
+    for kw, msg in cases:
+        table = kw.pop("table", "photos")
+        with pytest.raises(DatabaseError, match=msg):
+            _attach(conn, bundle, images, table=table, **kw)
+    with pytest.raises(InputError, match="needs"):
+        _attach(conn, bundle, images, image_column=None, text_column=None)
+    _attach(conn, bundle, images)
+    with pytest.raises(DatabaseError, match="already attached"):
+        _attach(conn, bundle, images)
+    sync.detach(conn, "photos")
+    assert catalog_snapshot(conn, "public") == snap
+
+
+def test_a_bundle_of_another_model_is_refused_before_any_write(conn, bundle, flickr8k_dir, images):
+    rows = flickr_rows(str(flickr8k_dir), 3)
+    make_photos(conn, rows)
+    att = _attach(conn, bundle, images)
+    other = Counting(Projected(bundle, 32, "other-model-32"))
+    same_dim = Counting(Projected(bundle, bundle.dim, "other-model-same-dim"))
+    for b in (other, same_dim):
+        with pytest.raises(ModelMismatchError, match=bundle.model_id):
+            sync_table(conn, "photos", b)
+        assert (b.images, sum(b.texts.values())) == (0, 0)
+    assert len(queue(conn, att.id)) == 6 and side_rows(conn, att.id) == {}
+    with pytest.raises(ModelMismatchError):
+        sync.search_attached(conn, "photos", np.zeros(bundle.dim, np.float32), model_id="other-model-32")
+
+
+def test_crashed_workers_claims_return_after_the_lease(conn, bundle, flickr8k_dir, images):
+    import uuid
+
+    rows = flickr_rows(str(flickr8k_dir), 4)
+    make_photos(conn, rows)
+    att = _attach(conn, bundle, images, image_column=None)
+    # a worker claims everything and dies without a word
+    assert conn.execute("SELECT jointembed.sync_claim(%s, 1, %s, 100, '1 second')",
+                        [att.id, uuid.uuid4()]).fetchone()[0] == 4
+    assert sync_table(conn, "photos", bundle).batches == 0       # leased: nothing to take
+    time.sleep(1.1)
+    assert sync_table(conn, "photos", bundle).written == 4
+
+
+def test_bytea_images_and_status_json_via_cli(conn, pg_dsn, bundle, bundle_dir, flickr8k_dir):
+    from click.testing import CliRunner
+
+    import jointembed_pg.cli_sync  # noqa: F401  (registers the commands)
+    from jointembed_pg.cli import cli
+
+    rows = flickr_rows(str(flickr8k_dir), 3)
+    conn.execute("CREATE TABLE blobs (id text PRIMARY KEY, img bytea)")
+    for i, (_, _, image) in enumerate(rows):
+        conn.execute("INSERT INTO blobs VALUES (%s, %s)", [f"b{i}", (flickr8k_dir / "images" / image).read_bytes()])
+    conn.execute("INSERT INTO blobs VALUES ('bad', 'garbage'::bytea), ('null', NULL)")
+    secret = "s3cr3t-pw"
+    dsn = pg_dsn.replace("postgres:@", f"postgres:{secret}@")  # trust auth ignores it
+    runner = CliRunner()
+    base = ["--dsn", dsn]
+    r = runner.invoke(cli, ["attach", "--table", "blobs", "--key", "id", "--image-column", "img",
+                            "--image-source", "bytea", "--bundle", str(bundle_dir), *base])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(cli, ["sync", "--table", "blobs", "--bundle", str(bundle_dir), "--json", *base])
+    assert r.exit_code == 3, r.output                        # some rows failed
+    r = runner.invoke(cli, ["status", "--table", "blobs", "--json", *base])
+    st = json.loads(r.output)
+    assert (st["pending"], st["done"], st["failed"], st["gave_up"]) == (0, 3, 2, 2)
+    r2 = runner.invoke(cli, ["status", *base])
+    assert "blobs" in r2.output and "NULL" in r2.output
+    img = bundle.encode_images([flickr8k_dir / "images" / rows[1][2]])[0]
+    assert sync.search_attached(conn, "blobs", img, k=1)[0][0] == "b1"
+    r3 = runner.invoke(cli, ["detach", "--table", "blobs", *base])
+    assert r3.exit_code == 0
+    r4 = runner.invoke(cli, ["status", "--table", "blobs", *base])
+    assert r4.exit_code == 1 and "not attached" in r4.output
+    for out in (r.output, r2.output, r3.output, r4.output):
+        assert secret not in out
+
+
+def test_image_sources_url_path_and_limits(tmp_path, flickr8k_dir):
+    import http.server
+    import threading
+    from functools import partial
+
+    from jointembed_pg.sources import ImageSource, is_retryable
+
+    image = next(iter(sorted((flickr8k_dir / "images").glob("*.jpg"))))
+    (tmp_path / "a.jpg").write_bytes(image.read_bytes())
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            if self.path == "/to-file":
+                self.send_response(302)
+                self.send_header("Location", f"file://{tmp_path}/a.jpg")
+                self.end_headers()
+            elif self.path == "/loop":
+                self.send_response(302)
+                self.send_header("Location", "/loop")
+                self.end_headers()
+            elif self.path == "/boom":
+                self.send_error(503)
+            else:
+                super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(tmp_path)))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        url = ImageSource("url", timeout_s=5)
+        assert url.read(f"{base}/a.jpg") == image.read_bytes()
+        cases = [(f"{base}/nope.jpg", "HTTP 404", False), (f"{base}/boom", "HTTP 503", True),
+                 (f"{base}/to-file", "not allowed|refused", False), (f"{base}/loop", "HTTP 302", False),
+                 (f"file://{tmp_path}/a.jpg", "only http/https", False),
+                 ("http://127.0.0.1:9/x.jpg", "x.jpg", True)]
+        for value, msg, retry in cases:
+            with pytest.raises(InputError, match=msg) as ei:
+                url.read(value, "t[1].url")
+            assert is_retryable(ei.value) is retry and "t[1].url" in str(ei.value)
+        with pytest.raises(InputError, match="limit"):
+            ImageSource("url", max_bytes=100).read(f"{base}/a.jpg")
+    finally:
+        srv.shutdown()
+    path = ImageSource("path", str(tmp_path))
+    assert path.read("a.jpg") == image.read_bytes()
+    for value, msg in [("../a.jpg", "leaves the image root"), (str(tmp_path / "a.jpg"), "absolute path"),
+                       (None, "NULL"), ("  ", "empty")]:
+        with pytest.raises(InputError, match=msg):
+            path.read(value)
+    with pytest.raises(InputError, match="image source"):
+        ImageSource("ftp")

@@ -1,0 +1,4 @@
+"""Entry point: ``python -m training ...`` (see :mod:`training.cli`)."""
+from .cli import main
+
+main()

@@ -1,0 +1,111 @@
+"""The one typed training config (saved into every checkpoint and bundle manifest)."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+LOSSES = ("vsepp", "vse0", "infonce", "adaptive")
+SIMILARITIES = ("cosine", "neg_l2")
+HEADS = ("linear", "mlp")
+TEXT_ENCODERS = ("minilm", "gru")
+IMAGE_POOLS = ("mean", "gem", "attn")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a trained model. Units noted per field.
+
+    Loss/method fields follow docs/METHOD.md sections 1-3 [Malali & Keller 2022].
+    """
+
+    # data / run
+    dataset: str = "flickr8k"  #: loader: flickr8k | karpathy | pairs
+    mode: str = "frozen"  #: frozen (cached backbone features) | finetune
+    seed: int = 0
+    epochs: int = 30
+    batch_size: int = 128  #: (image, caption) pairs per step
+    lr: float = 2e-3  #: AdamW peak learning rate
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0  #: linear warm-up, then cosine decay to 0
+    grad_clip: float = 2.0  #: max global grad norm (0 = off)
+    image_views: tuple[str, ...] = ("center",)  #: cached augmented views sampled per step
+    text_max_tokens: int = 128  #: tokenizer truncation limit (longest_first)
+    # encoders
+    embed_dim: int = 256  #: D, the pgvector dimension
+    head: str = "linear"  #: linear | mlp (2-layer MLP + linear skip)
+    head_hidden: int = 1024
+    head_dropout: float = 0.1
+    image_pool: str = "mean"  #: mean (pooled 1280-d) | gem | attn (over the 7x7 grid)
+    text_encoder: str = "minilm"  #: minilm (frozen MiniLM + head) | gru (learned words + GRU)
+    gru_word_dim: int = 300
+    normalize: bool = True  #: L2-normalise the final embedding
+    # ranking loss (METHOD.md sec. 1)
+    loss: str = "vsepp"  #: vsepp | vse0 | infonce | adaptive
+    similarity: str = "cosine"  #: cosine (s = u.v) | neg_l2 (s = -||u - v||)
+    margin: float = 0.2  #: fixed hinge margin (vsepp, vse0), in similarity units
+    adaptive_kappa: float = 0.5
+    adaptive_min: float = 0.05
+    adaptive_max: float = 0.5
+    adaptive_decay: float = 0.99  #: EMA decay of mu_pos / mu_neg per step
+    infonce_init_temp: float = 0.07
+    # multitask center loss (METHOD.md sec. 2)
+    center: bool = False
+    lambda_center: float = 0.1
+    lambda_cls: float = 0.1
+    center_update: str = "sgd"  #: sgd | ema (Wen et al. moving average)
+    center_alpha: float = 0.5
+    # differentiable quantizer (METHOD.md sec. 3)
+    quantizer: bool = False
+    codebook_size: int = 1024  #: K
+    tau_start: float = 1.0
+    tau_end: float = 0.05
+    quant_beta: float = 1.0  #: e = z + beta (q(z) - z); 1.0 = pure q(z)
+    lambda_commit: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)  #: free-form notes (not used by code)
+
+    def __post_init__(self) -> None:
+        self.image_views = tuple(self.image_views)
+        for name, allowed in (("loss", LOSSES), ("similarity", SIMILARITIES), ("head", HEADS),
+                              ("text_encoder", TEXT_ENCODERS),
+                              ("image_pool", IMAGE_POOLS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"config {name}={getattr(self, name)!r}: expected one of {allowed}")
+        if self.embed_dim <= 0 or self.batch_size < 2:
+            raise ValueError(f"config embed_dim={self.embed_dim}, batch_size={self.batch_size}: invalid")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["image_views"] = list(self.image_views)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """Build from a dict; raises ValueError naming unknown keys."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig keys: {unknown}")
+        return cls(**d)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "TrainConfig":
+        """Read a JSON (or YAML if PyYAML is installed) config file."""
+        path = Path(path)
+        text = path.read_text(encoding="utf-8")
+        try:
+            if path.suffix in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text) or {}
+            else:
+                data = json.loads(text)
+            return cls.from_dict(data)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{path}: invalid training config ({e})") from e
+
+    def replace(self, **kw: Any) -> "TrainConfig":
+        d = self.to_dict()
+        d.update(kw)
+        return TrainConfig.from_dict(d)

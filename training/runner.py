@@ -1,0 +1,235 @@
+"""Training loop for the frozen mode (cached features): seeds, resume, logs, best-on-dev.
+
+Per step: sample B captions with their images, embed, ``L = L_rank + lambda_cls L_cls +
+lambda_c L_center + lambda_q L_commit`` (METHOD.md), AdamW step, anneal the quantizer's
+temperature. Per epoch: dev metrics; the best dev rsum is kept. At the end the best
+state is evaluated on test and written as a :mod:`training.checkpoint`.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from . import checkpoint as ckpt_io
+from .config import TrainConfig
+from .data import Corpus
+from .featureset import FeatureSet, evaluate, load_split
+from .losses import AdaptiveMarginLoss, CenterClassLoss, InfoNCELoss, VSE0Loss, VSEPPLoss
+from .model import JointHeads
+from .quantizer import commitment_loss, tau_at
+
+STEP_FIELDS = ["step", "epoch", "loss", "rank", "center", "cls", "commit", "margin", "tau", "lr"]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_rank_loss(cfg: TrainConfig) -> nn.Module:
+    """The ranking loss named by ``cfg.loss``."""
+    if cfg.loss == "vsepp":
+        return VSEPPLoss(cfg.margin, cfg.similarity)
+    if cfg.loss == "vse0":
+        return VSE0Loss(cfg.margin, cfg.similarity)
+    if cfg.loss == "infonce":
+        return InfoNCELoss(cfg.infonce_init_temp, cfg.similarity)
+    return AdaptiveMarginLoss(cfg.adaptive_kappa, cfg.adaptive_min, cfg.adaptive_max,
+                              cfg.adaptive_decay, cfg.similarity)
+
+
+@dataclass
+class TrainState:
+    """Everything trainable plus progress (what ``last.pt`` holds for ``--resume``)."""
+
+    heads: JointHeads
+    rank_loss: nn.Module
+    center_loss: CenterClassLoss | None
+    optimizer: torch.optim.Optimizer
+    epoch: int = 0
+    step: int = 0
+    best_rsum: float = -1.0
+    best_epoch: int = -1
+    best_heads: dict | None = None
+    history: list[dict] = field(default_factory=list)
+
+    def modules(self) -> nn.ModuleList:
+        return nn.ModuleList([m for m in (self.heads, self.rank_loss, self.center_loss) if m is not None])
+
+    def state_dict(self) -> dict:
+        return {"modules": self.modules().state_dict(), "optimizer": self.optimizer.state_dict(),
+                "epoch": self.epoch, "step": self.step, "best_rsum": self.best_rsum,
+                "best_epoch": self.best_epoch, "best_heads": self.best_heads, "history": self.history,
+                "torch_rng": torch.get_rng_state(), "np_rng": np.random.get_state()}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.modules().load_state_dict(d["modules"])
+        self.optimizer.load_state_dict(d["optimizer"])
+        for k in ("epoch", "step", "best_rsum", "best_epoch", "best_heads", "history"):
+            setattr(self, k, d[k])
+        torch.set_rng_state(d["torch_rng"])
+        np.random.set_state(d["np_rng"])
+
+
+def build_state(cfg: TrainConfig, num_concepts: int, device: str) -> TrainState:
+    heads = JointHeads(cfg).to(device)
+    rank = build_rank_loss(cfg).to(device)
+    center = CenterClassLoss(num_concepts, cfg.embed_dim, cfg.center_update, cfg.center_alpha).to(device) \
+        if cfg.center else None
+    params = [p for m in (heads, rank, center) if m is not None for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return TrainState(heads, rank, center, opt)
+
+
+def lr_at(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> float:
+    """Linear warm-up for ``warmup_epochs`` then cosine decay to 0 (per step)."""
+    warm = max(1, int(cfg.warmup_epochs * steps_per_epoch))
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+
+def train_step(cfg: TrainConfig, st: TrainState, fs: FeatureSet, cap_idx: torch.Tensor,
+               device: str) -> dict[str, float]:
+    """One optimisation step on caption rows ``cap_idx``; returns the logged scalars."""
+    y = fs.caption_image_ids[cap_idx]
+    view = torch.randint(0, fs.image_feats.shape[0], (len(y),))
+    u, zu = st.heads.embed_images(fs.image_feats[view, y].to(device))
+    v, zv = st.heads.embed_texts(*(t.to(device) for t in fs.text_inputs(cap_idx)))
+    y = y.to(device)
+    rank = st.rank_loss(u, v, y)
+    loss, logs = rank, {"rank": rank.item(), "center": 0.0, "cls": 0.0, "commit": 0.0}
+    if st.center_loss is not None:
+        c, cls = st.center_loss(u, v, y)
+        loss = loss + cfg.lambda_center * c + cfg.lambda_cls * cls
+        logs.update(center=c.item(), cls=cls.item())
+    q = st.heads.quantizer
+    if q is not None and cfg.lambda_commit > 0:
+        z = torch.cat([zu, zv])
+        commit = commitment_loss(z, q.quantize(z))
+        loss = loss + cfg.lambda_commit * commit
+        logs["commit"] = commit.item()
+    st.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip > 0:
+        nn.utils.clip_grad_norm_([p for g in st.optimizer.param_groups for p in g["params"]], cfg.grad_clip)
+    st.optimizer.step()
+    margin = getattr(st.rank_loss, "margin", cfg.margin)
+    logs.update(loss=loss.item(), margin=float(margin), tau=float(q.tau) if q is not None else 0.0)
+    return logs
+
+
+def run_epoch(cfg: TrainConfig, st: TrainState, fs: FeatureSet, device: str, total: int,
+              step_log: csv.DictWriter, progress: bool) -> float:
+    """One pass over the training captions in random order; returns the mean loss."""
+    st.heads.train()
+    st.rank_loss.train()
+    order = torch.randperm(len(fs.caption_image_ids))
+    n_steps = len(order) // cfg.batch_size  # drop the last partial batch
+    losses = []
+    for b in tqdm(range(n_steps), desc=f"epoch {st.epoch + 1}/{cfg.epochs}", disable=not progress, leave=False):
+        lr = lr_at(cfg, st.step, total, n_steps)
+        for g in st.optimizer.param_groups:
+            g["lr"] = lr
+        if st.heads.quantizer is not None:
+            st.heads.quantizer.set_tau(tau_at(st.step / max(1, total - 1), cfg.tau_start, cfg.tau_end))
+        logs = train_step(cfg, st, fs, order[b * cfg.batch_size:(b + 1) * cfg.batch_size], device)
+        step_log.writerow({"step": st.step, "epoch": st.epoch + 1, "lr": lr, **logs})
+        losses.append(logs["loss"])
+        st.step += 1
+    return float(np.mean(losses))
+
+
+def end_epoch(cfg: TrainConfig, st: TrainState, dev: FeatureSet, mean_loss: float, seconds: float) -> dict:
+    """Dev evaluation (quantizer at ``tau_end``, as exported), best-state bookkeeping, history row."""
+    q = st.heads.quantizer
+    tau_now = float(q.tau) if q is not None else None
+    if q is not None:
+        q.set_tau(cfg.tau_end)
+    metrics = evaluate(st.heads, dev)
+    if q is not None:
+        q.set_tau(tau_now)
+    st.epoch += 1
+    row = {"epoch": st.epoch, "loss": mean_loss, "seconds": seconds, **{f"dev_{k}": v for k, v in metrics.items()}}
+    if hasattr(st.rank_loss, "margin"):
+        row["margin"] = float(st.rank_loss.margin)
+    st.history.append(row)
+    if metrics["rsum"] > st.best_rsum:
+        st.best_rsum, st.best_epoch = metrics["rsum"], st.epoch
+        st.best_heads = {k: v.detach().cpu().clone() for k, v in st.heads.state_dict().items()}
+    return row
+
+
+def write_history(out: Path, history: list[dict]) -> None:
+    (out / "epochs.json").write_text(json.dumps(history, indent=1))
+    if history:
+        with open(out / "epochs.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(history[-1]))
+            w.writeheader()
+            w.writerows(history)
+
+
+def train(cfg: TrainConfig, corpus: Corpus, out: Path, cache_dir: Path, device: str = "cpu",
+          resume: bool = False, progress: bool = True) -> ckpt_io.Checkpoint:
+    """Train ``cfg`` on ``corpus``'s train split, select on dev, report test.
+
+    Writes ``out/best.pt`` (shippable checkpoint), ``out/last.pt`` (resume state),
+    ``out/steps.csv``, ``out/epochs.{csv,json}``, ``out/config.json`` and plots.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    train_fs = load_split(cfg, corpus, "train", cache_dir, cfg.image_views, device)
+    dev_fs = load_split(cfg, corpus, "dev", cache_dir, ("center",), device)
+    st = build_state(cfg, train_fs.num_images, device)
+    if resume and (out / "last.pt").is_file():
+        st.load_state_dict(torch.load(out / "last.pt", map_location=device, weights_only=False))
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    total = cfg.epochs * (len(train_fs.caption_image_ids) // cfg.batch_size)
+    t_start = time.time()
+    with open(out / "steps.csv", "a" if resume else "w", newline="") as f:
+        step_log = csv.DictWriter(f, fieldnames=STEP_FIELDS)
+        if f.tell() == 0:
+            step_log.writeheader()
+        while st.epoch < cfg.epochs:
+            t0 = time.time()
+            mean_loss = run_epoch(cfg, st, train_fs, device, total, step_log, progress)
+            row = end_epoch(cfg, st, dev_fs, mean_loss, time.time() - t0)
+            if progress:
+                print(f"epoch {row['epoch']}: loss {mean_loss:.4f} dev rsum {row['dev_rsum']:.1f}", flush=True)
+            write_history(out, st.history)
+            torch.save(st.state_dict(), out / "last.pt")
+    return finish(cfg, st, corpus, out, cache_dir, device, time.time() - t_start)
+
+
+def finish(cfg: TrainConfig, st: TrainState, corpus: Corpus, out: Path, cache_dir: Path,
+           device: str, seconds: float) -> ckpt_io.Checkpoint:
+    """Restore the best-dev heads, evaluate dev+test at tau_end, save ``best.pt`` + plots."""
+    st.heads.load_state_dict(st.best_heads)
+    if st.heads.quantizer is not None:
+        st.heads.quantizer.set_tau(cfg.tau_end)
+    metrics = {s: evaluate(st.heads, load_split(cfg, corpus, s, cache_dir, ("center",), device))
+               for s in ("dev", "test")}
+    info = {"best_epoch": st.best_epoch, "train_seconds": round(seconds, 1),
+            "selection": "best dev rsum over epochs"}
+    ck = ckpt_io.from_heads(cfg, st.heads.cpu(), metrics, info)
+    ckpt_io.save(ck, out / "best.pt")
+    (out / "metrics.json").write_text(json.dumps({"metrics": metrics, **info}, indent=1))
+    try:
+        from .plots import plot_run
+
+        plot_run(out)
+    except Exception as e:  # noqa: BLE001 - plots never fail a training run
+        print(f"warning: plotting failed: {e}")
+    return ck
