@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from . import paths
-from .cli import _errors, _progress, cli, dsn_option, json_option, progress_option
+from .cli import _errors, _progress, bundle_option, cli, dsn_option, json_option, progress_option
 from .errors import InputError
 
 DEMO_SENTENCES = (
@@ -57,10 +57,11 @@ def ensure_default_bundle(progress: bool = True) -> Path:
               default=Path("jointembed-demo.html"), show_default=True, help="Where to write the gallery.")
 @click.option("-k", "k", default=5, show_default=True, help="Hits per query.")
 @dsn_option
+@bundle_option
 @json_option
 @progress_option
 @click.pass_obj
-def demo(obj, data_dir, split, collection, html_path, k, dsn, as_json, progress):
+def demo(obj, data_dir, split, collection, html_path, k, dsn, bundle_name, as_json, progress):
     """Main job: build the bundle, index Flickr8K into Postgres, run cross-modal queries."""
     from . import ingest, readers
     from .gallery import write_gallery
@@ -72,7 +73,7 @@ def demo(obj, data_dir, split, collection, html_path, k, dsn, as_json, progress)
             raise InputError("no Flickr8K data found at ../shared/data/flickr8k; "
                              "pass --data-dir DIR (a directory with images/ and Flickr8k.token.txt)")
         data = readers.load_flickr8k(data_dir, split)
-        bundle = obj.bundle(str(ensure_default_bundle(show)))
+        bundle = obj.bundle(bundle_name or str(ensure_default_bundle(show)))
         name = collection or f"flickr8k_{split}"
         coll = obj.store(dsn).collection(name, model_id=bundle.model_id, dim=bundle.dim, create=True)
         img_recs = [readers.PathRecord(str(p), p) for p in data.image_paths]
@@ -95,7 +96,7 @@ def _run_queries(coll, bundle, data, k):
     picks = [data.image_paths[i * step] for i in range(DEMO_IMAGES)]
     for path, vec in zip(picks, bundle.encode_images(picks)):
         for target, arrow in (("text", "image → text"), ("image", "image → image")):
-            hits = coll.search_vector(vec, target=target, k=k)
+            hits = [h for h in coll.search_vector(vec, target=target, k=k + 1) if h.key != str(path)][:k]
             queries.append({"label": f"{arrow}: {path.name}", "query_text": None, "query_image": str(path), "hits": hits})
     return queries
 

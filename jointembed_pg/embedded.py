@@ -7,6 +7,7 @@ and, with ``cleanup_mode="stop"``, stops it when the last of them exits.
 from __future__ import annotations
 
 import threading
+import warnings
 from pathlib import Path
 
 from . import paths
@@ -32,14 +33,18 @@ def get_uri(pgdata: str | Path | None = None, *, cleanup_mode: str | None = "sto
         srv = _servers.get(path)
         if srv is None:
             try:
-                import pgserver
+                with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
+                    warnings.simplefilter("ignore")
+                    import pgserver
             except ImportError as e:
                 raise DatabaseError(
                     "no DSN given and the embedded server needs the 'pgserver' package "
                     "(pip install pgserver), or set DATABASE_URL") from e
             try:
                 path.mkdir(parents=True, exist_ok=True)
-                srv = pgserver.get_server(path, cleanup_mode=cleanup_mode)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    srv = pgserver.get_server(path, cleanup_mode=cleanup_mode)
             except Exception as e:  # pgserver raises plain exceptions of several kinds
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise DatabaseError(f"cannot start the embedded PostgreSQL in {path}: {first}") from e

@@ -59,27 +59,26 @@ def in_memory_ranks(img: np.ndarray, cap: np.ndarray, caption_image_ids: np.ndar
 
 
 _RANK_SQL = """
-WITH img AS (
+WITH img AS MATERIALIZED (
     SELECT key, embedding FROM {items} WHERE modality = 'image' AND key = ANY(%(img_keys)s)
-), cap AS (
+), cap AS MATERIALIZED (
     SELECT c.key, c.embedding, g.img_key
     FROM {items} c
     JOIN unnest(%(cap_keys)s::text[], %(cap_imgs)s::text[]) AS g(cap_key, img_key) ON c.key = g.cap_key
     WHERE c.modality = 'text'
-), d AS (
-    SELECT img.key AS img_key, cap.key AS cap_key, cap.img_key = img.key AS pos,
-           img.embedding <-> cap.embedding AS dist
-    FROM img CROSS JOIN cap
+), pos AS MATERIALIZED (
+    SELECT cap.key AS cap_key, img.key AS img_key, img.embedding <-> cap.embedding AS dist
+    FROM img JOIN cap ON cap.img_key = img.key
 ), best AS (
-    SELECT d.*, min(dist) FILTER (WHERE pos) OVER (PARTITION BY img_key) AS best_i2t,
-                min(dist) FILTER (WHERE pos) OVER (PARTITION BY cap_key) AS best_t2i
-    FROM d
+    SELECT img_key, min(dist) AS dist FROM pos GROUP BY img_key
 )
-SELECT 'i2t' AS dir, img_key AS key, 1 + count(*) FILTER (WHERE NOT pos AND dist < best_i2t) AS rank
-FROM best GROUP BY img_key
+SELECT 'i2t' AS dir, img.key,
+       1 + (SELECT count(*) FROM cap WHERE cap.img_key <> img.key AND (img.embedding <-> cap.embedding) < best.dist)
+FROM img JOIN best ON best.img_key = img.key
 UNION ALL
-SELECT 't2i', cap_key, 1 + count(*) FILTER (WHERE NOT pos AND dist < best_t2i)
-FROM best GROUP BY cap_key
+SELECT 't2i', cap.key,
+       1 + (SELECT count(*) FROM img WHERE img.key <> cap.img_key AND (img.embedding <-> cap.embedding) < pos.dist)
+FROM cap JOIN pos ON pos.cap_key = cap.key
 """
 
 

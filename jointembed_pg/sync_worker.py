@@ -145,7 +145,7 @@ class _Item:
     final: bool = False                  # error not worth retrying
 
 
-def _prepare(row, att: Attachment, reader: ImageSource, spec) -> _Item:
+def _prepare(row, att: Attachment, reader: ImageSource) -> _Item:
     """Turn one ``sync_fetch`` row into an item: content, hash, pixels, or an error."""
     qid, key, modality, _present, text, image_ref, image_data, _stored, _attempts = row
     item = _Item(qid, key, modality)
@@ -235,7 +235,7 @@ def _embed_and_write(conn, target: Target, bundle, cfg: SyncConfig, token, rows,
     reader, spec = att.image_reader(), bundle.image_spec
     present = [r for r in rows if r[3]]
     gone = [r[0] for r in rows if not r[3]]
-    prep = (lambda r: _prepare(r, att, reader, spec))
+    prep = (lambda r: _prepare(r, att, reader))
     items = list(pool.map(prep, present)) if pool else [prep(r) for r in present]
     stored = {r[0]: r[7] for r in rows}
     same = [it for it in items if it.error is None and it.digest == stored.get(it.qid)]

@@ -227,6 +227,10 @@ BEGIN
         RAISE EXCEPTION 'jointembed: no table %.%', quote_ident(p_schema), quote_ident(p_table)
             USING ERRCODE = 'undefined_table';
     END IF;
+    IF p_schema = 'jointembed' THEN
+        RAISE EXCEPTION 'jointembed: tables in schema jointembed cannot be attached'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     IF EXISTS (SELECT 1 FROM jointembed.attachments x WHERE x.table_oid = rel) THEN
         RAISE EXCEPTION 'jointembed: table %.% is already attached (detach it first)',
             quote_ident(p_schema), quote_ident(p_table) USING ERRCODE = 'duplicate_object';

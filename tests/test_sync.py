@@ -174,6 +174,33 @@ def test_null_and_missing_values_fail_retry_with_backoff_and_never_block(conn, b
     assert e4["attempts"] == 3 and e4["next_attempt_at"] is None
 
 
+def test_rows_changed_or_deleted_while_being_embedded_end_up_current(conn, pg_dsn, bundle, flickr8k_dir, images):
+    rows = flickr_rows(str(flickr8k_dir), 4)
+    make_photos(conn, rows)
+    att = _attach(conn, bundle, images, image_column=None)
+    other = db.connect(pg_dsn, autocommit=True)
+
+    class Meddling(Counting):
+        """Changes row 1 and deletes row 2 while their first batch is being embedded."""
+
+        def encode_texts(self, texts):
+            if not self.texts:
+                other.execute("UPDATE photos SET caption = 'changed meanwhile' WHERE id = 1")
+                other.execute("DELETE FROM photos WHERE id = 2")
+            return super().encode_texts(texts)
+
+    enc = Meddling(bundle)
+    try:
+        rep = sync_table(conn, "photos", enc)
+    finally:
+        other.close()
+    assert queue(conn, att.id) == []
+    stored = side_rows(conn, att.id)
+    assert set(stored) == {("1", "text"), ("3", "text"), ("4", "text")}     # no orphan for row 2
+    assert np.allclose(stored[("1", "text")][2], bundle.encode_texts(["changed meanwhile"])[0], atol=1e-5)
+    assert enc.texts["changed meanwhile"] == 1 and rep.written == 3          # stale write skipped, redone
+
+
 def test_detach_leaves_user_objects_exactly_as_before(conn, bundle, flickr8k_dir, images):
     rows = flickr_rows(str(flickr8k_dir), 5)
     name = make_photos(conn, rows)
