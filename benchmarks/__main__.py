@@ -23,13 +23,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bundle", type=Path, help="model bundle (default: the tests' bundle, built if needed)")
     p.add_argument("--data-dir", type=Path, help="Flickr8K directory (default: ../shared/data/flickr8k)")
     p.add_argument("--checkpoint", type=Path, help="weights of the naive PyTorch path (default: committed)")
-    p.add_argument("--million", action="store_true", help="also build HNSW at 1M vectors and sweep it (slow)")
+    p.add_argument("--million", action="store_true",
+                   help="build HNSW at 1M vectors and sweep it even when it does not fit --budget-min")
+    p.add_argument("--budget-min", type=float, default=27.0,
+                   help="the full run's time budget; the 1M HNSW step runs only if its estimate fits (27)")
     p.add_argument("--no-million-load", action="store_true", help="skip the 1M COPY/size/exact-scan step")
     return p.parse_args(argv)
 
 
 def config_from(args: argparse.Namespace) -> BenchConfig:
-    kw = {"million": args.million, "million_load": not args.no_million_load and not args.quick}
+    kw = {"million": args.million, "million_load": not args.no_million_load and not args.quick,
+          "budget_s": args.budget_min * 60}
     if args.quick:
         kw["million"] = False
         return BenchConfig.quick_config(**kw)

@@ -32,9 +32,13 @@ class BenchConfig:
     Attributes:
         quick: small sizes for a smoke run (< 2 min); no figure of a quick run is meaningful.
         n_images / n_captions: Flickr8K items pushed through ingest (product path and stages).
+        ingest_rounds: encode-only and end-to-end take turns this often; the best round counts.
         naive_images / naive_captions: the subset pushed through the naive PyTorch path.
         sizes: stored vectors per modality for the query benchmark (both directions).
-        million: also build HNSW at 1M stored image vectors and sweep it (text -> image only).
+        million: build HNSW at 1M stored image vectors and sweep it (text -> image only) even
+            when the estimate says it does not fit ``budget_s``.
+        budget_s: wall-clock seconds the full run should stay under; the 1M HNSW step runs
+            only when its estimate fits what is left.
         million_load: load 1M vectors (COPY rate, table size per million, exact-scan latency).
         n_queries: queries per direction; every latency percentile is over this many.
         exact_queries_1m: exact-scan queries at 1M (each reads the whole table).
@@ -49,14 +53,16 @@ class BenchConfig:
     quick: bool = False
     n_images: int = 2000
     n_captions: int = 4000
+    ingest_rounds: int = 2
     naive_images: int = 200
     naive_captions: int = 1000
     sizes: tuple[int, ...] = (10_000, 100_000)
     million: bool = False
+    budget_s: float = 27 * 60
     million_load: bool = True
     n_queries: int = 500
     exact_queries_1m: int = 20
-    ef_values: tuple[int, ...] = (10, 20, 40, 80, 200)
+    ef_values: tuple[int, ...] = (10, 20, 40, 80, 200, 400)
     k: int = 10
     index: IndexSetting = IndexSetting(16, 64, 1)
     index_size: int = 100_000
@@ -73,7 +79,7 @@ class BenchConfig:
     @classmethod
     def quick_config(cls, **kw) -> "BenchConfig":
         """Tiny sizes: exercises every code path in well under 2 minutes."""
-        base = cls(quick=True, n_images=48, n_captions=192, naive_images=6, naive_captions=24,
+        base = cls(quick=True, n_images=48, n_captions=192, ingest_rounds=1, naive_images=6, naive_captions=24,
                    sizes=(2_000,), million=False, million_load=False, n_queries=30,
                    ef_values=(10, 40), index=IndexSetting(8, 32, 1), index_size=2_000,
                    index_sweep=(IndexSetting(8, 32, 0),), maintenance_work_mem="256MB", peak_n=512)

@@ -22,9 +22,14 @@ class Run:
         self.results: dict = {"config": cfg.to_dict(), "machine": machine.facts(), "timings": {},
                               "skipped": []}
 
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
     @contextmanager
     def section(self, name: str):
         t = time.perf_counter()
+        self.results.setdefault("load", {})[name] = (machine.load_average() or (float("nan"),))[0]
         self.log(f"{name} ...")
         yield
         self.results["timings"][name] = time.perf_counter() - t
@@ -73,16 +78,39 @@ def _queries(run: Run, database, bundle, cfg: BenchConfig, inputs, base: dict) -
     for n in cfg.sizes:
         with run.section(f"scale {n}"):
             run.results["scales"].append(scale.run_size(database, bundle, cfg, n, base, noise, queries, rng))
-    if cfg.million_load or cfg.million:
-        with run.section("scale 1M"):
-            run.results["million"] = scale.run_million(database, bundle, cfg, base["image"], noise["image"],
-                                                       queries, rng)
-    else:
+    if not (cfg.million_load or cfg.million):
         run.skip("1M stored vectors", "--quick" if cfg.quick else "disabled (--no-million-load)")
-    if not cfg.million and cfg.million_load:
+        return
+    build = _million_decision(run, cfg)
+    with run.section("scale 1M"):
+        run.results["million"] = scale.run_million(database, bundle, cfg, base["image"], noise["image"],
+                                                   queries, rng, build_hnsw=build)
+
+
+#: 1M HNSW build time estimate: the largest build measured before it, scaled linearly in
+#: the vector count and then by this factor for the graph's growing depth (10k -> 100k
+#: measured about 9x per 10x vectors on this machine; 1.3 leaves a margin).
+MILLION_BUILD_FACTOR = 1.3
+#: Seconds allowed for the 1M COPY, sizes and exact scans, and for its ef_search sweep.
+MILLION_LOAD_S, MILLION_SWEEP_S = 90, 150
+
+
+def _million_decision(run: Run, cfg: BenchConfig) -> bool:
+    """Build HNSW at 1M if forced (``--million``) or if it fits the time budget."""
+    scales = run.results.get("scales") or []
+    last = scales[-1] if scales else None
+    scale_up = scale.MILLION / last["n"] * MILLION_BUILD_FACTOR if last else float("inf")
+    estimate = last["build_s"]["image"] * scale_up if last else float("inf")
+    left = cfg.budget_s - run.elapsed - MILLION_LOAD_S - MILLION_SWEEP_S
+    build = cfg.million or estimate <= left
+    run.results["million_decision"] = {"estimate_s": estimate, "left_s": left, "build": build,
+                                       "forced": cfg.million, "budget_s": cfg.budget_s}
+    if not build:
         run.skip("1M HNSW build and ef_search sweep",
-                 "not run by default: the build alone takes about 10x the 100k build (see the index "
-                 "table), which does not fit the 30-minute budget on 2 cores; run with --million")
+                 f"its build was estimated at {estimate / 60:.1f} min ({scale_up:.0f} x the "
+                 f"{last['n'] if last else 0:,}-vector build of this run) but only {max(left, 0) / 60:.1f} min "
+                 f"of the {cfg.budget_s / 60:.0f}-min budget were left for it; run with --million to force it")
+    return build
 
 
 def run(cfg: BenchConfig, *, dsn: str | None, bundle_path: Path | None, data_dir: Path | None,
@@ -100,10 +128,11 @@ def run(cfg: BenchConfig, *, dsn: str | None, bundle_path: Path | None, data_dir
         r.results["postgres"] = machine.postgres(database.conn)
         r.results["postgres"]["embedded"] = dsn is None
         with r.section("ingest images"):
-            r.results["ingest_images"], img_emb = ingest_bench.run_images(database, bundle, inputs.images)
+            r.results["ingest_images"], img_emb = ingest_bench.run_images(database, bundle, inputs.images,
+                                                                           cfg.ingest_rounds)
         with r.section("ingest captions"):
             r.results["ingest_captions"], txt_emb = ingest_bench.run_texts(database, bundle, inputs.captions,
-                                                                          inputs.token_file)
+                                                                          inputs.token_file, cfg.ingest_rounds)
         with r.section("limit"):
             r.results["limit"] = limit.measure(bundle.path / "image.onnx", r.results["ingest_images"]["encode_per_s"],
                                                cfg.threads, cfg.peak_n, 2 if cfg.quick else limit.PEAK_REPEATS)

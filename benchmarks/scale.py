@@ -53,18 +53,18 @@ def run_size(database, bundle, cfg: BenchConfig, n: int, base: dict, noise: dict
 
 
 def run_million(database, bundle, cfg: BenchConfig, base: np.ndarray, noise: synth.Noise, queries: dict,
-                rng: np.random.Generator) -> dict:
-    """1M image vectors: COPY, sizes, exact-scan latency; with ``cfg.million`` also HNSW + sweep."""
+                rng: np.random.Generator, *, build_hnsw: bool) -> dict:
+    """1M image vectors: COPY, sizes, exact-scan latency; with ``build_hnsw`` also HNSW + sweep."""
     conn = database.conn
     coll = database.collection("q1m", bundle)
-    out: dict = {"n": MILLION, "hnsw": cfg.million}
+    out: dict = {"n": MILLION, "hnsw": build_hnsw}
     out["load"], truth = _load(database, coll, "image", base, MILLION, noise, bundle, rng, queries, cfg.k)
     out["sizes_no_hnsw"] = index_bench.table_sizes(conn, coll)
     m = cfg.exact_queries_1m
     q = {"vectors": queries["text"]["vectors"][:m], "seconds": queries["text"]["seconds"][:m]}
     sql_s, rec = query_bench.run_queries(coll, "image", q["vectors"], truth[:m], cfg.k, exact=True)
     out["exact"] = query_bench.latency_row("exact", None, sql_s, q["seconds"], rec)
-    if cfg.million:
+    if build_hnsw:
         out["build_s"] = index_bench.build(conn, coll, "image", cfg.index, cfg.maintenance_work_mem)
         out["sizes"] = index_bench.table_sizes(conn, coll)
         out["sweep"] = query_bench.sweep(coll, "image", queries["text"], truth, cfg.ef_values, cfg.k,

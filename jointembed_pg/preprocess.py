@@ -115,7 +115,8 @@ def decode(source: str | Path | bytes, *, max_pixels: int = MAX_PIXELS) -> Image
             raise InputError("<bytes>: empty image data (0 bytes)")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # MAX_PIXELS (checked below) is the limit, not Pillow's lower default warning level
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             w, h = img.size
             if w * h > max_pixels:

@@ -2,7 +2,7 @@
 
 ``attach`` records a user table (``schema.table`` with a unique key column and an image
 and/or text column) in ``jointembed.attachments`` and lets the database do the rest: the
-SQL function ``jointembed.attach`` (``sql/010_attachments.sql``) creates a side table of
+SQL function ``jointembed.attach`` (``sql/003_attachments.sql``) creates a side table of
 embeddings and a work queue in schema ``jointembed`` and row triggers on the user's table
 that enqueue changed rows; it also enqueues every existing row (backfill). The user's
 table is never altered; :func:`detach` removes all of it again.
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,7 +39,7 @@ STATUS_ERRORS = 5
 
 @dataclass(frozen=True)
 class Attachment:
-    """One row of ``jointembed.attachments`` (see ``sql/010_attachments.sql``)."""
+    """One row of ``jointembed.attachments`` (see ``sql/003_attachments.sql``)."""
 
     id: int
     schema_name: str
@@ -153,8 +154,6 @@ def attach(conn, table: str, bundle, *, key: str, image_column: str | None = Non
     if image_source not in SOURCES:
         raise InputError(f"image source must be one of {', '.join(SOURCES)}, got {image_source!r}")
     if image_root is not None:
-        from pathlib import Path
-
         image_root = str(Path(image_root).expanduser().resolve())
     with db.borrow(conn) as c:
         schema = schema or _find_schema(c, table)

@@ -98,7 +98,12 @@ def test_worker_process_wakes_on_notify_and_stops_on_sigterm(conn, pg_dsn, bundl
         assert _wait_for(lambda: sync.status(conn, "photos")[0]["done"] == 4, 15), "NOTIFY did not wake it"
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=20)
+        try:
+            out, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
     assert proc.returncode == 0, err
     events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert [e["event"] for e in events][0] == "start" and events[-1]["event"] == "stop"

@@ -37,6 +37,7 @@ class TrainConfig:
     head: str = "linear"  #: linear | mlp (2-layer MLP + linear skip)
     head_hidden: int = 1024
     head_dropout: float = 0.1
+    feature_dropout: float = 0.0  #: dropout on backbone features during training only
     image_pool: str = "mean"  #: mean (pooled 1280-d) | gem | attn (over the 7x7 grid)
     text_encoder: str = "minilm"  #: minilm (frozen MiniLM + head) | gru (learned words + GRU)
     gru_word_dim: int = 300

@@ -30,6 +30,7 @@ class JointHeads(nn.Module):
                                   unit_init=cfg.normalize)
         self.post = EmbeddingPost(cfg.normalize, quant)
         self.text_is_gru = cfg.text_encoder == "gru"
+        self.feature_drop = nn.Dropout(cfg.feature_dropout)  # identity in eval / export
 
     @property
     def quantizer(self) -> SoftQuantizer | None:
@@ -37,8 +38,10 @@ class JointHeads(nn.Module):
 
     def embed_images(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(N,1280)`` pooled (or ``(N,T,1280)`` grid) features ``-> (e, z)``, both ``(N,D)``."""
-        return self.post.forward_with_z(self.image_head(feats))
+        return self.post.forward_with_z(self.image_head(self.feature_drop(feats)))
 
     def embed_texts(self, *text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(N,384) float32`` features (or ``ids, mask`` for the GRU) ``-> (e, z)``."""
+        if not self.text_is_gru:
+            text = (self.feature_drop(text[0]),)
         return self.post.forward_with_z(self.text_head(*text))

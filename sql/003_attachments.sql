@@ -1,4 +1,4 @@
--- 010: attached user tables: keep embeddings of a user's own table in sync (issue 6).
+-- 003: attached user tables: keep embeddings of a user's own table in sync (issue 6).
 --
 -- Attaching schema.table creates, all in schema jointembed and named from the
 -- attachment id (never from user input):
