@@ -9,7 +9,12 @@ from jointembed_pg import ingest, readers
 from jointembed_pg.evaluate import evaluate_split, in_memory_ranks, ranks_to_metrics, sql_ranks
 from jointembed_pg.store import Store
 
-N_IMAGES = 120  # a real subset of the test split: 120 images, 600 captions
+N_IMAGES = 120
+
+
+def _vec(v) -> np.ndarray:
+    """A pgvector value (``Vector`` or ndarray) as ``(D,) float32``."""
+    return np.asarray(v.to_numpy() if hasattr(v, "to_numpy") else v, np.float32)  # a real subset of the test split: 120 images, 600 captions
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +71,8 @@ def test_sql_ranks_equal_numpy_ranks_on_stored_vectors(filled, subset):
     image_keys = [str(p) for p in paths]
     with store.transaction() as conn:
         rows = dict(conn.execute(sql.SQL("SELECT key, embedding FROM {}").format(coll.table_ident)).fetchall())
-    img = np.stack([np.asarray(rows[k], np.float32) for k in image_keys])
-    cap = np.stack([np.asarray(rows[k], np.float32) for k, _ in caps])
+    img = np.stack([_vec(rows[k]) for k in image_keys])
+    cap = np.stack([_vec(rows[k]) for k, _ in caps])
     ref_i2t, ref_t2i = in_memory_ranks(img, cap, ids)
     got_i2t, got_t2i = sql_ranks(coll, image_keys, [k for k, _ in caps], [image_keys[i] for i in ids])
     np.testing.assert_array_equal(got_i2t, ref_i2t)
@@ -80,7 +85,7 @@ def test_stored_vectors_are_the_encoder_outputs(filled, bundle, subset):
     want = bundle.encode_images(paths[:8])
     with store.transaction() as conn:
         q = sql.SQL("SELECT embedding FROM {} WHERE key = %s").format(coll.table_ident)
-        got = [np.asarray(conn.execute(q, (str(p),)).fetchone()[0]) for p in paths[:8]]
+        got = [_vec(conn.execute(q, (str(p),)).fetchone()[0]) for p in paths[:8]]
     np.testing.assert_array_equal(np.stack(got), want)
 
 

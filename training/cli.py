@@ -47,7 +47,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="backbone feature cache")
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for these small heads on a shared CPU)")
     p.add_argument("--karpathy-json", default=None, help="Karpathy JSON / pairs CSV|JSONL path")
     p.add_argument("--quiet", action="store_true")
 
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     ev.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     ev.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
     ev.add_argument("--karpathy-json", default=None)
-    ev.add_argument("--threads", type=int, default=2)
+    ev.add_argument("--threads", type=int, default=1)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     {"train": cmd_train, "ablation": cmd_ablation, "eval": cmd_eval}[a.cmd](a)
