@@ -15,3 +15,21 @@ from .errors import (  # noqa: F401
     JointEmbedError,
     ModelMismatchError,
 )
+
+_LAZY = {
+    "Bundle": ("bundle", "Bundle"),
+    "Store": ("store", "Store"),
+    "Collection": ("store", "Collection"),
+    "Hit": ("search", "Hit"),
+    "connect": ("db", "connect"),
+}
+
+
+def __getattr__(name: str):
+    """Lazy top-level API: ``jointembed_pg.Bundle``, ``Store``, ``connect`` (imported on use)."""
+    if name in _LAZY:
+        import importlib
+
+        mod, attr = _LAZY[name]
+        return getattr(importlib.import_module(f".{mod}", __name__), attr)
+    raise AttributeError(f"module 'jointembed_pg' has no attribute {name!r}")

@@ -111,3 +111,22 @@ def eval_cmd(obj, data_dir, split, collection, dsn, bundle_name, as_json, progre
     for d in ("i2t", "t2i"):
         click.echo(f"  {d}: R@1 {m[f'{d}_R@1']:6.2f}  R@5 {m[f'{d}_R@5']:6.2f}  R@10 {m[f'{d}_R@10']:6.2f}  medr {m[f'{d}_medr']:g}")
     click.echo(f"  rsum {m['rsum']:.2f}")
+
+
+@search.command("item")
+@click.argument("item_id", type=int)
+@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, 1000), help="Hits to return.")
+@click.option("--target", type=click.Choice(list(_TARGET)), default=None,
+              help="Modality to search [default: the item's own].")
+@collection_option
+@dsn_option
+@click.option("--ef-search", type=click.IntRange(1, 1000), default=None, help="HNSW ef_search for this query.")
+@click.option("--exact", is_flag=True, help="Exact scan (no index).")
+@json_option
+@click.pass_obj
+def search_item(obj, item_id, k, target, collection, dsn, ef_search, exact, as_json):
+    """More like this: items nearest to the stored item ITEM_ID (no model needed)."""
+    with _errors():
+        coll = obj.store(dsn).collection(collection)
+        hits = coll.more_like_this(item_id, target=_TARGET.get(target), k=k, ef_search=ef_search, exact=exact)
+        _print_hits(f"item {item_id}", hits, as_json)
