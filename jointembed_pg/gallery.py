@@ -16,7 +16,8 @@ _CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 section{margin-bottom:2em;border-bottom:1px solid #ddd;padding-bottom:1em}
 .row{display:flex;flex-wrap:wrap;gap:10px}
-figure{margin:0;width:170px;font-size:12px}
+figure{margin:0;width:170px;font-size:12px;overflow-wrap:anywhere}
+.k{color:#888;font-size:11px}
 figure img{max-width:160px;max-height:160px;display:block}
 .q{background:#eef4ff;padding:6px}
 .d{color:#666}.missing{width:160px;height:100px;background:#eee;display:flex;align-items:center;justify-content:center}
@@ -64,7 +65,10 @@ def _hit_html(rank: int, hit: Any) -> str:
     image = source if modality == "image" or (modality is None and not text) else None
     dist = _get(hit, "distance")
     dist_s = f"{float(dist):.4f}" if dist is not None else "?"
-    label = f'#{rank} <span class="d">L2 {dist_s}</span> {html.escape(str(_get(hit, "key", "") or ""))}'
+    key = str(_get(hit, "key", "") or "")
+    short = Path(key).name if image else key  # file name only; the full path is the tooltip
+    label = (f'#{rank} <span class="d">L2 {dist_s}</span> '
+             f'<span class="k" title="{html.escape(key)}">{html.escape(short)}</span>')
     return _figure(image, text, label)
 
 

@@ -83,7 +83,9 @@ def _chunks(items: Iterable[T], n: int) -> Iterator[list[T]]:
         yield buf
 
 
-def _load_image(rec: PathRecord, spec: preprocess.ImageSpec) -> tuple[PathRecord, str, np.ndarray]:
+def _load_image(rec: PathRecord, spec: preprocess.ImageSpec,
+                known: dict | None = None) -> tuple[PathRecord, str, np.ndarray | None]:
+    """Read, hash and (unless ``known`` already holds that hash for the key) decode one file."""
     if rec.error:
         raise InputError(rec.error)
     try:
@@ -95,7 +97,10 @@ def _load_image(rec: PathRecord, spec: preprocess.ImageSpec) -> tuple[PathRecord
         raise InputError(f"{rec.path}: is a directory, not an image file") from e
     except OSError as e:
         raise InputError(f"{rec.path}: cannot read ({e.strerror or e})") from e
-    return rec, sha256(data), preprocess.load(data if data else rec.path, spec)
+    digest = sha256(data)
+    if known is not None and data and known.get(rec.key) == digest:
+        return rec, digest, None  # unchanged: a resumed run skips it without decoding
+    return rec, digest, preprocess.load(data if data else rec.path, spec)
 
 
 class _Writer:
@@ -148,7 +153,7 @@ def index_images(collection, bundle, records: Sequence[PathRecord], *, batch_siz
     writer, bar = _Writer(collection.upsert), _progress(len(records), "images", progress)
     pool = ThreadPoolExecutor(max(1, decode_threads), thread_name_prefix="jointembed-decode")
     try:
-        futures = (pool.submit(_load_image, r, bundle.image_spec) for r in records)
+        futures = (pool.submit(_load_image, r, bundle.image_spec, known) for r in records)
         for chunk in _chunks(zip(records, futures), batch_size):
             loaded = []
             for rec, fut in chunk:

@@ -96,14 +96,11 @@ def stored_items(dsn: str, collection: str = "default", modality: str = "image")
 
     Duplicates (if any) are kept, so ``len`` counts rows, not keys.
     """
-    from pgvector.psycopg import register_vector
-
     with psycopg.connect(dsn) as conn:
-        register_vector(conn)
-        rows = conn.execute(sql.SQL("SELECT key, content_hash, model_id, embedding FROM {} WHERE modality = %s "
-                                    "ORDER BY key").format(items_table(conn, collection)), [modality]).fetchall()
-    return [(k, h, m, np.asarray(e.to_numpy() if hasattr(e, "to_numpy") else e, np.float32))
-            for k, h, m, e in rows]
+        rows = conn.execute(sql.SQL("SELECT key, content_hash, model_id, embedding::real[] FROM {} "
+                                    "WHERE modality = %s ORDER BY key").format(items_table(conn, collection)),
+                            [modality]).fetchall()
+    return [(k, h, m, np.asarray(e, np.float32)) for k, h, m, e in rows]
 
 
 def table_digest(dsn: str, ident: sql.Composable) -> tuple:
