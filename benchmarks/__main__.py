@@ -15,7 +15,8 @@ from .config import DEFAULT_OUT, BenchConfig
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks",
+                                description="Benchmark jointembed_pg on this machine; write a Markdown report + plots.")
     p.add_argument("--quick", action="store_true", help="tiny sizes (< 2 min); figures mean nothing")
     p.add_argument("--dsn", help="PostgreSQL to use (default: a throw-away embedded pgserver)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"Markdown report (default {DEFAULT_OUT})")

@@ -68,11 +68,30 @@ def compare(conn, coll, setting: IndexSetting, build_s: float, queries: dict, tr
             "recall": rec, "sql": percentiles_ms(sql_s), "ef_search": COMPARE_EF}
 
 
-def sweep(conn, coll, settings, maintenance_work_mem: str, queries: dict, truth, k: int) -> list[dict]:
-    """Rebuild the image index with each setting and compare (text -> image queries)."""
-    rows = []
+def estimate_build_s(setting: IndexSetting, ref: IndexSetting, ref_s: float) -> float:
+    """Rough build time of ``setting`` from a measured ``ref`` build on the same vectors.
+
+    Build work grows about linearly with ``m * ef_construction``; without parallel workers
+    the leader works alone (counted as twice the time, an upper bound on 2 cores).
+    """
+    work = (setting.m * setting.ef_construction) / (ref.m * ref.ef_construction)
+    alone = 2.0 if setting.workers == 0 and ref.workers > 0 else 1.0
+    return ref_s * work * alone
+
+
+def sweep(conn, coll, settings, maintenance_work_mem: str, queries: dict, truth, k: int, *,
+          ref: IndexSetting, ref_s: float, deadline: float = float("inf")) -> tuple[list[dict], list[str]]:
+    """Rebuild the image index with each setting and compare (text -> image queries).
+
+    A setting whose estimated build would end after ``deadline`` (``time.perf_counter``
+    seconds) is skipped. Returns ``(rows, labels of skipped settings)``.
+    """
+    rows, skipped = [], []
     for s in settings:
+        if time.perf_counter() + estimate_build_s(s, ref, ref_s) > deadline:
+            skipped.append(s.label)
+            continue
         drop_index(conn, coll, "image")
         seconds = build(conn, coll, "image", s, maintenance_work_mem)
         rows.append(compare(conn, coll, s, seconds, queries, truth, k))
-    return rows
+    return rows, skipped

@@ -43,6 +43,16 @@ class Run:
         self.log(f"skipped {what}: {why}")
 
 
+#: 1M HNSW build time estimate: the largest build measured before it, scaled linearly in
+#: the vector count and then by this factor for the graph's growing depth (10k -> 100k
+#: measured about 9x per 10x vectors on this machine; 1.3 leaves a margin).
+MILLION_BUILD_FACTOR = 1.3
+#: Seconds allowed for the 1M COPY, sizes and exact scans, and for its ef_search sweep.
+MILLION_LOAD_S, MILLION_SWEEP_S = 90, 150
+#: Seconds kept free after the extra index builds (queries after each build, report).
+SWEEP_RESERVE_S = 120
+
+
 def _bundle_facts(bundle: Bundle) -> dict:
     m = bundle.manifest
     return {"path": str(bundle.path), "model_id": bundle.model_id, "dim": bundle.dim,
@@ -50,66 +60,63 @@ def _bundle_facts(bundle: Bundle) -> dict:
             "image_size": bundle.image_spec.size, "max_tokens": bundle.max_tokens}
 
 
-def _naive(run: Run, database, bundle, cfg: BenchConfig, inputs, checkpoint: Path) -> None:
+def _naive(r: Run, database, bundle, cfg: BenchConfig, inputs, checkpoint: Path) -> None:
     if not checkpoint.is_file():
-        run.skip("naive PyTorch path", f"no checkpoint at {checkpoint}")
+        r.skip("naive PyTorch path", f"no checkpoint at {checkpoint}")
         return
     try:
-        with run.section("naive"):
-            run.results["naive"] = naive.run(database, bundle, checkpoint, inputs.images[:cfg.naive_images],
-                                             inputs.captions[:cfg.naive_captions], cfg.threads)
+        with r.section("naive"):
+            r.results["naive"] = naive.run(database, bundle, checkpoint, inputs.images[:cfg.naive_images],
+                                           inputs.captions[:cfg.naive_captions], cfg.threads)
     except ImportError as e:
-        run.skip("naive PyTorch path", f"the training extra is not installed ({e})")
+        r.skip("naive PyTorch path", f"the training extra is not installed ({e})")
 
 
-def _queries(run: Run, database, bundle, cfg: BenchConfig, inputs, base: dict) -> None:
+def _queries(r: Run, database, bundle, cfg: BenchConfig, inputs, base: dict) -> None:
     rng = np.random.default_rng(cfg.seed)
-    with run.section("query encode"):
+    with r.section("query encode"):
         queries = query_bench.encode_queries(bundle, inputs.query_texts, inputs.query_images)
     nn = {m: synth.median_nn_distance(b, rng) for m, b in base.items()}
     noise = {m: synth.noise_model(b, cfg.noise * nn[m], cfg.noise_shape) for m, b in base.items()}
-    run.results["synthetic"] = {"median_nn": nn, "noise_norm": {m: z.norm for m, z in noise.items()},
-                                "noise": cfg.noise, "shape": cfg.noise_shape,
-                                "base_rows": {m: len(b) for m, b in base.items()}}
-    run.results["query_encode"] = {m: {"n": len(q["seconds"])} for m, q in queries.items()}
-    with run.section("synthetic fidelity"):
-        run.results["fidelity"] = scale.fidelity(database, bundle, cfg, base["text"], queries, rng)
-    run.results["scales"] = []
+    r.results["synthetic"] = {"median_nn": nn, "noise_norm": {m: z.norm for m, z in noise.items()},
+                              "noise": cfg.noise, "shape": cfg.noise_shape,
+                              "base_rows": {m: len(b) for m, b in base.items()}}
+    r.results["query_encode"] = {m: {"n": len(q["seconds"])} for m, q in queries.items()}
+    with r.section("synthetic fidelity"):
+        r.results["fidelity"] = scale.fidelity(database, bundle, cfg, base["text"], queries, rng)
+    r.results["scales"] = []
+    # extra index builds must leave time for the 1M load and the report
+    deadline = r.t0 + cfg.budget_s - MILLION_LOAD_S - SWEEP_RESERVE_S
     for n in cfg.sizes:
-        with run.section(f"scale {n}"):
-            run.results["scales"].append(scale.run_size(database, bundle, cfg, n, base, noise, queries, rng))
+        with r.section(f"scale {n}"):
+            res = scale.run_size(database, bundle, cfg, n, base, noise, queries, rng, deadline=deadline)
+        r.results["scales"].append(res)
+        for label in res.get("index_sweep_skipped", []):
+            r.skip(f"index build {label} at {n:,}", "its estimated build would overrun the time budget")
     if not (cfg.million_load or cfg.million):
-        run.skip("1M stored vectors", "--quick" if cfg.quick else "disabled (--no-million-load)")
+        r.skip("1M stored vectors", "--quick" if cfg.quick else "disabled (--no-million-load)")
         return
-    build = _million_decision(run, cfg)
-    with run.section("scale 1M"):
-        run.results["million"] = scale.run_million(database, bundle, cfg, base["image"], noise["image"],
-                                                   queries, rng, build_hnsw=build)
+    build = _million_decision(r, cfg)
+    with r.section("scale 1M"):
+        r.results["million"] = scale.run_million(database, bundle, cfg, base["image"], noise["image"],
+                                                 queries, rng, build_hnsw=build)
 
 
-#: 1M HNSW build time estimate: the largest build measured before it, scaled linearly in
-#: the vector count and then by this factor for the graph's growing depth (10k -> 100k
-#: measured about 9x per 10x vectors on this machine; 1.3 leaves a margin).
-MILLION_BUILD_FACTOR = 1.3
-#: Seconds allowed for the 1M COPY, sizes and exact scans, and for its ef_search sweep.
-MILLION_LOAD_S, MILLION_SWEEP_S = 90, 150
-
-
-def _million_decision(run: Run, cfg: BenchConfig) -> bool:
+def _million_decision(r: Run, cfg: BenchConfig) -> bool:
     """Build HNSW at 1M if forced (``--million``) or if it fits the time budget."""
-    scales = run.results.get("scales") or []
+    scales = r.results.get("scales") or []
     last = scales[-1] if scales else None
     scale_up = scale.MILLION / last["n"] * MILLION_BUILD_FACTOR if last else float("inf")
     estimate = last["build_s"]["image"] * scale_up if last else float("inf")
-    left = cfg.budget_s - run.elapsed - MILLION_LOAD_S - MILLION_SWEEP_S
+    left = cfg.budget_s - r.elapsed - MILLION_LOAD_S - MILLION_SWEEP_S
     build = cfg.million or estimate <= left
-    run.results["million_decision"] = {"estimate_s": estimate, "left_s": left, "build": build,
-                                       "forced": cfg.million, "budget_s": cfg.budget_s}
+    r.results["million_decision"] = {"estimate_s": estimate, "left_s": left, "build": build,
+                                     "forced": cfg.million, "budget_s": cfg.budget_s}
     if not build:
-        run.skip("1M HNSW build and ef_search sweep",
-                 f"its build was estimated at {estimate / 60:.1f} min ({scale_up:.0f} x the "
-                 f"{last['n'] if last else 0:,}-vector build of this run) but only {max(left, 0) / 60:.1f} min "
-                 f"of the {cfg.budget_s / 60:.0f}-min budget were left for it; run with --million to force it")
+        r.skip("1M HNSW build and ef_search sweep",
+               f"its build was estimated at {estimate / 60:.1f} min ({scale_up:.0f} x the "
+               f"{last['n'] if last else 0:,}-vector build of this run) but only {max(left, 0) / 60:.1f} min "
+               f"of the {cfg.budget_s / 60:.0f}-min budget were left for it; run with --million to force it")
     return build
 
 

@@ -28,8 +28,11 @@ def _load(database, coll, modality: str, base: np.ndarray, n: int, noise: synth.
 
 
 def run_size(database, bundle, cfg: BenchConfig, n: int, base: dict, noise: dict, queries: dict,
-             rng: np.random.Generator) -> dict:
-    """Everything at N stored vectors per modality (see module doc)."""
+             rng: np.random.Generator, deadline: float = float("inf")) -> dict:
+    """Everything at N stored vectors per modality (see module doc).
+
+    ``deadline`` (``time.perf_counter`` seconds): extra index builds that would end later are skipped.
+    """
     conn = database.conn
     coll = database.collection(f"q{n}", bundle)
     out: dict = {"n": n, "load": {}, "build_s": {}, "sweeps": {}}
@@ -46,8 +49,10 @@ def run_size(database, bundle, cfg: BenchConfig, n: int, base: dict, noise: dict
     if n == cfg.index_size:
         base_row = index_bench.compare(conn, coll, cfg.index, out["build_s"]["image"], queries["text"],
                                        truth["image"], cfg.k)
-        out["index_sweep"] = [base_row] + index_bench.sweep(conn, coll, cfg.index_sweep, cfg.maintenance_work_mem,
-                                                            queries["text"], truth["image"], cfg.k)
+        rows, out["index_sweep_skipped"] = index_bench.sweep(
+            conn, coll, cfg.index_sweep, cfg.maintenance_work_mem, queries["text"], truth["image"], cfg.k,
+            ref=cfg.index, ref_s=out["build_s"]["image"], deadline=deadline)
+        out["index_sweep"] = [base_row] + rows
     database.drop(coll)
     return out
 

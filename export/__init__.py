@@ -2,10 +2,17 @@
 
 Needs the ``[export]`` extra (torch, onnx). The runtime (:mod:`jointembed_pg.bundle`) reads
 what this package writes and never imports it. Entry points live in :mod:`export.build`:
-``build_bundle``, ``build_default_bundle``, ``bundle_is_current``.
+``build_bundle``, ``build_default_bundle``, ``bundle_is_current``, ``verify_parity``;
+the int8 variant in :mod:`export.int8`.
 """
 from __future__ import annotations
 
+from jointembed_pg.errors import BundleError
 
-class ExportError(RuntimeError):
-    """An export step failed (ONNX conversion, parity, quantisation); no bundle was written."""
+
+class ExportError(BundleError, RuntimeError):
+    """An export step failed (ONNX conversion, parity, quantisation); no bundle was written.
+
+    A :class:`~jointembed_pg.errors.BundleError` (hence a ``JointEmbedError``), so callers
+    that build a missing bundle on demand can catch one type.
+    """

@@ -16,6 +16,8 @@ from torch import nn
 
 from jointembed_pg.bundle import INPUTS, OUTPUTS
 
+from . import ExportError
+
 #: ONNX opset of the exported graphs.
 DEFAULT_OPSET = 17
 #: Shapes of the example inputs used to trace (any size works: axes are dynamic).
@@ -46,17 +48,25 @@ class TextGraph(nn.Module):
 
 def _export(graph: nn.Module, args: tuple, path: Path, kind: str, axes: dict, opset: int) -> None:
     graph.eval()  # an nn.Module wrapper is created in train mode; export restores that mode
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # tracer chatter about transformers' mask helpers
-        torch.onnx.export(
-            graph, args, str(path), dynamo=False, opset_version=opset, do_constant_folding=True,
-            input_names=INPUTS[kind], output_names=OUTPUTS[kind], dynamic_axes=axes,
-        )
-    graph.eval()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer chatter about transformers' mask helpers
+            torch.onnx.export(
+                graph, args, str(path), dynamo=False, opset_version=opset, do_constant_folding=True,
+                input_names=INPUTS[kind], output_names=OUTPUTS[kind], dynamic_axes=axes,
+            )
+    except Exception as e:  # torch raises many types (TracerError, RuntimeError, ...)
+        raise ExportError(f"ONNX export of the {kind} encoder to {path} failed: {e}") from e
+    finally:
+        graph.eval()
 
 
 def export_image(encoder: nn.Module, path: Path, *, size: int = 224, opset: int = DEFAULT_OPSET) -> None:
-    """Write ``image.onnx``: input ``pixels (N,3,size,size) float32``, output ``embedding (N,D)``."""
+    """Write ``image.onnx``: input ``pixels (N,3,size,size) float32``, output ``embedding (N,D)``.
+
+    Raises:
+        ExportError: the exporter failed (message names the encoder and path).
+    """
     x = torch.zeros(_TRACE_BATCH, 3, size, size)
     axes = {"pixels": {0: "batch"}, "embedding": {0: "batch"}}
     _export(ImageGraph(encoder), (x,), path, "image", axes, opset)
@@ -64,7 +74,11 @@ def export_image(encoder: nn.Module, path: Path, *, size: int = 224, opset: int 
 
 def export_text(encoder: nn.Module, path: Path, *, opset: int = DEFAULT_OPSET) -> None:
     """Write ``text.onnx``: inputs ``input_ids``, ``attention_mask`` ``(N,L) int64`` (batch and
-    sequence axes dynamic), output ``embedding (N,D) float32`` (mean pooling is inside)."""
+    sequence axes dynamic), output ``embedding (N,D) float32`` (mean pooling is inside).
+
+    Raises:
+        ExportError: the exporter failed (message names the encoder and path).
+    """
     ids = torch.full((_TRACE_BATCH, _TRACE_LEN), 1000, dtype=torch.int64)
     mask = torch.ones_like(ids)
     mask[1, _TRACE_LEN // 2:] = 0  # trace with padding present

@@ -48,16 +48,21 @@ def build_cmd(checkpoint: Path | None, out: Path | None, name: str | None, int8:
         raise click.UsageError("give either --out or --name, not both")
     target = out or paths.bundles_dir() / (name or paths.DEFAULT_BUNDLE)
     build = _export_build()
-    from export import ExportError
-
-    try:
+    try:  # export.ExportError is a JointEmbedError
         path = build.build_default_bundle(target, checkpoint=checkpoint, int8=int8, data_dir=data_dir, force=force)
-    except (ExportError, JointEmbedError) as e:
+    except JointEmbedError as e:
         raise click.ClickException(str(e)) from e
     for p in [path] + ([build.int8_dir(path)] if int8 else []):
         b = Bundle.load(p, verify=False)
-        click.echo(f"wrote {p}: {b.model_id}, dim {b.dim}, {b.manifest['precision']}, "
-                   f"parity {_parity_line(b.manifest.get('parity') or {})}")
+        click.echo(f"wrote {p}: {b.model_id}, dim {b.dim}, {b.manifest['precision']}, {_quality_line(b.manifest)}")
+
+
+def _quality_line(m: dict) -> str:
+    """fp32: the recorded parity; int8: the measured test rsum against fp32."""
+    q = m.get("int8")
+    if q and "rsum_int8" in q:
+        return f"Flickr8K test rsum {q['rsum_int8']:.2f} (fp32 {q['rsum_fp32']:.2f}, {q['rsum_delta']:+.2f})"
+    return "parity " + _parity_line(m.get("parity") or {})
 
 
 def _parity_line(p: dict) -> str:
@@ -84,9 +89,9 @@ def info_cmd(bundle: str | None, as_json: bool) -> None:
     rows = [("path", b.path), ("model_id", b.model_id), ("dim", b.dim), ("distance", m["distance"]),
             ("normalized", m["normalized"]), ("precision", m["precision"]), ("quantizer", m.get("quantizer")),
             ("max_tokens", b.max_tokens), ("image size", b.image_spec.size),
-            ("test rsum", test.get("rsum", "n/a")), ("parity", _parity_line(m.get("parity") or {}))]
+            ("test rsum (training)", test.get("rsum", "n/a")), ("quality", _quality_line(m))]
     if m.get("int8"):
-        rows.append(("int8", m["int8"]))
+        rows.append(("int8 method", m["int8"]["method"]))
     rows += [(f"file {n}", f"{m['files'][n]['bytes']} bytes, sha256 {m['files'][n]['sha256'][:12]}")
              for n in BUNDLE_FILES]
     for k, v in rows:
@@ -107,12 +112,12 @@ def verify_cmd(bundle: str | None, checkpoint: Path | None, data_dir: Path | Non
         raise click.ClickException(str(e)) from e
     click.echo(f"{b.path}: manifest and sha256 of {len(BUNDLE_FILES)} files OK ({b.model_id})")
     try:
-        from export import ExportError, build
+        from export import build
     except ImportError as e:
         click.echo(f"parity skipped: torch/export not installed ({e})")
         return
-    try:
+    try:  # export.ExportError is a JointEmbedError
         report = build.verify_parity(resolve(bundle), checkpoint=checkpoint, data_dir=data_dir)
-    except (ExportError, JointEmbedError) as e:
+    except JointEmbedError as e:
         raise click.ClickException(f"parity FAILED: {e}") from e
     click.echo(f"parity OK: {_parity_line(report)}, tolerance {report.get('atol', 'none (int8)')}")

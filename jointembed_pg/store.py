@@ -307,14 +307,21 @@ class Collection:
         for modality in modalities:
             search.check_target(modality)
             name = self.index_name(modality)
-            with self.store.transaction() as conn:
-                if conn.execute(query("index_exists"), {"name": name}).fetchone()[0]:
-                    continue
-                if maintenance_work_mem:
-                    search.set_local(conn, "maintenance_work_mem", maintenance_work_mem)
-                conn.execute(self._q("index_create", index=sql.Identifier(name), m=sql.Literal(int(m)),
-                                     ef_construction=sql.Literal(int(ef_construction)),
-                                     modality=sql.Literal(modality)))
+            try:
+                with self.store.transaction() as conn:
+                    if conn.execute(query("index_exists"), {"name": name}).fetchone()[0]:
+                        continue
+                    if maintenance_work_mem:
+                        search.set_local(conn, "maintenance_work_mem", maintenance_work_mem)
+                    conn.execute(self._q("index_create", index=sql.Identifier(name), m=sql.Literal(int(m)),
+                                         ef_construction=sql.Literal(int(ef_construction)),
+                                         modality=sql.Literal(modality)))
+            except DatabaseError as e:
+                # CREATE INDEX IF NOT EXISTS is not atomic: a concurrent ensure_index that
+                # commits the same index first makes this one fail on pg_class's unique name.
+                if not isinstance(e.__cause__, (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable)):
+                    raise
+                continue
             created.append(name)
         return created
 

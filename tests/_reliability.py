@@ -109,3 +109,15 @@ def pytest_sessionfinish(session, exitstatus):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(reliability_report.render(list(_results.values()), time.strftime("%Y-%m-%d %H:%M %Z")),
                     encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def own_server(tmp_path_factory):
+    """A dedicated pgserver cluster (:class:`test_reliability_support.OwnServer`) that tests
+    may stop, restart and re-configure; the session's shared server is never touched.
+    Tests that stop it must start it again."""
+    from test_reliability_support import OwnServer
+
+    srv = OwnServer(tmp_path_factory.mktemp("own-pgdata"))
+    yield srv
+    srv.close()

@@ -177,3 +177,16 @@ def test_parity_inputs_cover_truncation(flickr8k_dir):
     inp = parity_inputs(flickr8k_dir)
     assert inp.pixels.shape == (8, 3, 224, 224) and inp.pixels.dtype == np.float32
     assert LONG_CAPTION in inp.texts and "flickr8k" in inp.source
+
+
+@pytest.mark.parametrize("diffs, match", [
+    ((1e-6, 3e-3), "text.onnx differs from PyTorch by 0.003"),
+    ((float("nan"), 0.0), "image.onnx differs from PyTorch by nan"),
+])
+def test_parity_failure_is_loud(monkeypatch, diffs, match):
+    from export import parity
+
+    report = {"image_max_abs_diff": diffs[0], "text_max_abs_diff": diffs[1], "inputs": "test"}
+    monkeypatch.setattr(parity, "compare", lambda *a: dict(report))
+    with pytest.raises(ExportError, match=match):
+        parity.check(None, None, None, None)

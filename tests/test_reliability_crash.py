@@ -162,7 +162,9 @@ def test_sync_and_worker_survive_sigkill(pg_dsn, bundle, bundle_dir, flickr8k_di
                                          "WHERE lease_until > now()").format(queue)).rowcount
     p = cli(["sync", *args, "--no-progress", "--json"])
     assert p.returncode == 0, p.stderr[-3000:]
-    with psycopg.connect(pg_dsn) as conn:
+    from jointembed_pg import db
+
+    with db.connect(pg_dsn) as conn:     # pgvector types registered
         stored = side_rows(conn, aid)
         left = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(queue)).fetchone()[0]
         n_side = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(side)).fetchone()[0]

@@ -72,7 +72,7 @@ def test_infonce_matches_manual_and_masks_positives():
 
 
 def test_adaptive_margin_update_rule():
-    loss = AdaptiveMarginLoss(kappa=0.5, m_min=0.05, m_max=0.5, decay=0.9, sim="neg_l2")
+    loss = AdaptiveMarginLoss(kappa=0.5, m_min=0.05, m_max=0.5, decay=0.9, sim="neg_l2", neg_stat="hardest")
     y = torch.tensor([0, 1])
     u = torch.tensor([[0.0, 0.0], [3.0, 0.0]])
     v = torch.tensor([[1.0, 0.0], [4.0, 0.0]])
@@ -138,3 +138,15 @@ def test_quantizer_is_differentiable_and_commitment():
     assert commitment_loss(zz, torch.tensor([[0.0, 0.0]])).item() == pytest.approx(1.0)
     assert tau_at(0.0, 1.0, 0.01) == 1.0 and tau_at(1.0, 1.0, 0.01) == pytest.approx(0.01)
     assert tau_at(0.5, 1.0, 0.01) == pytest.approx(math.sqrt(0.01))
+
+
+def test_adaptive_margin_mean_negative_statistic():
+    loss = AdaptiveMarginLoss(kappa=0.5, m_min=0.0, m_max=10.0, decay=0.9, sim="neg_l2", neg_stat="mean")
+    y = torch.tensor([0, 1])
+    u = torch.tensor([[0.0, 0.0], [3.0, 0.0]])
+    v = torch.tensor([[1.0, 0.0], [4.0, 0.0]])
+    # negatives: d(u0,v1)=4, d(u1,v0)=2 -> n = 3; p = 1 -> m = 0.5 * (3 - 1) = 1.0
+    loss(u, v, y)
+    assert loss.margin.item() == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        AdaptiveMarginLoss(neg_stat="median")

@@ -47,8 +47,9 @@ class TrainConfig:
     similarity: str = "cosine"  #: cosine (s = u.v) | neg_l2 (s = -||u - v||)
     margin: float = 0.2  #: fixed hinge margin (vsepp, vse0), in similarity units
     adaptive_kappa: float = 0.5
-    adaptive_min: float = 0.05
-    adaptive_max: float = 0.5
+    adaptive_min: float = 0.1  #: m_min (similarity units)
+    adaptive_max: float = 0.4  #: m_max
+    adaptive_neg: str = "mean"  #: mu_neg from all negatives (mean) or hardest negatives
     adaptive_decay: float = 0.99  #: EMA decay of mu_pos / mu_neg per step
     infonce_init_temp: float = 0.07
     # multitask center loss (METHOD.md sec. 2)

@@ -100,7 +100,10 @@ class AdaptiveMarginLoss(nn.Module):
     """Hardest-negative hinge whose margin follows the space's separation (METHOD.md sec. 1).
 
     Per training step (before the loss is taken), with batch means ``p = mean_i delta_ii``
-    and ``n = mean over both directions of the hardest-negative distances``:
+    and ``n`` = the mean negative distance: over both directions' hardest negatives
+    (``neg_stat="hardest"``, METHOD.md's wording) or over all negative pairs
+    (``neg_stat="mean"``, our default: with hardest negatives ``n < p`` for most of
+    training, so the margin sits at ``m_min``; measured in docs/RESULTS.md):
 
         mu_pos <- decay mu_pos + (1 - decay) p      (mu_pos = p on the first step)
         mu_neg <- decay mu_neg + (1 - decay) n
@@ -111,9 +114,12 @@ class AdaptiveMarginLoss(nn.Module):
     """
 
     def __init__(self, kappa: float = 0.5, m_min: float = 0.05, m_max: float = 0.5,
-                 decay: float = 0.99, sim: str = "cosine"):
+                 decay: float = 0.99, sim: str = "cosine", neg_stat: str = "hardest"):
         super().__init__()
+        if neg_stat not in ("hardest", "mean"):
+            raise ValueError(f"neg_stat must be hardest or mean, got {neg_stat!r}")
         self.kappa, self.m_min, self.m_max, self.decay, self.sim = kappa, m_min, m_max, decay, sim
+        self.neg_stat = neg_stat
         self.register_buffer("mu_pos", torch.tensor(0.0))
         self.register_buffer("mu_neg", torch.tensor(0.0))
         self.register_buffer("margin", torch.tensor(float(m_min)))
@@ -129,10 +135,14 @@ class AdaptiveMarginLoss(nn.Module):
         self.steps += 1
 
     def forward(self, u: torch.Tensor, v: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        pos, n_i2t, n_t2i = hardest_negative_gaps(-similarity(u, v, self.sim), y)
+        delta = -similarity(u, v, self.sim)
+        pos, n_i2t, n_t2i = hardest_negative_gaps(delta, y)
         if self.training:
-            valid = torch.cat([n_i2t, n_t2i])
-            valid = valid[valid < _BIG / 2]
+            if self.neg_stat == "hardest":
+                valid = torch.cat([n_i2t, n_t2i])
+                valid = valid[valid < _BIG / 2]
+            else:
+                valid = delta[~positive_mask(y)]
             if len(valid):
                 self.update(pos.detach().mean(), valid.detach().mean())
         m = self.margin

@@ -46,7 +46,7 @@ def build_rank_loss(cfg: TrainConfig) -> nn.Module:
     if cfg.loss == "infonce":
         return InfoNCELoss(cfg.infonce_init_temp, cfg.similarity)
     return AdaptiveMarginLoss(cfg.adaptive_kappa, cfg.adaptive_min, cfg.adaptive_max,
-                              cfg.adaptive_decay, cfg.similarity)
+                              cfg.adaptive_decay, cfg.similarity, cfg.adaptive_neg)
 
 
 @dataclass

@@ -1,0 +1,114 @@
+"""``jointembed index-distributed images|texts --engine ray``: the batch ingest on a Ray pool.
+
+Same output and exit codes as ``jointembed index images|texts`` (0, 1 error, 3 some items
+failed). Registers itself on :data:`jointembed_pg.cli.cli` when imported; also runnable
+as ``python -m jointembed_pg.cli_distributed index-distributed ...``.
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+
+import click
+
+from .cli import _errors, _finish, _progress, bundle_option, cli, collection_option, dsn_option, json_option, \
+    progress_option
+
+ENGINES = ("ray",)
+
+engine_options = [
+    click.option("--engine", type=click.Choice(ENGINES), default="ray", show_default=True,
+                 help="Distributed engine (needs the matching extra: pip install 'jointembed-pg[ray]')."),
+    click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1),
+                 help="Worker actors; each loads the model once and holds one connection."),
+    click.option("--cpus-per-worker", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+                 help="CPUs reserved per worker (also its onnxruntime threads)."),
+    click.option("--ray-address", default=None, metavar="ADDR", envvar="RAY_ADDRESS",
+                 help="Ray cluster to join ('auto', 'ray://head:10001'); default: a local one for this job."),
+]
+
+
+def _engine_options(f):
+    for option in reversed(engine_options):
+        f = option(f)
+    return f
+
+
+@cli.group("index-distributed")
+def index_distributed():
+    """Embed images or captions on a distributed engine (Ray), same results as `index`.
+
+    \b
+    The database (--dsn) must be reachable from every worker, and the bundle directory
+    must exist at the same path on every node.
+    """
+
+
+def _ray_options(workers, cpus_per_worker, ray_address, progress):
+    return {"workers": workers, "cpus_per_worker": cpus_per_worker, "address": ray_address,
+            "progress": _progress(progress)}
+
+
+@index_distributed.command("images")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@collection_option
+@dsn_option
+@bundle_option
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Images per encoder batch and per write transaction.")
+@_engine_options
+@json_option
+@progress_option
+def images_cmd(paths, collection, dsn, bundle_name, batch_size, engine, workers, cpus_per_worker, ray_address,
+               as_json, progress):
+    """Embed image files or directories (recursively) into COLLECTION."""
+    from . import distributed
+    from .bundle import resolve
+
+    with _errors(), _ray_chatter_to_stderr():
+        report = distributed.index_images_ray(dsn, collection, resolve(bundle_name), paths, batch_size=batch_size,
+                                              **_ray_options(workers, cpus_per_worker, ray_address, progress))
+        _ensure_index(dsn, collection)
+    _finish(report, as_json)
+
+
+@index_distributed.command("texts")
+@click.argument("file", type=click.Path(path_type=Path))
+@collection_option
+@dsn_option
+@bundle_option
+@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1),
+              help="Captions per encoder batch and per write transaction.")
+@_engine_options
+@json_option
+@progress_option
+def texts_cmd(file, collection, dsn, bundle_name, batch_size, engine, workers, cpus_per_worker, ray_address,
+              as_json, progress):
+    """Embed the captions of FILE: CSV (id,text), JSON lines (id, text) or a Flickr8K token file."""
+    from . import distributed
+    from .bundle import resolve
+
+    with _errors(), _ray_chatter_to_stderr():
+        report = distributed.index_texts_ray(dsn, collection, resolve(bundle_name), file, batch_size=batch_size,
+                                             **_ray_options(workers, cpus_per_worker, ray_address, progress))
+        _ensure_index(dsn, collection)
+    _finish(report, as_json)
+
+
+def _ray_chatter_to_stderr():
+    """Ray prints worker and raylet messages to ``sys.stdout``; keep stdout for ``--json``."""
+    return contextlib.redirect_stdout(sys.stderr)
+
+
+def _ensure_index(dsn, collection):
+    from .store import Store
+
+    with Store(dsn) as store:
+        store.collection(collection).ensure_index()
+
+
+if __name__ == "__main__":
+    from .cli import main
+
+    main()

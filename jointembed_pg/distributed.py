@@ -1,0 +1,286 @@
+"""Distributed backfill on Ray Data: the single-machine ingest, run per partition on a worker pool.
+
+The work (image paths or captions) becomes a Ray Dataset with the columns ``key`` and
+``value`` (the resolved path, or the caption). ``map_batches`` hands batches of it to a
+pool of :class:`IngestWorker` actors. Each actor loads the ONNX bundle once and opens one
+database connection, then calls :func:`jointembed_pg.ingest.index_images` /
+:func:`~jointembed_pg.ingest.index_texts` on every batch it gets. So the keys, content
+hashes, model id, the skipping of unchanged items, the per-batch transactions
+(``Collection.upsert``) and the recorded :class:`~jointembed_pg.ingest.Failure` entries
+are those of the single-machine path, and the embeddings are byte-identical (the ONNX
+encoders give the same float32 rows whatever the batch composition and thread count).
+
+A job killed part-way leaves whole committed batches behind. A rerun skips them by
+content hash, and the upsert by ``(modality, key)`` never writes a key twice. Ray
+retries the batch of an actor that died, which is safe for the same reasons.
+
+Ray is an optional extra (``pip install 'jointembed-pg[ray]'``), imported only when a
+job starts.
+
+>>> report = index_images_ray(dsn, "photos", "/models/default", ["/data/photos"], workers=8)
+>>> report.written, report.failed
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from . import ingest, readers
+from .errors import JointEmbedError, ModelMismatchError
+
+#: What to install when Ray is missing.
+RAY_EXTRA = "pip install 'jointembed-pg[ray]'  (or: pip install 'ray[data]')"
+#: Encoder batches per Ray batch and per input block: one ``ingest.index_*`` call decodes
+#: ahead and writes behind within it, and commits each encoder batch in its own transaction.
+BATCHES_PER_CALL = 4
+MODALITIES = ("image", "text")
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """How a job runs on Ray.
+
+    Attributes:
+        workers: actors in the pool; each holds one loaded bundle and one connection.
+        batch_size: items per encoder batch and per write transaction.
+        cpus_per_worker: Ray CPUs reserved per actor; also onnxruntime's intra-op threads.
+        address: Ray cluster to join (``"auto"``, ``"ray://head:10001"``); ``None`` joins
+            the cluster this process is already connected to, else starts a local one
+            with ``workers * cpus_per_worker`` CPUs for the job's duration.
+        progress: a progress bar on stderr (items done).
+    """
+
+    workers: int = 2
+    batch_size: int = ingest.IMAGE_BATCH
+    cpus_per_worker: float = 1.0
+    address: str | None = None
+    progress: bool = False
+
+    def __post_init__(self):
+        if int(self.workers) != self.workers or self.workers < 1:
+            raise ValueError(f"workers must be a positive integer, got {self.workers!r}")
+        if int(self.batch_size) != self.batch_size or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if not self.cpus_per_worker > 0:
+            raise ValueError(f"cpus_per_worker must be > 0, got {self.cpus_per_worker!r}")
+
+
+@dataclass(frozen=True)
+class Job:
+    """Where a job writes and with which model; sent to every worker (small, picklable).
+
+    ``dsn`` must be reachable from the workers; ``bundle_dir`` must exist on every node
+    (a shared file system, or the same path baked into the image).
+    """
+
+    dsn: str
+    collection: str
+    bundle_dir: str
+    model_id: str
+    dim: int
+
+
+def require_ray():
+    """Import and return ``ray`` (with Ray Data).
+
+    Raises:
+        JointEmbedError: Ray is not installed; the message says what to install.
+    """
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as e:
+        raise JointEmbedError(f"the Ray engine needs Ray Data, which is not installed: {RAY_EXTRA}") from e
+    return ray
+
+
+def prepare_job(dsn: str | None, collection: str, bundle_dir: str | Path) -> Job:
+    """Resolve the DSN, validate the bundle and create the collection if needed (in the driver).
+
+    Raises:
+        BundleError: bad bundle. ModelMismatchError: the collection holds another model.
+        DatabaseError: the database is unreachable.
+    """
+    from . import db
+    from .bundle import Bundle, resolve
+    from .store import Store
+
+    path = resolve(bundle_dir).resolve()
+    bundle = Bundle.load(path)
+    dsn = db.resolve_dsn(dsn)
+    with Store(dsn) as store:
+        store.collection(collection, model_id=bundle.model_id, dim=bundle.dim, create=True)
+    return Job(dsn, collection, str(path), bundle.model_id, bundle.dim)
+
+
+class IngestWorker:
+    """A Ray Data callable class: one loaded bundle and one connection per actor.
+
+    ``__call__`` takes a numpy batch ``{"key": (B,) str, "value": (B,) str}`` (values are
+    image paths or captions) and returns a one-row summary of what it did:
+    ``{"total", "written", "skipped": (1,) int64, "failed": (1,) JSON [[key, error], ...]}``.
+    """
+
+    def __init__(self, job: Job, modality: str, batch_size: int, threads: int | None = None):
+        from .bundle import Bundle
+        from .store import Store
+
+        if modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+        self.modality, self.batch_size = modality, batch_size
+        self.bundle = Bundle.load(job.bundle_dir, intra_op_threads=threads)
+        if self.bundle.model_id != job.model_id:
+            raise ModelMismatchError(f"{job.bundle_dir} on this worker holds model {self.bundle.model_id!r}, "
+                                     f"the job's is {job.model_id!r}: the nodes see different bundle files")
+        self.store = Store(job.dsn)
+        self.collection = self.store.collection(job.collection, model_id=job.model_id, dim=job.dim)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        keys, values = [str(k) for k in batch["key"]], [str(v) for v in batch["value"]]
+        if self.modality == "image":
+            records = [readers.PathRecord(k, Path(v)) for k, v in zip(keys, values)]
+            report = ingest.index_images(self.collection, self.bundle, records, batch_size=self.batch_size,
+                                         decode_threads=1, progress=False)
+        else:
+            records = [readers.TextRecord(k, v) for k, v in zip(keys, values)]
+            report = ingest.index_texts(self.collection, self.bundle, records, batch_size=self.batch_size,
+                                        progress=False)
+        return summarize(report)
+
+
+def summarize(report: ingest.IngestReport) -> dict[str, np.ndarray]:
+    """An :class:`~jointembed_pg.ingest.IngestReport` as the one-row batch a worker returns."""
+    failed = json.dumps([[f.key, f.error] for f in report.failed])
+    return {"total": np.array([report.total], np.int64), "written": np.array([report.written], np.int64),
+            "skipped": np.array([report.skipped], np.int64), "failed": np.array([failed], dtype=object)}
+
+
+def merge_summary(report: ingest.IngestReport, summary: dict[str, np.ndarray]) -> int:
+    """Add a batch of worker summaries into ``report``; return the number of items they cover."""
+    report.written += int(np.sum(summary["written"]))
+    report.skipped += int(np.sum(summary["skipped"]))
+    for failed in summary["failed"]:
+        report.failed.extend(ingest.Failure(str(k), str(e)) for k, e in json.loads(failed))
+    return int(np.sum(summary["total"]))
+
+
+def index_images_ray(dsn: str | None, collection: str, bundle_dir: str | Path, paths: Iterable[str | Path], *,
+                     workers: int = 2, batch_size: int = ingest.IMAGE_BATCH, **options: Any) -> ingest.IngestReport:
+    """Embed image files or directories into ``collection`` on a Ray worker pool.
+
+    Same contract as :func:`jointembed_pg.ingest.index_images` (key = resolved path,
+    content hash = sha256 of the file bytes, unchanged items skipped, bad files in
+    ``failed``), with the bundle loaded once per worker.
+
+    Args:
+        dsn: PostgreSQL DSN reachable from every worker (``None``: ``$DATABASE_URL``,
+            else the embedded server, which only local workers can reach).
+        collection: created with the bundle's model if it does not exist.
+        bundle_dir: bundle directory or name; it must exist on every node.
+        paths: files and directories (expanded in the driver, recursively).
+        workers, batch_size, options: see :class:`RayConfig` (``cpus_per_worker``,
+            ``address``, ``progress``).
+    Returns:
+        The merged :class:`~jointembed_pg.ingest.IngestReport`.
+    Raises:
+        JointEmbedError: Ray is missing, the bundle or database is unusable, or a batch
+            failed on the database (committed batches stay; a rerun resumes).
+    """
+    cfg = RayConfig(workers=workers, batch_size=batch_size, **options)
+    return _run("image", dsn, collection, bundle_dir, list(readers.iter_image_paths(paths)), cfg)
+
+
+def index_texts_ray(dsn: str | None, collection: str, bundle_dir: str | Path, file: str | Path, *,
+                    workers: int = 2, batch_size: int = ingest.TEXT_BATCH, **options: Any) -> ingest.IngestReport:
+    """Embed the captions of ``file`` (CSV, JSONL or Flickr8K tokens) on a Ray worker pool.
+
+    Same contract as :func:`jointembed_pg.ingest.index_texts`; other arguments as
+    :func:`index_images_ray`. The file is read in the driver; bad lines go to ``failed``.
+    """
+    cfg = RayConfig(workers=workers, batch_size=batch_size, **options)
+    return _run("text", dsn, collection, bundle_dir, list(readers.read_texts(file)), cfg)
+
+
+def _run(modality: str, dsn: str | None, collection: str, bundle_dir: str | Path,
+         records: Sequence[readers.PathRecord | readers.TextRecord], cfg: RayConfig) -> ingest.IngestReport:
+    import time
+
+    t0 = time.perf_counter()
+    ray = require_ray()
+    report = ingest.IngestReport(modality, total=len(records))
+    report.failed.extend(ingest.Failure(r.key, r.error) for r in records if r.error)
+    good = [(r.key, str(r.path) if modality == "image" else r.text) for r in records if not r.error]
+    job = prepare_job(dsn, collection, bundle_dir)
+    if good:
+        with ray_session(ray, cfg):
+            ds = ray.data.from_items([{"key": k, "value": v} for k, v in good],
+                                     override_num_blocks=math.ceil(len(good) / (cfg.batch_size * BATCHES_PER_CALL)))
+            run_dataset(ds, job, modality, cfg, report, total=len(good))
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def run_dataset(ds: Any, job: Job, modality: str, cfg: RayConfig, report: ingest.IngestReport, *,
+                total: int | None = None) -> ingest.IngestReport:
+    """Run the worker pool over a Ray Dataset with columns ``key`` and ``value``; merge into ``report``.
+
+    Use it inside your own Ray pipeline (``ray.init`` done, ``job`` from
+    :func:`prepare_job`): build a dataset of ``key`` (resolved path, or caption id) and
+    ``value`` (the path, or the caption), then call this.
+    """
+    out = ds.map_batches(
+        IngestWorker, fn_constructor_args=(job, modality, cfg.batch_size, max(1, int(cfg.cpus_per_worker))),
+        batch_size=cfg.batch_size * BATCHES_PER_CALL, batch_format="numpy",
+        compute=_actor_pool(cfg.workers), num_cpus=cfg.cpus_per_worker)
+    bar = ingest._progress(total, f"{modality}s (ray)", cfg.progress)
+    try:
+        for summary in out.iter_batches(batch_size=None, batch_format="numpy"):
+            bar.update(merge_summary(report, summary))
+    except Exception as e:  # Ray wraps worker errors in its own exception types
+        raise JointEmbedError(f"distributed {modality} job failed: {_one_line(e)}") from e
+    finally:
+        bar.close()
+    return report
+
+
+def _actor_pool(workers: int):
+    import ray.data
+
+    return ray.data.ActorPoolStrategy(size=workers)
+
+
+def _one_line(e: BaseException) -> str:
+    lines = [s for s in str(e).splitlines() if s.strip()]
+    return lines[-1].strip() if lines else type(e).__name__
+
+
+@contextmanager
+def ray_session(ray: Any, cfg: RayConfig) -> Iterator[None]:
+    """Use the Ray cluster already joined, or join ``cfg.address``, or start a local one.
+
+    A cluster this function joined or started is left (and a local one stopped) on exit.
+    Ray Data's progress bars and INFO logs are turned off; use ``cfg.progress``.
+    """
+    owned = not ray.is_initialized()
+    if owned:
+        quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+        if cfg.address:
+            ray.init(address=cfg.address, **quiet)
+        else:
+            ray.init(num_cpus=math.ceil(cfg.workers * cfg.cpus_per_worker), **quiet)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.enable_auto_log_stats = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        if owned:
+            ray.shutdown()

@@ -1,0 +1,154 @@
+"""Generate docs/RELIABILITY.md from a run of the reliability/security tests.
+
+    python tests/reliability_report.py            # runs the tests, writes docs/RELIABILITY.md
+    python tests/reliability_report.py -- -x      # extra pytest arguments after --
+
+It runs pytest on ``tests/test_reliability*.py tests/test_security*.py
+tests/test_bad_input*.py`` with ``$JOINTEMBED_RELIABILITY_REPORT`` set; the plugin
+``tests/_reliability.py`` records every test marked ``reliability(scenario, expected)``
+and calls :func:`render` at the end of the session. (Setting the variable on any other
+pytest run, e.g. the whole suite, writes the same report.)
+
+Also holds the least-privilege worker role (:data:`WORKER_ROLE_SQL`), which the
+privilege test executes verbatim, so the documented SQL is the tested SQL.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = "docs/RELIABILITY.md"
+TEST_FILES = ["tests/test_reliability*.py", "tests/test_security*.py", "tests/test_bad_input*.py"]
+
+#: The rights a sync worker needs: read the user's table, write only jointembed's objects.
+#: ``{role}``, ``{database}``, ``{schema}``, ``{table}``, ``{owner}`` (the role that owns schema
+#: ``jointembed``, i.e. ran the migrations and ``attach``) are identifiers; ``{password}`` a literal.
+WORKER_ROLE_SQL = """\
+CREATE ROLE {role} LOGIN PASSWORD {password};
+GRANT CONNECT ON DATABASE {database} TO {role};
+-- read the user's table (nothing else of it)
+GRANT USAGE ON SCHEMA {schema} TO {role};
+GRANT SELECT ON {schema}.{table} TO {role};
+-- read and write jointembed's own tables: catalog, queues, side tables, collections
+GRANT USAGE ON SCHEMA jointembed TO {role};
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA jointembed TO {role};
+GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA jointembed TO {role};
+-- ...including the side tables and queues that later attach / reembed calls create
+ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA jointembed
+    GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {role};
+ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA jointembed
+    GRANT USAGE, SELECT ON SEQUENCES TO {role};
+"""
+
+EXAMPLE = {"role": "jointembed_worker", "database": "mydb", "schema": "public", "table": "photos",
+           "owner": "app_owner", "password": "'change-me'"}
+
+_INTRO = """\
+# Reliability and security: faults, bad input, hostile names
+
+**Generated** by `python tests/reliability_report.py` on {when} from the test run itself
+(do not edit by hand). Every row is an automated test of the normal suite, marked
+`@pytest.mark.reliability(scenario=..., expected=...)`; *observed* is what that test
+measured in this run, *result* its outcome. The plugin is `tests/_reliability.py`.
+Tests ran against a real PostgreSQL 16 + pgvector (pgserver), the model bundle at
+`{bundle}` and real Flickr8K files.
+
+Summary: {summary}.
+"""
+
+_PRIVILEGE = """\
+## Least privilege: the role a worker needs
+
+`jointembed sync` and `jointembed worker` only need to read the attached table and to
+read/write jointembed's own objects in schema `jointembed`. Creating the schema
+(migrations) and `attach`/`detach`/`reembed` stay with the table's owner (`{owner}`
+below): `attach` creates triggers on the user's table and the side tables. The
+trigger function is `SECURITY DEFINER`, so roles that write the user's table need
+nothing in schema `jointembed`.
+
+```sql
+{sql}```
+
+The test *least-privilege worker* runs exactly this SQL, then `sync`, `worker` and
+`status` as that role with a password-bearing DSN, and checks that the role can neither
+`UPDATE`/`INSERT`/`DELETE` the user's table nor create tables in its schema.
+
+## Passwords
+
+DSN passwords are removed from every message: `db.redact` for DSNs, and
+`one_line(err, dsn)` for server and driver errors. The tests use a real
+`scram-sha-256` login over the Unix socket (pgserver listens on no TCP port) and check
+stdout, stderr and JSON logs of `index`, `sync`, `worker` and `status`, for the right and
+a wrong password, in URI and `key=value` form.
+"""
+
+_NOTES = """\
+## Notes on the method
+
+- **Kill points** are seeded (`random.Random(20261129)`) and drawn per run as a random
+  fraction of the remaining work plus a random delay, so they spread over the whole run
+  on a slow or a fast machine; one lands in start-up and one after the last write
+  (during the HNSW build).
+- **Leases.** A killed `sync`/`worker` (SIGKILL, or a database that went away under it)
+  keeps its claimed queue rows (at most `--batch-size`) until their lease runs out
+  (10 minutes). The tests fast-forward those leases with one `UPDATE ... SET
+  lease_until = now() - '1 s'` instead of waiting; the *observed* column says how many rows
+  that concerned.
+- **Database restarts** use a dedicated pgserver cluster in a temporary directory
+  (`pg_ctl stop -m fast`, then `start` on the same socket), never the session's server.
+- **Embeddings "equal to a clean run"**: the stored vector is compared with the bundle's
+  own in-process encode of the same file or caption (L2 difference < 1e-3; batch
+  composition changes the last float bits only).
+"""
+
+
+def render(results, when: str) -> str:
+    """The Markdown report for ``results`` (``tests/_reliability.Result`` objects)."""
+    bundle = os.environ.get("JOINTEMBED_TEST_BUNDLE") or "the bundle built from training/weights/default.pt"
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.outcome] = counts.get(r.outcome, 0) + 1
+    summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + f" of {len(results)} scenarios"
+    out = [_INTRO.format(when=when, bundle=bundle, summary=summary)]
+    areas: dict[str, list] = {}
+    for r in results:
+        areas.setdefault(r.area or "other", []).append(r)
+    for area, rows in areas.items():
+        out.append(f"\n## {area[:1].upper() + area[1:]}\n")
+        out.append("| scenario | expected | observed | result | test |")
+        out.append("|---|---|---|---|---|")
+        for r in rows:
+            observed = "; ".join(r.observed) or "-"
+            if r.error:
+                observed += f" **{r.error}**"
+            test = r.nodeid.split("::")[0].split("/")[-1] + "::" + r.nodeid.split("::")[-1]
+            out.append(f"| {_cell(r.scenario)} | {_cell(r.expected)} | {_cell(observed)} | "
+                       f"{r.outcome} ({r.seconds:.1f} s) | `{test}` |")
+    out.append("")
+    out.append(_PRIVILEGE.format(owner=EXAMPLE["owner"], sql=WORKER_ROLE_SQL.format(**EXAMPLE)))
+    out.append(_NOTES)
+    return "\n".join(out)
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def main(argv: list[str]) -> int:
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    out = os.environ.get("JOINTEMBED_RELIABILITY_REPORT", DEFAULT_OUT)
+    env = dict(os.environ, JOINTEMBED_RELIABILITY_REPORT=out)
+    files = sorted(str(p.relative_to(REPO)) for pat in TEST_FILES for p in REPO.glob(pat)
+                   if not p.name.endswith("_support.py"))
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files, *extra]
+    print("+", " ".join(cmd), file=sys.stderr)
+    rc = subprocess.call(cmd, cwd=REPO, env=env)
+    print(f"wrote {out} (pytest exit {rc})", file=sys.stderr)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,219 @@
+"""The Ray engine (local mode, 2 workers) against the single-machine ingest, on real Flickr8K.
+
+One module database holds the single-machine reference (1,000 images + 3 bad files, and
+1,000 captions + 1 bad line). Each distributed run must store the same keys, content
+hashes, model id and byte-identical float32 embeddings, and report the same failures:
+after a clean run, after one worker actor is SIGKILLed mid-job (Ray retries its batch),
+and after the whole job is SIGKILLed part-way and rerun (the rerun skips what was
+committed). Skipped when Ray is not installed.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jointembed_pg import distributed, ingest, readers
+from jointembed_pg.errors import JointEmbedError
+
+N_ITEMS = 1000
+WORKERS = 2
+JOB_TIMEOUT_S = 300
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                               reason="Ray is not installed (pip install 'jointembed-pg[ray]')")
+
+
+def test_missing_ray_is_one_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(JointEmbedError, match=r"pip install 'jointembed-pg\[ray\]'"):
+        distributed.index_images_ray("postgresql://nowhere/x", "c", tmp_path, [tmp_path])
+
+
+def test_config_is_validated():
+    with pytest.raises(ValueError, match="workers"):
+        distributed.RayConfig(workers=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        distributed.RayConfig(batch_size=0)
+
+
+# -- fixtures: the inputs and the single-machine reference ------------------------------------
+@pytest.fixture(scope="module")
+def image_dir(flickr8k_dir, tmp_path_factory) -> Path:
+    """1,000 Flickr8K images as symlinks (keys resolve to the originals) + 3 bad files."""
+    d = tmp_path_factory.mktemp("ray_images")
+    for src in sorted((flickr8k_dir / "images").glob("*.jpg"))[:N_ITEMS]:
+        (d / src.name).symlink_to(src)
+    (d / "zz_corrupt.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (d / "zz_empty.jpg").write_bytes(b"")
+    (d / "zz_text.png").write_text("hello")
+    return d
+
+
+@pytest.fixture(scope="module")
+def caption_file(flickr8k_dir, tmp_path_factory) -> Path:
+    lines = (flickr8k_dir / readers.TOKEN_FILE).read_bytes().splitlines()[:N_ITEMS]
+    path = tmp_path_factory.mktemp("ray_texts") / "captions.token.txt"
+    path.write_bytes(b"\n".join(lines + [b"a line without a tab"]) + b"\n")
+    return path
+
+
+def _open(dsn, name, bundle=None):
+    from jointembed_pg.store import Store
+
+    store = Store(dsn)
+    if bundle is None:
+        return store.collection(name)
+    return store.collection(name, model_id=bundle.model_id, dim=bundle.dim, create=True)
+
+
+def _stored(dsn, name) -> dict[str, tuple]:
+    """``{(modality, key): (source, text, content_hash, model_id, embedding bytes)}``; asserts no duplicates."""
+    from psycopg import sql
+
+    coll = _open(dsn, name)
+    with coll.store.transaction() as conn:
+        rows = conn.execute(sql.SQL("SELECT modality, key, source, text, content_hash, model_id, embedding "
+                                    "FROM {}").format(coll.table_ident)).fetchall()
+    coll.store.close()
+    out = {(m, k): (s, t, h, mid, _float32_bytes(e)) for m, k, s, t, h, mid, e in rows}
+    assert len(out) == len(rows), "duplicate (modality, key) rows"
+    return out
+
+
+def _float32_bytes(embedding) -> bytes:
+    e = embedding.to_numpy() if hasattr(embedding, "to_numpy") else np.asarray(embedding)
+    assert e.dtype == np.float32
+    return e.tobytes()
+
+
+def _failures(report) -> set[tuple[str, str]]:
+    """``{(key, error)}``, with object addresses that Pillow puts in its messages removed."""
+    failed = report["failed"] if isinstance(report, dict) else [f.__dict__ for f in report.failed]
+    return {(f["key"], _ADDRESS.sub("", f["error"])) for f in failed}
+
+
+@pytest.fixture(scope="module")
+def reference(module_pg_dsn, bundle, image_dir, caption_file):
+    """The single-machine path's reports and stored rows for the same inputs."""
+    coll = _open(module_pg_dsn, "single", bundle)
+    images = ingest.index_images(coll, bundle, list(readers.iter_image_paths([image_dir])), progress=False)
+    texts = ingest.index_texts(coll, bundle, readers.read_texts(caption_file), progress=False)
+    coll.store.close()
+    assert images.written == N_ITEMS and len(images.failed) == 3
+    assert texts.written == N_ITEMS and len(texts.failed) == 1
+    return {"images": images, "texts": texts, "rows": _stored(module_pg_dsn, "single")}
+
+
+def _assert_same_as_reference(dsn, name, reference, modalities=("image",)):
+    got = _stored(dsn, name)
+    want = {k: v for k, v in reference["rows"].items() if k[0] in modalities}
+    assert got.keys() == want.keys()
+    different = [k for k in want if got[k] != want[k]]
+    assert not different, f"{len(different)} rows differ from the single-machine path, e.g. {different[:3]}"
+
+
+# -- the distributed runs -----------------------------------------------------------------------
+@needs_ray
+@pytest.mark.slow
+@pytest.mark.flickr8k
+def test_ray_texts_equal_single_machine(module_pg_dsn, bundle_dir, caption_file, reference):
+    report = distributed.index_texts_ray(module_pg_dsn, "ray_texts", bundle_dir, caption_file, workers=WORKERS)
+    want = reference["texts"]
+    assert (report.total, report.written, report.skipped) == (want.total, want.written, 0)
+    assert _failures(report) == _failures(want)
+    _assert_same_as_reference(module_pg_dsn, "ray_texts", reference, ("text",))
+
+
+def _start(args: list[str]) -> subprocess.Popen:
+    """A job in its own session, so that it and the Ray processes it starts can be killed together."""
+    return subprocess.Popen([sys.executable, *args], start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
+
+
+def _wait_for_rows(dsn, name, at_least: int, proc: subprocess.Popen) -> int:
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"job ended (rc {proc.returncode}) before {at_least} rows: {proc.stderr.read()[-2000:]}")
+        try:
+            coll = _open(dsn, name)
+            n = coll.count()
+            coll.store.close()
+        except JointEmbedError:  # the collection is not created yet
+            n = 0
+        if n >= at_least:
+            return n
+        time.sleep(0.2)
+    pytest.fail(f"fewer than {at_least} rows after {JOB_TIMEOUT_S} s")
+
+
+def _worker_actors(session_id: int) -> list[int]:
+    """PIDs of our job's Ray ingest actors (processes of the job's session only)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        try:
+            stat, cmd = (d / "stat").read_text(), (d / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if d.name.isdigit() and int(stat.rsplit(")", 1)[1].split()[3]) == session_id and b"IngestWorker" in cmd:
+            pids.append(int(d.name))
+    return sorted(pids)
+
+
+@needs_ray
+@pytest.mark.slow
+@pytest.mark.flickr8k
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to find the worker processes")
+def test_worker_killed_mid_job_is_retried_without_duplicates(module_pg_dsn, bundle_dir, image_dir, reference):
+    proc = _start(["-m", "jointembed_pg.cli_distributed", "index-distributed", "images", str(image_dir),
+                   "--collection", "ray_worker_killed", "--dsn", module_pg_dsn, "--bundle", str(bundle_dir),
+                   "--engine", "ray", "--workers", str(WORKERS), "--json", "--no-progress"])
+    try:
+        before = _wait_for_rows(module_pg_dsn, "ray_worker_killed", 64, proc)
+        actors = _worker_actors(proc.pid)
+        assert actors, "no worker actor found in the job's session"
+        os.kill(actors[0], signal.SIGKILL)
+        out, err = proc.communicate(timeout=JOB_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert before < N_ITEMS, "the job finished before a worker could be killed"
+    assert proc.returncode == 3, err[-2000:]  # done, with the 3 bad files reported
+    report = json.loads(out)
+    assert report["total"] == N_ITEMS + 3 and report["written"] + report["skipped"] == N_ITEMS
+    assert _failures(report) == _failures(reference["images"])
+    _assert_same_as_reference(module_pg_dsn, "ray_worker_killed", reference)
+
+
+@needs_ray
+@pytest.mark.slow
+@pytest.mark.flickr8k
+def test_job_killed_part_way_then_rerun_resumes(module_pg_dsn, bundle_dir, image_dir, reference):
+    code = ("import sys; from jointembed_pg import distributed; "
+            "distributed.index_images_ray(sys.argv[1], 'ray_job_killed', sys.argv[2], [sys.argv[3]], workers=2)")
+    proc = _start(["-c", code, module_pg_dsn, str(bundle_dir), str(image_dir)])
+    try:
+        _wait_for_rows(module_pg_dsn, "ray_job_killed", 100, proc)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray cluster it started
+        proc.communicate()
+    coll = _open(module_pg_dsn, "ray_job_killed")
+    partial = coll.count()
+    coll.store.close()
+    assert 100 <= partial < N_ITEMS
+
+    report = distributed.index_images_ray(module_pg_dsn, "ray_job_killed", bundle_dir, [image_dir], workers=WORKERS)
+    assert (report.total, report.skipped, report.written) == (N_ITEMS + 3, partial, N_ITEMS - partial)
+    assert _failures(report) == _failures(reference["images"])
+    _assert_same_as_reference(module_pg_dsn, "ray_job_killed", reference)

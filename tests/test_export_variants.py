@@ -1,0 +1,34 @@
+"""Export of configurations the committed checkpoint does not use: the soft quantizer
+(folded in at tau_end) with an MLP head, parity-checked on synthetic inputs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from export.build import build_bundle  # noqa: E402
+from export.parity import PARITY_ATOL  # noqa: E402
+from jointembed_pg.bundle import Bundle  # noqa: E402
+from training import checkpoint  # noqa: E402
+from training.config import TrainConfig  # noqa: E402
+from training.model import JointHeads  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def test_quantizer_and_mlp_head_export(tmp_path: Path):
+    torch.manual_seed(0)
+    cfg = TrainConfig(quantizer=True, codebook_size=64, tau_end=0.05, quant_beta=0.5, head="mlp",
+                      head_hidden=128, embed_dim=32)
+    ckpt = checkpoint.save(checkpoint.from_heads(cfg, JointHeads(cfg), {"dev": {}, "test": {}}),
+                           tmp_path / "q.pt")
+    out = build_bundle(ckpt, tmp_path / "bundle", data_dir=None)  # synthetic parity inputs
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["quantizer"] == {"K": 64, "tau_end": 0.05, "beta": 0.5}
+    assert m["dim"] == 32 and m["normalized"] is True
+    assert m["parity"]["inputs"] == "synthetic"
+    assert max(m["parity"]["image_max_abs_diff"], m["parity"]["text_max_abs_diff"]) <= PARITY_ATOL
+    assert Bundle.load(out).encode_texts(["a dog"]).shape == (1, 32)
