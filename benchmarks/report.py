@@ -115,7 +115,9 @@ def _reproduce(results: dict) -> str:
         f"The model bundle is `{_rel(results['bundle']['path'])}` (built from `training/weights/default.pt` "
         "by `export.build.build_default_bundle` when missing, as the tests do). Images and captions "
         f"are real Flickr8K items read in place from `{results['data_dir']}`. Other processes running "
-        "on the same cores lower every rate: compare the load averages below.")
+        "on the same cores lower every rate: compare the load averages below. Encoder throughput of "
+        "PyTorch vs ONNX fp32 vs int8 is a separate command, `python -m benchmarks.encoders` "
+        "(docs/BENCHMARKS_ENCODERS.md).")
 
 
 def _rel(path: str) -> str:

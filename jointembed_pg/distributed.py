@@ -1,14 +1,18 @@
 """Distributed backfill on Ray Data: the single-machine ingest, run per partition on a worker pool.
 
-The work (image paths or captions) becomes a Ray Dataset with the columns ``key`` and
-``value`` (the resolved path, or the caption). ``map_batches`` hands batches of it to a
-pool of :class:`IngestWorker` actors. Each actor loads the ONNX bundle once and opens one
-database connection, then calls :func:`jointembed_pg.ingest.index_images` /
-:func:`~jointembed_pg.ingest.index_texts` on every batch it gets. So the keys, content
-hashes, model id, the skipping of unchanged items, the per-batch transactions
-(``Collection.upsert``) and the recorded :class:`~jointembed_pg.ingest.Failure` entries
-are those of the single-machine path, and the embeddings are byte-identical (the ONNX
-encoders give the same float32 rows whatever the batch composition and thread count).
+The work (image paths or captions) is cut, in order, into partitions of
+``BATCHES_PER_CALL * batch_size`` items, and becomes a Ray Dataset of one row per
+partition (``keys``, ``values``: the resolved paths, or the captions). ``map_batches``
+hands partitions to a pool of :class:`IngestWorker` actors. Each actor loads the ONNX
+bundle once and opens one database connection, then calls
+:func:`jointembed_pg.ingest.index_images` / :func:`~jointembed_pg.ingest.index_texts` on
+every partition it gets. So the keys, content hashes, model id, the skipping of
+unchanged items, the per-batch transactions (``Collection.upsert``) and the recorded
+:class:`~jointembed_pg.ingest.Failure` entries are those of the single-machine path.
+Partitions start on the single-machine path's batch boundaries, so every encoder batch
+holds the same items as there, and the stored float32 embeddings are byte-identical
+(this matters for captions: they are padded per batch, and a different padded length
+moves the last bits).
 
 A job killed part-way leaves whole committed batches behind. A rerun skips them by
 content hash, and the upsert by ``(modality, key)`` never writes a key twice. Ray
@@ -25,6 +29,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +38,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from . import ingest, readers
+from . import errors, ingest, readers
 from .errors import JointEmbedError, ModelMismatchError
 
 #: What to install when Ray is missing.
@@ -123,8 +129,10 @@ def prepare_job(dsn: str | None, collection: str, bundle_dir: str | Path) -> Job
 class IngestWorker:
     """A Ray Data callable class: one loaded bundle and one connection per actor.
 
-    ``__call__`` takes a numpy batch ``{"key": (B,) str, "value": (B,) str}`` (values are
-    image paths or captions) and returns a one-row summary of what it did:
+    ``__call__`` takes a numpy batch of partitions ``{"keys", "values", "errors": (P,)
+    object}`` (each element a sequence: str keys; image paths or captions; ``None`` or
+    the reason a path is unusable) and runs one ingest call per partition; or a batch of
+    rows ``{"key": (B,) str, "value": (B,) str}``, taken as one partition. It returns a one-row summary of what it did:
     ``{"total", "written", "skipped": (1,) int64, "failed": (1,) JSON [[key, error], ...]}``.
     """
 
@@ -143,16 +151,26 @@ class IngestWorker:
         self.collection = self.store.collection(job.collection, model_id=job.model_id, dim=job.dim)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        keys, values = [str(k) for k in batch["key"]], [str(v) for v in batch["value"]]
-        if self.modality == "image":
-            records = [readers.PathRecord(k, Path(v)) for k, v in zip(keys, values)]
-            report = ingest.index_images(self.collection, self.bundle, records, batch_size=self.batch_size,
-                                         decode_threads=1, progress=False)
+        if "keys" in batch:
+            parts = zip(batch["keys"], batch["values"], batch["errors"])
         else:
-            records = [readers.TextRecord(k, v) for k, v in zip(keys, values)]
-            report = ingest.index_texts(self.collection, self.bundle, records, batch_size=self.batch_size,
-                                        progress=False)
+            parts = [(batch["key"], batch["value"], [None] * len(batch["key"]))]
+        report = ingest.IngestReport(self.modality)
+        for keys, values, errors in parts:
+            one = self._index([str(k) for k in keys], [str(v) for v in values], [e or None for e in errors])
+            report.total += one.total
+            report.written += one.written
+            report.skipped += one.skipped
+            report.failed += one.failed
         return summarize(report)
+
+    def _index(self, keys: list[str], values: list[str], errors: list[str | None]) -> ingest.IngestReport:
+        if self.modality == "image":
+            records = [readers.PathRecord(k, Path(v), e) for k, v, e in zip(keys, values, errors)]
+            return ingest.index_images(self.collection, self.bundle, records, batch_size=self.batch_size,
+                                       decode_threads=1, progress=False)
+        records = [readers.TextRecord(k, v, e) for k, v, e in zip(keys, values, errors)]
+        return ingest.index_texts(self.collection, self.bundle, records, batch_size=self.batch_size, progress=False)
 
 
 def summarize(report: ingest.IngestReport) -> dict[str, np.ndarray]:
@@ -210,41 +228,65 @@ def index_texts_ray(dsn: str | None, collection: str, bundle_dir: str | Path, fi
 
 def _run(modality: str, dsn: str | None, collection: str, bundle_dir: str | Path,
          records: Sequence[readers.PathRecord | readers.TextRecord], cfg: RayConfig) -> ingest.IngestReport:
-    import time
-
     t0 = time.perf_counter()
     ray = require_ray()
     report = ingest.IngestReport(modality, total=len(records))
-    report.failed.extend(ingest.Failure(r.key, r.error) for r in records if r.error)
-    good = [(r.key, str(r.path) if modality == "image" else r.text) for r in records if not r.error]
+    items = _work_items(modality, records, report)
     job = prepare_job(dsn, collection, bundle_dir)
-    if good:
+    if items:
+        parts = partitions(items, cfg.batch_size * BATCHES_PER_CALL)
         with ray_session(ray, cfg):
-            ds = ray.data.from_items([{"key": k, "value": v} for k, v in good],
-                                     override_num_blocks=math.ceil(len(good) / (cfg.batch_size * BATCHES_PER_CALL)))
-            run_dataset(ds, job, modality, cfg, report, total=len(good))
+            ds = ray.data.from_items(parts, override_num_blocks=len(parts))
+            _execute(ds, job, modality, cfg, report, rows_per_call=1, total=len(items))
     report.seconds = time.perf_counter() - t0
     return report
 
 
+def _work_items(modality: str, records, report: ingest.IngestReport) -> list[tuple[str, str, str | None]]:
+    """``(key, value, error)`` in the order and with the members of the single path's batches.
+
+    ``index_images`` batches every record (an unusable path fails inside its batch);
+    ``index_texts`` reports bad lines first and batches the good ones.
+    """
+    if modality == "image":
+        return [(r.key, str(r.path), r.error) for r in records]
+    report.failed.extend(ingest.Failure(r.key, r.error) for r in records if r.error)
+    return [(r.key, r.text, None) for r in records if not r.error]
+
+
+def partitions(items: Sequence[tuple[str, str, str | None]], size: int) -> list[dict[str, list]]:
+    """``(key, value, error)`` items cut in order into rows ``{"keys", "values", "errors"}`` of ``size``."""
+    return [{"keys": [k for k, _, _ in part], "values": [v for _, v, _ in part], "errors": [e for _, _, e in part]}
+            for part in (items[i:i + size] for i in range(0, len(items), size))]
+
+
 def run_dataset(ds: Any, job: Job, modality: str, cfg: RayConfig, report: ingest.IngestReport, *,
                 total: int | None = None) -> ingest.IngestReport:
-    """Run the worker pool over a Ray Dataset with columns ``key`` and ``value``; merge into ``report``.
+    """Run the worker pool over your own Ray Dataset of rows; merge what it did into ``report``.
 
-    Use it inside your own Ray pipeline (``ray.init`` done, ``job`` from
-    :func:`prepare_job`): build a dataset of ``key`` (resolved path, or caption id) and
-    ``value`` (the path, or the caption), then call this.
+    For use inside your own Ray pipeline (``ray.init`` done, ``job`` from
+    :func:`prepare_job`): ``ds`` has the columns ``key`` (resolved path, or caption id) and
+    ``value`` (the path, or the caption); Ray batches it by ``BATCHES_PER_CALL *
+    cfg.batch_size`` rows per ingest call. Caption batches are then composed as Ray cuts
+    them, so caption embeddings can differ from a single-machine run's in the last float
+    bits (images are not affected); :func:`index_texts_ray` keeps the boundaries.
     """
+    return _execute(ds, job, modality, cfg, report, rows_per_call=cfg.batch_size * BATCHES_PER_CALL, total=total)
+
+
+def _execute(ds: Any, job: Job, modality: str, cfg: RayConfig, report: ingest.IngestReport, *,
+             rows_per_call: int, total: int | None) -> ingest.IngestReport:
     out = ds.map_batches(
         IngestWorker, fn_constructor_args=(job, modality, cfg.batch_size, max(1, int(cfg.cpus_per_worker))),
-        batch_size=cfg.batch_size * BATCHES_PER_CALL, batch_format="numpy",
+        batch_size=rows_per_call, batch_format="numpy",
         compute=_actor_pool(cfg.workers), num_cpus=cfg.cpus_per_worker)
     bar = ingest._progress(total, f"{modality}s (ray)", cfg.progress)
     try:
         for summary in out.iter_batches(batch_size=None, batch_format="numpy"):
             bar.update(merge_summary(report, summary))
     except Exception as e:  # Ray wraps worker errors in its own exception types
-        raise JointEmbedError(f"distributed {modality} job failed: {_one_line(e)}") from e
+        kind, message = worker_error(e)
+        raise kind(f"distributed {modality} job failed: {message}") from e
     finally:
         bar.close()
     return report
@@ -256,9 +298,31 @@ def _actor_pool(workers: int):
     return ray.data.ActorPoolStrategy(size=workers)
 
 
-def _one_line(e: BaseException) -> str:
-    lines = [s for s in str(e).splitlines() if s.strip()]
-    return lines[-1].strip() if lines else type(e).__name__
+_TRACEBACK_ERROR = re.compile(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$")
+
+
+def worker_error(e: BaseException) -> tuple[type[JointEmbedError], str]:
+    """The worker's own error inside Ray's wrappers: ``(jointembed error class, "Type: message")``.
+
+    Ray re-raises a worker's exception as its ``cause`` when it can, and otherwise (an
+    actor that died in ``__init__``) only as traceback text in its message; the last
+    ``Type: message`` line of that text is the worker's error.
+    """
+    chain, cur = [], e
+    while isinstance(cur, BaseException) and cur not in chain:
+        chain.append(cur)
+        cur = getattr(cur, "cause", None) or cur.__cause__
+    for exc in chain:
+        if isinstance(exc, JointEmbedError):
+            return type(exc), f"{type(exc).__name__}: {str(exc).strip()}"
+    for line in reversed("\n".join(str(exc) for exc in chain).splitlines()):
+        if m := _TRACEBACK_ERROR.match(line):
+            name = m.group(1).rsplit(".", 1)[-1]
+            kind = getattr(errors, name, None)
+            ours = isinstance(kind, type) and issubclass(kind, JointEmbedError)
+            return (kind if ours else JointEmbedError), f"{name}: {m.group(2).strip()}"
+    lines = [s.strip() for s in str(e).splitlines() if s.strip()]
+    return JointEmbedError, f"{type(e).__name__}: {lines[0] if lines else ''}"
 
 
 @contextmanager

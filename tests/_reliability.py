@@ -84,8 +84,8 @@ def pytest_runtest_makereport(item, call):
             return rep
         res = _results[item.nodeid] = Result(item.nodeid, m.kwargs.get("scenario", item.name),
                                              m.kwargs.get("expected", ""), m.kwargs.get("area", ""))
-    if rep.when == "call":
-        res.seconds = rep.duration
+    if rep.when in ("setup", "call"):
+        res.seconds += rep.duration   # setup too: module fixtures run the shared CLI jobs
     if rep.failed:
         res.outcome = "FAILED" if rep.when == "call" else f"ERROR ({rep.when})"
         res.error = " ".join(str(rep.longrepr).splitlines()[-1:])[:300] if rep.longrepr else ""

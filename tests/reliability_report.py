@@ -52,7 +52,8 @@ _INTRO = """\
 **Generated** by `python tests/reliability_report.py` on {when} from the test run itself
 (do not edit by hand). Every row is an automated test of the normal suite, marked
 `@pytest.mark.reliability(scenario=..., expected=...)`; *observed* is what that test
-measured in this run, *result* its outcome. The plugin is `tests/_reliability.py`.
+measured in this run, *result* its outcome and time (set-up included: a module's shared
+CLI run is counted in its first test). The plugin is `tests/_reliability.py`.
 Tests ran against a real PostgreSQL 16 + pgvector (pgserver), the model bundle at
 `{bundle}` and real Flickr8K files.
 
@@ -99,6 +100,9 @@ _NOTES = """\
   that concerned.
 - **Database restarts** use a dedicated pgserver cluster in a temporary directory
   (`pg_ctl stop -m fast`, then `start` on the same socket), never the session's server.
+- **Peak memory** is the decoding process's `VmHWM` (`/proc/self/status`), measured in a
+  fresh subprocess after its imports; `ru_maxrss` is not used because Linux carries the
+  forking pytest process's peak into the child's value.
 - **Embeddings "equal to a clean run"**: the stored vector is compared with the bundle's
   own in-process encode of the same file or caption (L2 difference < 1e-3; batch
   composition changes the last float bits only).

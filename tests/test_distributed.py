@@ -1,7 +1,7 @@
 """The Ray engine (local mode, 2 workers) against the single-machine ingest, on real Flickr8K.
 
-One module database holds the single-machine reference (1,000 images + 3 bad files, and
-1,000 captions + 1 bad line). Each distributed run must store the same keys, content
+One module database holds the single-machine reference (1,000 images + 4 bad inputs, and
+2,500 captions + 1 bad line). Each distributed run must store the same keys, content
 hashes, model id and byte-identical float32 embeddings, and report the same failures:
 after a clean run, after one worker actor is SIGKILLed mid-job (Ray retries its batch),
 and after the whole job is SIGKILLed part-way and rerun (the rerun skips what was
@@ -9,6 +9,7 @@ committed). Skipped when Ray is not installed.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import re
@@ -26,12 +27,18 @@ from jointembed_pg import distributed, ingest, readers
 from jointembed_pg.errors import JointEmbedError
 
 N_ITEMS = 1000
+#: Captions: more than two partitions of 4 x 256, so the batch boundaries matter.
+N_CAPTIONS = 2500
+#: Bad image inputs: a corrupt JPEG, an empty file, a text file named .png, a missing path.
+N_BAD = 4
 WORKERS = 2
 JOB_TIMEOUT_S = 300
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                reason="Ray is not installed (pip install 'jointembed-pg[ray]')")
+needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(),
+                                reason="needs Linux /proc to find and kill the job's worker processes")
 
 
 def test_missing_ray_is_one_clear_error(monkeypatch, tmp_path):
@@ -47,6 +54,51 @@ def test_config_is_validated():
         distributed.RayConfig(batch_size=0)
 
 
+def test_partitions_keep_the_single_path_batches():
+    items = [(f"k{i}", f"v{i}", None) for i in range(10)]
+    parts = distributed.partitions(items, 4)
+    assert [p["keys"] for p in parts] == [["k0", "k1", "k2", "k3"], ["k4", "k5", "k6", "k7"], ["k8", "k9"]]
+    assert parts[2] == {"keys": ["k8", "k9"], "values": ["v8", "v9"], "errors": [None, None]}
+
+
+def test_work_items_match_what_ingest_batches(tmp_path):
+    # index_images batches unusable paths with the rest; index_texts reports bad lines first.
+    images = list(readers.iter_image_paths([tmp_path / "missing.jpg"]))
+    report = ingest.IngestReport("image")
+    assert distributed._work_items("image", images, report) == [(images[0].key, str(images[0].path), images[0].error)]
+    assert report.failed == []
+    texts = [readers.TextRecord("a", "a dog"), readers.TextRecord("b", "", "b: empty caption")]
+    report = ingest.IngestReport("text")
+    assert distributed._work_items("text", texts, report) == [("a", "a dog", None)]
+    assert report.failed == [ingest.Failure("b", "b: empty caption")]
+
+
+def test_worker_errors_come_out_as_our_errors():
+    from jointembed_pg.errors import DatabaseError, ModelMismatchError
+
+    wrapped = RuntimeError("RayTaskError(UserCodeException): ...")
+    wrapped.cause = DatabaseError("OperationalError: the server closed the connection")
+    assert distributed.worker_error(wrapped) == (DatabaseError, "DatabaseError: OperationalError: "
+                                                                 "the server closed the connection")
+    died = RuntimeError("The actor died because of an error raised in its creation task\n  File \"x.py\", line 1\n"
+                        "jointembed_pg.errors.ModelMismatchError: /b holds model 'a', the job's is 'b'")
+    assert distributed.worker_error(died) == (ModelMismatchError, "ModelMismatchError: /b holds model 'a', "
+                                                                  "the job's is 'b'")
+    assert distributed.worker_error(ValueError("plain")) == (JointEmbedError, "ValueError: plain")
+
+
+def test_cli_command_is_registered():
+    from click.testing import CliRunner
+
+    from jointembed_pg import cli_distributed
+    from jointembed_pg.cli import cli
+
+    result = CliRunner().invoke(cli, ["index-distributed", "images", "--help"])
+    assert result.exit_code == 0, result.output
+    assert "--workers" in result.output and "--engine [ray]" in result.output
+    assert cli_distributed.ENGINES == ("ray",)
+
+
 # -- fixtures: the inputs and the single-machine reference ------------------------------------
 @pytest.fixture(scope="module")
 def image_dir(flickr8k_dir, tmp_path_factory) -> Path:
@@ -60,9 +112,14 @@ def image_dir(flickr8k_dir, tmp_path_factory) -> Path:
     return d
 
 
+def _paths(image_dir: Path) -> list[Path]:
+    """What every run is given: the directory and one path that does not exist."""
+    return [image_dir, image_dir / "zz_missing.jpg"]
+
+
 @pytest.fixture(scope="module")
 def caption_file(flickr8k_dir, tmp_path_factory) -> Path:
-    lines = (flickr8k_dir / readers.TOKEN_FILE).read_bytes().splitlines()[:N_ITEMS]
+    lines = (flickr8k_dir / readers.TOKEN_FILE).read_bytes().splitlines()[:N_CAPTIONS]
     path = tmp_path_factory.mktemp("ray_texts") / "captions.token.txt"
     path.write_bytes(b"\n".join(lines + [b"a line without a tab"]) + b"\n")
     return path
@@ -107,11 +164,11 @@ def _failures(report) -> set[tuple[str, str]]:
 def reference(module_pg_dsn, bundle, image_dir, caption_file):
     """The single-machine path's reports and stored rows for the same inputs."""
     coll = _open(module_pg_dsn, "single", bundle)
-    images = ingest.index_images(coll, bundle, list(readers.iter_image_paths([image_dir])), progress=False)
+    images = ingest.index_images(coll, bundle, list(readers.iter_image_paths(_paths(image_dir))), progress=False)
     texts = ingest.index_texts(coll, bundle, readers.read_texts(caption_file), progress=False)
     coll.store.close()
-    assert images.written == N_ITEMS and len(images.failed) == 3
-    assert texts.written == N_ITEMS and len(texts.failed) == 1
+    assert images.written == N_ITEMS and len(images.failed) == N_BAD
+    assert texts.written == N_CAPTIONS and len(texts.failed) == 1
     return {"images": images, "texts": texts, "rows": _stored(module_pg_dsn, "single")}
 
 
@@ -158,62 +215,94 @@ def _wait_for_rows(dsn, name, at_least: int, proc: subprocess.Popen) -> int:
     pytest.fail(f"fewer than {at_least} rows after {JOB_TIMEOUT_S} s")
 
 
-def _worker_actors(session_id: int) -> list[int]:
-    """PIDs of our job's Ray ingest actors (processes of the job's session only)."""
+def _session_processes(session_id: int, marker: bytes = b"") -> list[int]:
+    """PIDs of the processes in our job's session (whose command line holds ``marker``)."""
     pids = []
     for d in Path("/proc").iterdir():
         try:
             stat, cmd = (d / "stat").read_text(), (d / "cmdline").read_bytes()
         except (OSError, ValueError):
             continue
-        if d.name.isdigit() and int(stat.rsplit(")", 1)[1].split()[3]) == session_id and b"IngestWorker" in cmd:
+        if d.name.isdigit() and int(stat.rsplit(")", 1)[1].split()[3]) == session_id and marker in cmd:
             pids.append(int(d.name))
     return sorted(pids)
 
 
+def _kill_session(proc: subprocess.Popen) -> None:
+    """SIGKILL the job and everything it started. Ray actors run in process groups of their own
+    (so ``killpg`` alone misses them) but stay in the job's session."""
+    deadline = time.monotonic() + 30
+    while (pids := _session_processes(proc.pid)) and time.monotonic() < deadline:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.wait()
+        time.sleep(0.2)
+    proc.communicate()
+
+
 @needs_ray
+@needs_proc
 @pytest.mark.slow
 @pytest.mark.flickr8k
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to find the worker processes")
 def test_worker_killed_mid_job_is_retried_without_duplicates(module_pg_dsn, bundle_dir, image_dir, reference):
-    proc = _start(["-m", "jointembed_pg.cli_distributed", "index-distributed", "images", str(image_dir),
+    proc = _start(["-m", "jointembed_pg.cli_distributed", "index-distributed", "images", *map(str, _paths(image_dir)),
                    "--collection", "ray_worker_killed", "--dsn", module_pg_dsn, "--bundle", str(bundle_dir),
                    "--engine", "ray", "--workers", str(WORKERS), "--json", "--no-progress"])
     try:
         before = _wait_for_rows(module_pg_dsn, "ray_worker_killed", 64, proc)
-        actors = _worker_actors(proc.pid)
+        actors = _session_processes(proc.pid, b"IngestWorker")
         assert actors, "no worker actor found in the job's session"
         os.kill(actors[0], signal.SIGKILL)
         out, err = proc.communicate(timeout=JOB_TIMEOUT_S)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            _kill_session(proc)
     assert before < N_ITEMS, "the job finished before a worker could be killed"
-    assert proc.returncode == 3, err[-2000:]  # done, with the 3 bad files reported
+    assert proc.returncode == 3, err[-2000:]  # done, with the bad inputs reported
     report = json.loads(out)
-    assert report["total"] == N_ITEMS + 3 and report["written"] + report["skipped"] == N_ITEMS
+    assert report["total"] == N_ITEMS + N_BAD and report["written"] + report["skipped"] == N_ITEMS
     assert _failures(report) == _failures(reference["images"])
     _assert_same_as_reference(module_pg_dsn, "ray_worker_killed", reference)
 
 
 @needs_ray
+@needs_proc
 @pytest.mark.slow
 @pytest.mark.flickr8k
 def test_job_killed_part_way_then_rerun_resumes(module_pg_dsn, bundle_dir, image_dir, reference):
     code = ("import sys; from jointembed_pg import distributed; "
-            "distributed.index_images_ray(sys.argv[1], 'ray_job_killed', sys.argv[2], [sys.argv[3]], workers=2)")
-    proc = _start(["-c", code, module_pg_dsn, str(bundle_dir), str(image_dir)])
+            "distributed.index_images_ray(sys.argv[1], 'ray_job_killed', sys.argv[2], sys.argv[3:], workers=2)")
+    proc = _start(["-c", code, module_pg_dsn, str(bundle_dir), *map(str, _paths(image_dir))])
     try:
         _wait_for_rows(module_pg_dsn, "ray_job_killed", 100, proc)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray cluster it started
-        proc.communicate()
+        _kill_session(proc)  # the driver, the Ray cluster it started and its workers
     coll = _open(module_pg_dsn, "ray_job_killed")
     partial = coll.count()
     coll.store.close()
     assert 100 <= partial < N_ITEMS
 
-    report = distributed.index_images_ray(module_pg_dsn, "ray_job_killed", bundle_dir, [image_dir], workers=WORKERS)
-    assert (report.total, report.skipped, report.written) == (N_ITEMS + 3, partial, N_ITEMS - partial)
+    report = distributed.index_images_ray(module_pg_dsn, "ray_job_killed", bundle_dir, _paths(image_dir),
+                                          workers=WORKERS)
+    assert (report.total, report.skipped, report.written) == (N_ITEMS + N_BAD, partial, N_ITEMS - partial)
     assert _failures(report) == _failures(reference["images"])
     _assert_same_as_reference(module_pg_dsn, "ray_job_killed", reference)
+
+
+@needs_ray
+@pytest.mark.slow
+@pytest.mark.flickr8k
+def test_inside_a_users_ray_pipeline(module_pg_dsn, bundle_dir, image_dir, reference):
+    import ray
+
+    records = [r for r in readers.iter_image_paths([image_dir])][:200]
+    job = distributed.prepare_job(module_pg_dsn, "ray_pipeline", bundle_dir)
+    cfg = distributed.RayConfig(workers=WORKERS)
+    with distributed.ray_session(ray, cfg):
+        ds = ray.data.from_items([{"key": r.key, "value": str(r.path)} for r in records])
+        report = distributed.run_dataset(ds, job, "image", cfg, ingest.IngestReport("image", total=len(records)))
+    assert (report.written, report.skipped, report.failed) == (200, 0, [])
+    got = _stored(module_pg_dsn, "ray_pipeline")
+    assert all(reference["rows"][k] == v for k, v in got.items()) and len(got) == 200

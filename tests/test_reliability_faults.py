@@ -26,6 +26,12 @@ pytest_plugins = ["_reliability"]
 pytestmark = pytest.mark.flickr8k
 
 OUTAGE_S = 4.0
+#: Put into the DSNs (trust auth ignores it) to prove that no output ever shows it.
+SECRET = "Sekr3t-in-dsn"
+
+
+def _with_password(dsn: str) -> str:
+    return dsn.replace("postgres:@", f"postgres:{SECRET}@")
 
 
 def _attach_photos(dsn: str, bundle_dir, flickr8k_dir, n: int) -> sql.Identifier:
@@ -70,7 +76,7 @@ def test_worker_reconnects_after_restart(own_server, bundle_dir, flickr8k_dir, t
     side = sql.Identifier("jointembed", f"a{aid}_v1")
     log = tmp_path / "worker.log"
     with open(log, "w") as err:
-        proc = cli_popen(["worker", "--table", "photos", "--dsn", dsn, "--bundle", bundle_dir, "--poll", "1",
+        proc = cli_popen(["worker", "--table", "photos", "--dsn", _with_password(dsn), "--bundle", bundle_dir, "--poll", "1",
                           "--batch-size", "8"], stderr=err, stdout=err)
         try:
             assert wait_for(lambda: _count(dsn, side) >= 16, 120), log.read_text()
@@ -85,7 +91,7 @@ def test_worker_reconnects_after_restart(own_server, bundle_dir, flickr8k_dir, t
             proc.wait(30)
     text = log.read_text()
     events = [json.loads(x) for x in text.splitlines() if x.startswith("{")]
-    assert proc.returncode == 0 and "Traceback" not in text, text[-3000:]
+    assert proc.returncode == 0 and "Traceback" not in text and SECRET not in text, text[-3000:]
     delays = [e["retry_in_s"] for e in events if e["event"] == "db_error"]
     assert delays and all(d <= 60 for d in delays) and delays == sorted(delays), delays
     assert [e["event"] for e in events].count("start") >= 2           # reconnected
@@ -107,8 +113,8 @@ def _claimed(dsn: str, aid: int) -> int:
 
 
 @scenario("PostgreSQL stopped during one-shot `index images` and `sync`; also down at start",
-          "each exits 1 with one line (no traceback); after restart a rerun completes: every item stored "
-          "exactly once", "database faults")
+          "each exits 1 with one line (no traceback, the DSN's password masked); after restart a rerun "
+          "completes: every item stored exactly once", "database faults")
 def test_one_shot_commands_fail_cleanly_and_rerun_completes(own_server, bundle_dir, flickr8k_dir, tmp_path,
                                                             observe):
     dsn = new_database(own_server.admin_dsn)
@@ -117,8 +123,8 @@ def test_one_shot_commands_fail_cleanly_and_rerun_completes(own_server, bundle_d
     side = sql.Identifier("jointembed", f"a{aid}_v1")
     files = flickr_images(flickr8k_dir, 300, start=1000)
     corpus = link_dir(tmp_path / "corpus", files)
-    index_cmd = ["index", "images", corpus, "--dsn", dsn, "--bundle", bundle_dir, "--no-progress", "--json"]
-    sync_cmd = ["sync", "--table", "photos", "--dsn", dsn, "--bundle", bundle_dir, "--batch-size", "8",
+    index_cmd = ["index", "images", corpus, "--dsn", _with_password(dsn), "--bundle", bundle_dir, "--no-progress", "--json"]
+    sync_cmd = ["sync", "--table", "photos", "--dsn", _with_password(dsn), "--bundle", bundle_dir, "--batch-size", "8",
                 "--no-progress", "--json"]
     procs = [cli_popen(index_cmd), cli_popen(sync_cmd)]
     assert wait_for(lambda: _items(dsn) >= 32 and _count(dsn, side) >= 8, 120)
@@ -127,7 +133,10 @@ def test_one_shot_commands_fail_cleanly_and_rerun_completes(own_server, bundle_d
     for p in procs:
         out, err = p.communicate(timeout=60)
         lines.append(one_line_error(_Done(p.returncode, out, err)))
-    down = one_line_error(cli(index_cmd))
+        assert SECRET not in out + err
+    p = cli(index_cmd)
+    down = one_line_error(p)
+    assert SECRET not in p.stdout + p.stderr and "***" in down
     own_server.start()
     expired = _expire_leases(dsn, aid)
     p1, p2 = cli(index_cmd), cli(sync_cmd)

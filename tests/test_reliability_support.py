@@ -176,6 +176,8 @@ class OwnServer:
             return False
 
     def close(self) -> None:
-        if not self.is_up():
-            self.start()  # pgserver's cleanup expects a running postmaster
+        # after a restart pgserver's handle points at the old postmaster and would not stop
+        # the new one: stop it here, then release the handle
+        if self.is_up():
+            self.stop()
         self.srv.cleanup()

@@ -8,7 +8,6 @@ import ast
 import json
 
 import psycopg
-import pytest
 from psycopg import sql
 
 from test_reliability_support import REPO, cli, flickr_images, scenario, stored_items

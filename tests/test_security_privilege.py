@@ -97,7 +97,7 @@ def test_least_privilege_worker(secured, bundle_dir, flickr8k_dir, observe):
 @scenario("Password-bearing DSNs (right and wrong password; URI and key=value form) in logs, errors and "
           "`status` output", "the password never appears; a wrong one gives exit 1 with one line",
           "least privilege")
-def test_password_never_printed(secured, bundle_dir, observe):
+def test_password_never_printed(secured, bundle_dir, tmp_path, observe):
     dsn = new_database(secured.admin_dsn)
     with psycopg.connect(secured.admin_dsn, autocommit=True) as c:
         if not c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [ROLE]).fetchone():
@@ -108,22 +108,25 @@ def test_password_never_printed(secured, bundle_dir, observe):
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute(sql.SQL("GRANT USAGE ON SCHEMA jointembed TO {r}; GRANT SELECT ON ALL TABLES IN SCHEMA "
                           "jointembed TO {r}").format(r=sql.Identifier(ROLE)))
+    caps = tmp_path / "caps.jsonl"
+    caps.write_text('{"id": "a", "text": "a dog runs"}\n')
     kv = f"host={secured.socket_dir} dbname={psycopg.conninfo.conninfo_to_dict(dsn)['dbname']} user={ROLE} password={WRONG}"
     seen = []
     for target in (_role_dsn(secured.admin_dsn, dsn, WRONG), kv):
-        for cmd in (["status"], ["index", "texts", "/nonexistent.jsonl", "--bundle", bundle_dir],
+        for cmd in (["status"], ["index", "texts", caps, "--bundle", bundle_dir],
+                    ["sync", "--table", "photos", "--bundle", bundle_dir],
                     ["worker", "--bundle", bundle_dir, "--until-idle"], ["search", "text", "a dog", "--bundle", bundle_dir]):
             p = cli([*cmd, "--dsn", target])
             text = p.stdout + p.stderr
             assert WRONG not in text and "Traceback" not in text, text
-            if cmd[0] != "index":   # index reads its file first: 'no such caption file'
-                line = one_line_error(p)
-                assert "password authentication failed" in line, line
-                seen.append(line)
+            line = one_line_error(p)
+            assert "password authentication failed" in line, line
+            seen.append(line)
     p = cli(["status", "--dsn", _role_dsn(secured.admin_dsn, dsn, PASSWORD)])
     assert p.returncode == 0 and PASSWORD not in p.stdout + p.stderr, p.stderr
 
     assert PASSWORD not in db.redact(_role_dsn(secured.admin_dsn, dsn, PASSWORD))
     assert WRONG not in db.redact(kv)
-    observe(f"{len(seen)} failed logins, e.g. {seen[0][:150]!r}; right password: status exit 0; "
+    observe(f"{len(seen)} failed logins (status, index, sync, worker, search x 2 DSN forms), e.g. "
+            f"{seen[0][:60]!r}...{seen[0][-70:]!r}; right password: status exit 0; "
             "password in no output, redact() masks both forms")
