@@ -89,6 +89,19 @@ def postgres(conn) -> dict[str, str]:
     return out
 
 
+def _shown_args(args: list[str]) -> list[str]:
+    """Command-line arguments without ``--json PATH`` (a side output, not part of the run)."""
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == "--json":
+            skip = True
+        elif not a.startswith("--json="):
+            out.append(a)
+    return out
+
+
 def facts() -> dict:
     """Hardware and software facts (PostgreSQL is added by the caller, see :func:`postgres`)."""
     return {
@@ -97,5 +110,5 @@ def facts() -> dict:
         "ram_gib": round(ram_gib(), 1),
         "load_at_start": load_average(),
         "software": software(),
-        "argv": " ".join(["python -m benchmarks", *sys.argv[1:]]),
+        "argv": " ".join(["python -m benchmarks", *_shown_args(sys.argv[1:])]),
     }

@@ -47,8 +47,7 @@ def _print_hits(label, hits, as_json):
         click.echo(f"  {rank:>3}. {h.distance:.4f}  {what}")
 
 
-def _run_search(obj, vec, label, query_image, query_text, k, target, collection, dsn, bundle, ef_search, exact, html, as_json):
-    coll = obj.store(dsn).collection(collection, model_id=bundle.model_id, dim=bundle.dim)
+def _run_search(obj, coll, vec, label, query_image, query_text, k, target, ef_search, exact, html, as_json):
     hits = coll.search_vector(vec, target=_TARGET[target], k=k, ef_search=ef_search, exact=exact)
     _print_hits(label, hits, as_json)
     if html:
@@ -67,9 +66,9 @@ def search_text(obj, query, k, target, collection, dsn, bundle_name, ef_search, 
     """Find stored images (or captions) closest to the sentence QUERY (L2 distance)."""
     with _errors():
         bundle = obj.bundle(bundle_name)
+        coll = obj.store(dsn).collection(collection, model_id=bundle.model_id, dim=bundle.dim)  # refuse mismatch first
         vec = bundle.encode_texts([query])[0]
-        _run_search(obj, vec, f"text: {query}", None, query, k, target, collection, dsn, bundle,
-                    ef_search, exact, html, as_json)
+        _run_search(obj, coll, vec, f"text: {query}", None, query, k, target, ef_search, exact, html, as_json)
 
 
 @search.command("image")
@@ -80,9 +79,9 @@ def search_image(obj, path, k, target, collection, dsn, bundle_name, ef_search, 
     """Find stored captions (or images) closest to the image at PATH (L2 distance)."""
     with _errors():
         bundle = obj.bundle(bundle_name)
+        coll = obj.store(dsn).collection(collection, model_id=bundle.model_id, dim=bundle.dim)  # refuse mismatch first
         vec = bundle.encode_images([path])[0]
-        _run_search(obj, vec, f"image: {path}", str(path), None, k, target, collection, dsn, bundle,
-                    ef_search, exact, html, as_json)
+        _run_search(obj, coll, vec, f"image: {path}", str(path), None, k, target, ef_search, exact, html, as_json)
 
 
 @cli.command("eval")

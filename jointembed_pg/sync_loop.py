@@ -78,6 +78,7 @@ class Worker:
         self._stop = threading.Event()
         self._skipped: set[str] = set()
         self._started = False
+        self._connected = False  # set on each successful (re)connect; resets the backoff
         self.totals = {"batches": 0, "written": 0, "unchanged": 0, "failed": 0}
 
     def stop(self, *_args) -> None:
@@ -109,13 +110,15 @@ class Worker:
                 except (psycopg.OperationalError, DatabaseError) as e:
                     if not self._started:
                         raise  # unreachable at start: fail loudly, not retry forever
+                    if self._connected:  # a fresh outage after a good connection: start over
+                        delay, self._connected = RECONNECT_S, False
                     self.log("db_error", "error", error=one_line(e, self.dsn), retry_in_s=delay)
                     self._stop.wait(delay)
                     delay = min(60.0, delay * 2)
         finally:
             for sig, handler in old.items():
                 signal.signal(sig, handler)
-        self.log("stop", **self.totals)
+            self.log("stop", **self.totals)
         return dict(self.totals)
 
     def _install_signals(self) -> dict:
@@ -128,7 +131,7 @@ class Worker:
                 db.connect(self.dsn, autocommit=True, migrate=False) as listen:
             listen.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
             targets = self._targets(conn, strict=True)
-            self._started = True
+            self._started = self._connected = True
             self.log("start", model_id=self.bundle.model_id, dim=int(self.bundle.dim),
                      tables=[t.attachment.qualified for t in targets], database=conn.info.dbname)
             while not self.stopping:
