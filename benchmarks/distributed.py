@@ -145,7 +145,8 @@ def _fill(coll, base: np.ndarray, start: int, stop: int, rng: np.random.Generato
 def _sizes(coll) -> tuple[int, int]:
     """(table bytes incl. TOAST, HNSW index bytes)."""
     with coll.store.transaction() as conn:
-        table = conn.execute("SELECT pg_table_size(%s::regclass)", (f"jointembed.{coll.info.items_table}",)).fetchone()[0]
+        table = conn.execute("SELECT pg_table_size(%s::regclass)",
+                             (f"jointembed.{coll.info.items_table}",)).fetchone()[0]
         index = conn.execute("SELECT pg_relation_size(%s::regclass)",
                              (f"jointembed.{coll.index_name('image')}",)).fetchone()[0]
     return table, index
@@ -247,7 +248,8 @@ def render(result: dict, probe: list[dict], facts: dict) -> str:
                   "with the index dropped (bulk), then one batch more with it in place (incremental); "
                   f"HNSW m=16, ef_construction=64, maintenance_work_mem={MAINTENANCE_WORK_MEM}; queries "
                   f"k={K}, default ef_search (40), {HNSW_QUERIES} HNSW / {EXACT_QUERIES} exact per size, "
-                  "sequential, one connection.", "",
+                  f"sequential, one connection; recall@10 over the {EXACT_QUERIES} exact queries only (noisy, "
+                  "about ±0.05).", "",
                   "| N | upsert rows/s, no index | HNSW build s | upsert rows/s, HNSW present | table MiB | "
                   "index MiB | HNSW p50 ms | HNSW p95 ms | exact p50 ms | recall@10 |",
                   "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

@@ -171,7 +171,7 @@ def main() -> None:
 
 
 # Sub-command modules register themselves on ``cli`` (they import it from here).
-from . import cli_query, cli_demo, cli_sync  # noqa: E402,F401
+from . import cli_query, cli_demo, cli_sync, cli_distributed  # noqa: E402,F401
 from .cli_model import model as _model_group  # noqa: E402
 
 cli.add_command(_model_group, "model")

@@ -132,8 +132,9 @@ class IngestWorker:
     ``__call__`` takes a numpy batch of partitions ``{"keys", "values", "errors": (P,)
     object}`` (each element a sequence: str keys; image paths or captions; ``None`` or
     the reason a path is unusable) and runs one ingest call per partition; or a batch of
-    rows ``{"key": (B,) str, "value": (B,) str}``, taken as one partition. It returns a one-row summary of what it did:
-    ``{"total", "written", "skipped": (1,) int64, "failed": (1,) JSON [[key, error], ...]}``.
+    rows ``{"key": (B,) str, "value": (B,) str}``, taken as one partition. It returns a
+    one-row summary of what it did: ``{"total", "written", "skipped": (1,) int64,
+    "failed": (1,) JSON [[key, error], ...]}``.
     """
 
     def __init__(self, job: Job, modality: str, batch_size: int, threads: int | None = None):
@@ -157,11 +158,7 @@ class IngestWorker:
             parts = [(batch["key"], batch["value"], [None] * len(batch["key"]))]
         report = ingest.IngestReport(self.modality)
         for keys, values, errors in parts:
-            one = self._index([str(k) for k in keys], [str(v) for v in values], [e or None for e in errors])
-            report.total += one.total
-            report.written += one.written
-            report.skipped += one.skipped
-            report.failed += one.failed
+            _add(report, self._index([str(k) for k in keys], [str(v) for v in values], [e or None for e in errors]))
         return summarize(report)
 
     def _index(self, keys: list[str], values: list[str], errors: list[str | None]) -> ingest.IngestReport:
@@ -171,6 +168,13 @@ class IngestWorker:
                                        decode_threads=1, progress=False)
         records = [readers.TextRecord(k, v, e) for k, v, e in zip(keys, values, errors)]
         return ingest.index_texts(self.collection, self.bundle, records, batch_size=self.batch_size, progress=False)
+
+
+def _add(report: ingest.IngestReport, other: ingest.IngestReport) -> None:
+    report.total += other.total
+    report.written += other.written
+    report.skipped += other.skipped
+    report.failed += other.failed
 
 
 def summarize(report: ingest.IngestReport) -> dict[str, np.ndarray]:

@@ -100,7 +100,7 @@ def _load_image(rec: PathRecord, spec: preprocess.ImageSpec,
     digest = sha256(data)
     if known is not None and data and known.get(rec.key) == digest:
         return rec, digest, None  # unchanged: a resumed run skips it without decoding
-    return rec, digest, preprocess.load(data if data else rec.path, spec)
+    return rec, digest, preprocess.load(data if data else rec.path, spec, name=str(rec.path))
 
 
 class _Writer:

@@ -84,7 +84,7 @@ class ImageSpec:
         return spec
 
 
-def decode(source: str | Path | bytes, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def decode(source: str | Path | bytes, *, max_pixels: int = MAX_PIXELS, name: str | None = None) -> Image.Image:
     """Decode an image file or bytes into an upright RGB Pillow image.
 
     Applies the EXIF orientation tag, converts any mode (CMYK, palette with transparency,
@@ -95,7 +95,7 @@ def decode(source: str | Path | bytes, *, max_pixels: int = MAX_PIXELS) -> Image
         InputError: missing path, a directory, an empty or oversized file, an unreadable
             or truncated image, or more than ``max_pixels`` pixels (decompression bomb).
     """
-    name = "<bytes>"
+    name = name or "<bytes>"
     if not isinstance(source, (bytes, bytearray, memoryview)):
         path = Path(source)
         name = str(path)
@@ -112,7 +112,7 @@ def decode(source: str | Path | bytes, *, max_pixels: int = MAX_PIXELS) -> Image
     else:
         data = bytes(source)
         if not data:
-            raise InputError("<bytes>: empty image data (0 bytes)")
+            raise InputError(f"{name}: empty image data (0 bytes)")
     try:
         with warnings.catch_warnings():
             # MAX_PIXELS (checked below) is the limit, not Pillow's lower default warning level
@@ -129,7 +129,9 @@ def decode(source: str | Path | bytes, *, max_pixels: int = MAX_PIXELS) -> Image
             return _to_rgb(img)
     except InputError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except UnidentifiedImageError as e:
+        raise InputError(f"{name}: not a readable image (unknown or unsupported format)") from e
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise InputError(f"{name}: not a readable image ({e})") from e
     except (OSError, SyntaxError, ValueError) as e:
         raise InputError(f"{name}: corrupt or truncated image ({e})") from e
@@ -180,10 +182,10 @@ def preprocess(img: Image.Image, spec: ImageSpec = ImageSpec()) -> np.ndarray:
     return to_array(center_crop(img, spec.size), spec.mean, spec.std)
 
 
-def load(source: str | Path | bytes, spec: ImageSpec = ImageSpec()) -> np.ndarray:
+def load(source: str | Path | bytes, spec: ImageSpec = ImageSpec(), *, name: str | None = None) -> np.ndarray:
     """``decode`` then ``preprocess``: a file or bytes -> ``(3, S, S) float32``.
 
     Raises:
         InputError: as :func:`decode`.
     """
-    return preprocess(decode(source), spec)
+    return preprocess(decode(source, name=name), spec)

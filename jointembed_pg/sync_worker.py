@@ -168,9 +168,9 @@ def _prepare(row, att: Attachment, reader: ImageSource) -> _Item:
 
 def _decode(item: _Item, spec, att: Attachment) -> _Item:
     try:
-        item.pixels = preprocess.load(item.content, spec)
+        item.pixels = preprocess.load(item.content, spec, name=f"{att.qualified}[{item.key}].{att.image_column}")
     except InputError as e:
-        item.error = f"{att.qualified}[{item.key}].{att.image_column}: {e}"
+        item.error = str(e)
         item.final = att.image_source == "bytea"
     return item
 
