@@ -64,7 +64,7 @@ def run_one(cfg: TrainConfig, corpus: Corpus, out: Path, cache_dir: Path, device
     done = out / "metrics.json"
     if done.is_file():
         saved = json.loads(done.read_text())
-        if json.loads((out / "config.json").read_text()) == cfg.to_dict():
+        if TrainConfig.from_dict(json.loads((out / "config.json").read_text())) == cfg:
             return {**saved["metrics"], "seconds": saved["train_seconds"]}
     t0 = time.time()
     ck = train(cfg, corpus, out, cache_dir, device, resume=False, progress=progress)
@@ -80,7 +80,7 @@ def collect(out: Path, seeds: list[int], epochs: int | None, base: dict | None) 
             d = out / _slug(name) / f"seed{s}"
             if not (d / "metrics.json").is_file():
                 break
-            if json.loads((d / "config.json").read_text()) != config_for(name, s, epochs, base).to_dict():
+            if TrainConfig.from_dict(json.loads((d / "config.json").read_text())) != config_for(name, s, epochs, base):
                 break
             saved = json.loads((d / "metrics.json").read_text())
             runs.append({**saved["metrics"], "seconds": saved["train_seconds"]})

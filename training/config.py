@@ -65,6 +65,7 @@ class TrainConfig:
     tau_end: float = 0.05
     quant_beta: float = 1.0  #: e = z + beta (q(z) - z); 1.0 = pure q(z)
     lambda_commit: float = 0.0
+    quant_init: str = "random"  #: random (unit sphere) | data (initial embeddings of train items)
     extra: dict[str, Any] = field(default_factory=dict)  #: free-form notes (not used by code)
 
     def __post_init__(self) -> None:

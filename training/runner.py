@@ -92,6 +92,21 @@ def build_state(cfg: TrainConfig, num_concepts: int, device: str) -> TrainState:
     return TrainState(heads, rank, center, opt)
 
 
+@torch.no_grad()
+def init_codebook_from_data(heads: JointHeads, fs: FeatureSet, device: str) -> None:
+    """Set the K codewords to the initial (pre-quantizer) embeddings of K random training
+    items, half images and half captions, so no codeword starts far from the data."""
+    q = heads.quantizer
+    k = q.codebook.shape[0]
+    heads.eval()
+    imgs = torch.randint(0, fs.num_images, (k - k // 2,))
+    caps = torch.randint(0, len(fs.caption_image_ids), (k // 2,))
+    zi = heads.post.forward_with_z(heads.image_head(fs.image_feats[0, imgs].to(device)))[1]
+    zt = heads.post.forward_with_z(heads.text_head(*(t.to(device) for t in fs.text_inputs(caps))))[1]
+    q.codebook.copy_(torch.cat([zi, zt]))
+    heads.train()
+
+
 def lr_at(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> float:
     """Linear warm-up for ``warmup_epochs`` then cosine decay to 0 (per step)."""
     warm = max(1, int(cfg.warmup_epochs * steps_per_epoch))
@@ -193,6 +208,8 @@ def train(cfg: TrainConfig, corpus: Corpus, out: Path, cache_dir: Path, device: 
     train_fs = load_split(cfg, corpus, "train", cache_dir, cfg.image_views, device)
     dev_fs = load_split(cfg, corpus, "dev", cache_dir, ("center",), device)
     st = build_state(cfg, train_fs.num_images, device)
+    if cfg.quantizer and cfg.quant_init == "data":
+        init_codebook_from_data(st.heads, train_fs, device)
     if resume and (out / "last.pt").is_file():
         st.load_state_dict(torch.load(out / "last.pt", map_location=device, weights_only=False))
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
