@@ -32,7 +32,8 @@ class BenchConfig:
     Attributes:
         quick: small sizes for a smoke run (< 2 min); no figure of a quick run is meaningful.
         n_images / n_captions: Flickr8K items pushed through ingest (product path and stages).
-        ingest_rounds: encode-only and end-to-end take turns this often; the best round counts.
+        ingest_parts: the ingest inputs are split into this many parts; each part runs
+            encode-only then end-to-end back to back (paired, so load from other jobs hits both).
         naive_images / naive_captions: the subset pushed through the naive PyTorch path.
         sizes: stored vectors per modality for the query benchmark (both directions).
         million: build HNSW at 1M stored image vectors and sweep it (text -> image only) even
@@ -53,7 +54,7 @@ class BenchConfig:
     quick: bool = False
     n_images: int = 2000
     n_captions: int = 4000
-    ingest_rounds: int = 2
+    ingest_parts: int = 4
     naive_images: int = 200
     naive_captions: int = 1000
     sizes: tuple[int, ...] = (10_000, 100_000)
@@ -79,7 +80,7 @@ class BenchConfig:
     @classmethod
     def quick_config(cls, **kw) -> "BenchConfig":
         """Tiny sizes: exercises every code path in well under 2 minutes."""
-        base = cls(quick=True, n_images=48, n_captions=192, ingest_rounds=1, naive_images=6, naive_captions=24,
+        base = cls(quick=True, n_images=48, n_captions=192, ingest_parts=2, naive_images=6, naive_captions=24,
                    sizes=(2_000,), million=False, million_load=False, n_queries=30,
                    ef_values=(10, 40), index=IndexSetting(8, 32, 1), index_size=2_000,
                    index_sweep=(IndexSetting(8, 32, 0),), maintenance_work_mem="256MB", peak_n=512)

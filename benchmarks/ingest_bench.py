@@ -50,16 +50,25 @@ def _write(coll, rows: list[ingest.Row], batch: int) -> float:
     return sw.seconds
 
 
-def _summary(n: int, e2e: list[float], encode: list[float], decode_s: float, write_s: float, report) -> dict:
-    e2e_s, encode_s = min(e2e), min(encode)
+def _summary(n: int, e2e: list[float], encode: list[float], sizes: list[int], decode_s: float,
+             write_s: float, report) -> dict:
+    """Rates over all parts (total items / total seconds) and the paired ratio of each part."""
+    e2e_s, encode_s = sum(e2e), sum(encode)
     stage_sum = 1.0 / (1.0 / rate(n, decode_s) + 1.0 / rate(n, encode_s) + 1.0 / rate(n, write_s))
     return {
         "n": n, "e2e_s": e2e_s, "e2e_per_s": rate(n, e2e_s), "encode_per_s": rate(n, encode_s),
         "decode_per_s": rate(n, decode_s), "write_per_s": rate(n, write_s),
         "stage_sum_per_s": stage_sum, "ratio_e2e_to_encode": rate(n, e2e_s) / rate(n, encode_s),
-        "rounds": {"e2e_per_s": [rate(n, x) for x in e2e], "encode_per_s": [rate(n, x) for x in encode]},
+        "parts": {"n": sizes, "e2e_per_s": [rate(m, x) for m, x in zip(sizes, e2e)],
+                  "encode_per_s": [rate(m, x) for m, x in zip(sizes, encode)],
+                  "ratio": [b / a for a, b in zip(e2e, encode)]},
         "written": report.written, "failed": len(report.failed),
     }
+
+
+def _parts(n: int, parts: int) -> list[slice]:
+    step = -(-n // max(1, parts))
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 
 def _encode_images(bundle, pixels: np.ndarray) -> tuple[float, np.ndarray]:
@@ -78,32 +87,36 @@ def _encode_texts(bundle, captions: list[tuple[str, str]]) -> tuple[float, np.nd
     return sw.seconds, np.concatenate(chunks)
 
 
-def run_images(database, bundle, paths: list[Path], rounds: int) -> tuple[dict, np.ndarray]:
-    """Images through every path; encode-only and end-to-end take turns for ``rounds`` rounds
-    and the best round of each counts. Returns ``(results, embeddings (N,D) float32)``."""
+def run_images(database, bundle, paths: list[Path], parts: int) -> tuple[dict, np.ndarray]:
+    """Images through every path. The inputs are split into ``parts``; each part runs
+    encode-only, then end-to-end, back to back, so load from other jobs hits both alike.
+    Returns ``(results, embeddings (N,D) float32)``."""
     spec = bundle.image_spec
     bundle.encode_pixels(np.stack([preprocess.load(p, spec) for p in paths[:4]]))  # session + warm-up
     decode_s, hashes, pixels = _decode(paths, spec, DECODE_THREADS)  # also warms the page cache
     records = [PathRecord(str(p), p) for p in paths]
-    encode, e2e = [], []
-    for _ in range(rounds):
-        seconds, emb = _encode_images(bundle, pixels)
+    encode, e2e, embs = [], [], []
+    for part in _parts(len(paths), parts):
+        seconds, emb = _encode_images(bundle, pixels[part])
         encode.append(seconds)
+        embs.append(emb)
         coll = database.collection("ingest_images", bundle)
-        report = ingest.index_images(coll, bundle, records, decode_threads=DECODE_THREADS, progress=False)
+        report = ingest.index_images(coll, bundle, records[part], decode_threads=DECODE_THREADS, progress=False)
         e2e.append(report.seconds)
         database.drop(coll)
     del pixels
+    emb = np.concatenate(embs)
     rows = [ingest.Row("image", str(p), str(p), None, h, e) for p, h, e in zip(paths, hashes, emb)]
     write_s = _write(database.collection("write_images", bundle), rows, ingest.IMAGE_BATCH)
-    out = _summary(len(paths), e2e, encode, decode_s, write_s, report)
+    sizes = [len(range(len(paths))[p]) for p in _parts(len(paths), parts)]
+    out = _summary(len(paths), e2e, encode, sizes, decode_s, write_s, report)
     out.update(batch=ingest.IMAGE_BATCH, decode_threads=DECODE_THREADS)
     return out, emb
 
 
 def run_texts(database, bundle, captions: list[tuple[str, str]], token_file: Path,
-              rounds: int) -> tuple[dict, np.ndarray]:
-    """Captions through every path, in rounds as :func:`run_images`.
+              parts: int) -> tuple[dict, np.ndarray]:
+    """Captions through every path, in parts as :func:`run_images`.
 
     Returns ``(results, embeddings (M,D) float32)``.
     """
@@ -114,18 +127,21 @@ def run_texts(database, bundle, captions: list[tuple[str, str]], token_file: Pat
     hashes = [ingest.sha256(text.encode("utf-8")) for _, text in captions]
     hash_s = time.perf_counter() - t
     records = [TextRecord(k, text) for k, text in captions]
-    encode, e2e = [], []
-    for _ in range(rounds):
-        seconds, emb = _encode_texts(bundle, captions)
+    encode, e2e, embs = [], [], []
+    for part in _parts(len(captions), parts):
+        seconds, emb = _encode_texts(bundle, captions[part])
         encode.append(seconds)
+        embs.append(emb)
         coll = database.collection("ingest_texts", bundle)
-        report = ingest.index_texts(coll, bundle, records, progress=False)
+        report = ingest.index_texts(coll, bundle, records[part], progress=False)
         e2e.append(report.seconds)
         database.drop(coll)
+    emb = np.concatenate(embs)
     rows = [ingest.Row("text", k, None, text, h, e) for (k, text), h, e in zip(captions, hashes, emb)]
     write_s = _write(database.collection("write_texts", bundle), rows, ingest.TEXT_BATCH)
     # "decode" of a caption: its share of parsing the whole token file, plus hashing it
     decode_s = parse_s * len(captions) / max(parsed, 1) + hash_s
-    out = _summary(len(captions), e2e, encode, decode_s, write_s, report)
+    sizes = [len(range(len(captions))[p]) for p in _parts(len(captions), parts)]
+    out = _summary(len(captions), e2e, encode, sizes, decode_s, write_s, report)
     out.update(batch=ingest.TEXT_BATCH, token_file_captions=parsed)
     return out, emb

@@ -136,10 +136,10 @@ def run(cfg: BenchConfig, *, dsn: str | None, bundle_path: Path | None, data_dir
         r.results["postgres"]["embedded"] = dsn is None
         with r.section("ingest images"):
             r.results["ingest_images"], img_emb = ingest_bench.run_images(database, bundle, inputs.images,
-                                                                           cfg.ingest_rounds)
+                                                                           cfg.ingest_parts)
         with r.section("ingest captions"):
             r.results["ingest_captions"], txt_emb = ingest_bench.run_texts(database, bundle, inputs.captions,
-                                                                          inputs.token_file, cfg.ingest_rounds)
+                                                                          inputs.token_file, cfg.ingest_parts)
         with r.section("limit"):
             r.results["limit"] = limit.measure(bundle.path / "image.onnx", r.results["ingest_images"]["encode_per_s"],
                                                cfg.threads, cfg.peak_n, 2 if cfg.quick else limit.PEAK_REPEATS)
