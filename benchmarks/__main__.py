@@ -21,6 +21,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dsn", help="PostgreSQL to use (default: a throw-away embedded pgserver)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"Markdown report (default {DEFAULT_OUT})")
     p.add_argument("--json", type=Path, help="also write the raw results as JSON here")
+    p.add_argument("--from-json", type=Path, metavar="JSON",
+                   help="measure nothing: re-render the report from a --json file of an earlier run")
     p.add_argument("--bundle", type=Path, help="model bundle (default: the tests' bundle, built if needed)")
     p.add_argument("--data-dir", type=Path, help="Flickr8K directory (default: ../shared/data/flickr8k)")
     p.add_argument("--checkpoint", type=Path, help="weights of the naive PyTorch path (default: committed)")
@@ -45,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from . import env, report, runner
 
+    if args.from_json:
+        results = json.loads(args.from_json.read_text())
+        print(report.summary_table(results))
+        print(f"wrote {report.write(results, args.out)} (re-rendered from {args.from_json})", file=sys.stderr)
+        return 0
     cfg = config_from(args)
     try:
         results = runner.run(cfg, dsn=args.dsn, bundle_path=args.bundle, data_dir=args.data_dir,

@@ -51,7 +51,7 @@ def _write(coll, rows: list[ingest.Row], batch: int) -> float:
 
 
 def _summary(n: int, e2e: list[float], encode: list[float], sizes: list[int], decode_s: float,
-             write_s: float, report) -> dict:
+             write_s: float, reports: list) -> dict:
     """Rates over all parts (total items / total seconds) and the paired ratio of each part."""
     e2e_s, encode_s = sum(e2e), sum(encode)
     stage_sum = 1.0 / (1.0 / rate(n, decode_s) + 1.0 / rate(n, encode_s) + 1.0 / rate(n, write_s))
@@ -62,7 +62,7 @@ def _summary(n: int, e2e: list[float], encode: list[float], sizes: list[int], de
         "parts": {"n": sizes, "e2e_per_s": [rate(m, x) for m, x in zip(sizes, e2e)],
                   "encode_per_s": [rate(m, x) for m, x in zip(sizes, encode)],
                   "ratio": [b / a for a, b in zip(e2e, encode)]},
-        "written": report.written, "failed": len(report.failed),
+        "written": sum(r.written for r in reports), "failed": sum(len(r.failed) for r in reports),
     }
 
 
@@ -95,21 +95,22 @@ def run_images(database, bundle, paths: list[Path], parts: int) -> tuple[dict, n
     bundle.encode_pixels(np.stack([preprocess.load(p, spec) for p in paths[:4]]))  # session + warm-up
     decode_s, hashes, pixels = _decode(paths, spec, DECODE_THREADS)  # also warms the page cache
     records = [PathRecord(str(p), p) for p in paths]
-    encode, e2e, embs = [], [], []
+    encode, e2e, embs, reports = [], [], [], []
     for part in _parts(len(paths), parts):
         seconds, emb = _encode_images(bundle, pixels[part])
         encode.append(seconds)
         embs.append(emb)
         coll = database.collection("ingest_images", bundle)
-        report = ingest.index_images(coll, bundle, records[part], decode_threads=DECODE_THREADS, progress=False)
-        e2e.append(report.seconds)
+        reports.append(ingest.index_images(coll, bundle, records[part], decode_threads=DECODE_THREADS,
+                                           progress=False))
+        e2e.append(reports[-1].seconds)
         database.drop(coll)
     del pixels
     emb = np.concatenate(embs)
     rows = [ingest.Row("image", str(p), str(p), None, h, e) for p, h, e in zip(paths, hashes, emb)]
     write_s = _write(database.collection("write_images", bundle), rows, ingest.IMAGE_BATCH)
     sizes = [len(range(len(paths))[p]) for p in _parts(len(paths), parts)]
-    out = _summary(len(paths), e2e, encode, sizes, decode_s, write_s, report)
+    out = _summary(len(paths), e2e, encode, sizes, decode_s, write_s, reports)
     out.update(batch=ingest.IMAGE_BATCH, decode_threads=DECODE_THREADS)
     return out, emb
 
@@ -127,14 +128,14 @@ def run_texts(database, bundle, captions: list[tuple[str, str]], token_file: Pat
     hashes = [ingest.sha256(text.encode("utf-8")) for _, text in captions]
     hash_s = time.perf_counter() - t
     records = [TextRecord(k, text) for k, text in captions]
-    encode, e2e, embs = [], [], []
+    encode, e2e, embs, reports = [], [], [], []
     for part in _parts(len(captions), parts):
         seconds, emb = _encode_texts(bundle, captions[part])
         encode.append(seconds)
         embs.append(emb)
         coll = database.collection("ingest_texts", bundle)
-        report = ingest.index_texts(coll, bundle, records[part], progress=False)
-        e2e.append(report.seconds)
+        reports.append(ingest.index_texts(coll, bundle, records[part], progress=False))
+        e2e.append(reports[-1].seconds)
         database.drop(coll)
     emb = np.concatenate(embs)
     rows = [ingest.Row("text", k, None, text, h, e) for (k, text), h, e in zip(captions, hashes, emb)]
@@ -142,6 +143,6 @@ def run_texts(database, bundle, captions: list[tuple[str, str]], token_file: Pat
     # "decode" of a caption: its share of parsing the whole token file, plus hashing it
     decode_s = parse_s * len(captions) / max(parsed, 1) + hash_s
     sizes = [len(range(len(captions))[p]) for p in _parts(len(captions), parts)]
-    out = _summary(len(captions), e2e, encode, sizes, decode_s, write_s, report)
+    out = _summary(len(captions), e2e, encode, sizes, decode_s, write_s, reports)
     out.update(batch=ingest.TEXT_BATCH, token_file_captions=parsed)
     return out, emb

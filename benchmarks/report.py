@@ -93,7 +93,7 @@ def render(results: dict) -> str:
 
 
 def _header(results: dict) -> str:
-    when = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    when = results.get("finished_at") or dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     quick = results["config"]["quick"]
     warn = ("\n\n> **This is a `--quick` smoke run: tiny sizes, every number below is meaningless.**"
             if quick else "")

@@ -148,5 +148,6 @@ def run(cfg: BenchConfig, *, dsn: str | None, bundle_path: Path | None, data_dir
     finally:
         database.close()
     r.results["total_s"] = time.perf_counter() - r.t0
+    r.results["finished_at"] = time.strftime("%Y-%m-%d %H:%M %Z")
     r.results["load_at_end"] = machine.load_average()
     return r.results
