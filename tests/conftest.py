@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -13,6 +14,26 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 FLICKR8K = Path(os.environ.get("JOINTEMBED_DATA_DIR", REPO.parent / "shared" / "data" / "flickr8k"))
+
+
+_OWN_BASETEMP: list[str] = []
+
+
+def pytest_configure(config):
+    """Give each run its own base temp dir outside ``/tmp/pytest-of-<user>``.
+
+    pytest resets that shared directory to mode 0700 whenever *any* session starts, and
+    the embedded PostgreSQL runs as another user (``pgserver``) when tests run as root:
+    a second pytest session on the machine would lock the first one's servers out.
+    """
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        config.option.basetemp = tempfile.mkdtemp(prefix="jointembed-pytest-")
+        _OWN_BASETEMP.append(config.option.basetemp)
+
+
+def pytest_unconfigure(config):
+    for d in _OWN_BASETEMP:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
