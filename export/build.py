@@ -131,14 +131,20 @@ def build_default_bundle(out_dir: Path | None = None, *, checkpoint: Path | None
     """Export the committed weights (or ``checkpoint``) into ``out_dir``.
 
     Defaults: ``out_dir = bundles_dir()/default``, parity on ``paths.default_data_dir()``.
-    With ``int8`` also writes ``<out_dir>-int8`` (see :mod:`export.int8`).
+    With ``int8`` also writes ``<out_dir>-int8`` (see :mod:`export.int8`). Without
+    ``force``, an existing fp32 bundle that is current for ``checkpoint`` is kept as is
+    (so ``jointembed model build --int8`` after ``jointembed demo`` only adds the int8 one).
+
+    Raises:
+        ExportError: a bundle that is *not* current exists and ``force`` is false.
     """
     out_dir = Path(out_dir) if out_dir else paths.bundles_dir() / paths.DEFAULT_BUNDLE
     data_dir = data_dir if data_dir is not None else paths.default_data_dir()
     checkpoint = Path(checkpoint) if checkpoint else default_checkpoint()
     if int8 and int8_dir(out_dir).exists() and not force:  # fail before the slow part
         raise ExportError(f"{int8_dir(out_dir)} already exists (use --force to replace it)")
-    build_bundle(checkpoint, out_dir, data_dir=data_dir, force=force)
+    if force or not bundle_is_current(out_dir, checkpoint):
+        build_bundle(checkpoint, out_dir, data_dir=data_dir, force=force)
     if int8:
         from .int8 import build_int8_bundle
 

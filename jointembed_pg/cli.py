@@ -58,9 +58,15 @@ def _progress(flag):
 
 @contextmanager
 def _errors():
+    """Turn expected failures into one-line ``Error: ...`` messages with exit code 1."""
     try:
         yield
     except JointEmbedError as e:
+        raise click.ClickException(str(e)) from e
+    except OSError as e:  # e.g. an --html path that cannot be written
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        raise click.ClickException(f"{where}{e.strerror or e}") from e
+    except ValueError as e:  # invalid argument values caught below the CLI (names, dims)
         raise click.ClickException(str(e)) from e
 
 
@@ -94,6 +100,31 @@ def init(obj, dsn, as_json):
 
 
 @cli.group()
+def server():
+    """The embedded PostgreSQL used when no --dsn / $DATABASE_URL is given."""
+
+
+@server.command("start")
+def server_start():
+    """Start the embedded server and leave it running; print its DSN (for psql, your app)."""
+    from . import embedded
+
+    with _errors():
+        click.echo(embedded.get_uri(cleanup_mode=None))
+
+
+@server.command("stop")
+def server_stop():
+    """Stop the embedded server (it also stops by itself when no jointembed process uses it)."""
+    from . import embedded
+
+    with _errors():
+        embedded.get_uri(cleanup_mode="stop")
+        embedded.stop()
+    click.echo("stopped")
+
+
+@cli.group()
 def index():
     """Embed images or captions into a collection."""
 
@@ -110,7 +141,8 @@ def _finish(report, as_json):
         if len(report.failed) > 20:
             click.echo(f"  ... and {len(report.failed) - 20} more (use --json for all)", err=True)
     if report.failed:
-        sys.exit(EXIT_PARTIAL)
+        # nothing usable at all is an error; some items failing is a partial success
+        sys.exit(1 if report.written + report.skipped == 0 else EXIT_PARTIAL)
 
 
 def _open_collection(obj, dsn, bundle_name, name):
@@ -161,13 +193,33 @@ def index_texts_cmd(obj, file, collection, dsn, bundle_name, batch_size, as_json
     _finish(report, as_json)
 
 
+class _Terminated(BaseException):
+    """Raised in the main thread by SIGTERM, so the process unwinds like on Ctrl-C."""
+
+
 def main() -> None:
-    """Console entry point."""
+    """Console entry point: click without its standalone handling, so that Ctrl-C and
+    SIGTERM unwind normally (committed batches stay; the embedded server is released)."""
+    import signal
+
+    def _terminate(*_):
+        raise _Terminated()
+
+    signal.signal(signal.SIGTERM, _terminate)
     try:
-        cli(prog_name="jointembed")
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
+        rc = cli.main(prog_name="jointembed", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        click.echo("interrupted: committed batches are kept; rerun the same command to resume", err=True)
         sys.exit(130)
+    except _Terminated:
+        click.echo("terminated: committed batches are kept; rerun the same command to resume", err=True)
+        sys.exit(143)
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 # Sub-command modules register themselves on ``cli`` (they import it from here).

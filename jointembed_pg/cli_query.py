@@ -41,10 +41,12 @@ def _print_hits(label, hits, as_json):
             click.echo(json.dumps({"id": h.id, "key": h.key, "modality": h.modality, "distance": float(h.distance),
                                    "source": h.source, "text": h.text}))
         return
-    click.echo(f"{label}")
+    click.echo(f"{label}" if len(label) <= 200 else f"{label[:197]}...")
+    if not hits:
+        click.echo("  (no results)")
     for rank, h in enumerate(hits, 1):
         what = h.text if h.modality == "text" else (h.source or h.key)
-        click.echo(f"  {rank:>3}. {h.distance:.4f}  {what}")
+        click.echo(f"  {rank:>3}. {h.distance:.4f}  [id {h.id}]  {what}")
 
 
 def _run_search(obj, coll, vec, label, query_image, query_text, k, target, ef_search, exact, html, as_json):
@@ -124,7 +126,10 @@ def eval_cmd(obj, data_dir, split, collection, dsn, bundle_name, as_json, progre
 @json_option
 @click.pass_obj
 def search_item(obj, item_id, k, target, collection, dsn, ef_search, exact, as_json):
-    """More like this: items nearest to the stored item ITEM_ID (no model needed)."""
+    """More like this: items nearest to the stored item ITEM_ID (no model needed).
+
+    ITEM_ID is the numeric id shown as ``[id N]`` in search output (``id`` with --json).
+    """
     with _errors():
         coll = obj.store(dsn).collection(collection)
         hits = coll.more_like_this(item_id, target=_TARGET.get(target), k=k, ef_search=ef_search, exact=exact)

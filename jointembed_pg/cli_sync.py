@@ -87,7 +87,7 @@ def attach_cmd(obj, table, key, image_column, text_column, image_source, image_r
         click.echo(json.dumps(st, default=str))
     else:
         click.echo(f"attached {att.qualified} (model {att.model_id}, dim {att.dim}): {st['pending']} rows "
-                   f"enqueued; run `jointembed sync --table {table}` or `jointembed worker`")
+                   f"enqueued; run `{_sync_hint(table, schema)}` or `jointembed worker`")
 
 
 @cli.command("detach")
@@ -236,3 +236,11 @@ def reembed_cmd(obj, table, schema, dsn, bundle_name, batch_size, abort_, as_jso
         click.echo(f"{rep.table}: switched from {rep.old_model_id} (dim {rep.old_dim}) to "
                    f"{rep.new_model_id} (dim {rep.new_dim}); {rep.sync.written} rows embedded, "
                    f"{len(rep.sync.failed)} failed")
+
+
+def _sync_hint(table: str, schema: str | None) -> str:
+    """The ``jointembed sync`` command line for a table, shell-quoted."""
+    import shlex
+
+    args = ["jointembed", "sync", "--table", table] + (["--schema", schema] if schema else [])
+    return " ".join(shlex.quote(a) for a in args)

@@ -197,8 +197,15 @@ def index_texts(collection, bundle, records: Iterable[TextRecord], *, batch_size
     """
     records = list(records)
     report, t0 = IngestReport("text", total=len(records)), time.perf_counter()
-    good = [r for r in records if r.error is None]
-    report.failed.extend(Failure(r.key, r.error) for r in records if r.error is not None)
+    good, seen = [], set()
+    for r in records:
+        if r.error is not None:
+            report.failed.append(Failure(r.key, r.error))
+        elif r.key in seen:  # one id, two captions: keep the first, say so
+            report.failed.append(Failure(r.key, f"{r.key}: duplicate id (its first caption was kept)"))
+        else:
+            seen.add(r.key)
+            good.append(r)
     known = collection.content_hashes("text", [r.key for r in good])
     writer, bar = _Writer(collection.upsert), _progress(len(records), "captions", progress)
     bar.update(len(records) - len(good))

@@ -53,19 +53,22 @@ class PathRecord:
 def iter_image_paths(paths: Iterable[str | Path]) -> Iterator[PathRecord]:
     """Expand files and directories (recursively, sorted) into image path records.
 
-    The key of an image is its resolved absolute path. A path that does not exist is
-    yielded with ``error`` set rather than raised.
+    The key of an image is its resolved absolute path; a file reached twice is yielded
+    once. A path that does not exist is yielded with ``error`` set rather than raised.
     """
+    seen: set[str] = set()  # the same file named twice (or via ../) is one item
     for p in paths:
         path = Path(p).expanduser()
         if not path.exists():
             yield PathRecord(str(path), path, f"{path}: no such file or directory")
-        elif path.is_dir():
-            for f in sorted(path.rglob("*")):
-                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
-                    yield PathRecord(str(f.resolve()), f.resolve())
-        else:
-            yield PathRecord(str(path.resolve()), path.resolve())
+            continue
+        files = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES) \
+            if path.is_dir() else [path]
+        for f in files:
+            key = str(f.resolve())
+            if key not in seen:
+                seen.add(key)
+                yield PathRecord(key, f.resolve())
 
 
 def clean_text(text: object, key: str = "<text>") -> str:
@@ -107,7 +110,7 @@ def read_texts(path: str | Path) -> Iterator[TextRecord]:
 
 def _decode(path: Path, lineno: int, raw: bytes) -> str | TextRecord:
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # tolerate a BOM (Excel CSV)
     except UnicodeDecodeError as e:
         key = f"{path.name}:{lineno}"
         return TextRecord(key, "", f"{key}: invalid UTF-8 ({e.reason} at byte {e.start})")
@@ -145,6 +148,9 @@ def _read_jsonl(path: Path, lines: list[bytes]) -> Iterator[TextRecord]:
         if not isinstance(obj, dict) or "id" not in obj or "text" not in obj:
             yield TextRecord(where, "", f"{where}: needs the fields 'id' and 'text'")
             continue
+        if obj["id"] is None or str(obj["id"]).strip() == "":
+            yield TextRecord(where, "", f"{where}: 'id' is empty or null")
+            continue
         yield _checked(str(obj["id"]), obj["text"])
 
 
@@ -160,8 +166,14 @@ def _read_csv(path: Path, lines: list[bytes]) -> Iterator[TextRecord]:
     reader = csv.DictReader(io.StringIO("\n".join(decoded)))
     if not reader.fieldnames or not {"id", "text"} <= set(reader.fieldnames):
         raise InputError(f"{path}: CSV needs a header with 'id' and 'text' columns, found {reader.fieldnames}")
-    for row in reader:
+    for n, row in enumerate(reader, 2):
         if row.get("id") in (None, "") and not row.get("text"):
+            continue
+        if row.get("id") in (None, ""):
+            yield TextRecord(f"{path.name}:{n}", "", f"{path.name}:{n}: empty id")
+            continue
+        if row.get("text") is None:
+            yield TextRecord(str(row["id"]), "", f"{row['id']}: missing text column (unbalanced quotes?)")
             continue
         yield _checked(str(row["id"]), row.get("text"))
 

@@ -136,8 +136,8 @@ class Store:
             row = conn.execute(query("collection_get"), {"name": name}).fetchone()
         if row is None:
             if not create:
-                raise DatabaseError(f"no collection named {name!r} (create it with create=True "
-                                    "or `jointembed index ...`)")
+                raise DatabaseError(f"no collection named {name!r} (index something into it first: "
+                                    "`jointembed index images|texts ... --collection NAME`)")
             if model_id is None or dim is None:
                 raise ValueError(f"creating collection {name!r} needs model_id and dim")
             with self.transaction() as conn:

@@ -118,7 +118,8 @@ class Worker:
         finally:
             for sig, handler in old.items():
                 signal.signal(sig, handler)
-            self.log("stop", **self.totals)
+            if self._started:  # a worker that never started has nothing to report
+                self.log("stop", **self.totals)
         return dict(self.totals)
 
     def _install_signals(self) -> dict:

@@ -82,3 +82,45 @@ def test_index_continues_past_bad_files_and_reports_them(tmp_path, flickr8k_dir,
     html = tmp_path / "hits.html"
     run(["search", "text", "a dog", "--dsn", pg_dsn, "--bundle", bundle_dir, "--html", html], check_rc=0)
     assert html.read_text().count("<img") >= 3
+
+
+def test_duplicate_caption_ids_are_reported_and_first_kept(tmp_path, bundle_dir, pg_dsn):
+    caps = tmp_path / "caps.csv"
+    caps.write_text("id,text\nd1,a dog on the grass\nd1,a cat on a sofa\n")
+    p = run(["index", "texts", caps, "--dsn", pg_dsn, "--bundle", bundle_dir, "--json"])
+    rep = json.loads(p.stdout)
+    assert p.returncode == 3 and rep["written"] == 1
+    assert "duplicate id" in rep["failed"][0]["error"]
+    p = run(["search", "text", "dog", "--target", "texts", "--dsn", pg_dsn, "--bundle", bundle_dir, "--json"],
+            check_rc=0)
+    assert json.loads(p.stdout.splitlines()[0])["text"] == "a dog on the grass"
+
+
+def test_bad_html_path_and_bad_collection_name_are_one_line_errors(tmp_path, bundle_dir, pg_dsn, flickr8k_dir):
+    img = sorted((flickr8k_dir / "images").glob("*.jpg"))[0]
+    run(["index", "images", img, "--dsn", pg_dsn, "--bundle", bundle_dir], check_rc=0)
+    (tmp_path / "file").write_text("x")
+    p = run(["search", "text", "a dog", "--dsn", pg_dsn, "--bundle", bundle_dir, "--html", tmp_path / "file" / "x.html"])
+    assert_one_line_error(p)
+    p = run(["search", "text", "a dog", "--collection", "", "--dsn", pg_dsn, "--bundle", bundle_dir])
+    assert_one_line_error(p, "collection name")
+    p = run(["index", "images", tmp_path / "missing.jpg", "--dsn", pg_dsn, "--bundle", bundle_dir])
+    assert p.returncode == 1  # nothing written at all: an error, not a partial success
+
+
+def test_sigterm_unwinds_with_a_message_and_rerun_resumes(tmp_path, flickr8k_dir, bundle_dir, pg_dsn):
+    import signal
+    import time
+
+    imgs = sorted((flickr8k_dir / "images").glob("*.jpg"))[:1500]
+    args = [sys.executable, "-m", "jointembed_pg", "index", "images", *map(str, imgs), "--dsn", pg_dsn,
+            "--bundle", str(bundle_dir), "--json"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before SIGTERM arrived (fast machine)")
+    assert proc.returncode == 143 and "terminated" in err and "Traceback" not in err, err
+    rep = json.loads(run(args[3:], check_rc=0).stdout)
+    assert rep["written"] + rep["skipped"] == 1500 and not rep["failed"]

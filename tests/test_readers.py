@@ -68,3 +68,27 @@ def test_flickr8k_bad_dir(tmp_path):
         load_flickr8k(tmp_path / "nope", "test")
     with pytest.raises(InputError, match="not a Flickr8K-layout"):
         load_flickr8k(tmp_path, "test")
+
+
+def test_csv_with_bom_and_bad_rows(tmp_path):
+    f = tmp_path / "excel.csv"
+    f.write_bytes(b'\xef\xbb\xbfid,text\nd1,first dog\n,orphan\n')
+    recs = list(read_texts(f))
+    assert (recs[0].key, recs[0].text, recs[0].error) == ("d1", "first dog", None)
+    assert recs[1].error and "empty id" in recs[1].error
+
+
+def test_jsonl_null_id_is_an_error_not_the_key_none(tmp_path):
+    f = tmp_path / "n.jsonl"
+    f.write_text('{"id": null, "text": "x"}\n{"id": 7, "text": "a cat"}\n')
+    recs = list(read_texts(f))
+    assert recs[0].error and "null" in recs[0].error
+    assert (recs[1].key, recs[1].error) == ("7", None)
+
+
+def test_same_file_named_twice_is_one_item(tmp_path):
+    (tmp_path / "d").mkdir()
+    img = tmp_path / "d" / "x.jpg"
+    img.write_bytes(b"x")
+    recs = list(iter_image_paths([img, img, tmp_path / "d" / ".." / "d" / "x.jpg", tmp_path / "d"]))
+    assert [r.key for r in recs] == [str(img.resolve())]
