@@ -79,8 +79,25 @@ def write(results: dict, out: Path) -> Path:
     if results.get("scales"):
         plots.latency_recall(results, img / plots.LATENCY_RECALL)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(results), encoding="utf-8")
+    out.write_text(render(results) + companions(out.parent), encoding="utf-8")
     return out
+
+
+#: Reports of separate benchmark commands, carried into BENCHMARKS.md verbatim (each
+#: states its own command and run); ``(file, command)``.
+COMPANIONS = (("BENCHMARKS_ENCODERS.md", "python -m benchmarks.encoders"),
+              ("BENCHMARKS_DISTRIBUTED.md", "python -m benchmarks.distributed"))
+
+
+def companions(docs: Path) -> str:
+    """The companion reports found in ``docs``, demoted one heading level, as appendices."""
+    parts = []
+    for name, command in COMPANIONS:
+        f = Path(docs) / name
+        if f.is_file():
+            body = "\n".join(("#" + ln) if ln.startswith("#") else ln for ln in f.read_text().splitlines())
+            parts.append(f"\n## Appendix: `{command}` (a separate run; copied from {name})\n\n{body}\n")
+    return "".join(parts)
 
 
 def render(results: dict) -> str:
