@@ -29,6 +29,7 @@ import psycopg
 from psycopg import sql
 
 from . import db
+from .db import one_line  # noqa: F401  (re-exported for cli_sync and sync_loop)
 from .errors import DatabaseError, InputError, ModelMismatchError
 from .sources import SOURCES, ImageSource
 
@@ -94,19 +95,6 @@ def _quote(name: str) -> str:
 
 def _row(cls, row) -> Any:
     return cls(*row[: len(fields(cls))])
-
-
-def one_line(err: BaseException, dsn: str | None = None) -> str:
-    """An error as one line (at most 500 characters) with ``dsn``'s password removed."""
-    text = " ".join(str(err).split()) or type(err).__name__
-    if dsn:
-        try:
-            password = psycopg.conninfo.conninfo_to_dict(dsn).get("password")
-        except psycopg.Error:
-            password = None
-        if password:
-            text = text.replace(str(password), "***")
-    return text[:500]
 
 
 def _sql_error(e: psycopg.Error) -> DatabaseError:
