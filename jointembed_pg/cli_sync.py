@@ -128,6 +128,7 @@ def _print_report(rep, as_json):
 @click.pass_obj
 def sync_cmd(obj, table, schema, dsn, bundle_name, batch_size, retry_failed, rescan, as_json, progress):
     """Drain TABLE's queue once and exit (exit code 3 when some rows failed)."""
+    from . import sync
     from .sync_worker import sync_table
 
     with _cli_errors(dsn):
@@ -136,7 +137,12 @@ def sync_cmd(obj, table, schema, dsn, bundle_name, batch_size, retry_failed, res
             rep = sync_table(conn, table, bundle, schema=schema, cfg=_config(batch_size),
                              progress=_progress(progress), retry_failed=retry_failed,
                              rescan=rescan)
+            claimed = sync.status(conn, table, schema)[0].get("claimed", 0)
     _print_report(rep, as_json)
+    if claimed:  # leased by another (possibly crashed) worker: not done, and not ours to take yet
+        click.echo(f"note: {claimed} rows are claimed by another worker (a crashed worker's claims "
+                   "return to the queue when their lease expires); rerun later or see `jointembed status`",
+                   err=True)
     if rep.failed:
         sys.exit(EXIT_PARTIAL)
 
