@@ -6,8 +6,10 @@ from pathlib import Path
 
 import click
 
+from . import paths
 from .cli import (DEFAULT_COLLECTION, _errors, _progress, bundle_option, cli, collection_option,
                   dsn_option, json_option, progress_option)
+from .errors import InputError
 
 _TARGET = {"images": "image", "texts": "text"}
 
@@ -87,7 +89,8 @@ def search_image(obj, path, k, target, collection, dsn, bundle_name, ef_search, 
 
 
 @cli.command("eval")
-@click.option("--data-dir", required=True, type=click.Path(path_type=Path), help="Flickr8K-layout directory.")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="Flickr8K-layout directory [default: ../shared/data/flickr8k when it exists].")
 @click.option("--split", type=click.Choice(["train", "dev", "test"]), default="test", show_default=True)
 @click.option("--collection", default=None, help="Collection to write the split into [default: flickr8k_<split>].")
 @dsn_option
@@ -100,6 +103,9 @@ def eval_cmd(obj, data_dir, split, collection, dsn, bundle_name, as_json, progre
     from .evaluate import evaluate_split
 
     with _errors():
+        data_dir = data_dir or paths.default_data_dir()
+        if data_dir is None:
+            raise InputError("no Flickr8K data found at ../shared/data/flickr8k; pass --data-dir DIR")
         bundle = obj.bundle(bundle_name)
         name = collection or f"flickr8k_{split}"
         coll = obj.store(dsn).collection(name, model_id=bundle.model_id, dim=bundle.dim, create=True)
