@@ -116,11 +116,15 @@ def _decode(path: Path, lineno: int, raw: bytes) -> str | TextRecord:
         return TextRecord(key, "", f"{key}: invalid UTF-8 ({e.reason} at byte {e.start})")
 
 
-def _read_token_file(path: Path, lines: list[bytes]) -> Iterator[TextRecord]:
+def _lines(path: Path, lines: list[bytes]) -> Iterator[tuple[int, str | TextRecord]]:
+    """``(lineno, text)`` of the non-blank lines; ``text`` is an error record if not UTF-8."""
     for lineno, raw in enumerate(lines, 1):
-        if not raw.strip():
-            continue
-        line = _decode(path, lineno, raw)
+        if raw.strip():
+            yield lineno, _decode(path, lineno, raw)
+
+
+def _read_token_file(path: Path, lines: list[bytes]) -> Iterator[TextRecord]:
+    for lineno, line in _lines(path, lines):
         if isinstance(line, TextRecord):
             yield line
             continue
@@ -132,10 +136,7 @@ def _read_token_file(path: Path, lines: list[bytes]) -> Iterator[TextRecord]:
 
 
 def _read_jsonl(path: Path, lines: list[bytes]) -> Iterator[TextRecord]:
-    for lineno, raw in enumerate(lines, 1):
-        if not raw.strip():
-            continue
-        line = _decode(path, lineno, raw)
+    for lineno, line in _lines(path, lines):
         if isinstance(line, TextRecord):
             yield line
             continue
