@@ -1,17 +1,26 @@
-"""Versioned schema migrations: ``sql/NNN_name.sql``, applied in order, each once.
+"""Schema upgrades, as pgai does them: run-once migrations plus idempotent definitions.
+
+* ``sql/migrations/NNN_name.sql``: tables, indexes, data changes. Applied in order, each
+  once; each applied version is recorded in ``jointembed.schema_version``.
+* ``sql/functions/NN_name.sql``: functions, views, comments, grants, written with
+  ``CREATE OR REPLACE`` (a signature change drops the old function first). Re-applied, all
+  of them in name order, whenever their combined SHA-256 differs from the one recorded in
+  ``jointembed.definitions`` -- so a bug fix in a function reaches existing databases
+  without a migration. An older package never overwrites definitions written by a newer
+  one (``package_version`` is recorded with the hash).
 
 The SQL files ship as package data (``jointembed_pg.sql``); in a source checkout that is
 not installed they are read from ``<repo>/sql``. :func:`apply` is idempotent and safe to
 call from several processes at once: the work runs in one transaction holding a
-transaction-level advisory lock, and each applied version is recorded in
-``jointembed.schema_version``. When the schema is already current it returns after one
-catalog query, without taking the lock.
+transaction-level advisory lock. When everything is current it returns after one
+catalog query, without taking the lock (so a read-only replica can be used).
 
 :func:`queries` exposes the named query templates of ``sql/queries.sql``.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -26,11 +35,19 @@ from .errors import DatabaseError
 LOCK_KEY = int.from_bytes(b"jointemb", "big", signed=True)
 
 _MIGRATION_RE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+_DEFINITION_RE = re.compile(r"^(\d{2})_([a-z0-9_]+)\.sql$")
 _NAME_RE = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 _STATE_SQL = """
 SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'vector'),
-       to_regclass('jointembed.schema_version') IS NOT NULL
+       to_regclass('jointembed.schema_version') IS NOT NULL,
+       to_regclass('jointembed.definitions') IS NOT NULL
+"""
+_DEFS_SQL = "SELECT sha256, package_version FROM jointembed.definitions"
+_RECORD_DEFS_SQL = """
+INSERT INTO jointembed.definitions (id, sha256, package_version) VALUES (true, %s, %s)
+ON CONFLICT (id) DO UPDATE SET sha256 = excluded.sha256,
+    package_version = excluded.package_version, applied_at = now()
 """
 _VERSION_SQL = "SELECT coalesce(max(version), 0) FROM jointembed.schema_version"
 _RECORD_SQL = "INSERT INTO jointembed.schema_version (version, name) VALUES (%s, %s)"
@@ -43,6 +60,14 @@ class Migration:
     version: int
     name: str
     sql: str
+
+
+@dataclass(frozen=True)
+class Definitions:
+    """The idempotent definition files, in apply order, and their combined SHA-256."""
+
+    files: tuple[tuple[str, str], ...]   # (file name, SQL text)
+    sha256: str
 
 
 def _sql_dir():
@@ -66,7 +91,7 @@ def available() -> tuple[Migration, ...]:
         RuntimeError: two files share a version number (a packaging bug).
     """
     found: dict[int, Migration] = {}
-    for entry in _sql_dir().iterdir():
+    for entry in (_sql_dir() / "migrations").iterdir():
         m = _MIGRATION_RE.match(entry.name)
         if not m:
             continue
@@ -75,6 +100,38 @@ def available() -> tuple[Migration, ...]:
             raise RuntimeError(f"duplicate migration version {version}: {entry.name}")
         found[version] = Migration(version, m.group(2), entry.read_text(encoding="utf-8"))
     return tuple(found[v] for v in sorted(found))
+
+
+@functools.lru_cache(maxsize=1)
+def definitions() -> Definitions:
+    """The files of ``sql/functions`` in name order, and the SHA-256 over all of them.
+
+    Raises:
+        RuntimeError: two files share an order number (a packaging bug).
+    """
+    found: dict[int, tuple[str, str]] = {}
+    for entry in (_sql_dir() / "functions").iterdir():
+        m = _DEFINITION_RE.match(entry.name)
+        if not m:
+            continue
+        order = int(m.group(1))
+        if order in found:
+            raise RuntimeError(f"duplicate definitions order {order}: {entry.name}")
+        found[order] = (entry.name, entry.read_text(encoding="utf-8"))
+    files = tuple(found[k] for k in sorted(found))
+    h = hashlib.sha256()
+    for name, text in files:
+        h.update(name.encode() + b"\0" + text.encode() + b"\0")
+    return Definitions(files, h.hexdigest())
+
+
+def _package_version() -> str:
+    from . import __version__
+    return __version__
+
+
+def _version_tuple(v: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else 0 for p in re.split(r"[.+-]", v)[:3])
 
 
 def latest_version() -> int:
@@ -98,7 +155,7 @@ def query(name: str) -> sql.SQL:
 
 def current_version(conn: psycopg.Connection) -> int:
     """Schema version recorded in the database (0 when the schema is absent)."""
-    has_vector, has_table = conn.execute(_STATE_SQL).fetchone()
+    has_vector, has_table, _has_defs = conn.execute(_STATE_SQL).fetchone()
     if not has_table:
         return 0
     return conn.execute(_VERSION_SQL).fetchone()[0]
@@ -115,16 +172,18 @@ def apply(conn: psycopg.Connection) -> list[int]:
         psycopg.Error: a migration failed (the transaction is rolled back).
     """
     latest = latest_version()
+    defs = definitions()
     with conn.transaction():
-        has_vector, has_table = conn.execute(_STATE_SQL).fetchone()
+        has_vector, has_table, has_defs = conn.execute(_STATE_SQL).fetchone()
         if has_vector and has_table:
             have = conn.execute(_VERSION_SQL).fetchone()[0]
             _check_not_newer(have, latest)
-            if have == latest:
+            if have == latest and has_defs and not _defs_outdated(conn, defs):
                 return []
         conn.execute("SELECT pg_advisory_xact_lock(%s)", [LOCK_KEY])
         conn.execute(read_sql("_bootstrap.sql"))
         done = conn.execute(_VERSION_SQL).fetchone()[0]
+        _check_not_newer(done, latest)
         applied = []
         for mig in available():
             if mig.version <= done:
@@ -132,8 +191,22 @@ def apply(conn: psycopg.Connection) -> list[int]:
             conn.execute(mig.sql)
             conn.execute(_RECORD_SQL, [mig.version, mig.name])
             applied.append(mig.version)
-        _check_not_newer(done, latest)
+        if applied or _defs_outdated(conn, defs):
+            for _name, text in defs.files:
+                conn.execute(text)
+            conn.execute(_RECORD_DEFS_SQL, [defs.sha256, _package_version()])
     return applied
+
+
+def _defs_outdated(conn: psycopg.Connection, defs: Definitions) -> bool:
+    """True when the recorded definitions differ from ours and were not written by a newer package."""
+    row = conn.execute(_DEFS_SQL).fetchone()
+    if row is None:
+        return True
+    sha, pkg = row
+    if sha == defs.sha256:
+        return False
+    return _version_tuple(_package_version()) >= _version_tuple(pkg or "0")
 
 
 def _check_not_newer(have: int, latest: int) -> None:

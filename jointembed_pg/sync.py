@@ -2,7 +2,7 @@
 
 ``attach`` records a user table (``schema.table`` with a unique key column and an image
 and/or text column) in ``jointembed.attachments`` and lets the database do the rest: the
-SQL function ``jointembed.attach`` (``sql/003_attachments.sql``) creates a side table of
+SQL function ``jointembed.attach`` (``sql/functions/30_sync_attach.sql``) creates a side table of
 embeddings and a work queue in schema ``jointembed`` and row triggers on the user's table
 that enqueue changed rows; it also enqueues every existing row (backfill). The user's
 table is never altered; :func:`detach` removes all of it again.
@@ -40,7 +40,7 @@ STATUS_ERRORS = 5
 
 @dataclass(frozen=True)
 class Attachment:
-    """One row of ``jointembed.attachments`` (see ``sql/003_attachments.sql``)."""
+    """One row of ``jointembed.attachments`` (see ``sql/functions/30_sync_attach.sql``)."""
 
     id: int
     schema_name: str

@@ -7,3 +7,10 @@ CREATE TABLE IF NOT EXISTS jointembed.schema_version (
     name       text        NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT now()
 );
+-- The SHA-256 of the sql/functions files last applied (one row), see migrations.py.
+CREATE TABLE IF NOT EXISTS jointembed.definitions (
+    id              boolean     PRIMARY KEY DEFAULT true CHECK (id),
+    sha256          text        NOT NULL,
+    package_version text        NOT NULL,
+    applied_at      timestamptz NOT NULL DEFAULT now()
+);

@@ -31,6 +31,41 @@ def test_migrations_idempotent_and_fast(pg_dsn):
         assert [r[0] for r in rows] == [m.version for m in migrations.available()]
 
 
+_STUB = ("CREATE OR REPLACE FUNCTION jointembed.items_table(p_name text) RETURNS regclass "
+         "LANGUAGE sql AS $$ SELECT 'pg_class'::regclass $$")
+
+
+def test_changed_definitions_are_reapplied_on_upgrade(pg_dsn):
+    """A database whose recorded definitions differ (an older package) gets ours again."""
+    with db.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(_STUB)
+        conn.execute("UPDATE jointembed.definitions SET sha256 = 'old', package_version = '0.0.1'")
+        assert migrations.apply(conn) == []   # no migration, but the definitions run again
+        src = conn.execute("SELECT prosrc FROM pg_proc WHERE proname = 'items_table'").fetchone()[0]
+        assert "pg_class" not in src
+        sha = conn.execute("SELECT sha256 FROM jointembed.definitions").fetchone()[0]
+        assert sha == migrations.definitions().sha256
+
+
+def test_older_package_never_overwrites_newer_definitions(pg_dsn):
+    with db.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(_STUB)
+        conn.execute("UPDATE jointembed.definitions SET sha256 = 'newer', package_version = '99.0.0'")
+        migrations.apply(conn)
+        src = conn.execute("SELECT prosrc FROM pg_proc WHERE proname = 'items_table'").fetchone()[0]
+        assert "pg_class" in src
+
+
+def test_definitions_table_missing_means_old_layout_upgraded(pg_dsn):
+    """A database made by the one-file-per-version layout (no jointembed.definitions)."""
+    with db.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(_STUB)
+        conn.execute("DROP TABLE jointembed.definitions")
+        migrations.apply(conn)
+        src = conn.execute("SELECT prosrc FROM pg_proc WHERE proname = 'items_table'").fetchone()[0]
+        assert "pg_class" not in src
+
+
 def test_concurrent_first_use_is_safe(pg_dsn):
     errors, barrier = [], threading.Barrier(4)
 

@@ -7,7 +7,7 @@
 -- returns at most ef_search rows) and restored afterwards. The embedding column is not
 -- returned; join jointembed.items_table(collection) on id when you need it.
 
-CREATE FUNCTION jointembed._items_table(p_collection text)
+CREATE OR REPLACE FUNCTION jointembed._items_table(p_collection text)
 RETURNS text
 LANGUAGE plpgsql STABLE AS $fn$
 DECLARE
@@ -22,7 +22,7 @@ BEGIN
 END
 $fn$;
 
-CREATE FUNCTION jointembed.search(collection text, query vector, k integer, target text DEFAULT NULL)
+CREATE OR REPLACE FUNCTION jointembed.search(collection text, query vector, k integer, target text DEFAULT NULL)
 RETURNS TABLE (id bigint, key text, modality text, distance float8, source text, text text)
 LANGUAGE plpgsql AS $fn$
 #variable_conflict use_column
@@ -63,7 +63,7 @@ COMMENT ON FUNCTION jointembed.search(text, vector, integer, text) IS
 
 -- Items nearest to an item already in the collection (the item itself excluded).
 -- target NULL means the item's own modality.
-CREATE FUNCTION jointembed.more_like_this(collection text, item_id bigint, k integer, target text DEFAULT NULL)
+CREATE OR REPLACE FUNCTION jointembed.more_like_this(collection text, item_id bigint, k integer, target text DEFAULT NULL)
 RETURNS TABLE (id bigint, key text, modality text, distance float8, source text, text text)
 LANGUAGE plpgsql AS $fn$
 #variable_conflict use_column

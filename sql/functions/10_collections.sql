@@ -1,32 +1,10 @@
--- 001: collections catalog and the per-collection items tables.
---
--- Each collection owns one items table, jointembed.items_<collection id>, because a
--- pgvector column needs a fixed dimension: embedding vector(D). Tables are created by
--- jointembed.create_collection(...) below, never by string-built SQL in Python.
---
--- Room for later migrations: attached user tables (side tables + work queue) can add
--- their own catalog (e.g. jointembed.attachments referencing collections(id)); the
--- `options` column holds per-collection settings that need no schema change.
-
-CREATE TABLE jointembed.collections (
-    id          serial      PRIMARY KEY,
-    name        text        NOT NULL UNIQUE CHECK (length(name) BETWEEN 1 AND 200),
-    model_id    text        NOT NULL,
-    dim         integer     NOT NULL CHECK (dim BETWEEN 1 AND 16000),
-    distance    text        NOT NULL DEFAULT 'l2' CHECK (distance = 'l2'),
-    items_table text        UNIQUE,   -- unqualified table name in schema jointembed
-    options     jsonb       NOT NULL DEFAULT '{}'::jsonb,
-    created_at  timestamptz NOT NULL DEFAULT now()
-);
-
-COMMENT ON TABLE jointembed.collections IS
-    'jointembed collections: one items table (items_table, schema jointembed) per collection';
+-- Collections: create, drop, find the items table (tables: migrations/001_schema.sql).
 
 -- Create (or find) a collection and its items table. Returns the collection row.
 -- Concurrent calls with the same name are safe: the loser of the race waits on the
 -- unique index and then finds the winner's row. Does not check model_id/dim of an
 -- existing collection: the caller compares them (jointembed_pg.store does, before writes).
-CREATE FUNCTION jointembed.create_collection(p_name text, p_model_id text, p_dim integer)
+CREATE OR REPLACE FUNCTION jointembed.create_collection(p_name text, p_model_id text, p_dim integer)
 RETURNS jointembed.collections
 LANGUAGE plpgsql AS $fn$
 DECLARE
@@ -63,7 +41,7 @@ END
 $fn$;
 
 -- Drop a collection and its items table. Returns false when there was none.
-CREATE FUNCTION jointembed.drop_collection(p_name text)
+CREATE OR REPLACE FUNCTION jointembed.drop_collection(p_name text)
 RETURNS boolean
 LANGUAGE plpgsql AS $fn$
 DECLARE
@@ -79,7 +57,7 @@ END
 $fn$;
 
 -- The items table of a collection as a regclass (for joins in ad-hoc SQL).
-CREATE FUNCTION jointembed.items_table(p_name text)
+CREATE OR REPLACE FUNCTION jointembed.items_table(p_name text)
 RETURNS regclass
 LANGUAGE sql STABLE AS $fn$
     SELECT ('jointembed.' || quote_ident(t.items_table))::regclass

@@ -1,0 +1,128 @@
+-- Attached user tables: model versions (reembed: begin, activate, abort, drop retired).
+
+-- The live version (active or building) whose model is (p_model_id, p_dim), or none.
+CREATE OR REPLACE FUNCTION jointembed.sync_version_for(p_id integer, p_model_id text, p_dim integer)
+RETURNS SETOF jointembed.attachment_versions
+LANGUAGE sql STABLE AS $fn$
+    SELECT * FROM jointembed.attachment_versions v
+    WHERE v.attachment_id = p_id AND v.state IN ('active', 'building')
+      AND v.model_id = p_model_id AND v.dim = p_dim
+$fn$;
+
+-- Start building a new version for another model (reembed): a new side table beside the
+-- active one, every row enqueued for it. Resumes a building version of the same model;
+-- refuses while another model is being built. Returns the building version.
+CREATE OR REPLACE FUNCTION jointembed.sync_begin_version(p_id integer, p_model_id text, p_dim integer)
+RETURNS jointembed.attachment_versions
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    a jointembed.attachments;
+    v jointembed.attachment_versions;
+    n integer;
+BEGIN
+    SELECT * INTO STRICT a FROM jointembed.attachments x WHERE x.id = p_id FOR UPDATE;
+    SELECT * INTO v FROM jointembed.attachment_versions x
+    WHERE x.attachment_id = p_id AND x.state = 'building';
+    IF FOUND THEN
+        IF v.model_id = p_model_id AND v.dim = p_dim THEN
+            RETURN v;
+        END IF;
+        RAISE EXCEPTION 'jointembed: %.% is already being re-embedded with model % (dim %); finish or abort that first',
+            quote_ident(a.schema_name), quote_ident(a.table_name), v.model_id, v.dim
+            USING ERRCODE = 'object_in_use';
+    END IF;
+    n := (SELECT max(version) + 1 FROM jointembed.attachment_versions WHERE attachment_id = p_id);
+    INSERT INTO jointembed.attachment_versions AS x (attachment_id, version, model_id, dim, side_table, state)
+    VALUES (p_id, n, p_model_id, p_dim, 'a' || p_id || '_v' || n, 'building')
+    RETURNING x.* INTO v;
+    PERFORM jointembed._sync_create_side(a, v.side_table, p_model_id, p_dim);
+    EXECUTE format('LOCK TABLE %I.%I IN SHARE ROW EXCLUSIVE MODE', a.schema_name, a.table_name);
+    PERFORM jointembed._sync_backfill(a, n);
+    RETURN v;
+END
+$fn$;
+
+-- Abandon a building version (its side table and queue rows). Returns false if none.
+CREATE OR REPLACE FUNCTION jointembed.sync_abort_version(p_id integer)
+RETURNS boolean
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    a jointembed.attachments;
+    v jointembed.attachment_versions;
+BEGIN
+    SELECT * INTO STRICT a FROM jointembed.attachments x WHERE x.id = p_id FOR UPDATE;
+    DELETE FROM jointembed.attachment_versions x
+    WHERE x.attachment_id = p_id AND x.state = 'building' RETURNING x.* INTO v;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    EXECUTE format('DELETE FROM jointembed.%I WHERE version = $1', a.queue_table) USING v.version;
+    EXECUTE format('DROP TABLE IF EXISTS jointembed.%I', v.side_table);
+    RETURN true;
+END
+$fn$;
+
+-- Switch searches to the building version, atomically: it becomes active, the old one
+-- retired (its queue rows dropped; its side table is returned for the caller to drop
+-- in a later transaction, so searches already running on it finish). Refuses while rows
+-- of the building version were never attempted (failed rows carry over and keep retrying).
+CREATE OR REPLACE FUNCTION jointembed.sync_activate_version(p_id integer, p_version integer)
+RETURNS text
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    a       jointembed.attachments;
+    v       jointembed.attachment_versions;
+    old     jointembed.attachment_versions;
+    waiting bigint;
+BEGIN
+    SELECT * INTO STRICT a FROM jointembed.attachments x WHERE x.id = p_id FOR UPDATE;
+    SELECT * INTO v FROM jointembed.attachment_versions x
+    WHERE x.attachment_id = p_id AND x.version = p_version AND x.state = 'building';
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'jointembed: version % of %.% is not being built', p_version,
+            quote_ident(a.schema_name), quote_ident(a.table_name) USING ERRCODE = 'no_data_found';
+    END IF;
+    EXECUTE format('SELECT count(*) FROM jointembed.%I WHERE version = $1 AND last_error IS NULL',
+                   a.queue_table) INTO waiting USING p_version;
+    IF waiting > 0 THEN
+        RAISE EXCEPTION 'jointembed: version % of %.% still has % rows to embed', p_version,
+            quote_ident(a.schema_name), quote_ident(a.table_name), waiting
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    UPDATE jointembed.attachment_versions x SET state = 'retired'
+    WHERE x.attachment_id = p_id AND x.state = 'active' RETURNING x.* INTO old;
+    UPDATE jointembed.attachment_versions x SET state = 'active', activated_at = now()
+    WHERE x.attachment_id = p_id AND x.version = p_version;
+    UPDATE jointembed.attachments x SET model_id = v.model_id, dim = v.dim, active_version = v.version
+    WHERE x.id = p_id;
+    EXECUTE format('DELETE FROM jointembed.%I WHERE version = $1', a.queue_table) USING old.version;
+    RETURN old.side_table;
+END
+$fn$;
+
+-- Drop the side table of a retired version (after sync_activate_version committed).
+CREATE OR REPLACE FUNCTION jointembed.sync_drop_retired(p_id integer)
+RETURNS integer
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    v record;
+    n integer := 0;
+    q text := (SELECT queue_table FROM jointembed.attachments WHERE id = p_id);
+BEGIN
+    FOR v IN DELETE FROM jointembed.attachment_versions x
+             WHERE x.attachment_id = p_id AND x.state = 'retired' RETURNING x.side_table, x.version LOOP
+        EXECUTE format('DROP TABLE IF EXISTS jointembed.%I', v.side_table);
+        EXECUTE format('DELETE FROM jointembed.%I WHERE version = $1', q) USING v.version;
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END
+$fn$;
+
+-- All versions of an attachment, active first.
+CREATE OR REPLACE FUNCTION jointembed.sync_versions(p_id integer)
+RETURNS SETOF jointembed.attachment_versions
+LANGUAGE sql STABLE AS $fn$
+    SELECT * FROM jointembed.attachment_versions v WHERE v.attachment_id = p_id
+    ORDER BY v.state <> 'active', v.version DESC
+$fn$;

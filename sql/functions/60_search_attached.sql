@@ -1,0 +1,54 @@
+-- Search over an attached table's active side table.
+
+-- k nearest rows of an attached table to a query vector (L2, float8, smaller is closer),
+-- searching the active version only (one model). key is the user's key as text: join
+-- back with `JOIN t ON t.<key> = r.key::<key type>`. p_modality image|text|NULL (both).
+CREATE OR REPLACE FUNCTION jointembed.search_attached(p_table regclass, p_query vector, p_k integer DEFAULT 10,
+                                           p_modality text DEFAULT NULL)
+RETURNS TABLE (key text, modality text, distance float8)
+LANGUAGE plpgsql AS $fn$
+#variable_conflict use_column
+DECLARE
+    a      jointembed.attachments;
+    v      jointembed.attachment_versions;
+    old_ef text := current_setting('hnsw.ef_search', true);
+    -- non-positional %I/%L: the UNION below formats it twice with different arguments
+    one    text := '(SELECT s.key::text, s.modality, s.embedding <-> $1 AS distance FROM jointembed.%I s '
+                   'WHERE s.modality = %L ORDER BY s.embedding <-> $1 LIMIT $2)';
+BEGIN
+    IF p_k IS NULL OR p_k < 1 THEN
+        RAISE EXCEPTION 'jointembed.search_attached: k must be >= 1, got %', p_k
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_modality IS NOT NULL AND p_modality NOT IN ('image', 'text') THEN
+        RAISE EXCEPTION 'jointembed.search_attached: modality must be ''image'', ''text'' or NULL, got %',
+            quote_literal(p_modality) USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT * INTO a FROM jointembed.attachments x WHERE x.table_oid = p_table::oid;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'jointembed: table % is not attached', p_table USING ERRCODE = 'undefined_table';
+    END IF;
+    SELECT * INTO STRICT v FROM jointembed.attachment_versions x
+    WHERE x.attachment_id = a.id AND x.state = 'active';
+    IF vector_dims(p_query) <> v.dim THEN
+        RAISE EXCEPTION 'jointembed: query vector has % dimensions but % is embedded with model % (dim %)',
+            vector_dims(p_query), p_table, v.model_id, v.dim USING ERRCODE = 'data_exception';
+    END IF;
+    IF p_k > coalesce(old_ef, '40')::integer THEN
+        PERFORM set_config('hnsw.ef_search', least(p_k, 1000)::text, true);
+    END IF;
+    IF p_modality IS NULL THEN
+        RETURN QUERY EXECUTE format('SELECT * FROM (' || one || ' UNION ALL ' || one
+                                    || ') u ORDER BY u.distance LIMIT $2',
+                                    v.side_table, 'image', v.side_table, 'text') USING p_query, p_k;
+    ELSE
+        RETURN QUERY EXECUTE format(one, v.side_table, p_modality) USING p_query, p_k;
+    END IF;
+    IF old_ef IS NOT NULL THEN
+        PERFORM set_config('hnsw.ef_search', old_ef, true);
+    END IF;
+END
+$fn$;
+
+COMMENT ON FUNCTION jointembed.search_attached(regclass, vector, integer, text) IS
+    'k nearest rows of an attached table (active model only): key as text, modality, L2 distance';
