@@ -45,7 +45,7 @@ def _engines(bundle: Bundle, int8: Bundle | None, checkpoint: Path | None, threa
     """``{name: (image_fn(pixels), text_fn(captions))}`` for every available engine."""
     import torch
 
-    from export.build import source_encoders
+    from jointembed_export.build import source_encoders
 
     torch.set_num_threads(threads)
     image_enc, text_enc = source_encoders(bundle, checkpoint)
@@ -77,8 +77,8 @@ def run(bundle: Bundle, int8: Bundle | None, data_dir: Path, *, checkpoint: Path
     Returns:
         ``{"rows": {engine: {"images/s b=1": float, ...}}, "decode_images_per_s": float, ...}``.
     """
-    from export.data import load_split
-    from export.parity import load_pixels
+    from jointembed_export.data import load_split
+    from jointembed_export.parity import load_pixels
 
     split = load_split(data_dir, "test", limit=n_items)
     t0 = time.perf_counter()

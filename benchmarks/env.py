@@ -29,7 +29,7 @@ def resolve_bundle(path: Path | None) -> Path:
     if path is not None:
         return Path(path)
     try:
-        from export.build import build_default_bundle, bundle_is_current
+        from jointembed_export.build import build_default_bundle, bundle_is_current
     except ImportError as e:
         if (TEST_BUNDLE / "manifest.json").is_file():
             return TEST_BUNDLE

@@ -1,7 +1,7 @@
 """The path a user would write without jointembed: PyTorch eager, one item at a time,
 one autocommitted ``INSERT`` per row.
 
-Same trained weights (``training.checkpoint.load``), same preprocessing functions, same
+Same trained weights (``jointembed_train.checkpoint.load``), same preprocessing functions, same
 items table layout as the product path; only the execution strategy differs.
 """
 from __future__ import annotations
@@ -81,7 +81,7 @@ def _texts(enc, conn, stmt, captions: list[tuple[str, str]], model_id: str, max_
     import torch
     from tokenizers import Tokenizer
 
-    from training import backbones
+    from jointembed_train import backbones
 
     tok = Tokenizer.from_file(str(backbones.tokenizer_path()))
     tok.no_padding()
@@ -119,8 +119,8 @@ def run(database, bundle, checkpoint: Path, paths: list[Path], captions: list[tu
     """
     import torch
 
-    from training import checkpoint as ckpt_mod
-    from training import encoders
+    from jointembed_train import checkpoint as ckpt_mod
+    from jointembed_train import encoders
 
     ckpt = ckpt_mod.load(checkpoint)
     coll = database.collection("naive", bundle)

@@ -130,7 +130,7 @@ def _reproduce(results: dict) -> str:
         "By default the run starts a throw-away embedded PostgreSQL (pgserver) in a temporary "
         "directory and deletes it afterwards; with `--dsn` it creates and drops its own collections. "
         f"The model bundle is `{_rel(results['bundle']['path'])}` (built from `training/weights/default.pt` "
-        "by `export.build.build_default_bundle` when missing, as the tests do). Images and captions "
+        "by `jointembed_export.build.build_default_bundle` when missing, as the tests do). Images and captions "
         f"are real Flickr8K items read in place from `{results['data_dir']}`. Other processes running "
         "on the same cores lower every rate: compare the load averages below. Encoder throughput of "
         "PyTorch vs ONNX fp32 vs int8 is a separate command, `python -m benchmarks.encoders` "

@@ -1,9 +1,9 @@
 """export: turn a trained checkpoint into a model bundle (ONNX encoders + manifest).
 
 Needs the ``[export]`` extra (torch, onnx). The runtime (:mod:`jointembed_pg.bundle`) reads
-what this package writes and never imports it. Entry points live in :mod:`export.build`:
+what this package writes and never imports it. Entry points live in :mod:`jointembed_export.build`:
 ``build_bundle``, ``build_default_bundle``, ``bundle_is_current``, ``verify_parity``;
-the int8 variant in :mod:`export.int8`.
+the int8 variant in :mod:`jointembed_export.int8`.
 """
 from __future__ import annotations
 

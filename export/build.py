@@ -8,12 +8,8 @@ staging directory into place: a failed export never leaves a half-written bundle
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -24,50 +20,23 @@ from jointembed_pg.preprocess import ImageSpec
 
 from . import ExportError, graphs, parity
 from .manifest import ExportOptions, make_manifest, make_model_id, write_manifest
+from .staging import int8_dir, staged_dir
+
+__all__ = ["build_bundle", "build_default_bundle", "bundle_is_current", "default_checkpoint", "int8_dir",
+           "source_encoders", "staged_dir", "verify_parity"]
 
 log = logging.getLogger(__name__)
 
-#: Suffix of the int8 sibling bundle: ``<name>-int8``.
-INT8_SUFFIX = "-int8"
-
-
 def default_checkpoint() -> Path:
     """The committed checkpoint ``training/weights/default.pt``."""
-    import training
+    import jointembed_train
 
-    return Path(training.__file__).resolve().parent / "weights" / "default.pt"
-
-
-@contextmanager
-def staged_dir(out_dir: Path, *, force: bool = False) -> Iterator[Path]:
-    """Yield an empty staging directory; on success it replaces ``out_dir`` atomically.
-
-    Raises:
-        ExportError: ``out_dir`` exists and ``force`` is false (checked before any work).
-    """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not force:
-        raise ExportError(f"{out_dir} already exists (use --force to replace it)")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    tmp.chmod(0o755)
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    return Path(jointembed_train.__file__).resolve().parent / "weights" / "default.pt"
 
 
 def load_encoders(checkpoint: Path):
     """``(ckpt, image_encoder, text_encoder)`` from the training API, in eval mode."""
-    from training import checkpoint as ckpt_mod, encoders
+    from jointembed_train import checkpoint as ckpt_mod, encoders
 
     try:
         ckpt = ckpt_mod.load(checkpoint)
@@ -81,14 +50,14 @@ def build_bundle(checkpoint: Path, out_dir: Path, *, data_dir: Path | None = Non
     """Export ``checkpoint`` as an fp32 bundle in ``out_dir``; returns ``out_dir``.
 
     Args:
-        checkpoint: a training checkpoint (``training.checkpoint.load`` reads it).
+        checkpoint: a training checkpoint (``jointembed_train.checkpoint.load`` reads it).
         out_dir: bundle directory to create (replaced only if ``force``).
         data_dir: Flickr8K-layout directory for the parity inputs (synthetic if ``None``).
 
     Raises:
         ExportError: ``out_dir`` exists, ONNX export failed, or parity exceeds 1e-4.
     """
-    from training.backbones import tokenizer_path
+    from jointembed_train.backbones import tokenizer_path
 
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     with staged_dir(out_dir, force=force) as tmp:
@@ -120,18 +89,12 @@ def _probe(image_enc, pixels: np.ndarray, config: dict) -> tuple[int, bool]:
     return int(z.shape[1]), normalized
 
 
-def int8_dir(fp32_dir: Path) -> Path:
-    """``<dir>-int8`` beside an fp32 bundle directory."""
-    fp32_dir = Path(fp32_dir)
-    return fp32_dir.with_name(fp32_dir.name + INT8_SUFFIX)
-
-
 def build_default_bundle(out_dir: Path | None = None, *, checkpoint: Path | None = None, int8: bool = False,
                          data_dir: Path | None = None, force: bool = False) -> Path:
     """Export the committed weights (or ``checkpoint``) into ``out_dir``.
 
     Defaults: ``out_dir = bundles_dir()/default``, parity on ``paths.default_data_dir()``.
-    With ``int8`` also writes ``<out_dir>-int8`` (see :mod:`export.int8`). Without
+    With ``int8`` also writes ``<out_dir>-int8`` (see :mod:`jointembed_export.int8`). Without
     ``force``, an existing fp32 bundle that is current for ``checkpoint`` is kept as is
     (so ``jointembed model build --int8`` after ``jointembed demo`` only adds the int8 one).
 

@@ -1,6 +1,6 @@
 """Flickr8K-layout data for parity checks and int8 evaluation (read in place).
 
-A thin view over :func:`training.data.load_flickr8k` (one Flickr8K reader in the project).
+A thin view over :func:`jointembed_train.data.load_flickr8k` (one Flickr8K reader in the project).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class Split:
 
 def is_flickr8k(data_dir: Path | None) -> bool:
     """Whether ``data_dir`` looks like a Flickr8K-layout directory."""
-    from training.data import FLICKR8K_TOKEN_FILE
+    from jointembed_train.data import FLICKR8K_TOKEN_FILE
 
     return data_dir is not None and (Path(data_dir) / FLICKR8K_TOKEN_FILE).is_file()
 
@@ -40,7 +40,7 @@ def load_split(data_dir: Path, split: str = "test", limit: int | None = None) ->
     Raises:
         ExportError: the directory is not Flickr8K-layout or lacks the split.
     """
-    from training.data import load_flickr8k
+    from jointembed_train.data import load_flickr8k
 
     try:
         corpus = load_flickr8k(data_dir)

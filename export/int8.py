@@ -13,7 +13,7 @@ softmax at ``tau_end`` amplifies small errors) and the L2 normalisation stay fp3
   on Flickr8K test (VSE++ linear-head checkpoint).
 
 The fp32 and int8 bundles are compared in memory on the Flickr8K test split (1,000
-images, 5,000 captions, L2 ranking) with :func:`training.metrics.retrieval_metrics`.
+images, 5,000 captions, L2 ranking) with :func:`jointembed_pg.metrics.retrieval_metrics`.
 """
 from __future__ import annotations
 
@@ -25,18 +25,19 @@ from pathlib import Path
 import numpy as np
 
 from jointembed_pg.bundle import IMAGE_ONNX, TEXT_ONNX, TOKENIZER, Bundle
+from jointembed_pg.metrics import retrieval_metrics
 
 from . import ExportError
-from .build import staged_dir
 from .data import is_flickr8k, load_split
 from .manifest import ExportOptions, file_entries, make_model_id, write_manifest
 from .parity import load_pixels, parity_inputs
+from .staging import staged_dir
 
 #: Recorded in the manifest and hashed into the model id.
 METHOD = "image:static-qdq-minmax-per-channel;text:dynamic-per-channel-ffn-out-fp32;backbones-only"
 #: Train images used to calibrate activation ranges of the image backbone.
 CALIBRATION_IMAGES = 64
-#: Node-name prefix of backbone ops in graphs written by :mod:`export.graphs`.
+#: Node-name prefix of backbone ops in graphs written by :mod:`jointembed_export.graphs`.
 BACKBONE_PREFIX = "/encoder/backbone/"
 
 
@@ -96,8 +97,6 @@ def quantize_text(src: Path, dst: Path) -> None:
 
 def split_metrics(bundle: Bundle, data_dir: Path, chunk: int = 100) -> dict[str, float]:
     """Flickr8K test retrieval metrics (flat keys, ``rsum``) of ``bundle``, L2 ranking."""
-    from training.metrics import retrieval_metrics
-
     split = load_split(data_dir, "test")
     imgs = np.concatenate([bundle.encode_pixels(load_pixels(split.images[i:i + chunk], bundle.image_spec))
                            for i in range(0, len(split.images), chunk)])

@@ -20,7 +20,7 @@ from jointembed_pg.preprocess import ImageSpec
 from jointembed_pg.text import DEFAULT_MAX_TOKENS, TRUNCATION
 
 #: Bump when the exporter's output changes for the same checkpoint: changes model_id and
-#: makes :func:`export.build.bundle_is_current` rebuild cached bundles.
+#: makes :func:`jointembed_export.build.bundle_is_current` rebuild cached bundles.
 EXPORT_VERSION = 1
 
 

@@ -31,19 +31,18 @@ def ensure_default_bundle(progress: bool = True) -> Path:
     Raises:
         BundleError: the bundle is missing and the export extra (torch) is not installed.
     """
+    from . import exporter
     from .bundle import Bundle
-    from .errors import BundleError
 
     target = paths.bundles_dir() / paths.DEFAULT_BUNDLE
     if (target / "manifest.json").is_file():
         return target
     try:
-        from export.build import build_default_bundle
-    except ImportError as e:
-        raise BundleError(f"no model bundle at {target}, and the exporter is not installed "
-                          "(pip install -e '.[export]', then: jointembed model build)") from e
+        build = exporter.load()
+    except exporter.ExporterMissing as e:
+        raise exporter.ExporterMissing(f"no model bundle at {target}, and {e}; then: jointembed model build") from e
     click.echo(f"building the default model bundle into {target} (one time, ~1-2 min) ...", err=True)
-    build_default_bundle(target)
+    build.build_default_bundle(target)
     Bundle.load(target)
     return target
 

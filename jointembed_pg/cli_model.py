@@ -1,8 +1,8 @@
 """``jointembed model ...``: build, inspect and verify model bundles.
 
 ``build`` and the parity part of ``verify`` need the ``[export]`` extra (torch, onnx);
-the :mod:`export` package is imported inside those commands only, so the rest of the
-CLI stays torch-free.
+they reach the exporter through its entry point (:mod:`jointembed_pg.exporter`), inside
+those commands only, so the CLI never names the exporter and stays torch-free.
 """
 from __future__ import annotations
 
@@ -11,20 +11,17 @@ from pathlib import Path
 
 import click
 
-from . import paths
+from . import exporter, paths
 from .bundle import BUNDLE_FILES, Bundle, resolve
 from .errors import JointEmbedError
 
-_EXTRA_HINT = "install the export extra: pip install 'jointembed-pg[export]'"
-
 
 def _export_build():
-    """The :mod:`export.build` module, or a ClickException saying which extra is missing."""
+    """The registered exporter, or a ClickException saying which extra to install."""
     try:
-        from export import build
-    except ImportError as e:
-        raise click.ClickException(f"this command needs torch and onnx ({e}); {_EXTRA_HINT}") from e
-    return build
+        return exporter.load()
+    except exporter.ExporterMissing as e:
+        raise click.ClickException(str(e)) from e
 
 
 @click.group("model", help="Build, inspect and verify model bundles (ONNX encoders + manifest).")
@@ -112,9 +109,9 @@ def verify_cmd(bundle: str | None, checkpoint: Path | None, data_dir: Path | Non
         raise click.ClickException(str(e)) from e
     click.echo(f"{b.path}: manifest and sha256 of {len(BUNDLE_FILES)} files OK ({b.model_id})")
     try:
-        from export import build
-    except ImportError as e:
-        click.echo(f"parity skipped: torch/export not installed ({e})")
+        build = exporter.load()
+    except exporter.ExporterMissing as e:
+        click.echo(f"parity skipped: {e}")
         return
     try:  # export.ExportError is a JointEmbedError
         report = build.verify_parity(resolve(bundle), checkpoint=checkpoint, data_dir=data_dir)

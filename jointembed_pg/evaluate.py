@@ -2,14 +2,10 @@
 
 The split's images and captions are written with the same code path as
 ``jointembed index``, then every image and caption is ranked against the other modality
-by SQL ``<->`` (L2 distance) over the stored vectors, exactly (no index). Metrics follow
-the evaluation protocol of ``../shared/docs/METHOD.md``:
-
-* i2t R@K: % of images with at least one of their captions in the top K captions;
-* t2i R@K: % of captions whose image is in the top K images;
-* medr: median rank (1-based) of the first correct item; rsum: the sum of the six R@K.
-
-The rank of a query is ``1 + #(wrong items strictly closer than the closest right one)``.
+by SQL ``<->`` (L2 distance) over the stored vectors, exactly (no index). The ranks
+follow docs/METHOD.md's evaluation protocol (``1 + #(wrong items strictly closer than the
+closest right one)``); R@K, medr and rsum come from :mod:`jointembed_pg.metrics`, the same
+code training uses, with :func:`jointembed_pg.metrics.ranks` as the in-memory reference.
 """
 from __future__ import annotations
 
@@ -20,43 +16,7 @@ import numpy as np
 from psycopg import sql
 
 from . import ingest, readers
-
-KS = (1, 5, 10)
-
-
-def ranks_to_metrics(i2t_ranks: np.ndarray, t2i_ranks: np.ndarray) -> dict[str, float]:
-    """R@1/5/10 both ways, medr and rsum from 1-based ranks.
-
-    Args:
-        i2t_ranks: ``(N,) int`` rank of each image's best caption.
-        t2i_ranks: ``(M,) int`` rank of each caption's image.
-    Returns:
-        flat keys ``i2t_R@1`` ... ``t2i_R@10`` (percent), ``i2t_medr``, ``t2i_medr``, ``rsum``.
-    """
-    out: dict[str, float] = {}
-    for name, r in (("i2t", np.asarray(i2t_ranks)), ("t2i", np.asarray(t2i_ranks))):
-        for k in KS:
-            out[f"{name}_R@{k}"] = round(100.0 * float(np.mean(r <= k)), 2)
-        out[f"{name}_medr"] = float(np.median(r))
-    out["rsum"] = round(sum(out[f"{d}_R@{k}"] for d in ("i2t", "t2i") for k in KS), 2)
-    return out
-
-
-def in_memory_ranks(img: np.ndarray, cap: np.ndarray, caption_image_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Reference ranks with numpy: ``img (N,D)``, ``cap (M,D)`` float32, ids ``(M,) int64``.
-
-    Returns ``(i2t_ranks (N,), t2i_ranks (M,))`` with the rank rule of this module.
-    """
-    img64, cap64 = img.astype(np.float64), cap.astype(np.float64)
-    d = np.sqrt(np.maximum(((img64[:, None, :] - cap64[None, :, :]) ** 2).sum(-1), 0.0))  # (N, M) L2
-    ids = np.asarray(caption_image_ids)
-    pos = ids[None, :] == np.arange(len(img))[:, None]
-    best_i2t = np.where(pos, d, np.inf).min(1)
-    i2t = 1 + ((d < best_i2t[:, None]) & ~pos).sum(1)
-    best_t2i = d[ids, np.arange(len(ids))]
-    t2i = 1 + (d < best_t2i[None, :]).sum(0)
-    return i2t, t2i
-
+from .metrics import ranks_to_metrics
 
 _RANK_SQL = """
 WITH img AS MATERIALIZED (

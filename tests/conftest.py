@@ -92,7 +92,7 @@ def bundle_dir(tmp_path_factory) -> Path:
     if pre:
         return Path(pre)
     cache = REPO / ".jointembed" / "test-bundle"
-    from export.build import build_default_bundle, bundle_is_current
+    from jointembed_export.build import build_default_bundle, bundle_is_current
 
     if not bundle_is_current(cache):
         if cache.exists():

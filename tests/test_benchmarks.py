@@ -26,7 +26,7 @@ def bench_bundle(request) -> Path:
     if not os.environ.get("JOINTEMBED_TEST_BUNDLE") and not CHECKPOINT.is_file():
         pytest.skip(f"no committed weights at {CHECKPOINT}: the benchmark has no bundle to run")
     try:
-        import export.build  # noqa: F401
+        import jointembed_export.build  # noqa: F401
     except ImportError as e:
         pytest.skip(f"the exporter cannot be imported ({e}); install the [export] extra")
     return request.getfixturevalue("bundle_dir")

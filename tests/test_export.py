@@ -14,13 +14,13 @@ pytest.importorskip("torch")
 
 from click.testing import CliRunner  # noqa: E402
 
-from export import ExportError  # noqa: E402
-from export.build import (  # noqa: E402
+from jointembed_export import ExportError  # noqa: E402
+from jointembed_export.build import (  # noqa: E402
     build_bundle, bundle_is_current, default_checkpoint, source_encoders, staged_dir,
 )
-from export.data import load_split  # noqa: E402
-from export.manifest import ExportOptions, make_model_id  # noqa: E402
-from export.parity import PARITY_ATOL, load_pixels, torch_image, torch_text  # noqa: E402
+from jointembed_export.data import load_split  # noqa: E402
+from jointembed_export.manifest import ExportOptions, make_model_id  # noqa: E402
+from jointembed_export.parity import PARITY_ATOL, load_pixels, torch_image, torch_text  # noqa: E402
 from jointembed_pg.bundle import BUNDLE_FILES, sha256_file  # noqa: E402
 from jointembed_pg.cli_model import model as model_cli  # noqa: E402
 from jointembed_pg.preprocess import ImageSpec  # noqa: E402
@@ -108,7 +108,7 @@ def test_staged_dir_is_atomic(tmp_path: Path):
 
 def test_failed_export_leaves_no_bundle(tmp_path: Path, bundle, monkeypatch):
     """A crash after image.onnx was written must not leave a directory behind."""
-    from export import graphs
+    from jointembed_export import graphs
 
     def boom(*a, **k):
         raise RuntimeError("simulated text export failure")
@@ -172,7 +172,7 @@ def test_cli_info_missing_bundle(tmp_path: Path):
 
 
 def test_parity_inputs_cover_truncation(flickr8k_dir):
-    from export.parity import LONG_CAPTION, parity_inputs
+    from jointembed_export.parity import LONG_CAPTION, parity_inputs
 
     inp = parity_inputs(flickr8k_dir)
     assert inp.pixels.shape == (8, 3, 224, 224) and inp.pixels.dtype == np.float32
@@ -184,7 +184,7 @@ def test_parity_inputs_cover_truncation(flickr8k_dir):
     ((float("nan"), 0.0), "image.onnx differs from PyTorch by nan"),
 ])
 def test_parity_failure_is_loud(monkeypatch, diffs, match):
-    from export import parity
+    from jointembed_export import parity
 
     report = {"image_max_abs_diff": diffs[0], "text_max_abs_diff": diffs[1], "inputs": "test"}
     monkeypatch.setattr(parity, "compare", lambda *a: dict(report))

@@ -9,8 +9,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from export import ExportError  # noqa: E402
-from export.int8 import build_int8_bundle  # noqa: E402
+from jointembed_export import ExportError  # noqa: E402
+from jointembed_export.int8 import build_int8_bundle  # noqa: E402
 from jointembed_pg.bundle import Bundle  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.flickr8k]

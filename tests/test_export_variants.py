@@ -9,12 +9,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from export.build import build_bundle  # noqa: E402
-from export.parity import PARITY_ATOL  # noqa: E402
+from jointembed_export.build import build_bundle  # noqa: E402
+from jointembed_export.parity import PARITY_ATOL  # noqa: E402
 from jointembed_pg.bundle import Bundle  # noqa: E402
-from training import checkpoint  # noqa: E402
-from training.config import TrainConfig  # noqa: E402
-from training.model import JointHeads  # noqa: E402
+from jointembed_train import checkpoint  # noqa: E402
+from jointembed_train.config import TrainConfig  # noqa: E402
+from jointembed_train.model import JointHeads  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

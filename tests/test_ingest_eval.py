@@ -6,7 +6,8 @@ import pytest
 from psycopg import sql
 
 from jointembed_pg import ingest, readers
-from jointembed_pg.evaluate import evaluate_split, in_memory_ranks, ranks_to_metrics, sql_ranks
+from jointembed_pg.evaluate import evaluate_split, sql_ranks
+from jointembed_pg.metrics import ranks as in_memory_ranks, ranks_to_metrics
 from jointembed_pg.store import Store
 
 N_IMAGES = 120

@@ -11,10 +11,10 @@ from PIL import Image
 
 pytest.importorskip("torch")
 
-from export import ExportError  # noqa: E402
-from export.build import source_encoders  # noqa: E402
-from export.parity import PARITY_ATOL, load_pixels, torch_image  # noqa: E402
-from training.features import load_view  # noqa: E402
+from jointembed_export import ExportError  # noqa: E402
+from jointembed_export.build import source_encoders  # noqa: E402
+from jointembed_export.parity import PARITY_ATOL, load_pixels, torch_image  # noqa: E402
+from jointembed_train.features import load_view  # noqa: E402
 
 pytestmark = pytest.mark.flickr8k
 

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from training.config import TrainConfig
-from training.data import load_flickr8k, load_karpathy, load_pairs
+from jointembed_train.config import TrainConfig
+from jointembed_train.data import load_flickr8k, load_karpathy, load_pairs
 
 
 def test_flickr8k_layout(flickr8k_dir):

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from training.losses import (AdaptiveMarginLoss, CenterClassLoss, InfoNCELoss, VSE0Loss, VSEPPLoss,
+from jointembed_train.losses import (AdaptiveMarginLoss, CenterClassLoss, InfoNCELoss, VSE0Loss, VSEPPLoss,
                              hardest_negative_gaps, similarity)
-from training.quantizer import SoftQuantizer, commitment_loss, tau_at
+from jointembed_train.quantizer import SoftQuantizer, commitment_loss, tau_at
 
 # Three 2-D unit vectors: images u, captions v. u0=v0=e1, u1=v1=e2, u2=v2=-e1.
 E1, E2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])

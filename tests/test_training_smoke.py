@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from training import checkpoint, encoders
-from training.config import TrainConfig
-from training.data import Corpus, load_flickr8k
-from training.featureset import embed, load_split
-from training.features import tokenize
-from training.runner import train
+from jointembed_train import checkpoint, encoders
+from jointembed_train.config import TrainConfig
+from jointembed_train.data import Corpus, load_flickr8k
+from jointembed_train.featureset import embed, load_split
+from jointembed_train.features import tokenize
+from jointembed_train.runner import train
 
 N_IMAGES = 64
 N_TRAIN = 48
@@ -85,7 +85,7 @@ def test_checkpoint_roundtrip_and_encoder_parity(trained, small_corpus):
 
 def test_finetune_mode_cpu_smoke(small_corpus, tmp_path):
     """A few end-to-end steps with trainable backbones (GPU runs are out of scope here)."""
-    from training.finetune import train_finetune
+    from jointembed_train.finetune import train_finetune
 
     torch.set_num_threads(2)
     cfg = TrainConfig(mode="finetune", epochs=1, batch_size=4, lr=1e-3, image_views=("center", "hflip"))

@@ -1,4 +1,4 @@
-"""Entry point: ``python -m training ...`` (see :mod:`training.cli`)."""
+"""Entry point: ``python -m jointembed_train ...`` (see :mod:`jointembed_train.cli`)."""
 from .cli import main
 
 main()

@@ -1,4 +1,4 @@
-"""``python -m training {train,features,ablation,eval}``: argparse front end."""
+"""``python -m jointembed_train {train,features,ablation,eval}``: argparse front end."""
 from __future__ import annotations
 
 import argparse
@@ -89,7 +89,7 @@ def cmd_eval(a: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m jointembed_train", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train one configuration")
     _common(t)

@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from jointembed_pg.metrics import retrieval_metrics
+
 from .config import TrainConfig
 from .data import Corpus
 from .features import image_features, image_grid_features, text_features, tokenize
-from .metrics import retrieval_metrics
 from .model import JointHeads
 
 

@@ -1,9 +1,9 @@
 """Finetune mode (METHOD.md, Encoders): backbones train end to end with the heads.
 
 Wants a GPU for real runs; on CPU it is only smoke-tested (a few steps on a few images).
-Images go through :func:`training.features.load_view` (the runtime ``center`` pixels, or
+Images go through :func:`jointembed_train.features.load_view` (the runtime ``center`` pixels, or
 an augmented view), captions through the runtime tokenizer. The saved checkpoint carries
-the backbone weights too (``info["finetuned_backbones"]``, see :mod:`training.checkpoint`).
+the backbone weights too (``info["finetuned_backbones"]``, see :mod:`jointembed_train.checkpoint`).
 """
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from jointembed_pg.metrics import retrieval_metrics
+
 from . import backbones
 from . import checkpoint as ckpt_io
 from .config import TrainConfig
 from .data import Corpus
 from .features import load_view, tokenize
-from .metrics import retrieval_metrics
 from .model import JointHeads
 from .runner import build_rank_loss, seed_everything
 from jointembed_pg.preprocess import ImageSpec

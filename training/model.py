@@ -2,7 +2,7 @@
 
 :class:`JointHeads` holds exactly what a checkpoint ships: the image head, the text head
 and the (optional) shared quantizer. Backbones are attached only by
-:mod:`training.encoders` (export) or the finetune runner.
+:mod:`jointembed_train.encoders` (export) or the finetune runner.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Per step: sample B captions with their images, embed, ``L = L_rank + lambda_cls L_cls +
 lambda_c L_center + lambda_q L_commit`` (METHOD.md), AdamW step, anneal the quantizer's
 temperature. Per epoch: dev metrics; the best dev rsum is kept. At the end the best
-state is evaluated on test and written as a :mod:`training.checkpoint`.
+state is evaluated on test and written as a :mod:`jointembed_train.checkpoint`.
 """
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
-"""training.metrics against a naive full-argsort reference (STYLE.md rule 10)."""
+"""jointembed_pg.metrics (training, eval, export, benchmarks) against a naive full-argsort reference."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from training import metrics
+from jointembed_pg import metrics
 
 
 def naive(images: np.ndarray, captions: np.ndarray, ids: np.ndarray) -> dict[str, float]:
@@ -65,3 +65,43 @@ def test_coco_1k_is_fold_mean():
     assert folds["rsum"] == pytest.approx((a["rsum"] + b["rsum"]) / 2)
     with pytest.raises(ValueError):
         metrics.coco_1k_5fold(images[:9], caps[:18], ids[:18], folds=2)
+
+
+def _ranks_with_hits(n: int, hits: tuple[int, int, int]) -> np.ndarray:
+    """``(n,)`` 1-based ranks where exactly ``hits[j]`` are <= K_j for K = 1, 5, 10."""
+    r = np.full(n, 50, np.int64)
+    r[:hits[2]] = 10
+    r[:hits[1]] = 5
+    r[:hits[0]] = 1
+    return r
+
+
+def test_values_are_exact_not_float_sums():
+    # 1,000 images / 5,000 captions with hit counts whose naive float sum is 312.28000000000003
+    i2t, t2i = _ranks_with_hits(1000, (301, 350, 517)), _ranks_with_hits(5000, (1302, 3989, 4483))
+    m = metrics.ranks_to_metrics(i2t, t2i)
+    assert repr(m["rsum"]) == "312.28" and repr(m["i2t_R@1"]) == "30.1" and repr(m["t2i_R@1"]) == "26.04"
+    assert list(m) == list(metrics.KEYS)
+
+
+def test_unrounded_values_round_only_for_display():
+    m = metrics.ranks_to_metrics(np.array([1, 2, 9]), np.array([1, 7, 30]))  # 1/3, 2/3 -> no rounding
+    assert m["i2t_R@1"] == 100 / 3 and m["t2i_R@5"] == 100 / 3 and m["i2t_R@10"] == 100.0
+    assert m["rsum"] == 1000 / 3  # exact sum of 100 * (1/3 + 2/3 + 1 + 1/3 + 1/3 + 2/3)
+    assert metrics.rounded(m)["i2t_R@1"] == 33.33
+
+
+def test_zero_based_or_empty_ranks_are_rejected():
+    with pytest.raises(ValueError, match="1-based"):
+        metrics.ranks_to_metrics(np.array([0, 1]), np.array([1]))
+    with pytest.raises(ValueError, match="1-based"):
+        metrics.ranks_to_metrics(np.array([1]), np.array([], np.int64))
+
+
+def test_eval_and_training_share_one_implementation():
+    from jointembed_pg import evaluate
+
+    assert evaluate.ranks_to_metrics is metrics.ranks_to_metrics
+    from jointembed_train import featureset, finetune
+
+    assert featureset.retrieval_metrics is metrics.retrieval_metrics is finetune.retrieval_metrics
