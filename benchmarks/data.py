@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from jointembed_pg import readers
+from jointembed_pg import flickr8k
 
 #: Split order items are taken in: ingest takes the first ones, queries the last ones.
 SPLIT_ORDER = ("test", "dev", "train")
@@ -34,7 +34,7 @@ def load(data_dir: Path, n_images: int, n_captions: int, n_queries: int) -> Inpu
     images: list[Path] = []
     captions: list[tuple[str, str]] = []
     for split in SPLIT_ORDER:
-        s = readers.load_flickr8k(data_dir, split)
+        s = flickr8k.load_split(data_dir, split)
         images += s.image_paths
         captions += s.captions
     if n_images + n_queries > len(images):
@@ -49,4 +49,4 @@ def load(data_dir: Path, n_images: int, n_captions: int, n_queries: int) -> Inpu
     for k, t in captions:
         by_image.setdefault(k.split("#", 1)[0], t)
     query_texts = [by_image[p.name] for p in reversed(images) if p.name in by_image and p.name not in names]
-    return Inputs(ingest, own[:n_captions], held_out, query_texts[:n_queries], data_dir / readers.TOKEN_FILE)
+    return Inputs(ingest, own[:n_captions], held_out, query_texts[:n_queries], data_dir / flickr8k.TOKEN_FILE)

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks import machine  # noqa: E402
-from jointembed_pg import distributed, ingest, readers  # noqa: E402
+from jointembed_pg import distributed, flickr8k, ingest, readers  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "flickr8k"
 OUT = REPO / "docs" / "BENCHMARKS_DISTRIBUTED.md"
@@ -51,7 +51,7 @@ MAINTENANCE_WORK_MEM = "1GB"
 # -- part 1: distributed vs single process ----------------------------------------------------
 def _inputs(data: Path, n_images: int, n_captions: int, tmp: Path) -> tuple[list[Path], Path]:
     images = sorted((data / "images").glob("*.jpg"))[:n_images]
-    lines = (data / readers.TOKEN_FILE).read_bytes().splitlines()[:n_captions]
+    lines = (data / flickr8k.TOKEN_FILE).read_bytes().splitlines()[:n_captions]
     captions = tmp / "captions.token.txt"
     captions.write_bytes(b"\n".join(lines) + b"\n")
     return images, captions

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psycopg
 
-from jointembed_pg import db, paths, readers
+from jointembed_pg import db, flickr8k, paths
 from jointembed_pg.bundle import Bundle
 from jointembed_pg.store import Store
 
@@ -47,7 +47,7 @@ def resolve_bundle(path: Path | None) -> Path:
 def flickr8k_dir(path: Path | None) -> Path:
     """The Flickr8K directory (read in place). Raises Unavailable when absent."""
     d = Path(path) if path is not None else paths.default_data_dir()
-    if d is None or not (Path(d) / readers.TOKEN_FILE).is_file():
+    if d is None or not (Path(d) / flickr8k.TOKEN_FILE).is_file():
         raise Unavailable(f"Flickr8K not found at {d} (pass --data-dir or set JOINTEMBED_DATA_DIR)")
     return Path(d)
 

@@ -1,6 +1,7 @@
 """Flickr8K-layout data for parity checks and int8 evaluation (read in place).
 
-A thin view over :func:`jointembed_train.data.load_flickr8k` (one Flickr8K reader in the project).
+A thin view over :func:`jointembed_train.data.load_flickr8k` (images in name order), which
+parses with :mod:`jointembed_pg.flickr8k`, the one Flickr8K reader of the project.
 """
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from jointembed_pg import flickr8k
+from jointembed_pg.errors import InputError
 
 from . import ExportError
 
@@ -29,9 +33,7 @@ class Split:
 
 def is_flickr8k(data_dir: Path | None) -> bool:
     """Whether ``data_dir`` looks like a Flickr8K-layout directory."""
-    from jointembed_train.data import FLICKR8K_TOKEN_FILE
-
-    return data_dir is not None and (Path(data_dir) / FLICKR8K_TOKEN_FILE).is_file()
+    return flickr8k.is_flickr8k(data_dir)
 
 
 def load_split(data_dir: Path, split: str = "test", limit: int | None = None) -> Split:
@@ -45,7 +47,7 @@ def load_split(data_dir: Path, split: str = "test", limit: int | None = None) ->
     try:
         corpus = load_flickr8k(data_dir)
         view = corpus.split(split)
-    except (FileNotFoundError, KeyError, ValueError) as e:
+    except (FileNotFoundError, KeyError, ValueError, InputError) as e:
         raise ExportError(f"{data_dir}: cannot read Flickr8K split {split!r} ({e})") from e
     n = len(view.image_index) if limit is None else min(limit, len(view.image_index))
     keep = view.caption_image_ids < n

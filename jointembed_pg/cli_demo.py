@@ -62,7 +62,7 @@ def ensure_default_bundle(progress: bool = True) -> Path:
 @click.pass_obj
 def demo(obj, data_dir, split, collection, html_path, k, dsn, bundle_name, as_json, progress):
     """Main job: build the bundle, index Flickr8K into Postgres, run cross-modal queries."""
-    from . import ingest, readers
+    from . import flickr8k, ingest, readers
     from .gallery import write_gallery
 
     show = _progress(progress)
@@ -71,7 +71,7 @@ def demo(obj, data_dir, split, collection, html_path, k, dsn, bundle_name, as_js
         if data_dir is None:
             raise InputError("no Flickr8K data found at ../shared/data/flickr8k; "
                              "pass --data-dir DIR (a directory with images/ and Flickr8k.token.txt)")
-        data = readers.load_flickr8k(data_dir, split)
+        data = flickr8k.load_split(data_dir, split)
         bundle = obj.bundle(bundle_name or str(ensure_default_bundle(show)))
         name = collection or f"flickr8k_{split}"
         coll = obj.store(dsn).collection(name, model_id=bundle.model_id, dim=bundle.dim, create=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from psycopg import sql
 
-from . import ingest, readers
+from . import flickr8k, ingest, readers
 from .metrics import ranks_to_metrics
 
 _RANK_SQL = """
@@ -78,7 +78,7 @@ def evaluate_split(collection, bundle, data_dir: str | Path, split: str = "test"
     """
     from .errors import InputError
 
-    data = readers.load_flickr8k(data_dir, split)
+    data = flickr8k.load_split(data_dir, split)
     img_recs = [readers.PathRecord(str(p), p) for p in data.image_paths]
     cap_recs = [readers.TextRecord(k, t) for k, t in data.captions]
     rep_i = ingest.index_images(collection, bundle, img_recs, progress=progress)

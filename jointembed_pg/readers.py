@@ -1,4 +1,4 @@
-"""Input readers: image paths, caption files, and the Flickr8K layout.
+"""Input readers: image paths and caption files (the Flickr8K layout: :mod:`jointembed_pg.flickr8k`).
 
 Caption files (``jointembed index texts FILE``) come in three formats, chosen by suffix:
 
@@ -23,13 +23,6 @@ from .errors import InputError
 
 #: File suffixes taken when a directory is walked (an explicitly named file is always tried).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
-
-TOKEN_FILE = "Flickr8k.token.txt"
-SPLIT_FILES = {
-    "train": "Flickr_8k.trainImages.txt",
-    "dev": "Flickr_8k.devImages.txt",
-    "test": "Flickr_8k.testImages.txt",
-}
 
 
 @dataclass(frozen=True)
@@ -184,49 +177,3 @@ def _checked(key: str, text: object) -> TextRecord:
         return TextRecord(key, clean_text(text, key))
     except InputError as e:
         return TextRecord(key, "", str(e))
-
-
-@dataclass(frozen=True)
-class Flickr8kSplit:
-    """One split of a Flickr8K-layout directory.
-
-    Attributes:
-        image_paths: the split's image files, in split-file order.
-        captions: ``(key, caption)`` pairs, e.g. ``("1000268201_693b08cb0e.jpg#0", "A child ...")``.
-        caption_image_ids: ``(M,)`` index into ``image_paths`` of each caption's image.
-    """
-
-    image_paths: list[Path]
-    captions: list[tuple[str, str]]
-    caption_image_ids: list[int]
-
-
-def load_flickr8k(data_dir: str | Path, split: str) -> Flickr8kSplit:
-    """Read a Flickr8K-layout directory (``images/``, token file, split files).
-
-    Raises:
-        InputError: the directory, the token file, the split file or the images are missing,
-            or ``split`` is not one of train/dev/test.
-    """
-    root = Path(data_dir).expanduser()
-    if split not in SPLIT_FILES:
-        raise InputError(f"unknown split {split!r}; choose one of {', '.join(SPLIT_FILES)}")
-    if not root.is_dir():
-        raise InputError(f"data directory {root} does not exist (pass --data-dir DIR with a Flickr8K layout)")
-    for name in (TOKEN_FILE, SPLIT_FILES[split], "images"):
-        if not (root / name).exists():
-            raise InputError(f"{root} is not a Flickr8K-layout directory: {name} is missing")
-    names = [n.strip() for n in (root / SPLIT_FILES[split]).read_text().splitlines() if n.strip()]
-    index = {n: i for i, n in enumerate(names)}
-    captions: list[tuple[str, str]] = []
-    ids: list[int] = []
-    for rec in _read_token_file(root / TOKEN_FILE, (root / TOKEN_FILE).read_bytes().splitlines()):
-        image = rec.key.split("#", 1)[0]
-        if image in index and rec.error is None:
-            captions.append((rec.key, rec.text))
-            ids.append(index[image])
-    paths = [(root / "images" / n).resolve() for n in names]
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        raise InputError(f"{len(missing)} images of the {split} split are missing under {root / 'images'}, e.g. {missing[0].name}")
-    return Flickr8kSplit(paths, captions, ids)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jointembed_pg import distributed, ingest, readers
+from jointembed_pg import distributed, flickr8k, ingest, readers
 from jointembed_pg.errors import JointEmbedError
 
 N_ITEMS = 1000
@@ -119,7 +119,7 @@ def _paths(image_dir: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def caption_file(flickr8k_dir, tmp_path_factory) -> Path:
-    lines = (flickr8k_dir / readers.TOKEN_FILE).read_bytes().splitlines()[:N_CAPTIONS]
+    lines = (flickr8k_dir / flickr8k.TOKEN_FILE).read_bytes().splitlines()[:N_CAPTIONS]
     path = tmp_path_factory.mktemp("ray_texts") / "captions.token.txt"
     path.write_bytes(b"\n".join(lines + [b"a line without a tab"]) + b"\n")
     return path

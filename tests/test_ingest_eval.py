@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from psycopg import sql
 
-from jointembed_pg import ingest, readers
+from jointembed_pg import flickr8k, ingest, readers
 from jointembed_pg.evaluate import evaluate_split, sql_ranks
 from jointembed_pg.metrics import ranks as in_memory_ranks, ranks_to_metrics
 from jointembed_pg.store import Store
@@ -20,7 +20,7 @@ def _vec(v) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def subset(flickr8k_dir):
-    split = readers.load_flickr8k(flickr8k_dir, "test")
+    split = flickr8k.load_split(flickr8k_dir, "test")
     keep = set(range(N_IMAGES))
     caps = [(c, i) for c, i in zip(split.captions, split.caption_image_ids) if i in keep]
     return split.image_paths[:N_IMAGES], [c for c, _ in caps], np.array([i for _, i in caps])

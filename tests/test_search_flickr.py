@@ -20,9 +20,9 @@ def real(request, flickr8k_dir, module_pg_dsn):
     except Exception as e:  # noqa: BLE001 - bundle build depends on other packages/weights
         pytest.skip(f"real-data search tests need the model bundle, which cannot be built here: "
                     f"{type(e).__name__}: {e}")
-    from jointembed_pg.readers import load_flickr8k
+    from jointembed_pg.flickr8k import load_split
 
-    data = load_flickr8k(flickr8k_dir, "test")
+    data = load_split(flickr8k_dir, "test")
     paths = data.image_paths[:N_IMAGES]
     caps = [(key, text) for (key, text), i in zip(data.captions, data.caption_image_ids) if i < N_IMAGES]
     img = bundle.encode_images([str(p) for p in paths])

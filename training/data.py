@@ -15,12 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-FLICKR8K_TOKEN_FILE = "Flickr8k.token.txt"
-FLICKR8K_SPLIT_FILES = {
-    "train": "Flickr_8k.trainImages.txt",
-    "dev": "Flickr_8k.devImages.txt",
-    "test": "Flickr_8k.testImages.txt",
-}
+from jointembed_pg import flickr8k
 
 
 @dataclass
@@ -71,28 +66,27 @@ class SplitView:
 
 
 def load_flickr8k(data_dir: str | Path) -> Corpus:
-    """Flickr8K in its original layout: ``images/``, token file and split lists.
+    """Flickr8K in its original layout, as a corpus of every image with captions.
 
-    Captions of images missing from ``images/`` are dropped. Raises FileNotFoundError
-    naming the missing file.
+    Parsing is :mod:`jointembed_pg.flickr8k` (the project's one Flickr8K reader). Images
+    are sorted by name; captions of images missing from ``images/`` are dropped; each
+    split present is the sorted indices of its listed images.
+
+    Raises:
+        FileNotFoundError: the caption file is missing.
+        jointembed_pg.errors.InputError: the caption or a split file is unreadable.
     """
     data_dir = Path(data_dir)
-    token_file = data_dir / FLICKR8K_TOKEN_FILE
+    token_file = data_dir / flickr8k.TOKEN_FILE
     if not token_file.is_file():
         raise FileNotFoundError(f"{token_file}: Flickr8K token file not found")
-    by_image: dict[str, list[str]] = {}
-    for line in token_file.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        key, caption = line.split("\t", 1)
-        by_image.setdefault(key.split("#", 1)[0], []).append(caption.strip())
-    names = sorted(n for n in by_image if (data_dir / "images" / n).is_file())
-    corpus = _corpus_from_groups(data_dir / "images", names, by_image)
+    by_image = {n: [c for _, c in caps] for n, caps in flickr8k.captions_by_image(data_dir).items()}
+    names = sorted(n for n in by_image if (data_dir / flickr8k.IMAGES / n).is_file())
+    corpus = _corpus_from_groups(data_dir / flickr8k.IMAGES, names, by_image)
     index = {n: i for i, n in enumerate(names)}
-    for split, fname in FLICKR8K_SPLIT_FILES.items():
-        path = data_dir / fname
-        if path.is_file():
-            listed = [s.strip() for s in path.read_text().splitlines() if s.strip()]
+    for split, fname in flickr8k.SPLIT_FILES.items():
+        if (data_dir / fname).is_file():
+            listed = flickr8k.split_names(data_dir, split)
             corpus.splits[split] = np.array(sorted(index[n] for n in listed if n in index), np.int64)
     return corpus
 
