@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -72,9 +73,9 @@ def build_bundle(checkpoint: Path, out_dir: Path, *, data_dir: Path | None = Non
                                  dim=dim, normalized=normalized, config=ckpt.config_dict,
                                  metrics=dict(ckpt.metrics), image_spec=spec)
         write_manifest(tmp, manifest)
-        manifest["parity"] = parity.check(image_enc, text_enc, Bundle.load(tmp), inputs)
-        write_manifest(tmp, manifest)
-        log.info("exported %s: parity %s", manifest["model_id"], manifest["parity"])
+        report = parity.check(image_enc, text_enc, Bundle.load(tmp), inputs)
+        write_manifest(tmp, replace(manifest, extra={**manifest.extra, "parity": report}))
+        log.info("exported %s: parity %s", manifest.model_id, report)
     return out_dir
 
 
@@ -121,13 +122,11 @@ def bundle_is_current(bundle_dir: Path, checkpoint: Path | None = None,
     exported by this exporter version with ``options``. False if anything is missing."""
     try:
         checkpoint = Path(checkpoint) if checkpoint else default_checkpoint()
-        m = read_manifest(Path(bundle_dir))
-        validate_manifest(m, Path(bundle_dir), checksums=True)
+        m = validate_manifest(read_manifest(Path(bundle_dir)), Path(bundle_dir), checksums=True)
         ckpt_sha = sha256_file(checkpoint)
     except (BundleError, OSError, ImportError):
         return False
-    want = make_model_id(ckpt_sha, options)
-    return m.get("source_checkpoint_sha256") == ckpt_sha and m.get("model_id") == want
+    return m.source_checkpoint_sha256 == ckpt_sha and m.model_id == make_model_id(ckpt_sha, options)
 
 
 def verify_parity(bundle_dir: Path, *, checkpoint: Path | None = None, data_dir: Path | None = None) -> dict:
@@ -144,7 +143,7 @@ def verify_parity(bundle_dir: Path, *, checkpoint: Path | None = None, data_dir:
     image_enc, text_enc = source_encoders(bundle, checkpoint)
     data_dir = data_dir if data_dir is not None else paths.default_data_dir()
     inputs = parity.parity_inputs(data_dir, bundle.image_spec)
-    if bundle.manifest["precision"] != "fp32":
+    if bundle.meta.precision != "fp32":
         return parity.compare(image_enc, text_enc, bundle, inputs)
     return parity.check(image_enc, text_enc, bundle, inputs)
 
@@ -157,7 +156,7 @@ def source_encoders(bundle: Bundle, checkpoint: Path | None = None):
             bundle's source (sha256 differs from ``source_checkpoint_sha256``).
     """
     checkpoint = Path(checkpoint) if checkpoint else default_checkpoint()
-    want = bundle.manifest.get("source_checkpoint_sha256")
+    want = bundle.meta.source_checkpoint_sha256
     if not checkpoint.is_file() or sha256_file(checkpoint) != want:
         raise ExportError(f"{checkpoint} is not the checkpoint {bundle.path} was exported from "
                           f"(sha256 {str(want)[:12]}...); pass --checkpoint")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import shutil
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -135,23 +135,23 @@ def build_int8_bundle(fp32_dir: Path, out_dir: Path, *, data_dir: Path | None, f
     if not is_flickr8k(data_dir):
         raise ExportError(f"int8 export needs a Flickr8K-layout --data-dir for calibration (got {data_dir})")
     fp32 = Bundle.load(fp32_dir)
-    options = ExportOptions(opset=fp32.manifest["export"]["options"]["opset"], precision="int8", int8_method=METHOD)
+    src = fp32.meta
+    options = ExportOptions(opset=src.export["options"]["opset"], precision="int8", int8_method=METHOD)
     with staged_dir(out_dir, force=force) as tmp:
         calib = load_split(data_dir, "train", limit=CALIBRATION_IMAGES)
         quantize_image(fp32.path / IMAGE_ONNX, tmp / IMAGE_ONNX, load_pixels(calib.images, fp32.image_spec))
         quantize_text(fp32.path / TEXT_ONNX, tmp / TEXT_ONNX)
         shutil.copyfile(fp32.path / TOKENIZER, tmp / TOKENIZER)
-        m = dict(fp32.manifest)
-        m.pop("parity", None)
-        m.update(precision="int8", model_id=make_model_id(m["source_checkpoint_sha256"], options),
-                 files=file_entries(tmp), export=m["export"] | {"options": asdict(options)})
+        m = replace(src, precision="int8", model_id=make_model_id(src.source_checkpoint_sha256, options),
+                    files=file_entries(tmp), export=src.export | {"options": asdict(options)},
+                    extra={k: v for k, v in src.extra.items() if k != "parity"})
         write_manifest(tmp, m)
         int8 = Bundle.load(tmp)
-        m["int8_deviation"] = deviation(fp32, int8, data_dir)
-        m["int8"] = {"method": METHOD, "calibration": f"{CALIBRATION_IMAGES} Flickr8K train images"}
+        info = {"method": METHOD, "calibration": f"{CALIBRATION_IMAGES} Flickr8K train images"}
         if evaluate:
-            m["int8"] |= _compare_rsum(fp32, int8, data_dir)
-        write_manifest(tmp, m)
+            info |= _compare_rsum(fp32, int8, data_dir)
+        write_manifest(tmp, replace(m, extra=m.extra | {"int8_deviation": deviation(fp32, int8, data_dir),
+                                                         "int8": info}))
     return Path(out_dir)
 
 

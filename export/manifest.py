@@ -1,8 +1,9 @@
 """The bundle manifest (``manifest.json``, schema 1) as the exporter writes it.
 
-Field meanings are Contract 2 of docs/DESIGN.md; :func:`jointembed_pg.bundle.validate_manifest`
-is the reader's side. ``model_id`` hashes the checkpoint bytes and the export options, so
-two bundles share an id exactly when they embed identically.
+Field meanings are Contract 2 of docs/DESIGN.md. The exporter builds a typed
+:class:`jointembed_pg.manifest.Manifest` (the reader's model, so its checks run before
+anything is written) and writes its JSON. ``model_id`` hashes the checkpoint bytes and the
+export options, so two bundles share an id exactly when they embed identically.
 """
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from jointembed_pg.bundle import BUNDLE_FILES, INPUTS, MANIFEST, OUTPUTS, SCHEMA_VERSION, sha256_file
+from jointembed_pg.bundle import sha256_file
+from jointembed_pg.manifest import BUNDLE_FILES, MANIFEST, FileEntry, Manifest
 from jointembed_pg.preprocess import ImageSpec
-from jointembed_pg.text import DEFAULT_MAX_TOKENS, TRUNCATION
+from jointembed_pg.text import DEFAULT_MAX_TOKENS
 
 #: Bump when the exporter's output changes for the same checkpoint: changes model_id and
 #: makes :func:`jointembed_export.build.bundle_is_current` rebuild cached bundles.
@@ -45,10 +47,9 @@ def make_model_id(checkpoint_sha256: str, options: ExportOptions) -> str:
     return "je-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
-def file_entries(bundle_dir: Path) -> dict[str, dict[str, Any]]:
-    """``{name: {sha256, bytes}}`` for every bundle file in ``bundle_dir``."""
-    return {n: {"sha256": sha256_file(bundle_dir / n), "bytes": (bundle_dir / n).stat().st_size}
-            for n in BUNDLE_FILES}
+def file_entries(bundle_dir: Path) -> dict[str, FileEntry]:
+    """``{name: FileEntry(sha256, bytes)}`` for every bundle file in ``bundle_dir``."""
+    return {n: FileEntry(sha256_file(bundle_dir / n), (bundle_dir / n).stat().st_size) for n in BUNDLE_FILES}
 
 
 def quantizer_info(config: dict[str, Any]) -> dict[str, Any] | None:
@@ -66,40 +67,34 @@ def max_tokens(config: dict[str, Any]) -> int:
 
 def make_manifest(*, checkpoint_sha256: str, options: ExportOptions, bundle_dir: Path, dim: int,
                   normalized: bool, config: dict[str, Any], metrics: dict[str, Any],
-                  image_spec: ImageSpec = ImageSpec()) -> dict[str, Any]:
-    """The manifest for the files now in ``bundle_dir`` (checksums computed here)."""
+                  image_spec: ImageSpec = ImageSpec()) -> Manifest:
+    """The manifest for the files now in ``bundle_dir`` (checksums computed here).
+
+    Raises:
+        BundleError: a field the runtime would refuse (e.g. ``dim <= 0``).
+    """
     import onnx
     import onnxruntime
     import torch
 
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "model_id": make_model_id(checkpoint_sha256, options),
-        "dim": int(dim),
-        "distance": "l2",
-        "normalized": bool(normalized),
-        "precision": options.precision,
-        "files": file_entries(bundle_dir),
-        "preprocess": {"image": image_spec.to_dict(),
-                       "text": {"max_tokens": max_tokens(config), "truncation": TRUNCATION}},
-        "inputs": INPUTS,
-        "outputs": OUTPUTS,
-        "quantizer": quantizer_info(config),
-        "training": config,
-        "metrics": metrics,
-        "source_checkpoint_sha256": checkpoint_sha256,
-        "export": {"version": EXPORT_VERSION, "options": asdict(options),
-                   "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                   "torch": torch.__version__, "onnx": onnx.__version__,
-                   "onnxruntime": onnxruntime.__version__, "python": platform.python_version()},
-    }
+    return Manifest(
+        model_id=make_model_id(checkpoint_sha256, options), dim=int(dim), normalized=bool(normalized),
+        precision=options.precision, files=file_entries(bundle_dir), image=image_spec,
+        max_tokens=max_tokens(config), quantizer=quantizer_info(config), training=config, metrics=metrics,
+        source_checkpoint_sha256=checkpoint_sha256,
+        export={"version": EXPORT_VERSION, "options": asdict(options),
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "torch": torch.__version__, "onnx": onnx.__version__,
+                "onnxruntime": onnxruntime.__version__, "python": platform.python_version()},
+    )
 
 
-def write_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> Path:
+def write_manifest(bundle_dir: Path, manifest: Manifest) -> Path:
     """Write ``manifest.json`` (indented, sorted keys, atomic within the directory)."""
     path = Path(bundle_dir) / MANIFEST
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=_jsonable) + "\n", encoding="utf-8")
+    text = json.dumps(manifest.to_dict(), indent=2, sort_keys=True, default=_jsonable)
+    tmp.write_text(text + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path
 

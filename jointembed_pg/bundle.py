@@ -22,18 +22,20 @@ import numpy as np
 
 from . import paths
 from .errors import BundleError, InputError
+from .manifest import (  # noqa: F401 - names of the bundle layout, re-exported
+    BUNDLE_FILES,
+    IMAGE_ONNX,
+    INPUTS,
+    MANIFEST,
+    OUTPUTS,
+    SCHEMA_VERSION,
+    TEXT_ONNX,
+    TOKENIZER,
+    Manifest,
+)
 from .preprocess import ImageSpec, load as load_image
-from .text import TRUNCATION, TextTokenizer, validate_texts
+from .text import TextTokenizer, validate_texts
 
-#: The manifest layout this runtime reads.
-SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
-IMAGE_ONNX, TEXT_ONNX, TOKENIZER = "image.onnx", "text.onnx", "tokenizer.json"
-BUNDLE_FILES = (IMAGE_ONNX, TEXT_ONNX, TOKENIZER)
-#: Graph input/output names per encoder (dynamic batch axis 0; text also axis 1).
-INPUTS = {"image": ["pixels"], "text": ["input_ids", "attention_mask"]}
-OUTPUTS = {"image": ["embedding"], "text": ["embedding"]}
-PRECISIONS = ("fp32", "int8")
 #: Rows per onnxruntime call in the ``encode_*`` methods (bounds memory).
 DEFAULT_BATCH = 32
 
@@ -83,71 +85,25 @@ def read_manifest(bundle_dir: Path) -> dict[str, Any]:
     return m
 
 
-def _field(m: dict, dotted: str | tuple[str, ...], types: type | tuple, where: Path) -> Any:
-    """``m[k1][k2]...`` for ``dotted = "k1.k2"`` (or a key tuple), checked against ``types``."""
-    keys = dotted.split(".") if isinstance(dotted, str) else dotted
-    dotted = ".".join(keys)
-    cur: Any = m
-    for key in keys:
-        if not isinstance(cur, dict) or key not in cur:
-            raise BundleError(f"{where}: missing field {dotted!r}")
-        cur = cur[key]
-    if not isinstance(cur, types) or (isinstance(cur, bool) and bool not in _tuple(types)):
-        raise BundleError(f"{where}: field {dotted!r} has type {type(cur).__name__}")
-    return cur
+def validate_manifest(m: dict[str, Any], bundle_dir: Path, *, checksums: bool = True) -> Manifest:
+    """Parse a manifest into :class:`~jointembed_pg.manifest.Manifest` and check the files beside it.
 
-
-def _tuple(t: type | tuple) -> tuple:
-    return t if isinstance(t, tuple) else (t,)
-
-
-def validate_manifest(m: dict[str, Any], bundle_dir: Path, *, checksums: bool = True) -> ImageSpec:
-    """Check a manifest against this runtime and the files beside it.
-
-    Checks schema version, ``model_id``, ``dim``, ``distance``, ``precision``, the
-    preprocessing rules, encoder input/output names and, per file, existence, byte size
-    and (when ``checksums``) sha256.
-
-    Returns:
-        The manifest's image preprocessing spec.
+    The field checks are the model's (schema version, ``model_id``, ``dim``, ``distance``,
+    ``precision``, preprocessing, encoder input/output names); here each file is checked
+    for existence, byte size and (when ``checksums``) sha256.
 
     Raises:
         BundleError: naming the manifest field or the file that is wrong.
     """
     where = Path(bundle_dir) / MANIFEST
-    version = _field(m, "schema_version", int, where)
-    if version != SCHEMA_VERSION:
-        raise BundleError(f"{where}: schema_version {version} not supported (this runtime reads {SCHEMA_VERSION})")
-    if not _field(m, "model_id", str, where):
-        raise BundleError(f"{where}: field 'model_id' is empty")
-    if _field(m, "dim", int, where) <= 0:
-        raise BundleError(f"{where}: field 'dim' must be positive, got {m['dim']}")
-    if _field(m, "distance", str, where) != "l2":
-        raise BundleError(f"{where}: field 'distance' must be 'l2', got {m['distance']!r}")
-    _field(m, "normalized", bool, where)
-    if _field(m, "precision", str, where) not in PRECISIONS:
-        raise BundleError(f"{where}: field 'precision' must be one of {PRECISIONS}, got {m['precision']!r}")
-    for enc in INPUTS:
-        for kind, want in (("inputs", INPUTS[enc]), ("outputs", OUTPUTS[enc])):
-            got = _field(m, f"{kind}.{enc}", list, where)
-            if got != want:
-                raise BundleError(f"{where}: field '{kind}.{enc}' is {got}, this runtime needs {want}")
-    if _field(m, "preprocess.text.max_tokens", int, where) < 3:
-        raise BundleError(f"{where}: field 'preprocess.text.max_tokens' must be >= 3")
-    if _field(m, "preprocess.text.truncation", str, where) != TRUNCATION:
-        raise BundleError(f"{where}: field 'preprocess.text.truncation' must be {TRUNCATION!r}")
-    try:
-        spec = ImageSpec.from_dict(_field(m, "preprocess.image", dict, where))
-    except (KeyError, TypeError, ValueError) as e:
-        raise BundleError(f"{where}: field 'preprocess.image' is invalid ({e})") from e
+    manifest = Manifest.from_dict(m, where)
     for name in BUNDLE_FILES:
-        _check_file(Path(bundle_dir), name, m, where, checksums)
-    return spec
+        _check_file(Path(bundle_dir), name, manifest, where, checksums)
+    return manifest
 
 
-def _check_file(bundle_dir: Path, name: str, m: dict, where: Path, checksums: bool) -> None:
-    sha = _field(m, ("files", name, "sha256"), str, where)
-    size = _field(m, ("files", name, "bytes"), int, where)
+def _check_file(bundle_dir: Path, name: str, manifest: Manifest, where: Path, checksums: bool) -> None:
+    sha, size = manifest.files[name].sha256, manifest.files[name].bytes
     path = bundle_dir / name
     if not path.is_file():
         raise BundleError(f"{path}: missing (listed in {where})")
@@ -163,11 +119,14 @@ class Bundle:
     Use :meth:`load`; the constructor expects an already validated manifest.
     """
 
-    def __init__(self, path: Path, manifest: dict[str, Any], image_spec: ImageSpec, *,
+    def __init__(self, path: Path, meta: Manifest, *, manifest: dict[str, Any] | None = None,
                  providers: Sequence[str] | None = None, intra_op_threads: int | None = None):
         self.path = Path(path)
-        self.manifest = manifest
-        self.image_spec = image_spec
+        #: The typed, validated manifest.
+        self.meta = meta
+        #: The manifest as read from ``manifest.json`` (JSON object; for display and tools).
+        self.manifest = manifest if manifest is not None else meta.to_dict()
+        self.image_spec: ImageSpec = meta.image
         self.providers = list(providers) if providers else ["CPUExecutionProvider"]
         self.intra_op_threads = intra_op_threads
         self._lock = threading.Lock()
@@ -191,31 +150,31 @@ class Bundle:
         """
         d = resolve(name_or_path)
         m = read_manifest(d)
-        spec = validate_manifest(m, d, checksums=verify)
-        return cls(d, m, spec, providers=providers, intra_op_threads=intra_op_threads)
+        meta = validate_manifest(m, d, checksums=verify)
+        return cls(d, meta, manifest=m, providers=providers, intra_op_threads=intra_op_threads)
 
     @property
     def model_id(self) -> str:
         """Unique id of the weights + export options, e.g. ``je-1a2b3c4d5e6f``."""
-        return self.manifest["model_id"]
+        return self.meta.model_id
 
     @property
     def dim(self) -> int:
         """Embedding dimension D."""
-        return int(self.manifest["dim"])
+        return self.meta.dim
 
     @property
     def normalized(self) -> bool:
         """Whether embeddings are L2-normalised (unit rows)."""
-        return bool(self.manifest["normalized"])
+        return self.meta.normalized
 
     @property
     def max_tokens(self) -> int:
         """Longest tokenised caption, special tokens included; longer ones are truncated."""
-        return int(self.manifest["preprocess"]["text"]["max_tokens"])
+        return self.meta.max_tokens
 
     def __repr__(self) -> str:
-        return f"Bundle({str(self.path)!r}, model_id={self.model_id!r}, dim={self.dim}, precision={self.manifest['precision']!r})"
+        return f"Bundle({str(self.path)!r}, model_id={self.model_id!r}, dim={self.dim}, precision={self.meta.precision!r})"
 
     # -- sessions -------------------------------------------------------------------
     def _session(self, encoder: str):
