@@ -1,0 +1,63 @@
+"""The typed manifest model (jointembed_pg.manifest): one set of checks for reader and writer."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from jointembed_pg.errors import BundleError
+from jointembed_pg.manifest import BUNDLE_FILES, MANIFEST, FileEntry, Manifest
+from jointembed_pg.preprocess import ImageSpec
+
+SHA = "ab" * 32
+
+
+def _minimal(**kw) -> Manifest:
+    base = dict(model_id="je-000000000000", dim=4, normalized=True, max_tokens=16, image=ImageSpec(),
+                files={n: FileEntry(SHA, 10) for n in BUNDLE_FILES})
+    return Manifest(**(base | kw))
+
+
+def test_real_manifest_round_trips(bundle_dir: Path):
+    raw = json.loads((bundle_dir / MANIFEST).read_text())
+    m = Manifest.from_dict(raw, bundle_dir / MANIFEST)
+    assert m.to_dict() == raw
+    assert Manifest.from_dict(m.to_dict()) == m
+    assert m.files["image.onnx"].bytes == (bundle_dir / "image.onnx").stat().st_size
+    assert "parity" in m.extra  # recorded by the exporter, kept verbatim
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(dim=0), "'dim' must be positive"),
+    (dict(dim=True), "'dim' has type bool"),
+    (dict(model_id=""), "'model_id' is empty"),
+    (dict(precision="fp16"), "'precision' must be one of"),
+    (dict(max_tokens=2), "max_tokens' must be >= 3"),
+    (dict(files={n: FileEntry(SHA, 1) for n in BUNDLE_FILES[:2]}), "missing field 'files.tokenizer.json.sha256'"),
+    (dict(files={n: FileEntry("not-hex", 1) for n in BUNDLE_FILES}), "not a lowercase hex sha256"),
+    (dict(files={n: FileEntry(SHA, -1) for n in BUNDLE_FILES}), "bytes' must be >= 0"),
+    (dict(inputs={"image": ["pixels"]}), "missing field 'inputs.text'"),
+    (dict(extra={"dim": 3}), "shadow manifest fields"),
+])
+def test_writer_cannot_build_a_manifest_the_reader_refuses(change, message):
+    with pytest.raises(BundleError, match=message):
+        _minimal(**change)
+
+
+def test_reader_names_the_file_and_field():
+    raw = _minimal().to_dict()
+    raw["preprocess"]["text"].pop("max_tokens")
+    with pytest.raises(BundleError, match=r"^/b/manifest.json: missing field 'preprocess.text.max_tokens'$"):
+        Manifest.from_dict(raw, "/b/manifest.json")
+    with pytest.raises(BundleError, match="expected a JSON object, got list"):
+        Manifest.from_dict([1], "m")
+
+
+def test_unknown_keys_are_kept_and_replace_revalidates():
+    raw = _minimal().to_dict() | {"int8": {"method": "x"}}
+    m = Manifest.from_dict(raw)
+    assert m.extra == {"int8": {"method": "x"}} and m.to_dict() == raw
+    with pytest.raises(BundleError, match="'dim' must be positive"):
+        replace(m, dim=-1)
