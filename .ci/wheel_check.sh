@@ -38,7 +38,10 @@ step() { echo "wheel_check [$((SECONDS - t0)) s] $*"; }
 # --- 1. build ------------------------------------------------------------------------------
 step "building sdist + wheel"
 "$python" -m venv "$work/build-env"
-"$work/build-env/bin/python" -m pip install --quiet build
+pip_quiet() {  # pip's own chatter goes to a log, shown only when it fails
+  "$@" >"$work/pip.log" 2>&1 || { tail -40 "$work/pip.log" >&2; exit 1; }
+}
+pip_quiet "$work/build-env/bin/python" -m pip install build
 "$work/build-env/bin/python" -m build --outdir "$work/dist" "$repo" >"$work/build.log" 2>&1 \
   || { tail -40 "$work/build.log" >&2; exit 1; }
 wheels=("$work"/dist/jointembed_pg-*.whl)
@@ -65,7 +68,7 @@ EOF
 # --- 3. fresh venv, user install --------------------------------------------------------------
 step "installing the wheel with [export] into a fresh venv"
 "$python" -m venv "$venv"
-"$venv/bin/python" -m pip install --quiet "$wheel[export]"
+pip_quiet "$venv/bin/python" -m pip install "$wheel[export]"
 mkdir -p "$work/cwd"
 cd "$work/cwd"  # not the checkout: nothing may be imported from it
 unset PYTHONPATH DATABASE_URL JOINTEMBED_BUNDLES JOINTEMBED_PGDATA JOINTEMBED_DATA_DIR
