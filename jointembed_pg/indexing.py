@@ -268,8 +268,10 @@ def ensure_hnsw(conn: psycopg.Connection, spec: IndexSpec, *, maintenance_work_m
         A :class:`BuildReport`, or ``None`` when a valid index already existed (also when
         another process finished building it while this one waited).
     Raises:
-        psycopg.Error: the build failed (a best-effort drop removes the invalid index it
-            leaves; otherwise the next call repairs it).
+        DatabaseError: the build failed (one line, the psycopg error chained; a best-effort
+            drop removes the invalid index it leaves, else the message says the next call
+            repairs it).
+        psycopg.Error: a catalog lookup or setting failed (e.g. the connection was lost).
         ValueError: a bad memory size.
     """
     fixed = None if maintenance_work_mem is None else parse_memory(maintenance_work_mem)
@@ -330,9 +332,12 @@ def _build(conn: psycopg.Connection, spec: IndexSpec, fixed: int | None, limit: 
         return None
     repaired = state is False
     if repaired:
-        log.warning("index %s is INVALID (left by an interrupted build): dropping and rebuilding it", spec.name)
-        conn.execute(sql.SQL("DROP INDEX {} IF EXISTS {}").format(
-            sql.SQL("CONCURRENTLY" if concurrent else ""), spec.index_ident))
+        log.info("index %s is INVALID (left by an interrupted build): dropping and rebuilding it", spec.name)
+        try:
+            conn.execute(sql.SQL("DROP INDEX {} IF EXISTS {}").format(
+                sql.SQL("CONCURRENTLY" if concurrent else ""), spec.index_ident))
+        except psycopg.Error as e:
+            raise _failed(spec, e, left=True) from e
     rows = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE modality = %s").format(spec.table_ident),
                         [spec.modality]).fetchone()[0]
     server = parse_memory(conn.execute("SELECT setting::bigint * 1024 FROM pg_settings "
@@ -369,10 +374,8 @@ def _build(conn: psycopg.Connection, spec: IndexSpec, fixed: int | None, limit: 
                 conn.execute(spec.create(False))
     except psycopg.errors.DuplicateTable:
         return None   # made meanwhile by a session that does not take the build lock
-    except Exception:
-        if concurrent:
-            _drop_invalid(conn, spec)
-        raise
+    except psycopg.Error as e:
+        raise _failed(spec, e, left=concurrent and _drop_invalid(conn, spec)) from e
     finally:
         monitor.stop()
         conn.remove_notice_handler(on_notice)
@@ -395,19 +398,32 @@ def _quietly(conn: psycopg.Connection, query: str, params: list) -> None:
         log.debug("clean-up statement failed: %s", type(e).__name__)
 
 
-def _drop_invalid(conn: psycopg.Connection, spec: IndexSpec) -> None:
-    """Best effort: drop the invalid index a failed concurrent build left (else the next run does)."""
+def _failed(spec: IndexSpec, e: psycopg.Error, *, left: bool) -> DatabaseError:
+    return DatabaseError(f"building HNSW index {spec.name}: {type(e).__name__}: {_one_line(e)}"
+                         + ("; an INVALID index is left, which the next build drops and rebuilds" if left else ""))
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:300] or type(e).__name__
+
+
+def _drop_invalid(conn: psycopg.Connection, spec: IndexSpec) -> bool:
+    """Best effort: drop the invalid index a failed concurrent build left.
+
+    Returns True when an index may be left behind (the next build repairs it).
+    """
     if conn.broken or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-        return
+        return True
     old = None
     try:
         if index_state(conn, spec.schema, spec.name) is False:
             old = conn.execute("SELECT current_setting('lock_timeout')").fetchone()[0]
             conn.execute("SELECT set_config('lock_timeout', %s, false)", [CLEANUP_LOCK_TIMEOUT])
             conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(spec.index_ident))
+        return False
     except psycopg.Error as e:
-        log.warning("index %s: the failed build left an INVALID index (%s); the next build drops and "
-                    "rebuilds it", spec.name, " ".join(str(e).split())[:200])
+        log.debug("index %s: dropping the INVALID index failed: %s", spec.name, _one_line(e))
+        return True
     finally:
         if old is not None:
             _quietly(conn, "SELECT set_config('lock_timeout', %s, false)", [old])

@@ -376,8 +376,7 @@ class Collection:
                     if built is not None:
                         self.last_builds.append(built)
             except psycopg.Error as e:
-                raise DatabaseError(f"building the HNSW index of collection {self.name!r}: "
-                                    f"{type(e).__name__}: {db.one_line(e)}") from e
+                raise DatabaseError(f"indexing collection {self.name!r}: {type(e).__name__}: {db.one_line(e)}") from e
         return [b.name for b in self.last_builds]
 
     # -- searching -------------------------------------------------------------------
