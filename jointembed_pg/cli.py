@@ -8,6 +8,7 @@ either it starts/reuses the embedded PostgreSQL under ``~/.local/share/jointembe
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +29,12 @@ collection_option = click.option("--collection", default=DEFAULT_COLLECTION, sho
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
 progress_option = click.option("--progress/--no-progress", default=None,
                                help="Progress bars (default: on when stderr is a terminal).")
+storage_option = click.option("--storage", type=click.Choice(["vector", "halfvec"]), default=None,
+                              help="Embedding type of a new collection: vector (float32, default) or halfvec "
+                                   "(float16, half the bytes; pgvector >= 0.7). An existing one must match.")
+memory_cap_option = click.option("--memory-cap", envvar="JOINTEMBED_INDEX_MEMORY", default=None, metavar="SIZE",
+                                 help="Most maintenance_work_mem an HNSW build may use, e.g. 2GB "
+                                      "(default: $JOINTEMBED_INDEX_MEMORY, else 1GB).")
 
 
 class Context:
@@ -54,6 +61,22 @@ class Context:
 
 def _progress(flag):
     return sys.stderr.isatty() if flag is None else flag
+
+
+def _index_log(flag) -> bool:
+    """Route index-build messages to stderr; return whether to draw a progress bar.
+
+    Server notices and warnings always show; progress lines (every 10 s, without a bar)
+    and build summaries unless ``--no-progress``.
+    """
+    logger = logging.getLogger("jointembed_pg.indexing")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.WARNING if flag is False else logging.INFO)
+    return _progress(flag)
 
 
 @contextmanager
@@ -89,12 +112,19 @@ def cli(ctx):
 
 @cli.command()
 @dsn_option
+@click.option("--collection", default=None, help="Also create this (empty) collection for the bundle's model.")
+@storage_option
+@bundle_option
 @json_option
 @click.pass_obj
-def init(obj, dsn, as_json):
+def init(obj, dsn, collection, storage, bundle_name, as_json):
     """Create the jointembed schema (idempotent; also done on first use)."""
     with _errors():
         store = obj.store(dsn)
+        if collection is not None:
+            _open_collection(obj, dsn, bundle_name, collection, storage)
+        elif storage is not None:
+            raise click.UsageError("--storage applies to a new collection: give --collection too")
         info = store.info() if hasattr(store, "info") else {}
     click.echo(json.dumps(info) if as_json else f"jointembed schema ready {info or ''}".rstrip())
 
@@ -145,9 +175,9 @@ def _finish(report, as_json):
         sys.exit(1 if report.written + report.skipped == 0 else EXIT_PARTIAL)
 
 
-def _open_collection(obj, dsn, bundle_name, name):
+def _open_collection(obj, dsn, bundle_name, name, storage=None):
     bundle = obj.bundle(bundle_name)
-    coll = obj.store(dsn).collection(name, model_id=bundle.model_id, dim=bundle.dim, create=True)
+    coll = obj.store(dsn).collection(name, model_id=bundle.model_id, dim=bundle.dim, create=True, storage=storage)
     return bundle, coll
 
 
@@ -157,18 +187,20 @@ def _open_collection(obj, dsn, bundle_name, name):
 @dsn_option
 @bundle_option
 @click.option("--batch-size", default=32, show_default=True, help="Images per encoder batch.")
+@storage_option
+@memory_cap_option
 @json_option
 @progress_option
 @click.pass_obj
-def index_images_cmd(obj, paths, collection, dsn, bundle_name, batch_size, as_json, progress):
+def index_images_cmd(obj, paths, collection, dsn, bundle_name, batch_size, storage, memory_cap, as_json, progress):
     """Embed image files or directories (recursively) into COLLECTION."""
     from . import ingest, readers
 
     with _errors():
-        bundle, coll = _open_collection(obj, dsn, bundle_name, collection)
+        bundle, coll = _open_collection(obj, dsn, bundle_name, collection, storage)
         records = list(readers.iter_image_paths(paths))
         report = ingest.index_images(coll, bundle, records, batch_size=batch_size, progress=_progress(progress))
-        coll.ensure_index()
+        coll.ensure_index(memory_cap=memory_cap, progress=_index_log(progress))
     _finish(report, as_json)
 
 
@@ -178,18 +210,20 @@ def index_images_cmd(obj, paths, collection, dsn, bundle_name, batch_size, as_js
 @dsn_option
 @bundle_option
 @click.option("--batch-size", default=256, show_default=True, help="Captions per encoder batch.")
+@storage_option
+@memory_cap_option
 @json_option
 @progress_option
 @click.pass_obj
-def index_texts_cmd(obj, file, collection, dsn, bundle_name, batch_size, as_json, progress):
+def index_texts_cmd(obj, file, collection, dsn, bundle_name, batch_size, storage, memory_cap, as_json, progress):
     """Embed the captions of FILE: CSV (id,text), JSON lines (id, text) or a Flickr8K token file."""
     from . import ingest, readers
 
     with _errors():
         records = list(readers.read_texts(file))
-        bundle, coll = _open_collection(obj, dsn, bundle_name, collection)
+        bundle, coll = _open_collection(obj, dsn, bundle_name, collection, storage)
         report = ingest.index_texts(coll, bundle, records, batch_size=batch_size, progress=_progress(progress))
-        coll.ensure_index()
+        coll.ensure_index(memory_cap=memory_cap, progress=_index_log(progress))
     _finish(report, as_json)
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import psycopg
 import sqlalchemy as sa
 from pgvector.psycopg import register_vector
-from pgvector.sqlalchemy import Vector
+from pgvector.sqlalchemy import HALFVEC, Vector
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from . import db
@@ -80,11 +80,12 @@ def item_model(collection: Any) -> type:
 
     Returns:
         A class with ``id, modality, key, source, text, content_hash, model_id,
-        embedding (Vector(D); loads as list[float]), created_at, updated_at`` mapped to
+        embedding (Vector(D), or HALFVEC(D) for halfvec storage), created_at, updated_at`` mapped to
         ``jointembed.items_<id>``.
     """
     info = getattr(collection, "info", collection)
-    cache_key = (info.items_table, info.dim)
+    storage = getattr(info, "storage", "vector")
+    cache_key = (info.items_table, info.dim, storage)
     if cache_key in _models:
         return _models[cache_key]
 
@@ -94,7 +95,7 @@ def item_model(collection: Any) -> type:
     attrs = {
         "__tablename__": info.items_table,
         "__table_args__": {"schema": "jointembed"},
-        "__doc__": f"Items of collection {info.name!r} (embedding vector({info.dim}), L2).",
+        "__doc__": f"Items of collection {info.name!r} (embedding {storage}({info.dim}), L2).",
         "__annotations__": {
             "id": Mapped[int], "modality": Mapped[str], "key": Mapped[str],
             "source": Mapped[str | None], "text": Mapped[str | None],
@@ -109,7 +110,7 @@ def item_model(collection: Any) -> type:
         "text": mapped_column(sa.Text, nullable=True),
         "content_hash": mapped_column(sa.Text, nullable=True),
         "model_id": mapped_column(sa.Text),
-        "embedding": mapped_column(Vector(info.dim)),
+        "embedding": mapped_column(HALFVEC(info.dim) if storage == "halfvec" else Vector(info.dim)),
         "created_at": mapped_column(sa.DateTime(timezone=True)),
         "updated_at": mapped_column(sa.DateTime(timezone=True)),
     }

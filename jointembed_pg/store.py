@@ -7,7 +7,9 @@
 >>> coll.search_vector(q, target="image", k=10)          # -> list[Hit], L2 distance ascending
 
 Each collection has its own items table ``jointembed.items_<id>`` (``embedding vector(D)``,
-unique ``(modality, key)``) with one partial HNSW index (``vector_l2_ops``) per modality.
+or ``halfvec(D)`` with ``storage="halfvec"``; unique ``(modality, key)``) with one partial
+HNSW index (``vector_l2_ops`` / ``halfvec_l2_ops``) per modality, built without blocking
+writers (:mod:`jointembed_pg.indexing`).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from . import db, search
+from . import db, indexing, search
 from .errors import DatabaseError, InputError, ModelMismatchError
 from .migrations import query, queries
 from .search import Hit, Where  # noqa: F401  (re-exported)
@@ -30,6 +32,8 @@ from .search import Hit, Where  # noqa: F401  (re-exported)
 DEFAULT_M = 16
 DEFAULT_EF_CONSTRUCTION = 64
 _STAGE_TYPES = ["int4", "text", "text", "text", "text", "text", "vector"]
+#: Largest magnitude a float16 (``halfvec``) element holds.
+HALFVEC_MAX = 65504.0
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,7 @@ class CollectionInfo:
     dim: int
     items_table: str
     created_at: datetime
+    storage: str = "vector"   # type of the embedding column: "vector" (float32) or "halfvec" (float16)
 
 
 class Store:
@@ -78,6 +83,19 @@ class Store:
 
     # -- connection handling -------------------------------------------------------
     @contextlib.contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        """Yield the prepared connection as is (no transaction opened), holding the Store's lock.
+
+        For statements that cannot run in a transaction block (``CREATE INDEX
+        CONCURRENTLY``). A connection the Store opened itself is reopened if it was lost.
+        """
+        with self._lock:
+            if self._owned is not None and (self._owned.broken or self._owned.closed):
+                self._owned = self._target = db.connect(self._dsn)
+            with db.borrow(self._target) as conn:
+                yield conn
+
+    @contextlib.contextmanager
     def transaction(self) -> Iterator[psycopg.Connection]:
         """Yield a prepared connection inside a transaction (committed on success).
 
@@ -109,6 +127,16 @@ class Store:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def vector_schema(self, conn: psycopg.Connection) -> str | None:
+        """Schema of the ``vector`` extension (its types and operator classes live there)."""
+        if getattr(self, "_vector_schema", None) is None:
+            was_idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            row = conn.execute(query("vector_schema")).fetchone()
+            if was_idle and conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS:
+                conn.rollback()   # end the read transaction this lookup opened
+            self._vector_schema = row[0] if row else None
+        return self._vector_schema
+
     @property
     def iterative_scan(self) -> bool:
         """Whether the server's pgvector has ``hnsw.iterative_scan`` (>= 0.8)."""
@@ -116,17 +144,25 @@ class Store:
 
     # -- collections -----------------------------------------------------------------
     def collection(self, name: str, *, model_id: str | None = None, dim: int | None = None,
-                   create: bool = False) -> "Collection":
+                   create: bool = False, storage: str | None = None) -> "Collection":
         """Open (or with ``create=True`` create) the collection ``name``.
 
-        ``model_id`` / ``dim``, when given, must equal the stored ones; they are required
-        to create. Any name is allowed (stored as data; the table name is derived from the id).
+        ``model_id`` / ``dim`` / ``storage``, when given, must equal the stored ones;
+        ``model_id`` and ``dim`` are required to create. Any name is allowed (stored as data;
+        the table name is derived from the id).
+
+        Args:
+            storage: type of the embedding column of a new collection: ``"vector"``
+                (default; float32, HNSW up to 2000 dimensions) or ``"halfvec"`` (float16,
+                half the bytes, HNSW up to 4000 dimensions, pgvector >= 0.7).
 
         Raises:
-            ModelMismatchError: ``model_id`` or ``dim`` differs from the collection's
-                (checked before anything is written).
-            DatabaseError: no such collection and ``create`` is false.
-            ValueError: invalid name, or ``create`` without ``model_id``/``dim``.
+            ModelMismatchError: ``model_id``, ``dim`` or ``storage`` differs from the
+                collection's (checked before anything is written).
+            DatabaseError: no such collection and ``create`` is false; ``halfvec`` on
+                pgvector < 0.7.
+            ValueError: invalid name, ``create`` without ``model_id``/``dim``, unknown
+                storage, or more dimensions than an HNSW index of that storage takes.
         """
         if not isinstance(name, str) or not 1 <= len(name) <= 200 or "\x00" in name:
             raise ValueError(f"collection name must be 1..200 characters without NUL, got {name!r}")
@@ -140,11 +176,16 @@ class Store:
                                     "`jointembed index images|texts ... --collection NAME`)")
             if model_id is None or dim is None:
                 raise ValueError(f"creating collection {name!r} needs model_id and dim")
+            indexing.check_storage(storage or "vector", dim, self.vector_version)
             with self.transaction() as conn:
-                row = conn.execute(query("collection_create"),
-                                   {"name": name, "model_id": model_id, "dim": int(dim)}).fetchone()
+                row = conn.execute(query("collection_create"), {"name": name, "model_id": model_id,
+                                                                "dim": int(dim), "storage": storage or "vector"}
+                                   ).fetchone()
         info = CollectionInfo(*row)
         _check_model(info, model_id, dim)
+        if storage is not None and storage != info.storage:
+            indexing.check_storage(storage, info.dim)
+            raise ModelMismatchError(f"collection {name!r} stores its embeddings as {info.storage}, not {storage}")
         return Collection(self, info)
 
     def collections(self) -> list[CollectionInfo]:
@@ -189,13 +230,15 @@ class Collection:
     def __init__(self, store: Store, info: CollectionInfo):
         self.store, self.info = store, info
         self.table_ident = sql.Identifier("jointembed", info.items_table)
+        self.last_builds: list[indexing.BuildReport] = []   # what the last ensure_index built
 
     name = property(lambda self: self.info.name)
     model_id = property(lambda self: self.info.model_id)
     dim = property(lambda self: self.info.dim)
+    storage = property(lambda self: self.info.storage)
 
     def __repr__(self) -> str:
-        return f"Collection({self.name!r}, model_id={self.model_id!r}, dim={self.dim})"
+        return f"Collection({self.name!r}, model_id={self.model_id!r}, dim={self.dim}, storage={self.storage!r})"
 
     def _q(self, name: str, **idents: sql.Composable) -> sql.Composed:
         return query(name).format(items=self.table_ident, **idents)
@@ -244,6 +287,8 @@ class Collection:
             raise InputError(f"item {key!r}: embedding shape {e.shape}, collection {self.name!r} needs ({self.dim},)")
         if not np.isfinite(e).all():
             raise InputError(f"item {key!r}: embedding contains NaN or infinite values")
+        if self.storage == "halfvec" and np.abs(e).max(initial=0.0) > HALFVEC_MAX:
+            raise InputError(f"item {key!r}: embedding value above {HALFVEC_MAX:g} does not fit halfvec storage")
         return modality, key, source, text, content_hash, e
 
     def delete(self, modality: str, keys: Sequence[str]) -> int:
@@ -289,41 +334,50 @@ class Collection:
 
     def ensure_index(self, m: int = DEFAULT_M, ef_construction: int = DEFAULT_EF_CONSTRUCTION, *,
                      modalities: Sequence[str] = search.MODALITIES,
-                     maintenance_work_mem: str | None = None) -> list[str]:
-        """Create the partial HNSW indexes (``vector_l2_ops``) that do not exist yet.
+                     maintenance_work_mem: int | str | None = None, memory_cap: int | str | None = None,
+                     progress: bool = False) -> list[str]:
+        """Create the partial HNSW indexes (L2) that do not exist yet, without blocking writers.
 
-        An existing index is left as it is (whatever its ``m``/``ef_construction``), found
-        by a catalog lookup without locking the table: calling this again is a fast no-op.
+        Built with ``CREATE INDEX CONCURRENTLY`` when the Store's connection is idle (see
+        :func:`jointembed_pg.indexing.ensure_hnsw`): inserts, updates and deletes go on
+        during the build; an INVALID index left by an interrupted build is dropped and
+        rebuilt. A valid existing index is left as it is (whatever its ``m`` /
+        ``ef_construction``), found by a catalog lookup without locking the table: calling
+        this again is a fast no-op. What each build did is in :attr:`last_builds`.
 
+        Args:
+            maintenance_work_mem: exact value for the builds (``"2GB"`` or bytes); default:
+                what the graph needs (:func:`jointembed_pg.indexing.hnsw_graph_bytes`),
+                at most ``memory_cap``, never below the server's value.
+            memory_cap: default ``$JOINTEMBED_INDEX_MEMORY``, else 1 GB.
+            progress: tqdm bar on stderr (else progress is logged every 10 s at INFO).
         Returns:
             Names of the indexes created by this call.
         Raises:
-            ValueError: ``m`` not in 2..100 or ``ef_construction`` not in ``2*m``..1000.
+            ValueError: ``m`` not in 2..100, ``ef_construction`` not in ``2*m``..1000, or a
+                bad memory size.
+            DatabaseError: the build failed (the next call repairs what it left).
         """
         if not 2 <= m <= 100 or not 2 * m <= ef_construction <= 1000:
             raise ValueError(f"need 2 <= m <= 100 and 2*m <= ef_construction <= 1000, got m={m}, "
                              f"ef_construction={ef_construction}")
-        created = []
         for modality in modalities:
             search.check_target(modality)
-            name = self.index_name(modality)
+        self.last_builds = []
+        with self.store.connection() as conn:
             try:
-                with self.store.transaction() as conn:
-                    if conn.execute(query("index_exists"), {"name": name}).fetchone()[0]:
-                        continue
-                    if maintenance_work_mem:
-                        search.set_local(conn, "maintenance_work_mem", maintenance_work_mem)
-                    conn.execute(self._q("index_create", index=sql.Identifier(name), m=sql.Literal(int(m)),
-                                         ef_construction=sql.Literal(int(ef_construction)),
-                                         modality=sql.Literal(modality)))
-            except DatabaseError as e:
-                # CREATE INDEX IF NOT EXISTS is not atomic: a concurrent ensure_index that
-                # commits the same index first makes this one fail on pg_class's unique name.
-                if not isinstance(e.__cause__, (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable)):
-                    raise
-                continue
-            created.append(name)
-        return created
+                op_schema = self.store.vector_schema(conn)
+                for modality in modalities:
+                    spec = indexing.IndexSpec("jointembed", self.info.items_table, self.index_name(modality),
+                                              modality, self.storage, self.dim, int(m), int(ef_construction),
+                                              op_schema)
+                    built = indexing.ensure_hnsw(conn, spec, maintenance_work_mem=maintenance_work_mem,
+                                                 cap=memory_cap, progress=progress)
+                    if built is not None:
+                        self.last_builds.append(built)
+            except psycopg.Error as e:
+                raise DatabaseError(f"indexing collection {self.name!r}: {type(e).__name__}: {db.one_line(e)}") from e
+        return [b.name for b in self.last_builds]
 
     # -- searching -------------------------------------------------------------------
     def search_vector(self, vector: Any, *, target: str | None = "image", k: int = 10,

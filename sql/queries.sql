@@ -4,16 +4,16 @@
 -- The items table is always aliased "i" so caller filters can refer to i.<column>.
 
 -- name: collection_get
-SELECT id, name, model_id, dim, items_table, created_at
+SELECT id, name, model_id, dim, items_table, created_at, storage
 FROM jointembed.collections WHERE name = %(name)s
 
 -- name: collection_list
-SELECT id, name, model_id, dim, items_table, created_at
+SELECT id, name, model_id, dim, items_table, created_at, storage
 FROM jointembed.collections ORDER BY name
 
 -- name: collection_create
-SELECT id, name, model_id, dim, items_table, created_at
-FROM jointembed.create_collection(%(name)s, %(model_id)s, %(dim)s)
+SELECT id, name, model_id, dim, items_table, created_at, storage
+FROM jointembed.create_collection(%(name)s, %(model_id)s, %(dim)s, %(storage)s)
 
 -- name: collection_drop
 SELECT jointembed.drop_collection(%(name)s)
@@ -55,13 +55,9 @@ DELETE FROM {items} i WHERE i.modality = %(modality)s AND i.key = ANY(%(keys)s)
 SELECT i.id, i.key, i.modality, 0.0::float8 AS distance, i.source, i.text, i.embedding
 FROM {items} i WHERE i.id = %(je_id)s
 
--- name: index_exists
-SELECT EXISTS (SELECT 1 FROM pg_indexes WHERE schemaname = 'jointembed' AND indexname = %(name)s)
-
--- name: index_create
-CREATE INDEX IF NOT EXISTS {index} ON {items}
-USING hnsw (embedding vector_l2_ops) WITH (m = {m}, ef_construction = {ef_construction})
-WHERE modality = {modality}
+-- name: vector_schema
+SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+WHERE e.extname = 'vector'
 
 -- name: set_local
 SELECT set_config(%(name)s, %(value)s, true)

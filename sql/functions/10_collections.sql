@@ -1,17 +1,59 @@
 -- Collections: create, drop, find the items table (tables: migrations/001_schema.sql).
 
+-- The type of pgvector's extension named p_type ('vector' or 'halfvec'), wherever the
+-- extension lives (its schema need not be on the search_path); NULL if this pgvector
+-- has no such type (halfvec arrived in pgvector 0.7).
+CREATE OR REPLACE FUNCTION jointembed._vector_type(p_type text)
+RETURNS regtype
+LANGUAGE sql STABLE AS $fn$
+    SELECT t.oid::regtype
+    FROM pg_extension e
+    JOIN pg_depend d ON d.refclassid = 'pg_extension'::regclass AND d.refobjid = e.oid
+                    AND d.classid = 'pg_type'::regclass AND d.deptype = 'e'
+    JOIN pg_type t ON t.oid = d.objid
+    WHERE e.extname = 'vector' AND t.typname = p_type
+$fn$;
+
 -- Create (or find) a collection and its items table. Returns the collection row.
+-- p_storage: type of the embedding column, 'vector' (float32) or 'halfvec' (float16,
+-- pgvector >= 0.7). Refuses more dimensions than an HNSW index of that type takes
+-- (2000 vector, 4000 halfvec: pgvector src/hnsw.h), here rather than at index time.
 -- Concurrent calls with the same name are safe: the loser of the race waits on the
--- unique index and then finds the winner's row. Does not check model_id/dim of an
--- existing collection: the caller compares them (jointembed_pg.store does, before writes).
-CREATE OR REPLACE FUNCTION jointembed.create_collection(p_name text, p_model_id text, p_dim integer)
+-- unique index and then finds the winner's row. Does not check model_id/dim/storage of
+-- an existing collection: the caller compares them (jointembed_pg.store does, before writes).
+DROP FUNCTION IF EXISTS jointembed.create_collection(text, text, integer);
+CREATE OR REPLACE FUNCTION jointembed.create_collection(p_name text, p_model_id text, p_dim integer,
+                                                        p_storage text DEFAULT 'vector')
 RETURNS jointembed.collections
 LANGUAGE plpgsql AS $fn$
 DECLARE
-    c jointembed.collections;
+    c     jointembed.collections;
+    typ   regtype;
+    limit_dim integer := CASE p_storage WHEN 'vector' THEN 2000 WHEN 'halfvec' THEN 4000 END;
 BEGIN
-    INSERT INTO jointembed.collections AS t (name, model_id, dim)
-    VALUES (p_name, p_model_id, p_dim)
+    IF limit_dim IS NULL THEN
+        RAISE EXCEPTION 'jointembed: storage must be vector or halfvec, got %', quote_nullable(p_storage)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT t.* INTO c FROM jointembed.collections t WHERE t.name = p_name;
+    IF FOUND THEN
+        RETURN c;
+    END IF;
+    IF p_dim IS NULL OR p_dim < 1 OR p_dim > limit_dim THEN
+        RAISE EXCEPTION 'jointembed: an HNSW index on % takes at most % dimensions, got % (collection %)',
+            p_storage, limit_dim, p_dim, quote_literal(p_name)
+            USING ERRCODE = 'program_limit_exceeded',
+                  HINT = CASE WHEN p_storage = 'vector' AND p_dim <= 4000
+                              THEN 'use storage halfvec (up to 4000 dimensions)' END;
+    END IF;
+    typ := jointembed._vector_type(p_storage);
+    IF typ IS NULL THEN
+        RAISE EXCEPTION 'jointembed: storage % needs pgvector >= 0.7.0; this server has pgvector %',
+            p_storage, coalesce((SELECT extversion FROM pg_extension WHERE extname = 'vector'), 'none')
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
+    INSERT INTO jointembed.collections AS t (name, model_id, dim, storage)
+    VALUES (p_name, p_model_id, p_dim, p_storage)
     ON CONFLICT (name) DO NOTHING
     RETURNING t.* INTO c;
     IF c.id IS NULL THEN
@@ -29,11 +71,11 @@ BEGIN
             text         text,
             content_hash text,
             model_id     text        NOT NULL,
-            embedding    vector(%2$s) NOT NULL,
+            embedding    %2$s NOT NULL,
             created_at   timestamptz NOT NULL DEFAULT now(),
             updated_at   timestamptz NOT NULL DEFAULT now(),
             UNIQUE (modality, key)
-        )$ddl$, c.items_table, c.dim);
+        )$ddl$, c.items_table, format_type(typ, c.dim));
     EXECUTE format('COMMENT ON TABLE jointembed.%I IS %L',
                    c.items_table, 'jointembed items of collection ' || c.name);
     RETURN c;

@@ -1,0 +1,492 @@
+"""HNSW index builds that never block writers, and the storage types an index can use.
+
+:func:`ensure_hnsw` builds one partial HNSW index with ``CREATE INDEX CONCURRENTLY``:
+
+* **Writers are never blocked.** A concurrent build takes ``SHARE UPDATE EXCLUSIVE`` on
+  the table, which conflicts with no ``INSERT`` / ``UPDATE`` / ``DELETE``; a plain
+  ``CREATE INDEX`` takes ``SHARE`` and blocks every writer for the whole build (and, queued
+  behind a long transaction, from the moment it starts waiting).
+* **Interrupted builds are repaired.** A failed or killed concurrent build leaves an index
+  with ``pg_index.indisvalid = false`` (never used by the planner, still maintained by
+  writes). The next call finds it, drops it (``DROP INDEX CONCURRENTLY``) and builds it
+  again. A session-level advisory lock per index tells a live build (wait for it) from a
+  dead one's leftover (repair it); waiting polls ``pg_try_advisory_lock`` so the waiter
+  never holds a snapshot the build would wait for.
+* **Memory.** ``maintenance_work_mem`` is raised for the build to what pgvector's in-memory
+  graph needs (:func:`hnsw_graph_bytes`), within a cap (:data:`MEMORY_CAP_ENV`, default
+  :data:`DEFAULT_MEMORY_CAP`); a graph that outgrows it makes pgvector finish on disk,
+  ~2.5x slower here. The server's value is never lowered.
+* **Visibility.** Progress from ``pg_stat_progress_create_index`` (a tqdm bar, or one log
+  line every :data:`LOG_EVERY_S` seconds), read on a second connection opened with the
+  building connection's parameters; server notices (e.g. pgvector's "hnsw graph no longer
+  fits into maintenance_work_mem") go to the ``jointembed_pg.indexing`` logger.
+
+``CREATE INDEX CONCURRENTLY`` cannot run inside a transaction block: on a connection with
+an open transaction (the caller's) the index is built with a plain ``CREATE INDEX`` inside
+it, and a warning says that writers wait meanwhile.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg import sql
+
+from .errors import DatabaseError
+
+log = logging.getLogger(__name__)
+
+#: Storage types of a collection's ``embedding`` column and their L2 HNSW operator classes.
+OPCLASS = {"vector": "vector_l2_ops", "halfvec": "halfvec_l2_ops"}
+STORAGES = tuple(OPCLASS)
+#: Most dimensions an HNSW index accepts per type (pgvector src/hnsw.h ``HNSW_MAX_DIM`` =
+#: 2000 for ``vector``; ``HNSW_MAX_DIM * 2`` for ``halfvec``, src/hnswutils.c type info).
+MAX_HNSW_DIM = {"vector": 2000, "halfvec": 4000}
+#: Oldest pgvector with each type (``halfvec`` arrived in 0.7.0).
+MIN_PGVECTOR = {"vector": (0, 5), "halfvec": (0, 7)}
+#: Upper bound for the ``maintenance_work_mem`` of a build, unless the caller passes one.
+DEFAULT_MEMORY_CAP = "1GB"
+#: Environment variable overriding :data:`DEFAULT_MEMORY_CAP` (e.g. ``4GB``, ``512MB``).
+MEMORY_CAP_ENV = "JOINTEMBED_INDEX_MEMORY"
+#: Seconds between progress log lines when no progress bar is shown.
+LOG_EVERY_S = 10.0
+#: Seconds between polls of ``pg_stat_progress_create_index`` / of a busy build lock.
+POLL_S = 0.5
+#: ``lock_timeout`` of the best-effort drop of an index a failed build just left.
+CLEANUP_LOCK_TIMEOUT = "2s"
+
+#: First key of the advisory locks of index builds (the bytes of "jeix").
+_LOCK_CLASS = int.from_bytes(b"jeix", "big", signed=True)
+_UNITS = {"b": 1, "kb": 1024, "mb": 1024 ** 2, "gb": 1024 ** 3, "tb": 1024 ** 4}
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?b)?\s*$", re.IGNORECASE)
+
+_STATE_SQL = """
+SELECT i.indexrelid, i.indisvalid
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_index i ON i.indexrelid = c.oid
+WHERE n.nspname = %(schema)s AND c.relname = %(name)s
+"""
+_PROGRESS_SQL = """
+SELECT phase, tuples_done, blocks_done, blocks_total, lockers_total, lockers_done
+FROM pg_stat_progress_create_index WHERE pid = %s
+"""
+
+
+# -- storage types ---------------------------------------------------------------------
+def check_storage(storage: str, dim: int, vector_version: tuple[int, ...] | None = None) -> str:
+    """Validate a collection's storage type for an HNSW-indexed column of ``dim`` dimensions.
+
+    Args:
+        storage: ``"vector"`` (float32, 4 bytes a dimension) or ``"halfvec"`` (float16, 2).
+        dim: embedding dimension.
+        vector_version: the server's pgvector version (``db.vector_version``); ``None``
+            skips the version check.
+    Returns:
+        ``storage``.
+    Raises:
+        ValueError: unknown storage, or ``dim`` above what HNSW indexes of that type take
+            (:data:`MAX_HNSW_DIM`).
+        DatabaseError: the server's pgvector is too old for ``storage`` (halfvec < 0.7).
+    """
+    if storage not in OPCLASS:
+        raise ValueError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
+    limit = MAX_HNSW_DIM[storage]
+    if int(dim) > limit:
+        hint = " (use storage 'halfvec', up to 4000)" if storage == "vector" and int(dim) <= MAX_HNSW_DIM["halfvec"] else ""
+        raise ValueError(f"an HNSW index on {storage} takes at most {limit} dimensions, got {dim}{hint}")
+    need = MIN_PGVECTOR[storage]
+    if vector_version is not None and tuple(vector_version) < need:
+        have = ".".join(map(str, vector_version)) or "none"
+        raise DatabaseError(f"storage {storage!r} needs pgvector >= {'.'.join(map(str, need))}; "
+                            f"this server has pgvector {have} (use storage 'vector' or upgrade the extension)")
+    return storage
+
+
+# -- memory ----------------------------------------------------------------------------
+def parse_memory(value: int | str) -> int:
+    """Bytes in ``value``: an int (bytes) or a string like ``"512MB"``, ``"1GB"``, ``"65536kB"``.
+
+    Units are PostgreSQL's (1 kB = 1024 B); a bare number is bytes.
+
+    Raises:
+        ValueError: not a non-negative size.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"memory size must be bytes or a string like '1GB', got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"memory size must be >= 0, got {value}")
+        return value
+    m = _SIZE_RE.match(str(value))
+    if not m:
+        raise ValueError(f"memory size must look like 512MB or 1GB, got {value!r}")
+    return int(m.group(1)) * _UNITS[(m.group(2) or "b").lower()]
+
+
+def memory_cap(value: int | str | None = None) -> int:
+    """The cap in bytes: ``value``, else ``$JOINTEMBED_INDEX_MEMORY``, else 1 GB."""
+    if value is None:
+        value = os.environ.get(MEMORY_CAP_ENV) or DEFAULT_MEMORY_CAP
+    return parse_memory(value)
+
+
+def hnsw_element_bytes(dim: int, m: int, storage: str = "vector") -> float:
+    """Expected bytes of one element of pgvector's in-memory HNSW build graph (64-bit).
+
+    Sum of the allocations pgvector 0.6-0.8 makes per inserted tuple during the in-memory
+    phase (src/hnswbuild.c ``InsertTuple``, src/hnswutils.c ``HnswInitElement`` /
+    ``HnswInitNeighbors``, sizes from src/hnsw.h), each MAXALIGNed plus an 8-byte chunk
+    header of the serial build's generation memory context (``HnswMemoryContextAlloc``
+    counts ``MemoryContextMemAllocated``; a parallel build's shared allocator has no
+    header, so this is an upper bound there):
+
+    * ``HnswElementData``: 128 bytes;
+    * the neighbour-list pointer array: ``8 * (L + 1)`` bytes for an element of level ``L``;
+    * neighbour arrays ``HNSW_NEIGHBOR_ARRAY_SIZE(lm) = 8 + 16 * lm``, ``lm = 2m`` on layer
+      0 and ``m`` above (``HnswGetLayerM``);
+    * the value: ``8 + 4 * dim`` bytes (vector) or ``8 + 2 * dim`` (halfvec).
+
+    Levels follow ``floor(-ln(U) * mL)`` with ``mL = 1 / ln(m)`` (``HnswGetMl``), so the
+    expected number of upper layers is ``sum_{l>=1} m^-l = 1 / (m - 1)``.
+    """
+    def chunk(n: float) -> float:
+        return 8 * -(-n // 8) + 8
+
+    upper = 1.0 / (m - 1)
+    value = 8 + (4 if storage == "vector" else 2) * dim
+    return (chunk(128) + chunk(8 * (1 + upper)) + chunk(8 + 16 * 2 * m)
+            + upper * chunk(8 + 16 * m) + chunk(value))
+
+
+def hnsw_graph_bytes(rows: int, dim: int, m: int, storage: str = "vector") -> int:
+    """Bytes of ``maintenance_work_mem`` that hold the whole build graph of ``rows`` tuples.
+
+    :func:`hnsw_element_bytes` times ``rows``, plus 5 % for the random levels and rows
+    written during a concurrent build, plus 2 MiB: the generation context allocates 1 MiB
+    blocks and a parallel build keeps a 1 MiB margin (src/hnswbuild.c ``InsertTuple``).
+    """
+    return int(rows * hnsw_element_bytes(dim, m, storage) * 1.05) + 2 * 1024 * 1024
+
+
+@dataclass
+class MemoryPlan:
+    """``maintenance_work_mem`` chosen for one build (bytes)."""
+
+    needed: int          # hnsw_graph_bytes(...)
+    server: int          # the session's value before the build
+    cap: int
+    chosen: int          # max(server, min(needed, cap))
+
+    @property
+    def fits(self) -> bool:
+        return self.chosen >= self.needed
+
+    @property
+    def setting(self) -> str:
+        """``chosen`` as a ``maintenance_work_mem`` value (kB, PostgreSQL's unit)."""
+        return f"{max(1024, -(-self.chosen // 1024))}kB"
+
+
+def plan_memory(rows: int, dim: int, m: int, storage: str, *, server: int, cap: int) -> MemoryPlan:
+    """Raise ``maintenance_work_mem`` to what the graph needs, at most ``cap``, never below ``server``."""
+    needed = hnsw_graph_bytes(rows, dim, m, storage)
+    return MemoryPlan(needed, server, cap, max(server, min(needed, cap)))
+
+
+# -- the build -------------------------------------------------------------------------
+@dataclass
+class IndexSpec:
+    """One partial HNSW index of a collection or side table."""
+
+    schema: str
+    table: str
+    name: str
+    modality: str
+    storage: str
+    dim: int
+    m: int
+    ef_construction: int
+    opclass_schema: str | None = None   # schema of pgvector's operator classes
+
+    @property
+    def table_ident(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.table)
+
+    @property
+    def index_ident(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.name)
+
+    def create(self, concurrently: bool) -> sql.Composed:
+        opclass = OPCLASS[self.storage]
+        op = sql.Identifier(self.opclass_schema, opclass) if self.opclass_schema else sql.Identifier(opclass)
+        return sql.SQL("CREATE INDEX {cc} {index} ON {table} USING hnsw (embedding {op}) "
+                       "WITH (m = {m}, ef_construction = {efc}) WHERE modality = {modality}").format(
+            cc=sql.SQL("CONCURRENTLY" if concurrently else ""), index=sql.Identifier(self.name),
+            table=self.table_ident, op=op, m=sql.Literal(int(self.m)),
+            efc=sql.Literal(int(self.ef_construction)), modality=sql.Literal(self.modality))
+
+
+@dataclass
+class BuildReport:
+    """What :func:`ensure_hnsw` did for one index (``None`` is returned when it existed)."""
+
+    name: str
+    concurrent: bool
+    rows: int
+    memory: MemoryPlan
+    repaired: bool = False        # an invalid index left by an interrupted build was dropped
+    seconds: float = 0.0
+    notices: list[str] = field(default_factory=list)
+
+
+def index_state(conn: psycopg.Connection, schema: str, name: str) -> bool | None:
+    """``True`` valid, ``False`` invalid (an interrupted or running concurrent build), ``None`` absent.
+
+    A catalog lookup: takes no lock on the table.
+    """
+    row = conn.execute(_STATE_SQL, {"schema": schema, "name": name}).fetchone()
+    return None if row is None else bool(row[1])
+
+
+def ensure_hnsw(conn: psycopg.Connection, spec: IndexSpec, *, maintenance_work_mem: int | str | None = None,
+                cap: int | str | None = None, progress: bool = False) -> BuildReport | None:
+    """Build ``spec`` unless a valid index of that name exists (see the module doc).
+
+    Args:
+        conn: a prepared connection, idle (build ``CONCURRENTLY``; its autocommit mode is
+            switched on for the build and restored) or inside the caller's transaction
+            (plain ``CREATE INDEX`` in a savepoint).
+        maintenance_work_mem: use exactly this (bytes or ``"2GB"``) instead of the plan.
+        cap: upper bound of the planned ``maintenance_work_mem`` (:func:`memory_cap`).
+        progress: a tqdm bar on stderr; otherwise progress goes to the log every
+            :data:`LOG_EVERY_S` seconds (INFO).
+    Returns:
+        A :class:`BuildReport`, or ``None`` when a valid index already existed (also when
+        another process finished building it while this one waited).
+    Raises:
+        DatabaseError: the build failed (one line, the psycopg error chained; a best-effort
+            drop removes the invalid index it leaves, else the message says the next call
+            repairs it).
+        psycopg.Error: a catalog lookup or setting failed (e.g. the connection was lost).
+        ValueError: a bad memory size.
+    """
+    fixed = None if maintenance_work_mem is None else parse_memory(maintenance_work_mem)
+    limit = memory_cap(cap)
+    idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    valid = index_state(conn, spec.schema, spec.name)
+    if idle and conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS:
+        conn.rollback()   # end the read-only transaction the lookup opened, not the caller's
+    if valid is True:
+        return None
+    if not idle:
+        log.warning("building %s inside an open transaction: plain CREATE INDEX, writers to %s wait "
+                    "until that transaction ends (call from an idle connection to build concurrently)",
+                    spec.name, spec.table)
+        with conn.transaction():
+            return _build(conn, spec, fixed, limit, progress, concurrent=False)
+    autocommit = conn.autocommit
+    conn.autocommit = True
+    try:
+        if not _lock(conn, spec):
+            return None
+        try:
+            return _build(conn, spec, fixed, limit, progress, concurrent=True)
+        finally:
+            _quietly(conn, "SELECT pg_advisory_unlock(%s, hashtext(%s))", [_LOCK_CLASS, _lock_name(spec)])
+    finally:
+        if not conn.broken and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            conn.autocommit = autocommit
+
+
+def _lock_name(spec: IndexSpec) -> str:
+    return f"{spec.schema}.{spec.name}"
+
+
+def _lock(conn: psycopg.Connection, spec: IndexSpec) -> bool:
+    """Take the build lock of ``spec``; False when another process built the index meanwhile.
+
+    Polls ``pg_try_advisory_lock``: a waiter blocked in ``pg_advisory_lock`` would hold a
+    snapshot that the other session's concurrent build waits for (a deadlock).
+    """
+    said = False
+    while not conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))",
+                           [_LOCK_CLASS, _lock_name(spec)]).fetchone()[0]:
+        if not said:
+            log.info("index %s: another session is building it; waiting", spec.name)
+            said = True
+        time.sleep(POLL_S)
+    if index_state(conn, spec.schema, spec.name) is True:
+        conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", [_LOCK_CLASS, _lock_name(spec)])
+        return False
+    return True
+
+
+def _build(conn: psycopg.Connection, spec: IndexSpec, fixed: int | None, limit: int, progress: bool, *,
+           concurrent: bool) -> BuildReport | None:
+    state = index_state(conn, spec.schema, spec.name)
+    if state is True:
+        return None
+    repaired = state is False
+    if repaired:
+        log.info("index %s is INVALID (left by an interrupted build): dropping and rebuilding it", spec.name)
+        try:
+            conn.execute(sql.SQL("DROP INDEX {} IF EXISTS {}").format(
+                sql.SQL("CONCURRENTLY" if concurrent else ""), spec.index_ident))
+        except psycopg.Error as e:
+            raise _failed(spec, e, left=True) from e
+    rows = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE modality = %s").format(spec.table_ident),
+                        [spec.modality]).fetchone()[0]
+    server = parse_memory(conn.execute("SELECT setting::bigint * 1024 FROM pg_settings "
+                                       "WHERE name = 'maintenance_work_mem'").fetchone()[0])
+    plan = (MemoryPlan(fixed, server, fixed, fixed) if fixed is not None
+            else plan_memory(rows, spec.dim, spec.m, spec.storage, server=server, cap=limit))
+    if not plan.fits:
+        log.warning("index %s: the HNSW graph of %d rows needs ~%d MB of maintenance_work_mem, capped at %d MB; "
+                    "the build finishes on disk, several times slower (raise the cap: --memory-cap or $%s)",
+                    spec.name, rows, plan.needed >> 20, plan.chosen >> 20, MEMORY_CAP_ENV)
+    report = BuildReport(spec.name, concurrent, rows, plan, repaired)
+    settings = {"maintenance_work_mem": plan.setting}
+    if concurrent and conn.info.server_version >= 140000:
+        settings["client_connection_check_interval"] = "1s"   # a killed client stops its build
+    old = {k: conn.execute("SELECT current_setting(%s)", [k]).fetchone()[0] for k in settings}
+    for k, v in settings.items():
+        conn.execute("SELECT set_config(%s, %s, %s)", [k, v, not concurrent])
+
+    def on_notice(diag: psycopg.errors.Diagnostic) -> None:
+        text = " ".join(p for p in (diag.message_primary, diag.message_detail, diag.message_hint) if p)
+        report.notices.append(text)
+        level = logging.WARNING if diag.severity_nonlocalized in ("WARNING", "NOTICE") else logging.INFO
+        log.log(level, "server (index %s): %s", spec.name, text)
+
+    monitor = _Monitor(conn, spec.name, rows, progress)
+    conn.add_notice_handler(on_notice)
+    t0 = time.perf_counter()
+    monitor.start()
+    try:
+        if concurrent:
+            conn.execute(spec.create(True))
+        else:
+            with conn.transaction():   # savepoint: a name race leaves the caller's transaction usable
+                conn.execute(spec.create(False))
+    except psycopg.errors.DuplicateTable:
+        return None   # made meanwhile by a session that does not take the build lock
+    except psycopg.Error as e:
+        raise _failed(spec, e, left=concurrent and _drop_invalid(conn, spec)) from e
+    finally:
+        monitor.stop()
+        conn.remove_notice_handler(on_notice)
+        for k, v in old.items():
+            _quietly(conn, "SELECT set_config(%s, %s, %s)", [k, v, not concurrent])
+    report.seconds = time.perf_counter() - t0
+    log.info("index %s built in %.1f s (%d rows, maintenance_work_mem=%s%s)", spec.name, report.seconds,
+             rows, plan.setting, ", concurrently" if concurrent else "")
+    return report
+
+
+def _quietly(conn: psycopg.Connection, query: str, params: list) -> None:
+    """Run a clean-up statement if the connection can still take one; never raise."""
+    ok = (psycopg.pq.TransactionStatus.IDLE, psycopg.pq.TransactionStatus.INTRANS)
+    if conn.broken or conn.closed or conn.info.transaction_status not in ok:
+        return
+    try:
+        conn.execute(query, params)
+    except psycopg.Error as e:
+        log.debug("clean-up statement failed: %s", type(e).__name__)
+
+
+def _failed(spec: IndexSpec, e: psycopg.Error, *, left: bool) -> DatabaseError:
+    return DatabaseError(f"building HNSW index {spec.name}: {type(e).__name__}: {_one_line(e)}"
+                         + ("; an INVALID index is left, which the next build drops and rebuilds" if left else ""))
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:300] or type(e).__name__
+
+
+def _drop_invalid(conn: psycopg.Connection, spec: IndexSpec) -> bool:
+    """Best effort: drop the invalid index a failed concurrent build left.
+
+    Returns True when an index may be left behind (the next build repairs it).
+    """
+    if conn.broken or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        return True
+    old = None
+    try:
+        if index_state(conn, spec.schema, spec.name) is False:
+            old = conn.execute("SELECT current_setting('lock_timeout')").fetchone()[0]
+            conn.execute("SELECT set_config('lock_timeout', %s, false)", [CLEANUP_LOCK_TIMEOUT])
+            conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(spec.index_ident))
+        return False
+    except psycopg.Error as e:
+        log.debug("index %s: dropping the INVALID index failed: %s", spec.name, _one_line(e))
+        return True
+    finally:
+        if old is not None:
+            _quietly(conn, "SELECT set_config('lock_timeout', %s, false)", [old])
+
+
+def _conninfo(conn: psycopg.Connection) -> str:
+    """A conninfo string with the parameters ``conn`` was opened with (never logged)."""
+    params = {o.keyword.decode(): o.val.decode() for o in conn.pgconn.info if o.val is not None}
+    params.pop("replication", None)
+    params["application_name"] = "jointembed index progress"
+    return psycopg.conninfo.make_conninfo("", **params)
+
+
+class _Monitor:
+    """Polls ``pg_stat_progress_create_index`` for the building backend on its own connection."""
+
+    def __init__(self, conn: psycopg.Connection, name: str, rows: int, bar: bool):
+        self.pid, self.name, self.rows, self.bar = conn.info.backend_pid, name, rows, bar
+        try:
+            self.conninfo = _conninfo(conn)
+        except Exception:  # noqa: BLE001 - progress is optional
+            self.conninfo = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"progress {name}", daemon=True)
+
+    def start(self) -> None:
+        if self.conninfo is not None:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        try:
+            with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5) as mon:
+                self._poll(mon)
+        except Exception as e:  # noqa: BLE001 - progress is optional, the build goes on
+            log.debug("index %s: no progress (%s)", self.name, type(e).__name__)
+
+    def _poll(self, mon: psycopg.Connection) -> None:
+        bar = None
+        if self.bar:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.rows, desc=f"index {self.name}", unit="rows", leave=False)
+        t0 = last_log = time.monotonic()
+        try:
+            while not self._stop.wait(POLL_S):
+                row = mon.execute(_PROGRESS_SQL, [self.pid]).fetchone()
+                if row is None:
+                    continue
+                phase, tuples, blocks, blocks_total, lockers, lockers_done = row
+                if bar is not None:
+                    bar.set_postfix_str(phase or "", refresh=False)
+                    bar.n = min(int(tuples or 0), self.rows)
+                    bar.refresh()
+                elif time.monotonic() - last_log >= LOG_EVERY_S:
+                    last_log = time.monotonic()
+                    waiting = f", {lockers_done}/{lockers} transactions" if phase and "waiting" in phase else ""
+                    log.info("index %s: %s, %d/%d rows%s, %.0f s", self.name, phase, tuples or 0, self.rows,
+                             waiting, last_log - t0)
+        finally:
+            if bar is not None:
+                bar.close()
