@@ -20,7 +20,7 @@
 -- detach, reembed, grant_usage. Calling grant_usage again replaces the role's rights
 -- (writer => false takes the writer rights back).
 
-CREATE OR REPLACE FUNCTION jointembed.grant_usage(p_role name, p_writer boolean DEFAULT false)
+CREATE OR REPLACE FUNCTION jointembed.grant_usage(role name, writer boolean DEFAULT false)
 RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
@@ -28,16 +28,16 @@ DECLARE
     f    regprocedure;
     t    regclass;
     s    text;
-    reader text[] := ARRAY['find_attachment', 'list_attachments', 'sync_find_schema', 'sync_versions',
+    reader_fns text[] := ARRAY['find_attachment', 'list_attachments', 'sync_find_schema', 'sync_versions',
                            'sync_version_for', 'sync_status', 'sync_claim', 'sync_fetch', 'sync_complete',
                            'sync_fail', 'sync_release'];
-    writer text[] := ARRAY['sync_rescan', 'sync_retry_failed'];
+    writer_fns text[] := ARRAY['sync_rescan', 'sync_retry_failed'];
 BEGIN
-    SELECT rolname INTO r FROM pg_roles WHERE rolname = p_role;
+    SELECT x.rolname INTO r FROM pg_roles x WHERE x.rolname = grant_usage.role;
     IF r IS NULL THEN
-        RAISE EXCEPTION 'jointembed: no role %', quote_ident(p_role) USING ERRCODE = 'undefined_object';
+        RAISE EXCEPTION 'jointembed: no role %', quote_ident(grant_usage.role) USING ERRCODE = 'undefined_object';
     END IF;
-    IF p_writer IS NULL THEN
+    IF grant_usage.writer IS NULL THEN
         RAISE EXCEPTION 'jointembed: writer must be true or false' USING ERRCODE = 'invalid_parameter_value';
     END IF;
     -- start from nothing, so the rights below are the role's whole story
@@ -52,10 +52,10 @@ BEGIN
     EXECUTE format('ALTER DEFAULT PRIVILEGES IN SCHEMA jointembed GRANT SELECT ON TABLES TO %I', r);
     FOR f IN SELECT p.oid FROM pg_proc p
              WHERE p.pronamespace = 'jointembed'::regnamespace
-               AND p.proname = ANY (reader || CASE WHEN p_writer THEN writer ELSE '{}' END) LOOP
+               AND p.proname = ANY (reader_fns || CASE WHEN grant_usage.writer THEN writer_fns ELSE '{}' END) LOOP
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', f, r);
     END LOOP;
-    IF p_writer THEN
+    IF grant_usage.writer THEN
         FOR t IN SELECT c.oid FROM jointembed.collections x
                  JOIN pg_class c ON c.relname = 'items_' || x.id
                  AND c.relnamespace = 'jointembed'::regnamespace AND c.relkind = 'r' LOOP
