@@ -86,7 +86,8 @@ def write(results: dict, out: Path) -> Path:
 #: Reports of separate benchmark commands, carried into BENCHMARKS.md verbatim (each
 #: states its own command and run); ``(file, command)``.
 COMPANIONS = (("BENCHMARKS_ENCODERS.md", "python -m benchmarks.encoders"),
-              ("BENCHMARKS_DISTRIBUTED.md", "python -m benchmarks.distributed"))
+              ("BENCHMARKS_DISTRIBUTED.md", "python -m benchmarks.distributed"),
+              ("BENCHMARKS_TRIGGERS.md", "python -m benchmarks.trigger_overhead"))
 
 
 def companions(docs: Path) -> str:
