@@ -326,7 +326,7 @@ def drain(conn: psycopg.Connection, target: Target, bundle, cfg: SyncConfig = Sy
 
 
 def _ready_count(conn, target: Target) -> int:
-    st = _call(conn, "SELECT jointembed.sync_status(%s, 0)", [target.attachment.id])[0]
+    st = _call(conn, "SELECT jointembed.sync_status(%s, 0, 0)", [target.attachment.id])[0]  # no missing-row scan
     if st.get("version") == target.version.version:
         return int(st["ready"])
     return int((st.get("building") or {}).get("ready", 0))

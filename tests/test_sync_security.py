@@ -269,3 +269,67 @@ def test_partitions_statement_triggers_and_attach_partition(conn, bundle):
     assert conn.execute("SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
                         "WHERE c.relname LIKE 'parts%'").fetchone()[0] == 0
     assert att.id not in [a.id for a in sync.list_attachments(conn)]
+
+
+def test_migration_004_upgrades_an_old_queue_and_old_row_triggers_still_work(conn, pg_dsn, bundle):
+    """A database attached before 004: PK (version, key, modality) queue, row triggers."""
+    from jointembed_pg import migrations
+
+    att = _attach_texts(conn, bundle, 4)
+    sync_table(conn, "photos", bundle)
+    q, side = sql.Identifier("jointembed", f"a{att.id}_queue"), sql.Identifier("jointembed", f"a{att.id}_v1")
+    n = f"a{att.id}_queue"
+    for stmt in (  # back to the 003 layout, as an old database has it
+            "ALTER TABLE {q} DROP COLUMN claim_pid, DROP COLUMN claim_lock",
+            f"DROP INDEX jointembed.{n}_key, jointembed.{n}_truncate, jointembed.{n}_ready, jointembed.{n}_claim",
+            "ALTER TABLE {q} ALTER COLUMN key SET NOT NULL, ADD PRIMARY KEY (version, key, modality), ADD UNIQUE (id)",
+            f"CREATE INDEX {n}_ready ON {{q}} (version, next_attempt_at, id)",
+            f"CREATE INDEX {n}_claim ON {{q}} (claim) WHERE claim IS NOT NULL",
+            "ALTER TABLE {side} DROP COLUMN event_id",
+            "DROP TRIGGER jointembed_sync_insert ON photos; DROP TRIGGER jointembed_sync_update ON photos; "
+            "DROP TRIGGER jointembed_sync_delete ON photos; DROP TRIGGER jointembed_sync_truncate ON photos",
+            f"CREATE TRIGGER jointembed_sync_insert AFTER INSERT ON photos FOR EACH ROW "
+            f"EXECUTE FUNCTION jointembed.sync_trigger('{att.id}')",
+            f"CREATE TRIGGER jointembed_sync_delete AFTER DELETE ON photos FOR EACH ROW "
+            f"EXECUTE FUNCTION jointembed.sync_trigger('{att.id}')",
+            f"CREATE TRIGGER jointembed_sync_key AFTER UPDATE OF id ON photos FOR EACH ROW WHEN "
+            f"(OLD.id IS DISTINCT FROM NEW.id) EXECUTE FUNCTION jointembed.sync_trigger('{att.id}', '*')",
+            f"CREATE TRIGGER jointembed_sync_text AFTER UPDATE OF caption ON photos FOR EACH ROW WHEN "
+            f"(OLD.caption IS DISTINCT FROM NEW.caption) EXECUTE FUNCTION jointembed.sync_trigger('{att.id}', 'text')",
+            "DELETE FROM jointembed.schema_version WHERE version >= 4"):
+        conn.execute(sql.SQL(stmt).format(q=q, side=side))
+    assert migrations.apply(conn) == [4]
+    cols = {r[0] for r in conn.execute("SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass "
+                                       "AND attnum > 0", [f"jointembed.{n}"]).fetchall()}
+    assert {"claim_pid", "claim_lock"} <= cols
+    assert conn.execute("SELECT count(*) FROM pg_constraint WHERE conrelid = %s::regclass",
+                        [f"jointembed.{n}"]).fetchone()[0] == 1          # the modality CHECK only
+    conn.execute("UPDATE photos SET caption = 'old trigger, new queue' WHERE id = 1")
+    conn.execute("UPDATE photos SET caption = 'twice' WHERE id = 1")
+    conn.execute("UPDATE photos SET id = 40 WHERE id = 2")
+    conn.execute("DELETE FROM photos WHERE id = 3")
+    assert queue(conn, att.id) == [("1", "text", 1), ("1", "text", 1), ("2", "text", 1), ("3", "text", 1),
+                                   ("40", "text", 1)]
+    rep = sync_table(conn, "photos", bundle)
+    assert (rep.written, rep.gone) == (2, 2)
+    assert set(side_rows(conn, att.id)) == {("1", "text"), ("4", "text"), ("40", "text")}
+    sync.detach(conn, "photos")
+    assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'photos'::regclass").fetchone()[0] == 0
+
+
+def test_grants_survive_a_definitions_upgrade_that_recreates_functions(conn, pg_dsn, bundle):
+    from jointembed_pg import migrations
+
+    _attach_texts(conn, bundle, 3)
+    wdsn = _role_dsn(pg_dsn, conn)
+    conn.execute("SELECT jointembed.grant_usage(%s)", [ROLE])
+    # an upgrade that drops and re-creates a queue function (a signature change) and
+    # re-applies every definition: the function comes back without grants...
+    conn.execute("DROP FUNCTION jointembed.sync_complete(integer, integer, uuid, bigint[], text[], vector[])")
+    conn.execute("UPDATE jointembed.definitions SET sha256 = 'outdated'")
+    assert migrations.apply(conn) == []
+    # ...and the recorded role gets its rights back; PUBLIC still has none
+    with db.connect(wdsn, autocommit=True) as w:
+        assert sync_table(w, "photos", bundle).written == 3
+    assert conn.execute("SELECT has_function_privilege('public', 'jointembed.sync_claim(integer, integer, uuid, "
+                        "integer, interval)', 'EXECUTE')").fetchone()[0] is False

@@ -203,7 +203,6 @@ $fn$;
 -- current (same content hash); both NULL: the user's row was gone: remove its embedding
 -- if the row is still gone. Only claims of the calling session count. Returns the
 -- number of embeddings written.
-DROP FUNCTION IF EXISTS jointembed.sync_complete(integer, integer, uuid, bigint[], text[], vector[]);
 CREATE OR REPLACE FUNCTION jointembed.sync_complete(p_id integer, p_version integer, p_token uuid,
                                                     p_ids bigint[], p_hashes text[], p_embeddings vector[])
 RETURNS integer

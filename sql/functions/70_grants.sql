@@ -68,6 +68,8 @@ BEGIN
             END LOOP;
         END LOOP;
     END IF;
+    INSERT INTO jointembed.role_grants AS g (role, writer) VALUES (r, grant_usage.writer)
+    ON CONFLICT ON CONSTRAINT role_grants_pkey DO UPDATE SET writer = EXCLUDED.writer, granted_at = now();
 END
 $fn$;
 
@@ -77,14 +79,21 @@ COMMENT ON FUNCTION jointembed.grant_usage(name, boolean) IS
 -- Administrative and queue functions are not for PUBLIC: only the owner and the roles
 -- grant_usage names may call them (search functions stay callable by any role that can
 -- read the tables).
+-- Then the roles configured before get their rights again (a re-created function loses
+-- its grants); roles dropped since are forgotten.
 DO $grants$
 DECLARE
     f regprocedure;
+    g record;
 BEGIN
     FOR f IN SELECT p.oid FROM pg_proc p
              WHERE p.pronamespace = 'jointembed'::regnamespace
                AND (p.proname LIKE '%sync%' OR p.proname IN ('attach', 'detach', 'grant_usage')) LOOP
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
+    END LOOP;
+    DELETE FROM jointembed.role_grants x WHERE NOT EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = x.role);
+    FOR g IN SELECT x.role, x.writer FROM jointembed.role_grants x ORDER BY x.role LOOP
+        PERFORM jointembed.grant_usage(g.role, g.writer);
     END LOOP;
 END
 $grants$;

@@ -15,6 +15,9 @@
 -- * Indexes: one on key (collapse, rescan, status), the ready order, claims, TRUNCATE
 --   events. The identity id keeps no unique index (nothing looks a row up by id alone).
 --
+-- * jointembed.role_grants records the roles jointembed.grant_usage configured, so that
+--   re-applying the definitions (which may re-create functions) re-applies their grants.
+--
 -- Existing queues and side tables (named from the attachment id, never from a stored
 -- name) are converted in place; new ones are created this way by jointembed.attach.
 
@@ -50,3 +53,12 @@ BEGIN
     END LOOP;
 END
 $mig$;
+
+CREATE TABLE IF NOT EXISTS jointembed.role_grants (
+    role       name        PRIMARY KEY,
+    writer     boolean     NOT NULL,
+    granted_at timestamptz NOT NULL DEFAULT now()
+);
+
+COMMENT ON TABLE jointembed.role_grants IS
+    'roles configured by jointembed.grant_usage (re-applied with the definitions)';
