@@ -130,7 +130,7 @@ SYNC_KILLS = 6
 
 @scenario(f"SIGKILL `jointembed sync` and `jointembed worker` {SYNC_KILLS} times on an attached table "
           f"({N_ROWS} rows, image + text), then rerun",
-          "rerun completes once the killed claims' leases run out; every (row, modality) embedded exactly "
+          "the killed claims are free as soon as its session ends (no lease wait); a rerun completes; every (row, modality) embedded exactly "
           "once, equal to a clean encode; queue empty", "crash safety")
 def test_sync_and_worker_survive_sigkill(pg_dsn, bundle, bundle_dir, flickr8k_dir, observe):
     rng = random.Random(SEED + 1)
@@ -182,5 +182,6 @@ def test_sync_and_worker_survive_sigkill(pg_dsn, bundle, bundle_dir, flickr8k_di
                     float(np.linalg.norm(stored[(str(i), "text")][2] - b)))
                 for (i, _c, _n), a, b in zip(sample, img, txt))
     assert worst < SAME
-    observe(f"{'; '.join(outcomes)}; {expired} claimed queue rows were free {released:.2f} s after the kill at most (lease not waited for). Rerun: exit 0, "
+    observe(f"{'; '.join(outcomes)}; {expired} claimed queue rows were free {released:.2f} s after the kill "
+            "at most (lease not waited for). Rerun: exit 0, "
             f"{n_side} embeddings = 2 x {N_ROWS} rows, queue empty, max L2 vs clean encode (40 rows) {worst:.1e}")

@@ -23,8 +23,10 @@ from jointembed_pg.errors import DatabaseError
 from jointembed_pg.ingest import sha256
 from jointembed_pg.readers import clean_text
 from jointembed_pg.sync_worker import SyncConfig, sync_table
-from test_sync_support import Counting, Projected, flickr_rows, make_photos, queue, side_rows
+from test_reliability_support import scenario
+from test_sync_support import Counting, Projected, make_photos, queue, side_rows
 
+pytest_plugins = ["_reliability"]
 pytestmark = pytest.mark.flickr8k
 
 ROLE = "je_sec_worker"
@@ -50,7 +52,9 @@ def _role_dsn(pg_dsn: str, conn) -> str:
     return pg_dsn.replace("postgres:@", f"{ROLE}:@")
 
 
-def test_worker_role_can_change_no_catalog_row_nor_escalate(conn, pg_dsn, bundle):
+@scenario('Worker role (jointembed grant): UPDATE/INSERT/DELETE of every catalog, queue and side table, CREATE in schema jointembed, every owner function, reembed/detach/sync --rescan from Python',
+          'every attempt denied (insufficient privilege); sync, status and search as the role work', "security")
+def test_worker_role_can_change_no_catalog_row_nor_escalate(conn, pg_dsn, bundle, observe):
     att = _attach_texts(conn, bundle, 6)
     wdsn = _role_dsn(pg_dsn, conn)
     conn.execute("SELECT jointembed.grant_usage(%s, false)", [ROLE])
@@ -97,9 +101,13 @@ def test_worker_role_can_change_no_catalog_row_nor_escalate(conn, pg_dsn, bundle
         assert sync.search_attached(w, "photos", bundle.encode_texts(["caption number 3"])[0], k=1,
                                     modality="text")[0][0] == 3
     assert sync.find(conn, "photos") == att                  # the catalog is as attach left it
+    observe(f"{len(attempts)} SQL attempts and 3 Python escalations denied; the role drained 6 rows, "
+            "read status and searched; catalog unchanged")
 
 
-def test_tampered_catalog_values_never_become_sql(conn, bundle):
+@scenario('SQL payload in every text column of the catalog (key_type, queue_table, side_table, table_name), then the owner runs reembed, sync, detach',
+          'no payload runs (canary table kept, no pwned table, catalog tables intact); the commands act on the real table', "security")
+def test_tampered_catalog_values_never_become_sql(conn, bundle, observe):
     """Even a role with UPDATE on the catalog (none has it) could not make the owner run SQL."""
     att = _attach_texts(conn, bundle, 4)
     sync_table(conn, "photos", bundle)
@@ -121,10 +129,14 @@ def test_tampered_catalog_values_never_become_sql(conn, bundle):
                          ("jointembed.collections", True), ("public.photos", True)):
         assert (conn.execute("SELECT to_regclass(%s)", [name]).fetchone()[0] is not None) == exists, name
     assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'photos'::regclass").fetchone()[0] == 0
+    observe("reembed switched (4 rows embedded, key typed integer from the live catalog), sync wrote 1, "
+            "detach removed all triggers; canary kept, no pwned table")
 
 
 @pytest.mark.parametrize("isolation", ["REPEATABLE READ", "SERIALIZABLE"])
-def test_user_transactions_never_conflict_with_a_worker(conn, pg_dsn, bundle, isolation):
+@scenario("App DELETE/UPDATE/key change at REPEATABLE READ and SERIALIZABLE on keys a worker claims and writes (after the app's snapshot, and 60 transactions against a continuously draining worker)",
+          'no serialization failure; afterwards every row embedded with its current content', "security")
+def test_user_transactions_never_conflict_with_a_worker(conn, pg_dsn, bundle, isolation, observe):
     att = _attach_texts(conn, bundle, 40)
     sync_table(conn, "photos", bundle)
     conn.execute("UPDATE photos SET caption = caption || ' v2' WHERE id <= 20")     # queued events
@@ -178,9 +190,13 @@ def test_user_transactions_never_conflict_with_a_worker(conn, pg_dsn, bundle, is
     stored = side_rows(conn, att.id)
     assert {k for k, _ in stored} == set(rows) and queue(conn, att.id) == []
     assert all(stored[(k, "text")][0] == sha256(clean_text(c, k).encode()) for k, c in rows.items())
+    observe(f"{isolation}: 0 serialization failures, {commits} of 60 concurrent transactions committed; "
+            f"{len(rows)} rows embedded with current content, queue empty")
 
 
-def test_killed_reembed_resumes_at_once_and_finishes_an_interrupted_drop(conn, pg_dsn, bundle):
+@scenario('reembed killed (backend terminated) while holding 10-minute claims; a crash between the model switch and the drop of the old side table',
+          'the rerun switches at once (no lease wait); the next reembed drops the retired side table', "security")
+def test_killed_reembed_resumes_at_once_and_finishes_an_interrupted_drop(conn, pg_dsn, bundle, observe):
     att = _attach_texts(conn, bundle, 12)
     sync_table(conn, "photos", bundle)
     new = Projected(bundle, 32, "projected-32")
@@ -197,6 +213,7 @@ def test_killed_reembed_resumes_at_once_and_finishes_an_interrupted_drop(conn, p
     t0 = time.monotonic()
     rep = sync_reembed.reembed(conn, "photos", new)
     assert rep.switched and rep.sync.written == 12 and time.monotonic() - t0 < 30
+    observe(f"resumed and switched in {time.monotonic() - t0:.1f} s with 5 rows claimed by the killed session")
     # a crash between the switch and the drop of the retired side table...
     newer = Projected(bundle, 40, "projected-40")
     v3 = conn.execute("SELECT version FROM jointembed.sync_begin_version(%s, %s, %s)",
@@ -219,7 +236,9 @@ def test_not_switched_message_says_what_holds_the_switch():
     assert "still queued" in sync_reembed._not_switched("public.photos", {"claimed": 0, "pending": 7})
 
 
-def test_rows_without_triggers_are_reported_and_rescanned(conn, pg_dsn, bundle):
+@scenario('Rows inserted with session_replication_role = replica (no triggers fire), 3 rows and then 40,000',
+          'status reports them as missing (exact, then sampled) with the --rescan fix; sync --rescan embeds them', "security")
+def test_rows_without_triggers_are_reported_and_rescanned(conn, pg_dsn, bundle, observe):
     from click.testing import CliRunner
 
     import jointembed_pg.cli_sync  # noqa: F401  (registers the commands)
@@ -249,6 +268,7 @@ def test_rows_without_triggers_are_reported_and_rescanned(conn, pg_dsn, bundle):
     conn.execute("ANALYZE photos")
     st = conn.execute("SELECT jointembed.sync_status(%s, 0, 5000)", [att.id]).fetchone()[0]
     assert st["missing_exact"] is False and 30000 < st["missing"] < 50000
+    observe(f"3 missing reported exactly and fixed by --rescan; 40,000 estimated as {st['missing']:,} from a sample")
 
 
 def test_partitions_statement_triggers_and_attach_partition(conn, bundle):
