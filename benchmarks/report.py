@@ -88,7 +88,8 @@ def write(results: dict, out: Path) -> Path:
 COMPANIONS = (("BENCHMARKS_ENCODERS.md", "python -m benchmarks.encoders"),
               ("BENCHMARKS_DISTRIBUTED.md", "python -m benchmarks.distributed"),
               ("BENCHMARKS_INDEX_BUILD.md", "python -m benchmarks.index_build"),
-              ("BENCHMARKS_STORAGE.md", "python -m benchmarks.storage"))
+              ("BENCHMARKS_STORAGE.md", "python -m benchmarks.storage"),
+              ("BENCHMARKS_TRIGGERS.md", "python -m benchmarks.trigger_overhead"))
 
 
 def companions(docs: Path) -> str:

@@ -1,4 +1,4 @@
-"""``jointembed attach / detach / sync / worker / status / reembed``: attached tables.
+"""``jointembed attach / detach / sync / worker / status / reembed / grant``: attached tables.
 
 Registered on the main group by importing this module (``jointembed_pg.cli`` does).
 See docs/SYNC.md.
@@ -139,9 +139,9 @@ def sync_cmd(obj, table, schema, dsn, bundle_name, batch_size, retry_failed, res
                              rescan=rescan)
             claimed = sync.status(conn, table, schema)[0].get("claimed", 0)
     _print_report(rep, as_json)
-    if claimed:  # leased by another (possibly crashed) worker: not done, and not ours to take yet
-        click.echo(f"note: {claimed} rows are claimed by another worker (a crashed worker's claims "
-                   "return to the queue when their lease expires); rerun later or see `jointembed status`",
+    if claimed:  # held by another worker whose session is still connected
+        click.echo(f"note: {claimed} queued changes are being embedded by another running worker (claims of "
+                   "a worker that died are free as soon as its connection ends); see `jointembed status`",
                    err=True)
     if rep.failed:
         sys.exit(EXIT_PARTIAL)
@@ -195,6 +195,14 @@ def status_cmd(table, schema, dsn, as_json):
             b = st["building"]
             click.echo(f"  reembed to {b['model_id']} (dim {b['dim']}): {b['done']} done, "
                        f"{b['pending']} pending, {b['failed']} failed")
+        if st.get("missing"):
+            about = "" if st.get("missing_exact", True) else "about "
+            click.echo(f"  {about}{st['missing']} rows x modalities have no embedding and are not queued "
+                       "(rows added without row triggers: ATTACH PARTITION, session_replication_role = "
+                       f"replica, logical replication); run `{_sync_hint(st['table'], st['schema'])} --rescan`")
+        if st.get("retired"):
+            click.echo(f"  {st['retired']} old model side table(s) not dropped yet (an interrupted reembed); "
+                       "`jointembed reembed` with the current bundle drops them")
         for e in st["errors"]:
             retry = f"retry at {e['next_attempt_at']}" if e["next_attempt_at"] else "given up"
             click.echo(f"  [{e['key']}] {e['modality']}: {e['error']} (attempts {e['attempts']}, {retry})")
@@ -242,6 +250,25 @@ def reembed_cmd(obj, table, schema, dsn, bundle_name, batch_size, abort_, as_jso
         click.echo(f"{rep.table}: switched from {rep.old_model_id} (dim {rep.old_dim}) to "
                    f"{rep.new_model_id} (dim {rep.new_dim}); {rep.sync.written} rows embedded, "
                    f"{len(rep.sync.failed)} failed")
+
+
+@cli.command("grant")
+@click.argument("role")
+@click.option("--writer", is_flag=True,
+              help="Also write the items of existing collections and run `sync --rescan/--retry-failed`.")
+@dsn_option
+def grant_cmd(role, writer, dsn):
+    """Give ROLE exactly the rights of a jointembed reader/worker (see docs/SYNC.md, Roles).
+
+    Run as the owner of schema jointembed. The role can then search, read status and
+    run `jointembed sync` / `jointembed worker`; it can write no catalog table and run
+    no attach / detach / reembed. Running it again replaces the role's rights.
+    """
+    from .sync import _call, _quote
+
+    with _cli_errors(dsn), _connect(dsn) as conn:
+        _call(conn, "SELECT jointembed.grant_usage(%s, %s)", [role, writer])
+    click.echo(f"granted {_quote(role)} the rights of a jointembed {'writer' if writer else 'reader/worker'}")
 
 
 def _sync_hint(table: str, schema: str | None) -> str:

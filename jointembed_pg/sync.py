@@ -86,6 +86,12 @@ class Version:
     created_at: Any = None
     activated_at: Any = None
 
+    @property
+    def table_name(self) -> str:
+        """The side table's name in schema ``jointembed``, derived from the ids (the
+        stored ``side_table`` text is never used to build SQL)."""
+        return f"a{int(self.attachment_id)}_v{int(self.version)}"
+
 
 def _quote(name: str) -> str:
     if name.isidentifier() and name == name.lower() and name.isascii():
@@ -234,11 +240,14 @@ def status(conn, table: str | None = None, schema: str | None = None,
     """Queue and embedding counts per attachment (all, or ``table``'s).
 
     Each dict has ``schema``, ``table``, ``model_id``, ``dim`` and the active version's
-    counts: ``pending`` (enqueued, not yet tried), ``failed`` (last attempt failed:
-    retrying or given up), ``gave_up``, ``ready``, ``claimed``, ``done`` (embeddings
-    stored, one per row and modality); ``errors`` (the latest, each with ``key``,
-    ``modality``, ``error``, ``attempts``, ``next_attempt_at``) and ``building`` (the
-    counts of a reembed in progress, or None).
+    counts: ``pending`` (queued changes, not yet tried), ``failed`` (last attempt failed:
+    retrying or given up), ``gave_up``, ``ready``, ``claimed`` (held by a connected
+    worker), ``done`` (embeddings stored, one per row and modality), ``missing`` (rows x
+    modalities with neither an embedding nor a queued change: rows that arrived without
+    triggers; ``missing_exact`` False when estimated from a sample of a large table);
+    ``errors`` (the latest, each with ``key``, ``modality``, ``error``, ``attempts``,
+    ``next_attempt_at``), ``building`` (the counts of a reembed in progress, or None) and
+    ``retired`` (old side tables not dropped yet).
     """
     with db.borrow(conn) as c:
         atts = [find(c, table, schema)] if table is not None else list_attachments(c)
@@ -297,7 +306,7 @@ def _search_query(ver: Version, modality: str | None) -> sql.Composed:
     """``SELECT key, distance`` over the side table; literal modality (partial HNSW index)."""
     one = sql.SQL("(SELECT s.key, s.embedding <-> {q} AS distance FROM {side} s "
                   "WHERE s.modality = {m} ORDER BY s.embedding <-> {q} LIMIT {k})")
-    side = sql.Identifier("jointembed", ver.side_table)
+    side = sql.Identifier("jointembed", ver.table_name)
     mods = MODALITIES if modality is None else (modality,)
     parts = [one.format(q=sql.Placeholder("q"), side=side, m=sql.Literal(m), k=sql.Placeholder("k")) for m in mods]
     if len(parts) == 1:

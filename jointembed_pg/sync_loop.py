@@ -28,7 +28,7 @@ from psycopg import sql
 from . import db
 from .errors import DatabaseError, ModelMismatchError
 from .sync import list_attachments, one_line
-from .sync_worker import BatchResult, SyncConfig, Target, drain
+from .sync_worker import BatchResult, SyncConfig, Target, connect, drain
 
 CHANNEL = "jointembed_sync"
 #: Seconds between polls when no notification arrives.
@@ -128,7 +128,7 @@ class Worker:
         return {sig: signal.signal(sig, self.stop) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def _serve(self, until_idle: bool) -> None:
-        with db.connect(self.dsn, autocommit=True) as conn, \
+        with connect(self.dsn) as conn, \
                 db.connect(self.dsn, autocommit=True, migrate=False) as listen:
             listen.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
             targets = self._targets(conn, strict=True)

@@ -9,7 +9,12 @@
 3. ``jointembed.sync_activate_version`` switches searches over in one transaction once
    no row of the new version is waiting (rows that failed carry over and keep retrying);
    if rows arrived meanwhile, they are drained and the switch is tried again.
-4. The old side table is dropped in a later transaction.
+4. The old side table is dropped in a later transaction (and by the next ``reembed``
+   if this one died before that).
+
+Claims die with the session that made them, so a killed ``reembed`` is resumed at once
+by running it again: the building version, its side table and the embeddings already
+written are reused.
 
 Searches keep answering from the old model until step 3 and from the new one after it;
 they never mix the two. Workers still running the old bundle log ``model_mismatch``
@@ -25,10 +30,12 @@ import psycopg
 from . import db
 from .errors import DatabaseError
 from .sync import Version, _call, _row, find, versions
-from .sync_worker import SyncConfig, SyncReport, Target, drain
+from .sync_worker import SyncConfig, SyncReport, Target, connect, drain
 
-#: Drain-then-switch rounds before giving up (rows keep arriving faster than drained).
-SWITCH_ROUNDS = 20
+#: Seconds the switch waits for rows held by other workers before giving up.
+SWITCH_WAIT_S = 60.0
+#: Seconds between switch attempts while waiting.
+SWITCH_POLL_S = 0.5
 
 
 @dataclass
@@ -63,14 +70,17 @@ def reembed(conn, table: str, bundle, *, schema: str | None = None, cfg: SyncCon
         model or ``switch`` was False.
     Raises:
         DatabaseError: not attached, another model's build in progress (see
-            :func:`abort`), or rows kept arriving so the switch never found the new
-            version complete.
+            :func:`abort`), or the new version was still incomplete after
+            :data:`SWITCH_WAIT_S` seconds (rows held by other live workers, or changing
+            faster than embedded); the message says which.
     """
     if conn is None or isinstance(conn, str):
-        with db.connect(conn, autocommit=True) as c:
+        with connect(conn) as c:
             return reembed(c, table, bundle, schema=schema, cfg=cfg, progress=progress, switch=switch)
     t0 = time.perf_counter()
     att = find(conn, table, schema)
+    # a run that crashed after the switch left the retired side table behind: finish it
+    _call(conn, "SELECT jointembed.sync_drop_retired(%s)", [att.id])
     report = ReembedReport(att.qualified, att.model_id, bundle.model_id, att.dim, int(bundle.dim), False)
     if att.model_id == bundle.model_id and att.dim == int(bundle.dim):
         report.seconds = time.perf_counter() - t0
@@ -80,19 +90,39 @@ def reembed(conn, table: str, bundle, *, schema: str | None = None, cfg: SyncCon
     target = Target(att, ver)
     report.sync = drain(conn, target, bundle, cfg, progress=progress)
     if switch:
-        for _ in range(SWITCH_ROUNDS):
-            if _try_activate(conn, att.id, ver.version):
-                report.switched = True
-                break
+        deadline = time.monotonic() + SWITCH_WAIT_S
+        while not _try_activate(conn, att.id, ver.version):
             more = drain(conn, target, bundle, cfg, progress=False)
             _merge(report.sync, more)
-        else:
-            raise DatabaseError(f"table {att.qualified}: rows kept arriving; the new model's embeddings "
-                                "never caught up (run `jointembed reembed` again)")
+            if more.batches:
+                continue                 # new rows arrived and were embedded: try again
+            st = _building_counts(conn, att.id)
+            if time.monotonic() > deadline:
+                raise DatabaseError(_not_switched(att.qualified, st))
+            time.sleep(SWITCH_POLL_S)    # rows held by other running workers, or in backoff
+        report.switched = True
         _call(conn, "SELECT jointembed.sync_drop_retired(%s)", [att.id])
         _merge(report.sync, drain(conn, target, bundle, cfg, progress=False))
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _building_counts(conn, attachment_id: int) -> dict:
+    st = _call(conn, "SELECT jointembed.sync_status(%s, 0, 0)", [attachment_id])[0]
+    return st.get("building") or {}
+
+
+def _not_switched(table: str, st: dict) -> str:
+    """Why the switch did not happen, from the building version's counts."""
+    claimed, pending = int(st.get("claimed", 0)), int(st.get("pending", 0))
+    if claimed:
+        why = (f"{claimed} of its queued rows are being embedded by other running workers "
+               f"(sessions that are still connected)")
+    else:
+        why = f"{pending} rows are still queued for it (rows keep changing faster than they are embedded)"
+    return (f"table {table}: the new model's embeddings are not complete after {SWITCH_WAIT_S:.0f} s: {why}; "
+            "searches still use the old model. Run `jointembed reembed` again to resume "
+            "(work already done is kept), or `jointembed reembed --abort` to give up")
 
 
 def _try_activate(conn, attachment_id: int, version: int) -> bool:

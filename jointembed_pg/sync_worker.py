@@ -11,7 +11,12 @@ One *batch* (:func:`process_batch`):
    dequeued; images are read (:mod:`jointembed_pg.sources`) and decoded in threads;
 4. **write** the embeddings and delete the queue rows, and record the failures, in one
    transaction (``sync_complete`` / ``sync_fail``), retried on serialization failures
-   and deadlocks. Rows changed, deleted or re-claimed since the claim are not written.
+   and deadlocks. A row deleted since is removed from the side table instead; a row
+   with a newer queued change is left to that change (see sql/functions/40_sync_queue.sql).
+
+The queue holds change *events* appended by the user's triggers (several per row are
+collapsed by the claim); claims are tied to this session, so a killed worker's rows are
+claimable again at once.
 
 A row that fails (NULL value, missing file, bad image, URL error) is recorded with its
 error and retried with exponential backoff up to ``max_attempts`` (NULL values and
@@ -120,6 +125,15 @@ class Target:
         """
         att = find(conn, table, schema)
         return cls(att, version_for(conn, att, bundle))
+
+
+def connect(dsn: str | None) -> psycopg.Connection:
+    """An autocommit connection for draining queues, at READ COMMITTED whatever the
+    server's ``default_transaction_isolation`` (a worker never takes part in the user's
+    serializable conflict checks; each of its statements sees the latest commits)."""
+    conn = db.connect(dsn, autocommit=True)
+    conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
+    return conn
 
 
 def with_retries(fn: Callable[[], object], retries: int = TX_RETRIES):
@@ -257,17 +271,20 @@ def _embed_and_write(conn, target: Target, bundle, cfg: SyncConfig, token, rows,
         raise ModelMismatchError(f"the bundle {bundle.model_id} returned embeddings of shape {bad}, "
                                  f"but table {att.qualified} stores vector({ver.dim})")
 
+    # one sync_complete call per batch: embeddings, unchanged rows (hash only), gone rows
+    finished = ([(it.qid, it.digest, e) for it, e in done] + [(it.qid, it.digest, None) for it in same]
+                + [(qid, None, None) for qid in gone])
+
     def write():
         with conn.transaction():
             n = 0
-            if done:
+            if finished:
+                hashes = [h for _, h, _ in finished]
+                embs = [e for _, _, e in finished]
                 n = conn.execute("SELECT jointembed.sync_complete(%s, %s, %s, %s, %s, %s)",
-                                 [att.id, ver.version, token, [it.qid for it, _ in done],
-                                  [it.digest for it, _ in done], [e for _, e in done]]).fetchone()[0]
-            skip = [it.qid for it in same] + gone
-            if skip:
-                conn.execute("SELECT jointembed.sync_complete(%s, %s, %s, %s, NULL, NULL)",
-                             [att.id, ver.version, token, skip])
+                                 [att.id, ver.version, token, [q for q, _, _ in finished],
+                                  hashes if any(h is not None for h in hashes) else None,
+                                  embs if any(e is not None for e in embs) else None]).fetchone()[0]
             if failed:
                 conn.execute("SELECT jointembed.sync_fail(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
                              [att.id, ver.version, token, [it.qid for it in failed],
@@ -309,7 +326,7 @@ def drain(conn: psycopg.Connection, target: Target, bundle, cfg: SyncConfig = Sy
 
 
 def _ready_count(conn, target: Target) -> int:
-    st = _call(conn, "SELECT jointembed.sync_status(%s, 0)", [target.attachment.id])[0]
+    st = _call(conn, "SELECT jointembed.sync_status(%s, 0, 0)", [target.attachment.id])[0]  # no missing-row scan
     if st.get("version") == target.version.version:
         return int(st["ready"])
     return int((st.get("building") or {}).get("ready", 0))
@@ -334,7 +351,7 @@ def sync_table(conn, table: str, bundle, *, schema: str | None = None, cfg: Sync
             is building), before any write. DatabaseError: not attached.
     """
     if conn is None or isinstance(conn, str):
-        with db.connect(conn, autocommit=True) as c:
+        with connect(conn) as c:
             return sync_table(c, table, bundle, schema=schema, cfg=cfg, progress=progress,
                               retry_failed=retry_failed, rescan=rescan)
     with db.borrow(conn) as c:

@@ -21,29 +21,22 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = "docs/RELIABILITY.md"
-TEST_FILES = ["tests/test_reliability*.py", "tests/test_security*.py", "tests/test_bad_input*.py"]
+TEST_FILES = ["tests/test_reliability*.py", "tests/test_security*.py", "tests/test_sync_security.py",
+              "tests/test_bad_input*.py"]
 
-#: The rights a sync worker needs: read the user's table, write only jointembed's objects.
-#: ``{role}``, ``{database}``, ``{schema}``, ``{table}``, ``{owner}`` (the role that owns schema
-#: ``jointembed``, i.e. ran the migrations and ``attach``) are identifiers; ``{password}`` a literal.
+#: The rights a sync worker needs, from the one source of truth ``jointembed.grant_usage``
+#: (sql/functions/70_grants.sql; docs/SYNC.md "Roles"): EXECUTE on the queue functions
+#: (SECURITY DEFINER) and SELECT on jointembed's tables; no write right on any table, not
+#: even the user's table it embeds. ``{role}`` and ``{database}`` are identifiers,
+#: ``{role_name}`` and ``{password}`` literals.
 WORKER_ROLE_SQL = """\
 CREATE ROLE {role} LOGIN PASSWORD {password};
 GRANT CONNECT ON DATABASE {database} TO {role};
--- read the user's table (nothing else of it)
-GRANT USAGE ON SCHEMA {schema} TO {role};
-GRANT SELECT ON {schema}.{table} TO {role};
--- read and write jointembed's own tables: catalog, queues, side tables, collections
-GRANT USAGE ON SCHEMA jointembed TO {role};
-GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA jointembed TO {role};
-GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA jointembed TO {role};
--- ...including the side tables and queues that later attach / reembed calls create
-ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA jointembed
-    GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {role};
-ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA jointembed
-    GRANT USAGE, SELECT ON SEQUENCES TO {role};
+-- run by the owner of schema jointembed (the role that ran the migrations and attach)
+SELECT jointembed.grant_usage({role_name}, writer => false);
 """
 
-EXAMPLE = {"role": "jointembed_worker", "database": "mydb", "schema": "public", "table": "photos",
+EXAMPLE = {"role": "jointembed_worker", "role_name": "'jointembed_worker'", "database": "mydb", "schema": "public", "table": "photos",
            "owner": "app_owner", "password": "'change-me'"}
 
 _INTRO = """\
@@ -63,19 +56,21 @@ Summary: {summary}.
 _PRIVILEGE = """\
 ## Least privilege: the role a worker needs
 
-`jointembed sync` and `jointembed worker` only need to read the attached table and to
-read/write jointembed's own objects in schema `jointembed`. Creating the schema
-(migrations) and `attach`/`detach`/`reembed` stay with the table's owner (`{owner}`
-below): `attach` creates triggers on the user's table and the side tables. The
-trigger function is `SECURITY DEFINER`, so roles that write the user's table need
-nothing in schema `jointembed`.
+`jointembed sync` and `jointembed worker` only need `EXECUTE` on the queue functions
+(`SECURITY DEFINER`, pinned `search_path`, arguments checked) and `SELECT` on
+jointembed's tables; `jointembed.grant_usage` gives exactly that (docs/SYNC.md, "Roles").
+The role has no write right on any table (not the catalog, not the user's table).
+Creating the schema (migrations) and `attach`/`detach`/`reembed` stay with the owner
+(`{owner}` below). The trigger function is `SECURITY DEFINER`, so roles that write the
+user's table need nothing in schema `jointembed`.
 
 ```sql
 {sql}```
 
 The test *least-privilege worker* runs exactly this SQL, then `sync`, `worker` and
 `status` as that role with a password-bearing DSN, and checks that the role can neither
-`UPDATE`/`INSERT`/`DELETE` the user's table nor create tables in its schema.
+write the user's table nor create tables in its schema; *worker role cannot escalate*
+checks that it can change no catalog row and call no owner function.
 
 ## Passwords
 
@@ -93,11 +88,9 @@ _NOTES = """\
   fraction of the remaining work plus a random delay, so they spread over the whole run
   on a slow or a fast machine; one lands in start-up and one after the last write
   (during the HNSW build).
-- **Leases.** A killed `sync`/`worker` (SIGKILL, or a database that went away under it)
-  keeps its claimed queue rows (at most `--batch-size`) until their lease runs out
-  (10 minutes). The tests fast-forward those leases with one `UPDATE ... SET
-  lease_until = now() - '1 s'` instead of waiting; the *observed* column says how many rows
-  that concerned.
+- **Claims.** A claim belongs to the session that made it (a session-level advisory
+  lock): when a killed `sync`/`worker`'s connection ends, its claimed queue rows are free
+  at once; the lease (10 minutes) only bounds a session that lives on but hangs.
 - **Database restarts** use a dedicated pgserver cluster in a temporary directory
   (`pg_ctl stop -m fast`, then `start` on the same socket), never the session's server.
 - **Peak memory** is the decoding process's `VmHWM` (`/proc/self/status`), measured in a

@@ -1,12 +1,35 @@
 -- Attached user tables: attach, detach, the row trigger, catalog look-ups.
 -- Tables and the queue life cycle: migrations/003_attachments.sql.
 
--- Names of the triggers created on an attached table (dropped by detach).
+-- Every name below is derived from the attachment id (a<id>_queue, a<id>_v<n>) or read
+-- from the live catalog (the user's table by its oid as regclass, the key's type by
+-- format_type, its equality operator from the type's default btree opclass); no value
+-- stored in a jointembed table is ever pasted into a statement as text, and stored
+-- identifiers (column names) are quoted with %I. So a role able to UPDATE the catalog
+-- tables could not make the owner run other SQL (and grant_usage gives no role that right).
+
+-- Names of the triggers created on an attached table (dropped by detach). The last three
+-- are the per-row triggers of attachments made before migration 004 (still served).
 CREATE OR REPLACE FUNCTION jointembed._sync_trigger_names()
 RETURNS text[]
 LANGUAGE sql IMMUTABLE AS $fn$
-    SELECT ARRAY['jointembed_sync_insert', 'jointembed_sync_delete', 'jointembed_sync_key',
-                 'jointembed_sync_text', 'jointembed_sync_image', 'jointembed_sync_truncate']
+    SELECT ARRAY['jointembed_sync_insert', 'jointembed_sync_update', 'jointembed_sync_delete',
+                 'jointembed_sync_truncate', 'jointembed_sync_key', 'jointembed_sync_text',
+                 'jointembed_sync_image']
+$fn$;
+
+-- The queue table of an attachment (in schema jointembed), from its id alone.
+CREATE OR REPLACE FUNCTION jointembed._sync_queue_name(p_id integer)
+RETURNS text
+LANGUAGE sql IMMUTABLE STRICT AS $fn$
+    SELECT 'a' || p_id || '_queue'
+$fn$;
+
+-- The side table of one version (in schema jointembed), from the ids alone.
+CREATE OR REPLACE FUNCTION jointembed._sync_side_name(p_id integer, p_version integer)
+RETURNS text
+LANGUAGE sql IMMUTABLE STRICT AS $fn$
+    SELECT 'a' || p_id || '_v' || p_version
 $fn$;
 
 -- Modalities an attachment embeds: {image}, {text} or {image,text}.
@@ -17,11 +40,80 @@ LANGUAGE sql IMMUTABLE AS $fn$
                               CASE WHEN a.text_column IS NOT NULL THEN 'text' END], NULL)
 $fn$;
 
+-- The attachment p_id, or an error naming it (every function taking an id checks it here).
+CREATE OR REPLACE FUNCTION jointembed._sync_get(p_id integer)
+RETURNS jointembed.attachments
+LANGUAGE plpgsql STABLE AS $fn$
+DECLARE
+    a jointembed.attachments;
+BEGIN
+    SELECT * INTO a FROM jointembed.attachments x WHERE x.id = p_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'jointembed: no attachment %', p_id USING ERRCODE = 'undefined_object';
+    END IF;
+    RETURN a;
+END
+$fn$;
+
+-- The user's table of an attachment as a regclass (rendered quoted and, when not on the
+-- current search_path, schema-qualified: safe to format with %s).
+CREATE OR REPLACE FUNCTION jointembed._sync_rel(a jointembed.attachments)
+RETURNS regclass
+LANGUAGE plpgsql STABLE AS $fn$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = a.table_oid AND c.relkind IN ('r', 'p')) THEN
+        RAISE EXCEPTION 'jointembed: the table of attachment % (%.%) no longer exists', a.id,
+            quote_ident(a.schema_name), quote_ident(a.table_name) USING ERRCODE = 'undefined_table';
+    END IF;
+    RETURN a.table_oid::regclass;
+END
+$fn$;
+
+-- The key column's type as format_type() prints it, read from the live catalog.
+CREATE OR REPLACE FUNCTION jointembed._sync_key_type(a jointembed.attachments)
+RETURNS text
+LANGUAGE plpgsql STABLE AS $fn$
+DECLARE
+    t text;
+BEGIN
+    SELECT pg_catalog.format_type(att.atttypid, att.atttypmod) INTO t FROM pg_catalog.pg_attribute att
+    WHERE att.attrelid = a.table_oid AND att.attname = a.key_column AND att.attnum > 0 AND NOT att.attisdropped;
+    IF t IS NULL THEN
+        RAISE EXCEPTION 'jointembed: table % has no key column %', a.table_oid::regclass,
+            quote_ident(a.key_column) USING ERRCODE = 'undefined_column';
+    END IF;
+    RETURN t;
+END
+$fn$;
+
+-- The key type's equality operator as OPERATOR(schema.=), from its default btree opclass
+-- (so it resolves under a pinned search_path too); pg_catalog's = when there is none.
+CREATE OR REPLACE FUNCTION jointembed._sync_key_eq(a jointembed.attachments)
+RETURNS text
+LANGUAGE sql STABLE AS $fn$
+    SELECT coalesce((
+        SELECT format('OPERATOR(%I.%s)', n.nspname, o.oprname)
+        FROM pg_catalog.pg_attribute att
+        JOIN pg_catalog.pg_type ty ON ty.oid = att.atttypid
+        JOIN pg_catalog.pg_opclass c ON c.opcintype = coalesce(nullif(ty.typbasetype, 0), ty.oid) AND c.opcdefault
+        JOIN pg_catalog.pg_am am ON am.oid = c.opcmethod AND am.amname = 'btree'
+        JOIN pg_catalog.pg_amop ao ON ao.amopfamily = c.opcfamily AND ao.amopstrategy = 3
+             AND ao.amoplefttype = c.opcintype AND ao.amoprighttype = c.opcintype
+        JOIN pg_catalog.pg_operator o ON o.oid = ao.amopopr
+        JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
+        WHERE att.attrelid = a.table_oid AND att.attname = a.key_column AND att.attnum > 0
+        LIMIT 1), 'OPERATOR(pg_catalog.=)')
+$fn$;
+
 -- Create the side table of one version: PK (key, modality), one model, HNSW per modality.
-CREATE OR REPLACE FUNCTION jointembed._sync_create_side(a jointembed.attachments, p_table text,
-                                             p_model_id text, p_dim integer)
-RETURNS void
+-- event_id: the newest queue event the embedding reflects (older writes never replace it).
+DROP FUNCTION IF EXISTS jointembed._sync_create_side(jointembed.attachments, text, text, integer);
+CREATE OR REPLACE FUNCTION jointembed._sync_create_side(a jointembed.attachments, p_version integer,
+                                                        p_model_id text, p_dim integer)
+RETURNS text
 LANGUAGE plpgsql AS $fn$
+DECLARE
+    side text := jointembed._sync_side_name(a.id, p_version);
 BEGIN
     EXECUTE format($ddl$
         CREATE TABLE jointembed.%1$I (
@@ -31,29 +123,68 @@ BEGIN
             model_id     text        NOT NULL CHECK (model_id = %3$L),
             embedding    vector(%4$s) NOT NULL,
             updated_at   timestamptz NOT NULL DEFAULT now(),
+            event_id     bigint      NOT NULL DEFAULT 0,
             PRIMARY KEY (key, modality)
-        )$ddl$, p_table, a.key_type, p_model_id, p_dim);
+        )$ddl$, side, jointembed._sync_key_type(a), p_model_id, p_dim);
     EXECUTE format('CREATE INDEX %I ON jointembed.%I USING hnsw (embedding vector_l2_ops) '
-                   'WHERE modality = %L', p_table || '_image_hnsw', p_table, 'image');
+                   'WHERE modality = %L', side || '_image_hnsw', side, 'image');
     EXECUTE format('CREATE INDEX %I ON jointembed.%I USING hnsw (embedding vector_l2_ops) '
-                   'WHERE modality = %L', p_table || '_text_hnsw', p_table, 'text');
-    EXECUTE format('COMMENT ON TABLE jointembed.%I IS %L', p_table,
-                   format('jointembed embeddings of %I.%I (model %s)',
-                          a.schema_name, a.table_name, p_model_id));
+                   'WHERE modality = %L', side || '_text_hnsw', side, 'text');
+    EXECUTE format('COMMENT ON TABLE jointembed.%I IS %L', side,
+                   format('jointembed embeddings of %s (model %s)', jointembed._sync_rel(a), p_model_id));
+    RETURN side;
 END
 $fn$;
 
--- Enqueue every row of the user's table for one version (attach backfill, reembed).
+-- Create the queue of an attachment (layout and indexes: migrations/004_sync_events.sql).
+CREATE OR REPLACE FUNCTION jointembed._sync_create_queue(a jointembed.attachments)
+RETURNS text
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    q text := jointembed._sync_queue_name(a.id);
+BEGIN
+    EXECUTE format($ddl$
+        CREATE TABLE jointembed.%1$I (
+            id              bigint      GENERATED ALWAYS AS IDENTITY,
+            version         integer     NOT NULL,
+            key             %2$s,                   -- NULL: a TRUNCATE event
+            modality        text        CHECK (modality IN ('image', 'text')),
+            enqueued_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
+            attempts        integer     NOT NULL DEFAULT 0,
+            next_attempt_at timestamptz NOT NULL DEFAULT now(),
+            last_error      text,
+            failed_at       timestamptz,
+            claim           uuid,
+            lease_until     timestamptz,
+            claim_pid       integer,
+            claim_lock      integer
+        )$ddl$, q, jointembed._sync_key_type(a));
+    EXECUTE format('CREATE INDEX %I ON jointembed.%I (version, next_attempt_at, id) WHERE key IS NOT NULL',
+                   q || '_ready', q);
+    EXECUTE format('CREATE INDEX %I ON jointembed.%I (key)', q || '_key', q);
+    EXECUTE format('CREATE INDEX %I ON jointembed.%I (claim) WHERE claim IS NOT NULL', q || '_claim', q);
+    EXECUTE format('CREATE INDEX %I ON jointembed.%I (version, id) WHERE key IS NULL', q || '_truncate', q);
+    EXECUTE format('COMMENT ON TABLE jointembed.%I IS %L', q,
+                   format('jointembed work queue of %s', jointembed._sync_rel(a)));
+    RETURN q;
+END
+$fn$;
+
+-- Enqueue every row of the user's table for one version (attach backfill, reembed,
+-- rescan), except (row, modality) pairs that already wait unclaimed and unfailed.
 CREATE OR REPLACE FUNCTION jointembed._sync_backfill(a jointembed.attachments, p_version integer)
 RETURNS bigint
 LANGUAGE plpgsql AS $fn$
 DECLARE
     n bigint;
 BEGIN
-    EXECUTE format('INSERT INTO jointembed.%I (version, key, modality) '
-                   'SELECT $1, t.%I, m FROM %I.%I t CROSS JOIN unnest($2::text[]) m '
-                   'ON CONFLICT (version, key, modality) DO NOTHING',
-                   a.queue_table, a.key_column, a.schema_name, a.table_name)
+    EXECUTE format($q$
+        INSERT INTO jointembed.%1$I (version, key, modality)
+        SELECT $1, t.%2$I, m FROM %3$s t CROSS JOIN unnest($2::text[]) m
+        WHERE NOT EXISTS (SELECT 1 FROM jointembed.%1$I q
+                          WHERE q.key %4$s t.%2$I AND q.version = $1 AND q.modality = m
+                            AND q.claim IS NULL AND q.last_error IS NULL)$q$,
+        jointembed._sync_queue_name(a.id), a.key_column, jointembed._sync_rel(a), jointembed._sync_key_eq(a))
         USING p_version, jointembed._sync_modalities(a);
     GET DIAGNOSTICS n = ROW_COUNT;
     PERFORM pg_notify('jointembed_sync', a.id::text);
@@ -61,19 +192,30 @@ BEGIN
 END
 $fn$;
 
--- The one trigger function of every attached table. TG_ARGV[0]: the attachment id;
--- TG_ARGV[1]: the modality an UPDATE trigger enqueues ('image' / 'text'), or '*' (all).
--- INSERT enqueues all modalities; UPDATE of the key removes the old key's embeddings and
--- enqueues the new key; DELETE / TRUNCATE remove embeddings and queue rows.
+-- The one trigger function of every attached table. TG_ARGV[0]: the attachment id.
+-- It only INSERTs change events into the queue (one per live version, key and modality):
+-- no look-up, no UPDATE or DELETE of rows a worker touches, so the user's transactions
+-- never conflict with workers at any isolation level. Workers collapse repeated events of
+-- a key and apply deletions (the key no longer in the table) themselves.
+-- Statement-level with transition tables (attach): INSERT / DELETE enqueue every row;
+-- UPDATE enqueues a modality only where its column changed (old and new rows matched by
+-- key; a changed key enqueues the old key, whose embeddings the worker then removes, and
+-- the new one); TRUNCATE enqueues one event (key NULL) that makes workers drop every
+-- older event and every embedding whose row is gone.
+-- Row-level (triggers of attachments made before migration 004): TG_ARGV[1] is the
+-- modality an UPDATE enqueues, or '*' (key change: the old and the new key).
 -- SECURITY DEFINER so that roles writing the user's table need no rights on schema
--- jointembed; it refuses to run on any table but the attachment's own.
+-- jointembed; it refuses to run on any table but the attachment's own (or its partitions).
 CREATE OR REPLACE FUNCTION jointembed.sync_trigger()
 RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     a    jointembed.attachments;
-    v    record;
+    vers integer[];
     mods text[];
+    q    text;
+    n    bigint := 0;
+    col  text;
 BEGIN
     SELECT * INTO a FROM jointembed.attachments t WHERE t.id = TG_ARGV[0]::integer;
     IF NOT FOUND OR (a.table_oid <> TG_RELID AND NOT EXISTS (   -- a partition of the table
@@ -81,47 +223,84 @@ BEGIN
         RAISE EXCEPTION 'jointembed: trigger % on % does not belong to attachment %',
             TG_NAME, TG_RELID::regclass, TG_ARGV[0] USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
+    vers := ARRAY(SELECT v.version FROM jointembed.attachment_versions v
+                  WHERE v.attachment_id = a.id AND v.state IN ('active', 'building'));
+    mods := jointembed._sync_modalities(a);
+    q := jointembed._sync_queue_name(a.id);
     IF TG_OP = 'TRUNCATE' THEN
-        EXECUTE format('DELETE FROM jointembed.%I', a.queue_table);
-        FOR v IN SELECT side_table FROM jointembed.attachment_versions
-                 WHERE attachment_id = a.id AND state IN ('active', 'building') LOOP
-            EXECUTE format('DELETE FROM jointembed.%I', v.side_table);
-        END LOOP;
-        RETURN NULL;
-    END IF;
-    IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND TG_ARGV[1] = '*') THEN
-        -- queue first: waits for a worker writing this key, so the side delete sees its row
-        EXECUTE format('DELETE FROM jointembed.%I q WHERE q.key = ($1).%I', a.queue_table, a.key_column)
-            USING OLD;
-        FOR v IN SELECT side_table FROM jointembed.attachment_versions
-                 WHERE attachment_id = a.id AND state IN ('active', 'building') LOOP
-            EXECUTE format('DELETE FROM jointembed.%I s WHERE s.key = ($1).%I', v.side_table, a.key_column)
-                USING OLD;
-        END LOOP;
-        IF TG_OP = 'DELETE' THEN
-            RETURN NULL;
+        EXECUTE format('INSERT INTO jointembed.%I (version) SELECT unnest($1)', q) USING vers;
+        GET DIAGNOSTICS n = ROW_COUNT;
+    ELSIF TG_LEVEL = 'STATEMENT' AND TG_OP IN ('INSERT', 'DELETE') THEN
+        EXECUTE format('INSERT INTO jointembed.%I (version, key, modality) '
+                       'SELECT v, r.%I, m FROM %I r CROSS JOIN unnest($1) v CROSS JOIN unnest($2) m',
+                       q, a.key_column, CASE TG_OP WHEN 'INSERT' THEN 'new_rows' ELSE 'old_rows' END)
+            USING vers, mods;
+        GET DIAGNOSTICS n = ROW_COUNT;
+    ELSIF TG_LEVEL = 'STATEMENT' THEN   -- UPDATE
+        EXECUTE format($u$
+            WITH o AS (SELECT r.%2$I AS k, %3$s AS t, %4$s AS i FROM old_rows r),
+                 n AS (SELECT r.%2$I AS k, %3$s AS t, %4$s AS i FROM new_rows r),
+                 ch AS (SELECT n.k, m FROM n LEFT JOIN o ON o.k %5$s n.k CROSS JOIN unnest($2) m
+                        WHERE o.k IS NULL OR (m = 'text' AND o.t IS DISTINCT FROM n.t)
+                                          OR (m = 'image' AND o.i IS DISTINCT FROM n.i)
+                        UNION ALL
+                        SELECT o.k, m FROM o CROSS JOIN unnest($2) m
+                        WHERE NOT EXISTS (SELECT 1 FROM n WHERE n.k %5$s o.k))
+            INSERT INTO jointembed.%1$I (version, key, modality)
+            SELECT v, ch.k, ch.m FROM ch CROSS JOIN unnest($1) v$u$,
+            q, a.key_column,
+            CASE WHEN a.text_column IS NULL THEN 'NULL::text' ELSE format('r.%I', a.text_column) END,
+            CASE WHEN a.image_column IS NULL THEN 'NULL::text' ELSE format('r.%I', a.image_column) END,
+            jointembed._sync_key_eq(a))
+            USING vers, mods;
+        GET DIAGNOSTICS n = ROW_COUNT;
+    ELSE   -- row level (attachments made before migration 004)
+        col := format('INSERT INTO jointembed.%I (version, key, modality) '
+                      'SELECT v, ($1).%I, m FROM unnest($2) v CROSS JOIN unnest($3) m', q, a.key_column);
+        IF TG_OP = 'UPDATE' AND TG_ARGV[1] <> '*' THEN
+            mods := ARRAY[TG_ARGV[1]];
         END IF;
+        IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND TG_ARGV[1] = '*') THEN
+            EXECUTE col USING OLD, vers, mods;
+        END IF;
+        IF TG_OP <> 'DELETE' THEN
+            EXECUTE col USING NEW, vers, mods;
+        END IF;
+        n := 1;
     END IF;
-    IF TG_OP = 'UPDATE' AND TG_ARGV[1] <> '*' THEN
-        mods := ARRAY[TG_ARGV[1]];
-    ELSE
-        mods := jointembed._sync_modalities(a);
+    IF n > 0 THEN
+        PERFORM pg_notify('jointembed_sync', a.id::text);
     END IF;
-    EXECUTE format($q$
-        INSERT INTO jointembed.%1$I AS q (version, key, modality)
-        SELECT v.version, ($1).%2$I, m
-        FROM jointembed.attachment_versions v CROSS JOIN unnest($2::text[]) m
-        WHERE v.attachment_id = $3 AND v.state IN ('active', 'building')
-        ON CONFLICT (version, key, modality) DO UPDATE
-        SET enqueued_at = clock_timestamp(), attempts = 0, next_attempt_at = now(),
-            last_error = NULL, failed_at = NULL, claim = NULL, lease_until = NULL$q$,
-        a.queue_table, a.key_column) USING NEW, mods, a.id;
-    PERFORM pg_notify('jointembed_sync', a.id::text);
     RETURN NULL;
 END
 $fn$;
 
 REVOKE ALL ON FUNCTION jointembed.sync_trigger() FROM PUBLIC;
+
+-- Create the triggers of an attachment on its table and, for a partitioned table, on each
+-- partition (a statement naming a partition fires that partition's triggers only).
+CREATE OR REPLACE FUNCTION jointembed._sync_create_triggers(a jointembed.attachments)
+RETURNS void
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    rel regclass;
+BEGIN
+    FOR rel IN SELECT c.oid FROM pg_class c
+               WHERE c.relkind IN ('r', 'p')   -- pg_partition_tree is empty for a plain table
+                 AND (c.oid = a.table_oid OR c.oid IN (SELECT t.relid FROM pg_partition_tree(a.table_oid) t))
+               ORDER BY c.oid LOOP
+        EXECUTE format('CREATE TRIGGER jointembed_sync_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS new_rows '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION jointembed.sync_trigger(%L)', rel, a.id);
+        EXECUTE format('CREATE TRIGGER jointembed_sync_update AFTER UPDATE ON %s '
+                       'REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION jointembed.sync_trigger(%L)', rel, a.id);
+        EXECUTE format('CREATE TRIGGER jointembed_sync_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS old_rows '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION jointembed.sync_trigger(%L)', rel, a.id);
+        EXECUTE format('CREATE TRIGGER jointembed_sync_truncate AFTER TRUNCATE ON %s '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION jointembed.sync_trigger(%L)', rel, a.id);
+    END LOOP;
+END
+$fn$;
 
 -- Check one column of the user's table; returns its type (format_type) or raises.
 CREATE OR REPLACE FUNCTION jointembed._sync_column(p_oid oid, p_column text, p_what text, p_types regtype[])
@@ -179,7 +358,7 @@ BEGIN
         RAISE EXCEPTION 'jointembed: attach needs an image column, a text column or both'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    EXECUTE format('LOCK TABLE %I.%I IN SHARE ROW EXCLUSIVE MODE', p_schema, p_table);
+    EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', rel::regclass);
     ktype := jointembed._sync_column(rel, p_key, 'key', NULL);
     IF NOT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute att
                        ON att.attrelid = i.indrelid AND att.attnum = i.indkey[0]
@@ -205,63 +384,23 @@ BEGIN
             CASE WHEN p_image_column IS NOT NULL THEN coalesce(p_image_source, 'path') END,
             p_image_root, p_model_id, p_dim)
     RETURNING x.* INTO a;
-    UPDATE jointembed.attachments x SET queue_table = 'a' || a.id || '_queue'
+    UPDATE jointembed.attachments x SET queue_table = jointembed._sync_queue_name(a.id)
     WHERE x.id = a.id RETURNING x.* INTO a;
 
-    EXECUTE format($ddl$
-        CREATE TABLE jointembed.%1$I (
-            id              bigint      GENERATED ALWAYS AS IDENTITY UNIQUE,
-            version         integer     NOT NULL,
-            key             %2$s        NOT NULL,
-            modality        text        NOT NULL CHECK (modality IN ('image', 'text')),
-            enqueued_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
-            attempts        integer     NOT NULL DEFAULT 0,
-            next_attempt_at timestamptz NOT NULL DEFAULT now(),
-            last_error      text,
-            failed_at       timestamptz,
-            claim           uuid,
-            lease_until     timestamptz,
-            PRIMARY KEY (version, key, modality)
-        )$ddl$, a.queue_table, a.key_type);
-    EXECUTE format('CREATE INDEX %I ON jointembed.%I (version, next_attempt_at, id)',
-                   a.queue_table || '_ready', a.queue_table);
-    EXECUTE format('CREATE INDEX %I ON jointembed.%I (claim) WHERE claim IS NOT NULL',
-                   a.queue_table || '_claim', a.queue_table);
-    EXECUTE format('COMMENT ON TABLE jointembed.%I IS %L', a.queue_table,
-                   format('jointembed work queue of %I.%I', p_schema, p_table));
+    PERFORM jointembed._sync_create_queue(a);
     INSERT INTO jointembed.attachment_versions (attachment_id, version, model_id, dim, side_table, state, activated_at)
-    VALUES (a.id, 1, p_model_id, p_dim, 'a' || a.id || '_v1', 'active', now());
-    PERFORM jointembed._sync_create_side(a, 'a' || a.id || '_v1', p_model_id, p_dim);
-
-    t := format('ON %I.%I FOR EACH ROW EXECUTE FUNCTION jointembed.sync_trigger(%L', p_schema, p_table, a.id);
-    EXECUTE format('CREATE TRIGGER jointembed_sync_insert AFTER INSERT %s)', t);
-    EXECUTE format('CREATE TRIGGER jointembed_sync_delete AFTER DELETE %s)', t);
-    EXECUTE format('CREATE TRIGGER jointembed_sync_key AFTER UPDATE OF %1$I ON %2$I.%3$I FOR EACH ROW '
-                   'WHEN (OLD.%1$I IS DISTINCT FROM NEW.%1$I) '
-                   'EXECUTE FUNCTION jointembed.sync_trigger(%4$L, %5$L)',
-                   p_key, p_schema, p_table, a.id, '*');
-    IF p_text_column IS NOT NULL THEN
-        EXECUTE format('CREATE TRIGGER jointembed_sync_text AFTER UPDATE OF %1$I ON %2$I.%3$I FOR EACH ROW '
-                       'WHEN (OLD.%1$I IS DISTINCT FROM NEW.%1$I) '
-                       'EXECUTE FUNCTION jointembed.sync_trigger(%4$L, %5$L)',
-                       p_text_column, p_schema, p_table, a.id, 'text');
-    END IF;
-    IF p_image_column IS NOT NULL THEN
-        EXECUTE format('CREATE TRIGGER jointembed_sync_image AFTER UPDATE OF %1$I ON %2$I.%3$I FOR EACH ROW '
-                       'WHEN (OLD.%1$I IS DISTINCT FROM NEW.%1$I) '
-                       'EXECUTE FUNCTION jointembed.sync_trigger(%4$L, %5$L)',
-                       p_image_column, p_schema, p_table, a.id, 'image');
-    END IF;
-    EXECUTE format('CREATE TRIGGER jointembed_sync_truncate AFTER TRUNCATE ON %I.%I '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION jointembed.sync_trigger(%L)',
-                   p_schema, p_table, a.id);
+    VALUES (a.id, 1, p_model_id, p_dim, jointembed._sync_side_name(a.id, 1), 'active', now());
+    PERFORM jointembed._sync_create_side(a, 1, p_model_id, p_dim);
+    PERFORM jointembed._sync_create_triggers(a);
     PERFORM jointembed._sync_backfill(a, 1);
     RETURN a;
 END
 $fn$;
 
--- Remove everything attach created: the triggers, the queue, every side table, the
--- catalog rows. Nothing else is touched. Returns false when there was no attachment.
+-- Remove everything attach created: the triggers (on the table and its partitions), the
+-- queue, every side table, the catalog rows. Nothing else is touched: only triggers with
+-- our names that call jointembed.sync_trigger with this attachment's id are dropped.
+-- Returns false when there was no attachment.
 CREATE OR REPLACE FUNCTION jointembed.detach(p_id integer)
 RETURNS boolean
 LANGUAGE plpgsql AS $fn$
@@ -269,23 +408,24 @@ DECLARE
     a   jointembed.attachments;
     v   record;
     trg text;
-    nsp text;
-    rel text;
+    rel regclass;
 BEGIN
     SELECT * INTO a FROM jointembed.attachments x WHERE x.id = p_id FOR UPDATE;
     IF NOT FOUND THEN
         RETURN false;
     END IF;
-    FOR trg, nsp, rel IN
-        SELECT t.tgname, n.nspname, c.relname
-        FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE t.tgrelid = a.table_oid AND t.tgname = ANY (jointembed._sync_trigger_names()) LOOP
-        EXECUTE format('DROP TRIGGER %I ON %I.%I', trg, nsp, rel);
+    FOR trg, rel IN
+        SELECT t.tgname, t.tgrelid::regclass FROM pg_trigger t
+        WHERE (t.tgrelid = a.table_oid OR t.tgrelid IN (SELECT p.relid FROM pg_partition_tree(a.table_oid) p))
+          AND t.tgname = ANY (jointembed._sync_trigger_names()) AND t.tgparentid = 0
+          AND t.tgfoid = 'jointembed.sync_trigger()'::regprocedure
+          AND t.tgnargs >= 1 AND split_part(encode(t.tgargs, 'escape'), '\000', 1) = a.id::text LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', trg, rel);
     END LOOP;
-    FOR v IN SELECT side_table FROM jointembed.attachment_versions WHERE attachment_id = a.id LOOP
-        EXECUTE format('DROP TABLE IF EXISTS jointembed.%I', v.side_table);
+    FOR v IN SELECT version FROM jointembed.attachment_versions WHERE attachment_id = a.id LOOP
+        EXECUTE format('DROP TABLE IF EXISTS jointembed.%I', jointembed._sync_side_name(a.id, v.version));
     END LOOP;
-    EXECUTE format('DROP TABLE IF EXISTS jointembed.%I', a.queue_table);
+    EXECUTE format('DROP TABLE IF EXISTS jointembed.%I', jointembed._sync_queue_name(a.id));
     DELETE FROM jointembed.attachments x WHERE x.id = a.id;
     RETURN true;
 END

@@ -33,10 +33,10 @@ BEGIN
     END IF;
     n := (SELECT max(version) + 1 FROM jointembed.attachment_versions WHERE attachment_id = p_id);
     INSERT INTO jointembed.attachment_versions AS x (attachment_id, version, model_id, dim, side_table, state)
-    VALUES (p_id, n, p_model_id, p_dim, 'a' || p_id || '_v' || n, 'building')
+    VALUES (p_id, n, p_model_id, p_dim, jointembed._sync_side_name(p_id, n), 'building')
     RETURNING x.* INTO v;
-    PERFORM jointembed._sync_create_side(a, v.side_table, p_model_id, p_dim);
-    EXECUTE format('LOCK TABLE %I.%I IN SHARE ROW EXCLUSIVE MODE', a.schema_name, a.table_name);
+    PERFORM jointembed._sync_create_side(a, n, p_model_id, p_dim);
+    EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', jointembed._sync_rel(a));
     PERFORM jointembed._sync_backfill(a, n);
     RETURN v;
 END
@@ -56,8 +56,9 @@ BEGIN
     IF NOT FOUND THEN
         RETURN false;
     END IF;
-    EXECUTE format('DELETE FROM jointembed.%I WHERE version = $1', a.queue_table) USING v.version;
-    EXECUTE format('DROP TABLE IF EXISTS jointembed.%I', v.side_table);
+    EXECUTE format('DELETE FROM jointembed.%I WHERE version = $1', jointembed._sync_queue_name(a.id))
+        USING v.version;
+    EXECUTE format('DROP TABLE IF EXISTS jointembed.%I', jointembed._sync_side_name(a.id, v.version));
     RETURN true;
 END
 $fn$;
@@ -83,7 +84,7 @@ BEGIN
             quote_ident(a.schema_name), quote_ident(a.table_name) USING ERRCODE = 'no_data_found';
     END IF;
     EXECUTE format('SELECT count(*) FROM jointembed.%I WHERE version = $1 AND last_error IS NULL',
-                   a.queue_table) INTO waiting USING p_version;
+                   jointembed._sync_queue_name(a.id)) INTO waiting USING p_version;
     IF waiting > 0 THEN
         RAISE EXCEPTION 'jointembed: version % of %.% still has % rows to embed', p_version,
             quote_ident(a.schema_name), quote_ident(a.table_name), waiting
@@ -95,23 +96,25 @@ BEGIN
     WHERE x.attachment_id = p_id AND x.version = p_version;
     UPDATE jointembed.attachments x SET model_id = v.model_id, dim = v.dim, active_version = v.version
     WHERE x.id = p_id;
-    EXECUTE format('DELETE FROM jointembed.%I WHERE version = $1', a.queue_table) USING old.version;
-    RETURN old.side_table;
+    EXECUTE format('DELETE FROM jointembed.%I WHERE version = $1', jointembed._sync_queue_name(a.id))
+        USING old.version;
+    RETURN jointembed._sync_side_name(a.id, old.version);
 END
 $fn$;
 
--- Drop the side table of a retired version (after sync_activate_version committed).
+-- Drop the side table of a retired version (after sync_activate_version committed; a
+-- later reembed calls it again, so a crash between the two leaves nothing behind for long).
 CREATE OR REPLACE FUNCTION jointembed.sync_drop_retired(p_id integer)
 RETURNS integer
 LANGUAGE plpgsql AS $fn$
 DECLARE
     v record;
     n integer := 0;
-    q text := (SELECT queue_table FROM jointembed.attachments WHERE id = p_id);
+    q text := jointembed._sync_queue_name(p_id);
 BEGIN
     FOR v IN DELETE FROM jointembed.attachment_versions x
-             WHERE x.attachment_id = p_id AND x.state = 'retired' RETURNING x.side_table, x.version LOOP
-        EXECUTE format('DROP TABLE IF EXISTS jointembed.%I', v.side_table);
+             WHERE x.attachment_id = p_id AND x.state = 'retired' RETURNING x.version LOOP
+        EXECUTE format('DROP TABLE IF EXISTS jointembed.%I', jointembed._sync_side_name(p_id, v.version));
         EXECUTE format('DELETE FROM jointembed.%I WHERE version = $1', q) USING v.version;
         n := n + 1;
     END LOOP;

@@ -1,0 +1,355 @@
+"""Attached tables under attack and under concurrency, on a real PostgreSQL:
+
+* the worker role of ``jointembed.grant_usage`` can change no catalog row and call no
+  owner function; tampered catalog values never make the owner's commands run other SQL;
+* the user's transactions at REPEATABLE READ and SERIALIZABLE never fail because a
+  worker touched the same keys (the triggers only append events);
+* a killed ``reembed`` resumes at once (claims die with their session), and a crash
+  after the switch leaves no retired side table behind the next run;
+* rows that arrive without row triggers are reported by ``status`` and fixed by
+  ``sync --rescan``.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from jointembed_pg import db, sync, sync_reembed
+from jointembed_pg.errors import DatabaseError
+from jointembed_pg.ingest import sha256
+from jointembed_pg.readers import clean_text
+from jointembed_pg.sync_worker import SyncConfig, sync_table
+from test_reliability_support import scenario
+from test_sync_support import Counting, Projected, make_photos, queue, side_rows
+
+pytest_plugins = ["_reliability"]
+pytestmark = pytest.mark.flickr8k
+
+ROLE = "je_sec_worker"
+
+
+@pytest.fixture
+def conn(pg_dsn):
+    with db.connect(pg_dsn, autocommit=True) as c:
+        yield c
+
+
+def _attach_texts(conn, bundle, n, table="photos", **kw):
+    rows = [(i, f"caption number {i}", f"img{i}.jpg") for i in range(1, n + 1)]
+    make_photos(conn, rows, table=table)
+    return sync.attach(conn, table, bundle, key="id", text_column="caption", **kw)
+
+
+def _role_dsn(pg_dsn: str, conn) -> str:
+    if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [ROLE]).fetchone():
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(ROLE)))
+    dbname = conn.info.dbname
+    conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(dbname), sql.Identifier(ROLE)))
+    return pg_dsn.replace("postgres:@", f"{ROLE}:@")
+
+
+@scenario('Worker role (jointembed grant): UPDATE/INSERT/DELETE of every catalog, queue and side table, CREATE in schema jointembed, every owner function, reembed/detach/sync --rescan from Python',
+          'every attempt denied (insufficient privilege); sync, status and search as the role work', "security")
+def test_worker_role_can_change_no_catalog_row_nor_escalate(conn, pg_dsn, bundle, observe):
+    att = _attach_texts(conn, bundle, 6)
+    wdsn = _role_dsn(pg_dsn, conn)
+    conn.execute("SELECT jointembed.grant_usage(%s, false)", [ROLE])
+    q, side = f"jointembed.a{att.id}_queue", f"jointembed.a{att.id}_v1"
+    attempts = [
+        "UPDATE jointembed.attachments SET key_type = 'integer); DROP TABLE photos; --'",
+        "UPDATE jointembed.attachments SET queue_table = 'collections', image_root = '/'",
+        "UPDATE jointembed.attachment_versions SET side_table = 'attachments'",
+        "DELETE FROM jointembed.attachments",
+        "INSERT INTO jointembed.attachment_versions (attachment_id, version, model_id, dim, side_table, state) "
+        "VALUES (1, 9, 'x', 3, 'attachments', 'retired')",
+        f"UPDATE {q} SET attempts = 0",
+        f"DELETE FROM {q}",
+        f"INSERT INTO {side} (key, modality, content_hash, model_id, embedding) "
+        f"SELECT key, modality, 'h', model_id, embedding FROM {side} LIMIT 1",
+        "CREATE TABLE jointembed.evil (x int)",
+        "CREATE FUNCTION jointembed.evil() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+        f"SELECT jointembed.sync_begin_version({att.id}, 'evil', 3)",
+        f"SELECT jointembed.sync_abort_version({att.id})",
+        f"SELECT jointembed.sync_activate_version({att.id}, 1)",
+        f"SELECT jointembed.sync_drop_retired({att.id})",
+        f"SELECT jointembed.detach({att.id})",
+        "SELECT jointembed.attach('public', 'photos', 'id', NULL, 'caption', NULL, NULL, 'm', 3)",
+        f"SELECT jointembed.grant_usage('{ROLE}', true)",
+        f"SELECT jointembed.sync_rescan({att.id})",
+        f"SELECT jointembed.sync_retry_failed({att.id}, 1)",
+        "SELECT * FROM photos",
+        "UPDATE photos SET caption = 'x'",
+    ]
+    with psycopg.connect(wdsn, autocommit=True) as w:
+        for stmt in attempts:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                w.execute(stmt)
+    with db.connect(wdsn, autocommit=True) as w:
+        with pytest.raises(DatabaseError, match="permission denied"):
+            sync_reembed.reembed(w, "photos", Projected(bundle, 16, "evil-16"))
+        with pytest.raises(DatabaseError, match="permission denied"):
+            sync.detach(w, "photos")
+        with pytest.raises(DatabaseError, match="permission denied"):
+            sync_table(w, "photos", bundle, rescan=True)
+        # ...what it is for works: drain the queue, read status, search
+        assert sync_table(w, "photos", bundle).written == 6
+        assert sync.status(w, "photos")[0]["done"] == 6
+        assert sync.search_attached(w, "photos", bundle.encode_texts(["caption number 3"])[0], k=1,
+                                    modality="text")[0][0] == 3
+    assert sync.find(conn, "photos") == att                  # the catalog is as attach left it
+    observe(f"{len(attempts)} SQL attempts and 3 Python escalations denied; the role drained 6 rows, "
+            "read status and searched; catalog unchanged")
+
+
+@scenario('SQL payload in every text column of the catalog (key_type, queue_table, side_table, table_name), then the owner runs reembed, sync, detach',
+          'no payload runs (canary table kept, no pwned table, catalog tables intact); the commands act on the real table', "security")
+def test_tampered_catalog_values_never_become_sql(conn, bundle, observe):
+    """Even a role with UPDATE on the catalog (none has it) could not make the owner run SQL."""
+    att = _attach_texts(conn, bundle, 4)
+    sync_table(conn, "photos", bundle)
+    conn.execute("CREATE TABLE canary (x int)")
+    payload = "integer); DROP TABLE canary; CREATE TABLE pwned (x int); --"
+    conn.execute("UPDATE jointembed.attachments SET key_type = %s, queue_table = 'collections', "
+                 "table_name = 'canary'", [payload])
+    conn.execute("UPDATE jointembed.attachment_versions SET side_table = 'attachments'")
+    other = Counting(Projected(bundle, 24, "projected-24"))
+    rep = sync_reembed.reembed(conn, "canary", other)      # the catalog says canary; the oid says photos
+    assert rep.switched and rep.sync.written == 4
+    assert conn.execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = "
+                        "%s::regclass AND attname = 'key'", [f"jointembed.a{att.id}_v2"]).fetchone()[0] == "integer"
+    conn.execute("UPDATE photos SET caption = 'changed' WHERE id = 2")
+    assert sync_table(conn, "canary", other).written == 1
+    assert sync.status(conn, "canary")[0]["done"] == 4
+    sync.detach(conn, "canary")
+    for name, exists in (("public.canary", True), ("public.pwned", False), ("jointembed.attachments", True),
+                         ("jointembed.collections", True), ("public.photos", True)):
+        assert (conn.execute("SELECT to_regclass(%s)", [name]).fetchone()[0] is not None) == exists, name
+    assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'photos'::regclass").fetchone()[0] == 0
+    observe("reembed switched (4 rows embedded, key typed integer from the live catalog), sync wrote 1, "
+            "detach removed all triggers; canary kept, no pwned table")
+
+
+@pytest.mark.parametrize("isolation", ["REPEATABLE READ", "SERIALIZABLE"])
+@scenario("App DELETE/UPDATE/key change at REPEATABLE READ and SERIALIZABLE on keys a worker claims and writes (after the app's snapshot, and 60 transactions against a continuously draining worker)",
+          'no serialization failure; afterwards every row embedded with its current content', "security")
+def test_user_transactions_never_conflict_with_a_worker(conn, pg_dsn, bundle, isolation, observe):
+    att = _attach_texts(conn, bundle, 40)
+    sync_table(conn, "photos", bundle)
+    conn.execute("UPDATE photos SET caption = caption || ' v2' WHERE id <= 20")     # queued events
+    # 1. deterministic: the user's snapshot predates a worker's claim and write of the keys
+    #    the user then deletes / updates / re-keys (the old triggers failed here with
+    #    "could not serialize access due to concurrent update")
+    with db.connect(pg_dsn) as user:
+        user.execute(f"SET TRANSACTION ISOLATION LEVEL {isolation}")
+        user.execute("SELECT count(*) FROM photos").fetchone()                      # snapshot taken
+        assert sync_table(conn, "photos", bundle, cfg=SyncConfig(batch_size=8)).written == 20
+        user.execute("DELETE FROM photos WHERE id IN (1, 2, 3)")
+        user.execute("UPDATE photos SET caption = 'edited in the app' WHERE id IN (4, 5)")
+        user.execute("UPDATE photos SET id = id + 1000 WHERE id IN (6, 7)")
+        user.commit()
+    # 2. concurrent: a worker drains continuously while the app edits the same keys
+    failures, commits, stop = [], 0, threading.Event()
+
+    def worker():
+        with db.connect(pg_dsn, autocommit=True) as c:
+            while not stop.is_set():
+                sync_table(c, "photos", bundle, cfg=SyncConfig(batch_size=4))
+
+    t = threading.Thread(target=worker)
+    t.start()
+    try:
+        with db.connect(pg_dsn) as user:
+            for i in range(60):
+                k = 8 + i % 30
+                user.execute(f"SET TRANSACTION ISOLATION LEVEL {isolation}")
+                try:
+                    user.execute("SELECT caption FROM photos WHERE id = %s", [k]).fetchone()
+                    time.sleep(0.01)
+                    if i % 3 == 0:
+                        user.execute("DELETE FROM photos WHERE id = %s", [k])
+                        user.execute("INSERT INTO photos (id, caption, image_path) VALUES (%s, %s, 'x.jpg')",
+                                     [k, f"reinserted {i}"])
+                    else:
+                        user.execute("UPDATE photos SET caption = %s WHERE id = %s", [f"round {i}", k])
+                    user.commit()
+                    commits += 1
+                except psycopg.errors.SerializationFailure as e:
+                    user.rollback()
+                    failures.append(str(e))
+    finally:
+        stop.set()
+        t.join(60)
+    assert failures == [] and commits == 60
+    sync_table(conn, "photos", bundle)
+    # every row embedded with its current content, nothing else stored, nothing queued
+    rows = dict(conn.execute("SELECT id::text, caption FROM photos").fetchall())
+    stored = side_rows(conn, att.id)
+    assert {k for k, _ in stored} == set(rows) and queue(conn, att.id) == []
+    assert all(stored[(k, "text")][0] == sha256(clean_text(c, k).encode()) for k, c in rows.items())
+    observe(f"{isolation}: 0 serialization failures, {commits} of 60 concurrent transactions committed; "
+            f"{len(rows)} rows embedded with current content, queue empty")
+
+
+@scenario('reembed killed (backend terminated) while holding 10-minute claims; a crash between the model switch and the drop of the old side table',
+          'the rerun switches at once (no lease wait); the next reembed drops the retired side table', "security")
+def test_killed_reembed_resumes_at_once_and_finishes_an_interrupted_drop(conn, pg_dsn, bundle, observe):
+    att = _attach_texts(conn, bundle, 12)
+    sync_table(conn, "photos", bundle)
+    new = Projected(bundle, 32, "projected-32")
+    # a reembed that is killed after claiming part of the new version's queue (10-min lease)
+    victim = db.connect(pg_dsn, autocommit=True)
+    ver = victim.execute("SELECT version FROM jointembed.sync_begin_version(%s, %s, %s)",
+                         [att.id, new.model_id, new.dim]).fetchone()[0]
+    import uuid
+
+    assert victim.execute("SELECT jointembed.sync_claim(%s, %s, %s, 5, '10 minutes')",
+                          [att.id, ver, uuid.uuid4()]).fetchone()[0] == 5
+    conn.execute("SELECT pg_terminate_backend(%s)", [victim.info.backend_pid])
+    victim.close()
+    t0 = time.monotonic()
+    rep = sync_reembed.reembed(conn, "photos", new)
+    assert rep.switched and rep.sync.written == 12 and time.monotonic() - t0 < 30
+    observe(f"resumed and switched in {time.monotonic() - t0:.1f} s with 5 rows claimed by the killed session")
+    # a crash between the switch and the drop of the retired side table...
+    newer = Projected(bundle, 40, "projected-40")
+    v3 = conn.execute("SELECT version FROM jointembed.sync_begin_version(%s, %s, %s)",
+                      [att.id, newer.model_id, newer.dim]).fetchone()[0]
+    sync_table(conn, "photos", newer)
+    conn.execute("SELECT jointembed.sync_activate_version(%s, %s)", [att.id, v3])
+    assert conn.execute("SELECT to_regclass(%s)", [f"jointembed.a{att.id}_v{ver}"]).fetchone()[0] is not None
+    assert sync.status(conn, "photos")[0]["retired"] == 1
+    # ...is finished by the next run (which has nothing else to do)
+    rep = sync_reembed.reembed(conn, "photos", newer)
+    assert not rep.switched
+    assert conn.execute("SELECT to_regclass(%s)", [f"jointembed.a{att.id}_v{ver}"]).fetchone()[0] is None
+    assert sync.status(conn, "photos")[0]["retired"] == 0
+
+
+def test_not_switched_message_says_what_holds_the_switch():
+    st = {"claimed": 3, "pending": 3}
+    msg = sync_reembed._not_switched("public.photos", st)
+    assert "being embedded by other running workers" in msg and "reembed --abort" in msg
+    assert "still queued" in sync_reembed._not_switched("public.photos", {"claimed": 0, "pending": 7})
+
+
+@scenario('Rows inserted with session_replication_role = replica (no triggers fire), 3 rows and then 40,000',
+          'status reports them as missing (exact, then sampled) with the --rescan fix; sync --rescan embeds them', "security")
+def test_rows_without_triggers_are_reported_and_rescanned(conn, pg_dsn, bundle, observe):
+    from click.testing import CliRunner
+
+    import jointembed_pg.cli_sync  # noqa: F401  (registers the commands)
+    from jointembed_pg.cli import cli
+
+    att = _attach_texts(conn, bundle, 5)
+    sync_table(conn, "photos", bundle)
+    st = sync.status(conn, "photos")[0]
+    assert (st["missing"], st["missing_exact"], st["done"]) == (0, True, 5)
+    with conn.transaction():             # what logical replication's apply does
+        conn.execute("SET LOCAL session_replication_role = replica")
+        conn.execute("INSERT INTO photos (id, caption, image_path) SELECT g, 'replicated ' || g, 'x.jpg' "
+                     "FROM generate_series(100, 102) g")
+    st = sync.status(conn, "photos")[0]
+    assert (st["missing"], st["pending"]) == (3, 0)
+    out = CliRunner().invoke(cli, ["status", "--table", "photos", "--dsn", pg_dsn])
+    assert out.exit_code == 0 and "3 rows x modalities have no embedding and are not queued" in out.output
+    assert "jointembed sync --table photos --schema public --rescan" in out.output
+    assert sync_table(conn, "photos", bundle, rescan=True).written == 3
+    st = sync.status(conn, "photos")[0]
+    assert (st["missing"], st["done"], st["pending"]) == (0, 8, 0)
+    # a large table is sampled, not scanned: the estimate is near the truth
+    conn.execute("SET session_replication_role = replica")
+    conn.execute("INSERT INTO photos (id, caption, image_path) SELECT g, 'bulk ' || g, 'x.jpg' "
+                 "FROM generate_series(1000, 40999) g")
+    conn.execute("RESET session_replication_role")
+    conn.execute("ANALYZE photos")
+    st = conn.execute("SELECT jointembed.sync_status(%s, 0, 5000)", [att.id]).fetchone()[0]
+    assert st["missing_exact"] is False and 30000 < st["missing"] < 50000
+    observe(f"3 missing reported exactly and fixed by --rescan; 40,000 estimated as {st['missing']:,} from a sample")
+
+
+def test_partitions_statement_triggers_and_attach_partition(conn, bundle):
+    conn.execute("CREATE TABLE parts (id int PRIMARY KEY, caption text) PARTITION BY RANGE (id)")
+    conn.execute("CREATE TABLE parts_1 PARTITION OF parts FOR VALUES FROM (0) TO (100)")
+    conn.execute("INSERT INTO parts SELECT g, 'row ' || g FROM generate_series(1, 5) g")
+    att = sync.attach(conn, "parts", bundle, key="id", text_column="caption")
+    conn.execute("INSERT INTO parts_1 VALUES (50, 'direct into the partition')")   # its own triggers fire
+    conn.execute("UPDATE parts SET caption = 'via the parent' WHERE id = 1")
+    assert sync_table(conn, "parts", bundle).written == 6
+    conn.execute("CREATE TABLE parts_2 (id int PRIMARY KEY, caption text)")
+    conn.execute("INSERT INTO parts_2 SELECT g, 'attached later ' || g FROM generate_series(100, 103) g")
+    conn.execute("ALTER TABLE parts ATTACH PARTITION parts_2 FOR VALUES FROM (100) TO (200)")
+    assert sync.status(conn, "parts")[0]["missing"] == 4
+    assert sync_table(conn, "parts", bundle, rescan=True).written == 4
+    assert sync.status(conn, "parts")[0]["missing"] == 0
+    sync.detach(conn, "parts")
+    assert conn.execute("SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+                        "WHERE c.relname LIKE 'parts%'").fetchone()[0] == 0
+    assert att.id not in [a.id for a in sync.list_attachments(conn)]
+
+
+def test_migration_004_upgrades_an_old_queue_and_old_row_triggers_still_work(conn, pg_dsn, bundle):
+    """A database attached before 004: PK (version, key, modality) queue, row triggers."""
+    from jointembed_pg import migrations
+
+    att = _attach_texts(conn, bundle, 4)
+    sync_table(conn, "photos", bundle)
+    q, side = sql.Identifier("jointembed", f"a{att.id}_queue"), sql.Identifier("jointembed", f"a{att.id}_v1")
+    n = f"a{att.id}_queue"
+    for stmt in (  # back to the 003 layout, as an old database has it
+            "ALTER TABLE {q} DROP COLUMN claim_pid, DROP COLUMN claim_lock",
+            f"DROP INDEX jointembed.{n}_key, jointembed.{n}_truncate, jointembed.{n}_ready, jointembed.{n}_claim",
+            "ALTER TABLE {q} ALTER COLUMN key SET NOT NULL, ADD PRIMARY KEY (version, key, modality), ADD UNIQUE (id)",
+            f"CREATE INDEX {n}_ready ON {{q}} (version, next_attempt_at, id)",
+            f"CREATE INDEX {n}_claim ON {{q}} (claim) WHERE claim IS NOT NULL",
+            "ALTER TABLE {side} DROP COLUMN event_id",
+            "DROP TRIGGER jointembed_sync_insert ON photos; DROP TRIGGER jointembed_sync_update ON photos; "
+            "DROP TRIGGER jointembed_sync_delete ON photos; DROP TRIGGER jointembed_sync_truncate ON photos",
+            f"CREATE TRIGGER jointembed_sync_insert AFTER INSERT ON photos FOR EACH ROW "
+            f"EXECUTE FUNCTION jointembed.sync_trigger('{att.id}')",
+            f"CREATE TRIGGER jointembed_sync_delete AFTER DELETE ON photos FOR EACH ROW "
+            f"EXECUTE FUNCTION jointembed.sync_trigger('{att.id}')",
+            f"CREATE TRIGGER jointembed_sync_key AFTER UPDATE OF id ON photos FOR EACH ROW WHEN "
+            f"(OLD.id IS DISTINCT FROM NEW.id) EXECUTE FUNCTION jointembed.sync_trigger('{att.id}', '*')",
+            f"CREATE TRIGGER jointembed_sync_text AFTER UPDATE OF caption ON photos FOR EACH ROW WHEN "
+            f"(OLD.caption IS DISTINCT FROM NEW.caption) EXECUTE FUNCTION jointembed.sync_trigger('{att.id}', 'text')",
+            "DELETE FROM jointembed.schema_version WHERE version >= 4"):
+        conn.execute(sql.SQL(stmt).format(q=q, side=side))
+    assert migrations.apply(conn) == [4]
+    cols = {r[0] for r in conn.execute("SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass "
+                                       "AND attnum > 0", [f"jointembed.{n}"]).fetchall()}
+    assert {"claim_pid", "claim_lock"} <= cols
+    assert conn.execute("SELECT count(*) FROM pg_constraint WHERE conrelid = %s::regclass",
+                        [f"jointembed.{n}"]).fetchone()[0] == 1          # the modality CHECK only
+    conn.execute("UPDATE photos SET caption = 'old trigger, new queue' WHERE id = 1")
+    conn.execute("UPDATE photos SET caption = 'twice' WHERE id = 1")
+    conn.execute("UPDATE photos SET id = 40 WHERE id = 2")
+    conn.execute("DELETE FROM photos WHERE id = 3")
+    assert queue(conn, att.id) == [("1", "text", 1), ("1", "text", 1), ("2", "text", 1), ("3", "text", 1),
+                                   ("40", "text", 1)]
+    rep = sync_table(conn, "photos", bundle)
+    assert (rep.written, rep.gone) == (2, 2)
+    assert set(side_rows(conn, att.id)) == {("1", "text"), ("4", "text"), ("40", "text")}
+    sync.detach(conn, "photos")
+    assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'photos'::regclass").fetchone()[0] == 0
+
+
+def test_grants_survive_a_definitions_upgrade_that_recreates_functions(conn, pg_dsn, bundle):
+    from jointembed_pg import migrations
+
+    _attach_texts(conn, bundle, 3)
+    wdsn = _role_dsn(pg_dsn, conn)
+    conn.execute("SELECT jointembed.grant_usage(%s)", [ROLE])
+    # an upgrade that drops and re-creates a queue function (a signature change) and
+    # re-applies every definition: the function comes back without grants...
+    conn.execute("DROP FUNCTION jointembed.sync_complete(integer, integer, uuid, bigint[], text[], vector[])")
+    conn.execute("UPDATE jointembed.definitions SET sha256 = 'outdated'")
+    assert migrations.apply(conn) == []
+    # ...and the recorded role gets its rights back; PUBLIC still has none
+    with db.connect(wdsn, autocommit=True) as w:
+        assert sync_table(w, "photos", bundle).written == 3
+    assert conn.execute("SELECT has_function_privilege('public', 'jointembed.sync_claim(integer, integer, uuid, "
+                        "integer, interval)', 'EXECUTE')").fetchone()[0] is False
