@@ -90,14 +90,18 @@ class Context:
         :class:`InputError` listing the existing names (and the closest one)."""
         from .suggest import not_found
 
+        from .errors import DatabaseError
+
         store = self.store(dsn)
         model = {"model_id": bundle.model_id, "dim": bundle.dim} if bundle is not None else {}
-        if not create:
+        try:
+            return store.collection(name, create=create, **model)
+        except DatabaseError as e:
             names = [c.name for c in store.collections()]
-            if name not in names:
-                raise InputError(not_found("collection", name, names) + " (create one with "
-                                 "`jointembed index image|text ... --collection NAME`)")
-        return store.collection(name, create=create, **model)
+            if create or name in names:
+                raise
+            raise InputError(not_found("collection", name, names) + " (create one with "
+                             "`jointembed index image|text ... --collection NAME`)") from e
 
     def store(self, dsn):
         if self._store is None:

@@ -44,6 +44,11 @@ def list_cmd(obj, dsn, as_json):
                    f"{r['created_at']}")
 
 
+def _interactive() -> bool:
+    """Whether there is a terminal to ask for confirmation on."""
+    return sys.stdin.isatty()
+
+
 @collections.command("drop")
 @click.argument("name")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
@@ -58,7 +63,7 @@ def drop_cmd(obj, name, yes, dsn):
         coll = obj.collection(dsn, name)  # a misspelt name gets "did you mean"
         what = f"collection {name!r} ({coll.count('image')} images, {coll.count('text')} texts, model {coll.model_id})"
         if not yes:
-            if not sys.stdin.isatty():
+            if not _interactive():
                 raise click.ClickException(f"not dropping {what}: no terminal to confirm on; pass --yes")
             if not click.confirm(f"Drop {what}? This deletes its embeddings", default=False):
                 click.echo("not dropped")

@@ -143,8 +143,15 @@ def next_steps(name: str, queries, data, dsn) -> list[str]:
     sql = (f"SELECT id, key, distance, text FROM jointembed.more_like_this({_sql_literal(name)}, "
            f"{first_image.id if first_image is not None else 1}, 5, 'text')")
     psql_dsn = '"$DATABASE_URL"' if dsn else '"$(jointembed server start)"'
-    steps.append(f"psql {psql_dsn} -c {shlex.quote(sql)}")
+    steps.append(f"psql {psql_dsn} -c {_shell_quote(sql)}")
     return steps
+
+
+def _shell_quote(text: str) -> str:
+    """Double quotes when nothing inside is special to the shell (readable SQL), else shlex."""
+    if not any(c in text for c in '"$`\\!'):
+        return f'"{text}"'
+    return shlex.quote(text)
 
 
 def _sql_literal(value: str) -> str:
