@@ -111,16 +111,16 @@ def _caption_picks(data, exclude: set[int]) -> list[tuple[str, str, int]]:
 def _run_queries(coll, bundle, data, k):
     """The demo's queries with their hits; ``relevant`` holds the ground truth where known."""
     queries = []
-    for text, vec in zip(DEMO_SENTENCES, bundle.encode_texts(list(DEMO_SENTENCES))):
-        hits = coll.search_vector(vec, target="image", k=k)
-        queries.append({"label": f"text → image: {text}", "query_text": text, "query_image": None, "hits": hits})
     step = max(1, len(data.image_paths) // DEMO_IMAGES)
     pick_ids = [i * step for i in range(DEMO_IMAGES)]
-    for key, text, img in _caption_picks(data, set(pick_ids)):
+    for key, text, img in _caption_picks(data, set(pick_ids)):  # ground truth known: first
         target_path = data.image_paths[img]
         hits = coll.search_vector(bundle.encode_texts(text), target="image", k=k)
         queries.append({"label": f"text → image (a Flickr8K caption of {target_path.name}): {text}",
                         "query_text": text, "query_image": None, "hits": hits, "relevant": {str(target_path)}})
+    for text, vec in zip(DEMO_SENTENCES, bundle.encode_texts(list(DEMO_SENTENCES))):
+        hits = coll.search_vector(vec, target="image", k=k)
+        queries.append({"label": f"text → image: {text}", "query_text": text, "query_image": None, "hits": hits})
     picks = [data.image_paths[i] for i in pick_ids]
     for path, vec in zip(picks, bundle.encode_images(picks)):
         truth = {c for c, _ in data.captions if c.split("#", 1)[0] == path.name}

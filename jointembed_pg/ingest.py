@@ -211,7 +211,7 @@ def index_texts(collection, bundle, records: Iterable[TextRecord], *, batch_size
             seen.add(r.key)
             good.append(r)
     known = collection.content_hashes("text", [r.key for r in good])
-    writer, bar = _Writer(collection.upsert), _progress(len(records), "captions", progress)
+    writer, bar = _Writer(collection.upsert), _progress(len(records), "texts", progress)
     bar.update(len(records) - len(good))
     try:
         for chunk in _chunks(good, batch_size):

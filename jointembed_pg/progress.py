@@ -77,7 +77,8 @@ class _LogProgress:
         with self._lock:
             self.n += n
             now = time.monotonic()
-            if now - self._last >= self.interval:
+            finished = self.total is not None and self.n >= self.total  # close() says "done"
+            if now - self._last >= self.interval and not finished:
                 self._last = now
                 self._write(self.line(now))
 
