@@ -3,11 +3,11 @@
 Exit codes: 0 success; 1 error (one line on stderr, no traceback); 2 bad usage;
 3 the job finished but some items failed (they are listed in the end-of-run report).
 Which exceptions are "errors" (one line) and which are bugs (traceback): :data:`USER_ERRORS`.
+Every command that touches the database takes ``--dsn`` (or ``$DATABASE_URL``); without
+either it starts/reuses the embedded PostgreSQL under ``~/.local/share/jointembed``.
 
 Vocabulary: the two kinds of item are ``image`` and ``text`` everywhere (commands,
 ``--target``, JSON, Python, SQL); the plurals ``images`` / ``texts`` are accepted as aliases.
-Every command that touches the database takes ``--dsn`` (or ``$DATABASE_URL``); without
-either it starts/reuses the embedded PostgreSQL under ``~/.local/share/jointembed``.
 """
 from __future__ import annotations
 
@@ -88,9 +88,8 @@ class Context:
     def collection(self, dsn, name, *, bundle=None, create=False):
         """Open collection ``name`` (checking ``bundle``'s model); a missing one is an
         :class:`InputError` listing the existing names (and the closest one)."""
-        from .suggest import not_found
-
         from .errors import DatabaseError
+        from .suggest import not_found
 
         store = self.store(dsn)
         model = {"model_id": bundle.model_id, "dim": bundle.dim} if bundle is not None else {}
