@@ -53,12 +53,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("png", type=Path, nargs="?", default=Path(__file__).resolve().parent / "img" / "gallery.png")
     ap.add_argument("--width", type=int, default=1280)
     ap.add_argument("--height", type=int, default=1400)
+    ap.add_argument("--full-color", action="store_true", help="Keep 24-bit colour (default: a 256-colour "
+                                                              "palette, ~3x smaller for the repository).")
     a = ap.parse_args(argv)
     try:
         out = screenshot(a.html, a.png, width=a.width, height=a.height)
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if not a.full_color:
+        from PIL import Image
+
+        with Image.open(out) as im:
+            small = im.convert("RGB").quantize(256, dither=Image.Dither.FLOYDSTEINBERG)
+        small.save(out, optimize=True)
     print(out)
     return 0
 
