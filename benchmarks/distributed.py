@@ -85,7 +85,7 @@ def _identical(dsn: str, a: str, b: str) -> bool:
 
 
 def _row(run_id: str, label: str, report: ingest.IngestReport, note: str = "") -> dict:
-    n = report.written + report.skipped
+    n = report.written + report.unchanged
     return {"id": run_id, "run": label, "items": n, "seconds": round(report.seconds, 2),
             "per_s": round(n / report.seconds, 1), "failed": len(report.failed), "note": note}
 

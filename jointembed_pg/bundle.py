@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import paths
-from .errors import BundleError, InputError
+from .errors import BundleError, InputError, ItemError
 from .manifest import (  # noqa: F401 - names of the bundle layout, re-exported
     BUNDLE_FILES,
     IMAGE_ONNX,
@@ -34,7 +34,8 @@ from .manifest import (  # noqa: F401 - names of the bundle layout, re-exported
     Manifest,
 )
 from .preprocess import ImageSpec, load as load_image
-from .text import TextTokenizer, validate_texts
+from .suggest import not_found
+from .text import TRUNCATION, TextTokenizer, validate_texts
 
 #: Rows per onnxruntime call in the ``encode_*`` methods (bounds memory).
 DEFAULT_BATCH = 32
@@ -67,8 +68,21 @@ def resolve(name_or_path: str | Path | None = None) -> Path:
         if not d.is_dir() and Path(name).is_dir():
             d = Path(name)
     if not d.is_dir():
+        if isinstance(name, str) and d.parent == paths.bundles_dir():
+            available = available_bundles()
+            raise BundleError(not_found("bundle", name, available) if available else
+                              f"no bundle {name!r}: none built yet under {d.parent} "
+                              "(build one with `jointembed model build`)")
         raise BundleError(f"no model bundle at {d} (build one with `jointembed model build`)")
     return d
+
+
+def available_bundles() -> list[str]:
+    """Names of the bundles under :func:`paths.bundles_dir` (directories with a manifest), sorted."""
+    try:
+        return sorted(d.name for d in paths.bundles_dir().iterdir() if (d / MANIFEST).is_file())
+    except OSError:
+        return []
 
 
 def read_manifest(bundle_dir: Path) -> dict[str, Any]:
@@ -249,49 +263,77 @@ class Bundle:
 
         Args:
             sources: image paths or encoded bytes.
-            start: index of ``sources[0]`` in the caller's list (used in error messages).
+            start: index of ``sources[0]`` in the caller's list (used in error labels).
 
         Raises:
-            InputError: an item cannot be read; the message names its index and path.
+            InputError: ``sources`` is not a list.
+            ItemError: an item cannot be read, labelled ``images[i]``; its ``reason``
+                names the path.
         """
         if isinstance(sources, (str, bytes, Path)):
             raise InputError(f"sources: expected a list of paths or bytes, got one {type(sources).__name__}")
         out = np.empty((len(sources), 3, self.image_spec.size, self.image_spec.size), np.float32)
-        for i, src in enumerate(sources):
+        for i, src in enumerate(sources, start):
             try:
-                out[i] = load_image(src, self.image_spec)
+                out[i - start] = load_image(src, self.image_spec)
             except InputError as e:
-                raise InputError(f"images[{start + i}]: {e}") from e
+                raise ItemError(f"images[{i}]", str(e), i) from e
             except TypeError as e:
-                raise InputError(f"images[{start + i}]: expected a path or bytes, got {type(src).__name__}") from e
+                raise ItemError(f"images[{i}]", f"expected a path or bytes, got {type(src).__name__}", i) from e
         return out
 
-    def encode_images(self, sources: Sequence[str | Path | bytes], *, batch_size: int = DEFAULT_BATCH) -> np.ndarray:
-        """Embed image files or encoded bytes: ``(N, D) float32``.
+    def encode_images(self, sources: str | Path | bytes | Sequence[str | Path | bytes], *,
+                      batch_size: int = DEFAULT_BATCH) -> np.ndarray:
+        """Embed image files or encoded bytes.
+
+        Args:
+            sources: a list of paths / encoded bytes, or one path (``str`` / ``Path``) or
+                one ``bytes`` object.
+
+        Returns:
+            ``(N, D) float32`` for a list; ``(D,) float32`` for a single image.
 
         Raises:
-            InputError: an item cannot be read or decoded (message names index and path).
+            InputError: a single image cannot be read (the message names its path).
+            ItemError: an item of a list cannot be read (labelled ``images[i]``, path named).
         """
         if isinstance(sources, (str, bytes, Path)):
-            raise InputError(f"sources: expected a list of paths or bytes, got one {type(sources).__name__}")
+            try:
+                return self.encode_images([sources], batch_size=1)[0]
+            except ItemError as e:
+                raise InputError(e.reason) from e
         out = [self.encode_pixels(self.load_pixels(sources[i:i + batch_size], start=i), batch_size=batch_size)
                for i in range(0, len(sources), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
-    def encode_texts(self, texts: Sequence[str], *, batch_size: int = DEFAULT_BATCH) -> np.ndarray:
-        """Embed captions: ``(N, D) float32``.
+    def encode_texts(self, texts: str | Sequence[str], *, batch_size: int = DEFAULT_BATCH) -> np.ndarray:
+        """Embed captions.
 
         Captions are tokenised, truncated at :attr:`max_tokens` (with a
         :class:`~jointembed_pg.text.TruncationWarning`) and padded per batch; padding does
         not change an embedding.
 
+        Args:
+            texts: a list of captions, or one caption (``str``).
+
+        Returns:
+            ``(N, D) float32`` for a list; ``(D,) float32`` for a single ``str``.
+
         Raises:
-            InputError: not a list of str, or an empty / whitespace-only caption.
+            InputError: not a str or list of str.
+            ItemError: an item is not a str, is empty / whitespace-only, or consists only of
+                word pieces the tokenizer does not know (``[UNK]``: emoji, unsupported
+                scripts); labelled ``texts[i]`` (``text`` for a single str).
         """
+        if isinstance(texts, str):
+            try:
+                return self.encode_texts([texts], batch_size=1)[0]
+            except ItemError as e:
+                raise ItemError("text", e.reason) from e
         texts = validate_texts(texts)
         tok = self._text_tokenizer()
         out = []
         for i in range(0, len(texts), batch_size):
-            ids, mask = tok.encode(texts[i:i + batch_size], start=i)
+            ids, mask = tok.encode(texts[i:i + batch_size], start=i, refuse_unreadable=True)
             out.append(self._run("text", {"input_ids": ids, "attention_mask": mask}))
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)

@@ -2,8 +2,12 @@
 
 Exit codes: 0 success; 1 error (one line on stderr, no traceback); 2 bad usage;
 3 the job finished but some items failed (they are listed in the end-of-run report).
+Which exceptions are "errors" (one line) and which are bugs (traceback): :data:`USER_ERRORS`.
 Every command that touches the database takes ``--dsn`` (or ``$DATABASE_URL``); without
 either it starts/reuses the embedded PostgreSQL under ``~/.local/share/jointembed``.
+
+Vocabulary: the two kinds of item are ``image`` and ``text`` everywhere (commands,
+``--target``, JSON, Python, SQL); the plurals ``images`` / ``texts`` are accepted as aliases.
 """
 from __future__ import annotations
 
@@ -15,10 +19,46 @@ from pathlib import Path
 
 import click
 
-from .errors import JointEmbedError
+from .errors import InputError, JointEmbedError
 
 EXIT_PARTIAL = 3
 DEFAULT_COLLECTION = "default"
+
+#: The one rule for one-line errors: our own hierarchy (bad input, missing bundle,
+#: database trouble) and operating-system errors (unwritable paths, full disks). click's
+#: own ``ClickException``s (bad usage) are one line by construction. Every other
+#: exception -- a bare ``ValueError``, ``TypeError``, ``KeyError`` -- is a bug and keeps
+#: its traceback rather than being disguised as a user error.
+USER_ERRORS: tuple[type[BaseException], ...] = (JointEmbedError, OSError)
+
+#: The item kinds, and the plural spellings accepted for them.
+KINDS = ("image", "text")
+ALIASES = {"images": "image", "texts": "text"}
+
+
+class KindChoice(click.Choice):
+    """``image`` or ``text`` (``images`` / ``texts`` accepted and normalised)."""
+
+    def __init__(self):
+        super().__init__(list(KINDS))
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str):
+            value = ALIASES.get(value.lower(), value)
+        return super().convert(value, param, ctx)
+
+
+class AliasGroup(click.Group):
+    """A command group that accepts ``images``/``texts`` for ``image``/``text`` (and back)."""
+
+    group_class = type  # sub-groups made with @group.group() are AliasGroups too
+
+    def get_command(self, ctx, cmd_name):
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is None:
+            other = ALIASES.get(cmd_name) or {v: k for k, v in ALIASES.items()}.get(cmd_name)
+            cmd = super().get_command(ctx, other) if other else None
+        return cmd
 
 dsn_option = click.option("--dsn", envvar="DATABASE_URL", default=None, metavar="DSN",
                           help="PostgreSQL DSN (default: $DATABASE_URL, else the embedded server).")
@@ -28,7 +68,8 @@ collection_option = click.option("--collection", default=DEFAULT_COLLECTION, sho
                                  help="Collection to read or write.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
 progress_option = click.option("--progress/--no-progress", default=None,
-                               help="Progress bars (default: on when stderr is a terminal).")
+                               help="Progress on stderr: a bar on a terminal, else a line every 10 s "
+                                    "($JOINTEMBED_PROGRESS_INTERVAL) [default: on].")
 storage_option = click.option("--storage", type=click.Choice(["vector", "halfvec"]), default=None,
                               help="Embedding type of a new collection: vector (float32, default) or halfvec "
                                    "(float16, half the bytes; pgvector >= 0.7). An existing one must match.")
@@ -51,6 +92,23 @@ class Context:
             self._bundle = Bundle.load(name)
         return self._bundle
 
+    def collection(self, dsn, name, *, bundle=None, create=False, storage=None):
+        """Open collection ``name`` (checking ``bundle``'s model); a missing one is an
+        :class:`InputError` listing the existing names (and the closest one)."""
+        from .errors import DatabaseError
+        from .suggest import not_found
+
+        store = self.store(dsn)
+        model = {"model_id": bundle.model_id, "dim": bundle.dim} if bundle is not None else {}
+        try:
+            return store.collection(name, create=create, storage=storage, **model)
+        except DatabaseError as e:
+            names = [c.name for c in store.collections()]
+            if create or name in names:
+                raise
+            raise InputError(not_found("collection", name, names) + " (create one with "
+                             "`jointembed index image|text ... --collection NAME`)") from e
+
     def store(self, dsn):
         if self._store is None:
             from .store import Store
@@ -60,7 +118,19 @@ class Context:
 
 
 def _progress(flag):
-    return sys.stderr.isatty() if flag is None else flag
+    """``--progress/--no-progress`` -> the library's ``progress`` argument (on unless turned off;
+    :mod:`jointembed_pg.progress` picks a bar or log lines by whether stderr is a terminal)."""
+    return flag is not False
+
+
+def user_error_message(e: BaseException) -> str | None:
+    """The one-line message for an exception :data:`USER_ERRORS` covers, else ``None`` (a bug)."""
+    if isinstance(e, OSError) and not isinstance(e, JointEmbedError):
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        return f"{where}{e.strerror or e}"
+    if isinstance(e, USER_ERRORS):
+        return str(e)
+    return None
 
 
 def _index_log(flag) -> bool:
@@ -81,19 +151,14 @@ def _index_log(flag) -> bool:
 
 @contextmanager
 def _errors():
-    """Turn expected failures into one-line ``Error: ...`` messages with exit code 1."""
+    """Turn :data:`USER_ERRORS` into one-line ``Error: ...`` messages with exit code 1."""
     try:
         yield
-    except JointEmbedError as e:
-        raise click.ClickException(str(e)) from e
-    except OSError as e:  # e.g. an --html path that cannot be written
-        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-        raise click.ClickException(f"{where}{e.strerror or e}") from e
-    except ValueError as e:  # invalid argument values caught below the CLI (names, dims)
-        raise click.ClickException(str(e)) from e
+    except USER_ERRORS as e:
+        raise click.ClickException(user_error_message(e)) from e
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=AliasGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="jointembed-pg")
 @click.pass_context
 def cli(ctx):
@@ -102,10 +167,12 @@ def cli(ctx):
     \b
     Quick start:
       jointembed model build                 # export the default model bundle
-      jointembed index images photos/        # embed images into the 'default' collection
-      jointembed index texts captions.csv    # embed captions (CSV id,text / JSONL / Flickr8K tokens)
+      jointembed index image photos/         # embed images into the 'default' collection
+      jointembed index text captions.csv     # embed captions (CSV id,text / JSONL / Flickr8K tokens)
       jointembed search text "a dog running on the beach" -k 5
       jointembed demo                        # the whole thing on Flickr8K, with an HTML gallery
+      jointembed model list                  # the model bundles you have
+      jointembed collections list            # what is indexed
     """
     ctx.obj = Context()
 
@@ -164,7 +231,7 @@ def _finish(report, as_json):
     if as_json:
         click.echo(json.dumps(report.to_dict()))
     else:
-        click.echo(f"{report.modality}s: {report.written} written, {report.skipped} unchanged, "
+        click.echo(f"{report.modality}s: {report.written} written, {report.unchanged} unchanged, "
                    f"{len(report.failed)} failed, {report.total} total in {report.seconds:.1f} s", err=True)
         for f in report.failed[:20]:
             click.echo(f"  failed: {f.error}", err=True)
@@ -172,16 +239,15 @@ def _finish(report, as_json):
             click.echo(f"  ... and {len(report.failed) - 20} more (use --json for all)", err=True)
     if report.failed:
         # nothing usable at all is an error; some items failing is a partial success
-        sys.exit(1 if report.written + report.skipped == 0 else EXIT_PARTIAL)
+        sys.exit(1 if report.written + report.unchanged == 0 else EXIT_PARTIAL)
 
 
 def _open_collection(obj, dsn, bundle_name, name, storage=None):
     bundle = obj.bundle(bundle_name)
-    coll = obj.store(dsn).collection(name, model_id=bundle.model_id, dim=bundle.dim, create=True, storage=storage)
-    return bundle, coll
+    return bundle, obj.collection(dsn, name, bundle=bundle, create=True, storage=storage)
 
 
-@index.command("images")
+@index.command("image")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @collection_option
 @dsn_option
@@ -204,7 +270,7 @@ def index_images_cmd(obj, paths, collection, dsn, bundle_name, batch_size, stora
     _finish(report, as_json)
 
 
-@index.command("texts")
+@index.command("text")
 @click.argument("file", type=click.Path(path_type=Path))
 @collection_option
 @dsn_option
@@ -241,7 +307,8 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        rc = cli.main(prog_name="jointembed", standalone_mode=False)
+        with _errors():  # the same rule for commands that did not apply it themselves
+            rc = cli.main(prog_name="jointembed", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.ClickException as e:
@@ -257,7 +324,7 @@ def main() -> None:
 
 
 # Sub-command modules register themselves on ``cli`` (they import it from here).
-from . import cli_query, cli_demo, cli_sync, cli_distributed  # noqa: E402,F401
+from . import cli_query, cli_demo, cli_sync, cli_distributed, cli_collections  # noqa: E402,F401
 from .cli_model import model as _model_group  # noqa: E402
 
 cli.add_command(_model_group, "model")

@@ -6,14 +6,17 @@ those commands only, so the CLI never names the exporter and stays torch-free.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from pathlib import Path
 
 import click
 
 from . import exporter, paths
-from .bundle import BUNDLE_FILES, Bundle, resolve
+from .bundle import BUNDLE_FILES, MANIFEST, Bundle, available_bundles, resolve
 from .errors import JointEmbedError
+from .progress import heartbeat
 
 
 def _export_build():
@@ -45,13 +48,35 @@ def build_cmd(checkpoint: Path | None, out: Path | None, name: str | None, int8:
         raise click.UsageError("give either --out or --name, not both")
     target = out or paths.bundles_dir() / (name or paths.DEFAULT_BUNDLE)
     build = _export_build()
+    targets = [target] + ([build.int8_dir(target)] if int8 else [])
+    before = [_stamp(p) for p in targets]
     try:  # export.ExportError is a JointEmbedError
-        path = build.build_default_bundle(target, checkpoint=checkpoint, int8=int8, data_dir=data_dir, force=force)
+        with quiet_stdout(), heartbeat(f"building bundle {target.name}"):
+            path = build.build_default_bundle(target, checkpoint=checkpoint, int8=int8, data_dir=data_dir,
+                                              force=force)
     except JointEmbedError as e:
         raise click.ClickException(str(e)) from e
-    for p in [path] + ([build.int8_dir(path)] if int8 else []):
+    for p, old in zip([path] + targets[1:], before):
         b = Bundle.load(p, verify=False)
-        click.echo(f"wrote {p}: {b.model_id}, dim {b.dim}, {b.manifest['precision']}, {_quality_line(b.manifest)}")
+        verb = "up to date" if old is not None and old == _stamp(p) else "wrote"
+        click.echo(f"{verb} {p}: {b.model_id}, dim {b.dim}, {b.manifest['precision']}, {_quality_line(b.manifest)}")
+
+
+def _stamp(bundle_dir: Path):
+    """Identity of a bundle's manifest on disk (None if absent): unchanged = nothing rewritten."""
+    try:
+        st = (Path(bundle_dir) / MANIFEST).stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+@contextlib.contextmanager
+def quiet_stdout():
+    """Send what libraries print during an export (``Loaded pretrained weights for ...``)
+    to stderr, so stdout carries only the command's own result."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
 
 
 def _quality_line(m: dict) -> str:
@@ -67,6 +92,47 @@ def _parity_line(p: dict) -> str:
         return "not recorded"
     keys = [k for k in ("image_max_abs_diff", "text_max_abs_diff") if k in p]
     return ", ".join(f"{k.split('_')[0]} {p[k]:.2g}" for k in keys) + f" ({p.get('inputs', '?')})"
+
+
+def _test_rsum(m: dict) -> float | None:
+    """Flickr8K test rsum: measured against fp32 for int8 bundles, from training otherwise."""
+    q = m.get("int8") or {}
+    if "rsum_int8" in q:
+        return float(q["rsum_int8"])
+    rsum = ((m.get("metrics") or {}).get("test") or {}).get("rsum")
+    return float(rsum) if isinstance(rsum, (int, float)) else None
+
+
+@model.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of {name, path, model_id, dim, precision, "
+                                                      "test_rsum, error}.")
+def list_cmd(as_json: bool) -> None:
+    """The bundles under the bundles directory: name, model id, dim, precision, test rsum."""
+    rows = []
+    for name in available_bundles():
+        path = paths.bundles_dir() / name
+        try:
+            b = Bundle.load(path, verify=False)
+        except JointEmbedError as e:
+            rows.append({"name": name, "path": str(path), "model_id": None, "dim": None, "precision": None,
+                         "test_rsum": None, "error": str(e)})
+            continue
+        rows.append({"name": name, "path": str(path), "model_id": b.model_id, "dim": b.dim,
+                     "precision": b.manifest["precision"], "test_rsum": _test_rsum(b.manifest), "error": None})
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    if not rows:
+        click.echo(f"no bundles under {paths.bundles_dir()} (build one with `jointembed model build`)")
+        return
+    width = max(4, max(len(r["name"]) for r in rows))
+    click.echo(f"{'name':<{width}}  {'model_id':<20} {'dim':>4}  {'precision':<9} {'test rsum':>9}")
+    for r in rows:
+        if r["error"]:
+            click.echo(f"{r['name']:<{width}}  invalid: {r['error']}")
+            continue
+        rsum = f"{r['test_rsum']:.2f}" if r["test_rsum"] is not None else "n/a"
+        click.echo(f"{r['name']:<{width}}  {r['model_id']:<20} {r['dim']:>4}  {r['precision']:<9} {rsum:>9}")
 
 
 @model.command("info")

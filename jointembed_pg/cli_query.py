@@ -7,11 +7,9 @@ from pathlib import Path
 import click
 
 from . import paths
-from .cli import (DEFAULT_COLLECTION, _errors, _progress, bundle_option, cli, collection_option,
-                  dsn_option, json_option, progress_option)
-from .errors import InputError
-
-_TARGET = {"images": "image", "texts": "text"}
+from .cli import (KindChoice, _errors, _progress, bundle_option, cli, collection_option, dsn_option,
+                  json_option, progress_option)
+from .errors import InputError, ItemError
 
 
 @cli.group()
@@ -23,8 +21,8 @@ def _search_options(default_target):
     def deco(f):
         for opt in reversed([
             click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, 1000), help="Hits to return."),
-            click.option("--target", type=click.Choice(list(_TARGET)), default=default_target, show_default=True,
-                         help="Search stored images or stored captions."),
+            click.option("--target", type=KindChoice(), default=default_target, show_default=True,
+                         help="Search stored images or stored texts (captions); plurals accepted."),
             collection_option, dsn_option, bundle_option,
             click.option("--ef-search", type=click.IntRange(1, 1000), default=None, help="HNSW ef_search for this query."),
             click.option("--exact", is_flag=True, help="Exact scan (no index)."),
@@ -37,11 +35,15 @@ def _search_options(default_target):
     return deco
 
 
-def _print_hits(label, hits, as_json):
+def _print_hits(label, hits, as_json, warnings=()):
+    """Hits as text (rank, L2 distance, ``[id N]``, caption or path) or one JSON object per
+    hit (``id, key, modality, distance, source, text, warnings``)."""
+    for w in warnings:
+        click.echo(f"warning: {w}", err=True)
     if as_json:
         for h in hits:
             click.echo(json.dumps({"id": h.id, "key": h.key, "modality": h.modality, "distance": float(h.distance),
-                                   "source": h.source, "text": h.text}))
+                                   "source": h.source, "text": h.text, "warnings": list(warnings)}))
         return
     click.echo(f"{label}" if len(label) <= 200 else f"{label[:197]}...")
     if not hits:
@@ -51,40 +53,75 @@ def _print_hits(label, hits, as_json):
         click.echo(f"  {rank:>3}. {h.distance:.4f}  [id {h.id}]  {what}")
 
 
-def _run_search(obj, coll, vec, label, query_image, query_text, k, target, ef_search, exact, html, as_json):
-    hits = coll.search_vector(vec, target=_TARGET[target], k=k, ef_search=ef_search, exact=exact)
-    _print_hits(label, hits, as_json)
+def _run_search(obj, coll, vec, label, query_image, query_text, k, target, ef_search, exact, html, as_json,
+                warnings=()):
+    hits = coll.search_vector(vec, target=target, k=k, ef_search=ef_search, exact=exact)
+    _print_hits(label, hits, as_json, warnings)
     if html:
-        from .gallery import write_gallery
+        _write_html(html, coll, [{"label": label, "query_image": query_image, "query_text": query_text,
+                                  "hits": hits}], as_json)
 
-        write_gallery(html, [{"label": label, "query_image": query_image, "query_text": query_text, "hits": hits}])
-        if not as_json:
-            click.echo(f"wrote {html}", err=True)
+
+def _write_html(html, coll, queries, as_json):
+    from .gallery import write_gallery
+
+    write_gallery(html, queries, header={"collection": coll.name, "model": coll.model_id,
+                                         "counts": {"image": coll.count("image"), "text": coll.count("text")}})
+    if not as_json:
+        click.echo(f"wrote {html}", err=True)
+
+
+def query_warnings(bundle, query: str) -> list[str]:
+    """Refuse a query the model cannot read; warn when it is mostly unknown word pieces.
+
+    Raises:
+        InputError: empty, or every word piece is ``[UNK]`` (emoji, unsupported script):
+            such queries would all embed alike and return the same hits.
+    """
+    if not query.strip():
+        raise InputError("the query is empty")
+    cov = bundle.tokenizer.coverage(query)
+    if cov.unreadable:
+        raise InputError(f"query {query[:60]!r}: the model cannot read it: {cov.describe()}; "
+                         "use English words (emoji and many scripts are not in the vocabulary)")
+    if cov.mostly_unknown:
+        return [f"query {query[:60]!r}: {cov.describe()} (more than half); results may be unrelated"]
+    return []
 
 
 @search.command("text")
 @click.argument("query")
-@_search_options("images")
+@_search_options("image")
 @click.pass_obj
 def search_text(obj, query, k, target, collection, dsn, bundle_name, ef_search, exact, html, as_json):
-    """Find stored images (or captions) closest to the sentence QUERY (L2 distance)."""
+    """Find stored images (or texts) closest to the sentence QUERY (L2 distance, lower = closer).
+
+    A query whose word pieces are all unknown to the tokenizer (emoji, unsupported
+    scripts) is refused; one that is mostly unknown (> 50%) gets a warning (``warnings``
+    in --json).
+    """
     with _errors():
         bundle = obj.bundle(bundle_name)
-        coll = obj.store(dsn).collection(collection, model_id=bundle.model_id, dim=bundle.dim)  # refuse mismatch first
-        vec = bundle.encode_texts([query])[0]
-        _run_search(obj, coll, vec, f"text: {query}", None, query, k, target, ef_search, exact, html, as_json)
+        coll = obj.collection(dsn, collection, bundle=bundle)  # refuse a missing collection / other model first
+        warnings = query_warnings(bundle, query)
+        try:
+            vec = bundle.encode_texts(query)
+        except ItemError as e:
+            raise InputError(e.for_item("query")) from e
+        _run_search(obj, coll, vec, f"text: {query}", None, query, k, target, ef_search, exact, html, as_json,
+                    warnings)
 
 
 @search.command("image")
 @click.argument("path", type=click.Path(path_type=Path))
-@_search_options("texts")
+@_search_options("text")
 @click.pass_obj
 def search_image(obj, path, k, target, collection, dsn, bundle_name, ef_search, exact, html, as_json):
-    """Find stored captions (or images) closest to the image at PATH (L2 distance)."""
+    """Find stored texts (or images) closest to the image at PATH (L2 distance, lower = closer)."""
     with _errors():
         bundle = obj.bundle(bundle_name)
-        coll = obj.store(dsn).collection(collection, model_id=bundle.model_id, dim=bundle.dim)  # refuse mismatch first
-        vec = bundle.encode_images([path])[0]
+        coll = obj.collection(dsn, collection, bundle=bundle)  # refuse a missing collection / other model first
+        vec = bundle.encode_images(path)
         _run_search(obj, coll, vec, f"image: {path}", str(path), None, k, target, ef_search, exact, html, as_json)
 
 
@@ -108,7 +145,7 @@ def eval_cmd(obj, data_dir, split, collection, dsn, bundle_name, as_json, progre
             raise InputError("no Flickr8K data found at ../shared/data/flickr8k; pass --data-dir DIR")
         bundle = obj.bundle(bundle_name)
         name = collection or f"flickr8k_{split}"
-        coll = obj.store(dsn).collection(name, model_id=bundle.model_id, dim=bundle.dim, create=True)
+        coll = obj.collection(dsn, name, bundle=bundle, create=True)
         res = evaluate_split(coll, bundle, data_dir, split, progress=_progress(progress))
     m = res.metrics
     if as_json:
@@ -123,20 +160,27 @@ def eval_cmd(obj, data_dir, split, collection, dsn, bundle_name, as_json, progre
 @search.command("item")
 @click.argument("item_id", type=int)
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, 1000), help="Hits to return.")
-@click.option("--target", type=click.Choice(list(_TARGET)), default=None,
-              help="Modality to search [default: the item's own].")
+@click.option("--target", type=KindChoice(), default=None,
+              help="image or text [default: the item's own kind].")
 @collection_option
 @dsn_option
 @click.option("--ef-search", type=click.IntRange(1, 1000), default=None, help="HNSW ef_search for this query.")
 @click.option("--exact", is_flag=True, help="Exact scan (no index).")
+@click.option("--html", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write an HTML page with thumbnails of the hits.")
 @json_option
 @click.pass_obj
-def search_item(obj, item_id, k, target, collection, dsn, ef_search, exact, as_json):
+def search_item(obj, item_id, k, target, collection, dsn, ef_search, exact, html, as_json):
     """More like this: items nearest to the stored item ITEM_ID (no model needed).
 
     ITEM_ID is the numeric id shown as ``[id N]`` in search output (``id`` with --json).
     """
     with _errors():
-        coll = obj.store(dsn).collection(collection)
-        hits = coll.more_like_this(item_id, target=_TARGET.get(target), k=k, ef_search=ef_search, exact=exact)
+        coll = obj.collection(dsn, collection)
+        hits = coll.more_like_this(item_id, target=target, k=k, ef_search=ef_search, exact=exact)
         _print_hits(f"item {item_id}", hits, as_json)
+        if html:
+            item = coll.get(item_id)
+            query_image = item.source if item.modality == "image" else None
+            _write_html(html, coll, [{"label": f"more like item {item_id}", "query_image": query_image,
+                                      "query_text": item.text, "query_id": item_id, "hits": hits}], as_json)

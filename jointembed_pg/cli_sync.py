@@ -11,14 +11,12 @@ from contextlib import contextmanager
 
 import click
 
-from .cli import EXIT_PARTIAL, _errors, _progress, bundle_option, cli, dsn_option, json_option
+from .cli import EXIT_PARTIAL, _errors, _progress, bundle_option, cli, dsn_option, json_option, progress_option
 
 table_option = click.option("--table", required=True, metavar="TABLE",
                             help="The table's name as stored (no SQL quoting).")
 schema_option = click.option("--schema", default=None, metavar="SCHEMA",
                              help="The table's schema (default: the first on the search_path).")
-progress_option = click.option("--progress/--no-progress", default=None,
-                               help="Progress bar (default: on when stderr is a terminal).")
 
 
 @contextmanager

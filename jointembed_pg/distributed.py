@@ -133,7 +133,7 @@ class IngestWorker:
     object}`` (each element a sequence: str keys; image paths or captions; ``None`` or
     the reason a path is unusable) and runs one ingest call per partition; or a batch of
     rows ``{"key": (B,) str, "value": (B,) str}``, taken as one partition. It returns a
-    one-row summary of what it did: ``{"total", "written", "skipped": (1,) int64,
+    one-row summary of what it did: ``{"total", "written", "unchanged": (1,) int64,
     "failed": (1,) JSON [[key, error], ...]}``.
     """
 
@@ -173,7 +173,7 @@ class IngestWorker:
 def _add(report: ingest.IngestReport, other: ingest.IngestReport) -> None:
     report.total += other.total
     report.written += other.written
-    report.skipped += other.skipped
+    report.unchanged += other.unchanged
     report.failed += other.failed
 
 
@@ -181,13 +181,13 @@ def summarize(report: ingest.IngestReport) -> dict[str, np.ndarray]:
     """An :class:`~jointembed_pg.ingest.IngestReport` as the one-row batch a worker returns."""
     failed = json.dumps([[f.key, f.error] for f in report.failed])
     return {"total": np.array([report.total], np.int64), "written": np.array([report.written], np.int64),
-            "skipped": np.array([report.skipped], np.int64), "failed": np.array([failed], dtype=object)}
+            "unchanged": np.array([report.unchanged], np.int64), "failed": np.array([failed], dtype=object)}
 
 
 def merge_summary(report: ingest.IngestReport, summary: dict[str, np.ndarray]) -> int:
     """Add a batch of worker summaries into ``report``; return the number of items they cover."""
     report.written += int(np.sum(summary["written"]))
-    report.skipped += int(np.sum(summary["skipped"]))
+    report.unchanged += int(np.sum(summary["unchanged"]))
     for failed in summary["failed"]:
         report.failed.extend(ingest.Failure(str(k), str(e)) for k, e in json.loads(failed))
     return int(np.sum(summary["total"]))

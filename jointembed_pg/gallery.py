@@ -1,7 +1,11 @@
 """One self-contained HTML page showing queries and their hits (thumbnails inlined).
 
 Used by ``jointembed search --html`` and the demo job. Images become ~160 px JPEG
-thumbnails embedded as base64 ``data:`` URIs (Pillow); all text is ``html.escape``d.
+thumbnails embedded as base64 ``data:`` URIs (Pillow), each linked (``file://``) to the
+full image; all text is ``html.escape``d. A header names the collection, the model and
+the item counts and explains the numbers (L2 distance: lower is closer); hits that are
+correct by the dataset's ground truth (a query's ``relevant`` keys) are framed green
+with a check mark; every hit shows its item id for ``jointembed search item ID``.
 """
 from __future__ import annotations
 
@@ -21,7 +25,24 @@ figure{margin:0;width:170px;font-size:12px;overflow-wrap:anywhere}
 figure img{max-width:160px;max-height:160px;display:block}
 .q{background:#eef4ff;padding:6px}
 .d{color:#666}.missing{width:160px;height:100px;background:#eee;display:flex;align-items:center;justify-content:center}
+.id{color:#555;font-family:monospace;font-size:11px}
+figure.match{outline:3px solid #1a8f3a;outline-offset:2px}
+.ok{color:#1a8f3a;font-weight:bold}
+header.summary{background:#f6f6f6;border:1px solid #ddd;padding:8px 12px;margin-bottom:1.5em}
+header.summary dl{display:grid;grid-template-columns:max-content auto;gap:2px 12px;margin:0 0 6px 0}
+header.summary dt{font-weight:bold}header.summary dd{margin:0}
+.legend{font-size:13px;margin:4px 0 0 0}
+.score{font-size:13px;color:#444;font-weight:normal}
 """
+
+#: Legend shown under the header.
+LEGEND = ("Each section is one query (blue box) followed by its nearest stored items, closest first. "
+          "The number under each hit is the <b>L2 distance</b> between the query's embedding and the "
+          "item's: <b>lower is better</b> (0 = identical; embeddings are unit vectors, so distances lie "
+          "between 0 and 2). ")
+LEGEND_MATCH = ('<span class="ok">&#10003; green frame</span>: a correct match by the dataset\'s ground truth '
+                "(e.g. a caption written for the query image). ")
+LEGEND_ID = "<span class='id'>[id N]</span>: the item id; <code>jointembed search item N</code> finds more like it."
 
 
 def thumbnail_data_uri(path: str | Path, size: int = THUMB_PX) -> str | None:
@@ -45,12 +66,22 @@ def _get(obj: Any, name: str, default: Any = None) -> Any:
     return getattr(obj, name, default)
 
 
-def _figure(image_path: Any, text: str | None, caption: str) -> str:
-    parts = ["<figure>"]
+def _file_uri(path: Any) -> str | None:
+    """``file://`` URI of a local image path (absolute), or None for bytes / odd values."""
+    try:
+        return Path(str(path)).expanduser().resolve().as_uri()
+    except (OSError, ValueError):
+        return None
+
+
+def _figure(image_path: Any, text: str | None, caption: str, css: str = "") -> str:
+    parts = [f'<figure class="{css}">' if css else "<figure>"]
     if image_path:
         uri = thumbnail_data_uri(image_path)
         if uri:
-            parts.append(f'<img src="{uri}" alt="{html.escape(str(image_path))}">')
+            img = f'<img src="{uri}" alt="{html.escape(str(image_path))}">'
+            link = _file_uri(image_path)
+            parts.append(f'<a href="{html.escape(link)}" title="open the full image">{img}</a>' if link else img)
         else:
             parts.append(f'<div class="missing">{html.escape(Path(str(image_path)).name)}</div>')
     if text:
@@ -59,51 +90,87 @@ def _figure(image_path: Any, text: str | None, caption: str) -> str:
     return "".join(parts)
 
 
-def _hit_html(rank: int, hit: Any) -> str:
+def _hit_html(rank: int, hit: Any, relevant: frozenset[str] | None) -> str:
     modality = _get(hit, "modality")
     source, text = _get(hit, "source"), _get(hit, "text")
     image = source if modality == "image" or (modality is None and not text) else None
     dist = _get(hit, "distance")
     dist_s = f"{float(dist):.4f}" if dist is not None else "?"
     key = str(_get(hit, "key", "") or "")
+    item_id = _get(hit, "id")
     short = Path(key).name if image else key  # file name only; the full path is the tooltip
-    label = (f'#{rank} <span class="d">L2 {dist_s}</span> '
-             f'<span class="k" title="{html.escape(key)}">{html.escape(short)}</span>')
-    return _figure(image, text, label)
+    match = relevant is not None and key in relevant
+    label = ((f'<span class="ok" title="correct by ground truth">&#10003;</span> ' if match else "")
+             + f'#{rank} <span class="d">L2 {dist_s}</span> '
+             + (f'<span class="id">[id {int(item_id)}]</span> ' if item_id is not None else "")
+             + f'<span class="k" title="{html.escape(key)}">{html.escape(short)}</span>')
+    return _figure(image, text, label, "match" if match else "")
 
 
-def render(queries: Iterable[Mapping[str, Any]], title: str = "jointembed search results") -> str:
+def _header(header: Mapping[str, Any] | None, any_truth: bool) -> str:
+    rows = []
+    if header:
+        if header.get("collection") is not None:
+            rows.append(("Collection", str(header["collection"])))
+        if header.get("model") is not None:
+            rows.append(("Model", str(header["model"])))
+        counts = header.get("counts") or {}
+        if counts:
+            rows.append(("Items", ", ".join(f"{n} {kind}s" for kind, n in counts.items())))
+        for k, v in (header.get("extra") or {}).items():
+            rows.append((str(k), str(v)))
+    dl = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in rows)
+    legend = LEGEND + (LEGEND_MATCH if any_truth else "") + LEGEND_ID
+    return (f'<header class="summary">{f"<dl>{dl}</dl>" if dl else ""}'
+            f'<p class="legend">{legend}</p></header>')
+
+
+def render(queries: Iterable[Mapping[str, Any]], title: str = "jointembed search results", *,
+           header: Mapping[str, Any] | None = None) -> str:
     """The HTML page as a string (see :func:`write_gallery`)."""
+    queries = list(queries)
+    truths = [frozenset(map(str, q["relevant"])) if q.get("relevant") is not None else None for q in queries]
     out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-           f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
-    for q in queries:
-        label = q.get("query_label", q.get("label", "query"))
+           f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+           _header(header, any(t is not None for t in truths))]
+    for q, relevant in zip(queries, truths):
+        label = html.escape(str(q.get("query_label", q.get("label", "query"))))
+        hits = list(q.get("hits", []))
+        if relevant is not None:
+            n = sum(str(_get(h, "key", "")) in relevant for h in hits)
+            label += f' <span class="score">({n} of {len(hits)} correct)</span>'
         image = q.get("query_image_path", q.get("query_image"))
-        out.append(f"<section><h2>{html.escape(str(label))}</h2><div class='row'>")
+        out.append(f"<section><h2>{label}</h2><div class='row'>")
         if image or q.get("query_text"):
-            out.append("<div class='q'>" + _figure(image, q.get("query_text"), "query") + "</div>")
-        out.extend(_hit_html(i + 1, h) for i, h in enumerate(q.get("hits", [])))
+            qcap = f"query [id {int(q['query_id'])}]" if q.get("query_id") is not None else "query"
+            out.append("<div class='q'>" + _figure(image, q.get("query_text"), qcap) + "</div>")
+        out.extend(_hit_html(i + 1, h, relevant) for i, h in enumerate(hits))
         out.append("</div></section>")
     out.append("</body></html>")
     return "\n".join(out)
 
 
 def write_gallery(path: str | Path, queries: Iterable[Mapping[str, Any]], *,
-                  title: str = "jointembed search results") -> Path:
+                  title: str = "jointembed search results", header: Mapping[str, Any] | None = None) -> Path:
     """Write one self-contained HTML file of queries and their ranked hits.
 
     Args:
         path: output ``.html`` file (parent directories are created).
         queries: dicts with ``query_label`` (str; alias ``label``), ``query_image_path``
             (path or None; alias ``query_image``),
-            ``query_text`` (str or None) and ``hits``: Hit-like objects or dicts with
-            ``distance`` (L2, float), ``modality``, ``source`` (image path) and/or ``text``.
+            ``query_text`` (str or None), optional ``query_id`` (int, shown), optional
+            ``relevant`` (keys that are correct by ground truth; those hits are marked and
+            counted) and ``hits``: Hit-like objects or dicts with ``distance`` (L2, float),
+            ``id``, ``key``, ``modality``, ``source`` (image path) and/or ``text``.
             Unreadable images show as a grey box with the file name.
+        header: optional ``collection`` (str), ``model`` (str), ``counts``
+            (``{"image": n, "text": m}``) and ``extra`` (``{label: value}``) shown above
+            the legend.
 
     Returns:
         ``path`` as a Path.
     """
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(queries, title), encoding="utf-8")
+    out.write_text(render(queries, title, header=header), encoding="utf-8")
     return out

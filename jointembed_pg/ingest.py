@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 import numpy as np
 
 from . import preprocess
-from .errors import InputError, JointEmbedError
+from .errors import InputError, ItemError, JointEmbedError
 from .readers import PathRecord, TextRecord
 
 T = TypeVar("T")
@@ -37,12 +37,16 @@ class Failure:
 
 @dataclass
 class IngestReport:
-    """What a batch job did. Times in seconds."""
+    """What a batch job did. Times in seconds.
+
+    ``unchanged``: items whose content hash was already stored for this model (not
+    re-embedded), the same word as in sync reports.
+    """
 
     modality: str
     total: int = 0
     written: int = 0
-    skipped: int = 0
+    unchanged: int = 0
     failed: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -50,7 +54,7 @@ class IngestReport:
         """JSON-ready form (``failed`` as a list of ``{key, error}``)."""
         return {
             "modality": self.modality, "total": self.total, "written": self.written,
-            "skipped": self.skipped, "failed": [f.__dict__ for f in self.failed],
+            "unchanged": self.unchanged, "failed": [f.__dict__ for f in self.failed],
             "seconds": round(self.seconds, 3),
         }
 
@@ -129,9 +133,9 @@ class _Writer:
 
 
 def _progress(total: int | None, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+    from .progress import progress
 
-    return tqdm(total=total, desc=desc, unit="item", disable=not enabled, dynamic_ncols=True)
+    return progress(total, desc, unit="item", enabled=enabled)
 
 
 def index_images(collection, bundle, records: Sequence[PathRecord], *, batch_size: int = IMAGE_BATCH,
@@ -162,7 +166,7 @@ def index_images(collection, bundle, records: Sequence[PathRecord], *, batch_siz
                 except (InputError, OSError) as e:
                     report.failed.append(Failure(rec.key, str(e)))
             fresh = [(r, h, a) for r, h, a in loaded if known.get(r.key) != h]
-            report.skipped += len(loaded) - len(fresh)
+            report.unchanged += len(loaded) - len(fresh)
             rows = _embed_images(bundle, fresh, report)
             writer.submit(rows)
             report.written += len(rows)
@@ -207,13 +211,13 @@ def index_texts(collection, bundle, records: Iterable[TextRecord], *, batch_size
             seen.add(r.key)
             good.append(r)
     known = collection.content_hashes("text", [r.key for r in good])
-    writer, bar = _Writer(collection.upsert), _progress(len(records), "captions", progress)
+    writer, bar = _Writer(collection.upsert), _progress(len(records), "texts", progress)
     bar.update(len(records) - len(good))
     try:
         for chunk in _chunks(good, batch_size):
             hashed = [(r, sha256(r.text.encode("utf-8"))) for r in chunk]
             fresh = [(r, h) for r, h in hashed if known.get(r.key) != h]
-            report.skipped += len(chunk) - len(fresh)
+            report.unchanged += len(chunk) - len(fresh)
             rows = _embed_texts(bundle, fresh, report)
             writer.submit(rows)
             report.written += len(rows)
@@ -233,7 +237,8 @@ def _embed_texts(bundle, items, report: IngestReport) -> list[Row]:
         emb = bundle.encode_texts([r.text for r, _ in items])
     except InputError as e:
         if len(items) == 1:
-            report.failed.append(Failure(items[0][0].key, str(e)))
+            key = items[0][0].key  # name the user's item (its id), not its place in our batch
+            report.failed.append(Failure(key, e.for_item(key) if isinstance(e, ItemError) else str(e)))
             return []
         return [row for it in items for row in _embed_texts(bundle, [it], report)]
     return [Row("text", r.key, None, r.text, h, e) for (r, h), e in zip(items, emb)]

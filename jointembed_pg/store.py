@@ -24,7 +24,7 @@ import psycopg
 from psycopg import sql
 
 from . import db, indexing, search
-from .errors import DatabaseError, InputError, ModelMismatchError
+from .errors import ArgumentError, DatabaseError, InputError, ModelMismatchError
 from .migrations import query, queries
 from .search import Hit, Where  # noqa: F401  (re-exported)
 
@@ -161,13 +161,14 @@ class Store:
                 collection's (checked before anything is written).
             DatabaseError: no such collection and ``create`` is false; ``halfvec`` on
                 pgvector < 0.7.
+            ArgumentError: invalid name or dim (also a ValueError).
             ValueError: invalid name, ``create`` without ``model_id``/``dim``, unknown
                 storage, or more dimensions than an HNSW index of that storage takes.
         """
         if not isinstance(name, str) or not 1 <= len(name) <= 200 or "\x00" in name:
-            raise ValueError(f"collection name must be 1..200 characters without NUL, got {name!r}")
+            raise ArgumentError(f"collection name must be 1..200 characters without NUL, got {name!r}")
         if dim is not None and (int(dim) != dim or not 1 <= dim <= 16000):
-            raise ValueError(f"dim must be an integer in 1..16000, got {dim!r}")
+            raise ArgumentError(f"dim must be an integer in 1..16000, got {dim!r}")
         with self.transaction() as conn:
             row = conn.execute(query("collection_get"), {"name": name}).fetchone()
         if row is None:

@@ -36,7 +36,7 @@ import numpy as np
 import psycopg
 
 from . import db, preprocess
-from .errors import InputError, JointEmbedError, ModelMismatchError
+from .errors import InputError, ItemError, JointEmbedError, ModelMismatchError
 from .ingest import sha256
 from .readers import clean_text
 from .sources import ImageSource, is_retryable
@@ -201,7 +201,7 @@ def _encode(bundle, items: list[_Item]) -> list[np.ndarray | None]:
         return list(np.asarray(emb, dtype=np.float32))
     except JointEmbedError as e:
         if len(items) == 1:
-            items[0].error, items[0].final = str(e), True
+            items[0].error, items[0].final = (e.reason if isinstance(e, ItemError) else str(e)), True
             return [None]
         return [v for it in items for v in _encode(bundle, [it])]
 
@@ -333,9 +333,9 @@ def _ready_count(conn, target: Target) -> int:
 
 
 def _bar(total, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+    from .progress import progress
 
-    return tqdm(total=total, desc=desc, unit="row", disable=not enabled, dynamic_ncols=True)
+    return progress(total, desc, unit="row", enabled=enabled)
 
 
 def sync_table(conn, table: str, bundle, *, schema: str | None = None, cfg: SyncConfig = SyncConfig(),

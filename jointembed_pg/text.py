@@ -1,21 +1,34 @@
 """Caption validation and tokenisation for the ONNX text encoder (torch-free).
 
-Wraps the Hugging Face ``tokenizers`` tokenizer that a bundle ships as ``tokenizer.json``
-(all-MiniLM-L6-v2's BERT WordPiece: lower-casing, ``[CLS] ... [SEP]``). Captions are
-validated, truncated at the manifest's ``preprocess.text.max_tokens`` (special tokens
-included; the rule is ``longest_first``, i.e. the end of the caption is dropped and
-``[SEP]`` kept) and right-padded to the longest caption of the batch. Mean pooling inside
-``text.onnx`` ignores padded positions, so padding never changes an embedding.
+The one tokenizer wrapper of the project (the runtime, the exporter's parity check and
+training all use :class:`TextTokenizer`). It wraps the Hugging Face ``tokenizers``
+tokenizer that a bundle ships as ``tokenizer.json`` (all-MiniLM-L6-v2's BERT WordPiece,
+``bert-base-uncased`` vocabulary of 30,522 pieces: lower-casing, accents stripped,
+``[CLS] ... [SEP]``). Truncation and padding are the library's own
+(``Tokenizer.enable_truncation`` at the manifest's ``preprocess.text.max_tokens``, special
+tokens included, rule ``longest_first``, i.e. the end of the caption is dropped and
+``[SEP]`` kept; ``Tokenizer.enable_padding`` right-pads to the longest caption of the
+batch). Mean pooling inside ``text.onnx`` ignores padded positions, so padding never
+changes an embedding.
+
+What the vocabulary covers: English words and sub-words, digits, ASCII and most Latin-1
+punctuation, Latin/Greek/Cyrillic letters, and single CJK characters. It has no emoji,
+most symbols and many scripts (e.g. Thai, Hebrew marks): those become ``[UNK]``, and every
+``[UNK]`` embeds the same, so a query like "🐶" is indistinguishable from "🚀".
+:meth:`TextTokenizer.coverage` counts them; a text whose word pieces are *all* unknown
+(or that has none) is refused (:class:`~jointembed_pg.errors.ItemError`), and the CLI
+warns when more than :data:`UNKNOWN_WARN_FRACTION` of a query's pieces are unknown.
 """
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from .errors import BundleError, InputError
+from .errors import BundleError, InputError, ItemError
 
 #: Default ``max_tokens``: the sequence length all-MiniLM-L6-v2 was trained with.
 DEFAULT_MAX_TOKENS = 128
@@ -23,26 +36,67 @@ DEFAULT_MAX_TOKENS = 128
 #: The only truncation rule the runtime implements (recorded in the manifest).
 TRUNCATION = "longest_first"
 
+#: A query with a larger share of ``[UNK]`` word pieces is "mostly unknown" (warned about).
+UNKNOWN_WARN_FRACTION = 0.5
+
 
 class TruncationWarning(UserWarning):
     """A caption was longer than ``max_tokens`` and its end was dropped."""
 
 
-def validate_texts(texts: Sequence[str]) -> list[str]:
+@dataclass(frozen=True)
+class Coverage:
+    """How much of a text the vocabulary covers.
+
+    Attributes:
+        pieces: word pieces after truncation, special tokens and padding excluded.
+        unknown: how many of them are ``[UNK]``.
+    """
+
+    pieces: int
+    unknown: int
+
+    @property
+    def unknown_fraction(self) -> float:
+        """``unknown / pieces`` in [0, 1]; 1.0 for a text with no pieces at all."""
+        return self.unknown / self.pieces if self.pieces else 1.0
+
+    @property
+    def unreadable(self) -> bool:
+        """Nothing the model can read: no pieces, or all of them ``[UNK]``."""
+        return self.unknown == self.pieces
+
+    @property
+    def mostly_unknown(self) -> bool:
+        """More than :data:`UNKNOWN_WARN_FRACTION` of the pieces are ``[UNK]``."""
+        return self.unknown_fraction > UNKNOWN_WARN_FRACTION
+
+    def describe(self) -> str:
+        """One line for messages, e.g. ``"3 of 4 word pieces are unknown to the tokenizer ([UNK])"``."""
+        if not self.pieces:
+            return "no word pieces left after normalisation (only control or zero-width characters?)"
+        return f"{self.unknown} of {self.pieces} word pieces are unknown to the tokenizer ([UNK])"
+
+
+def validate_texts(texts: Sequence[str], *, start: int = 0) -> list[str]:
     """Check a batch of captions; returns them as a list.
 
+    Args:
+        start: index of ``texts[0]`` in the caller's list (used in labels).
+
     Raises:
-        InputError: ``texts`` is a bare ``str``/``bytes`` or not a sequence, an item is not a
-            ``str``, or an item is empty or whitespace-only. The message names the item index.
+        InputError: ``texts`` is a bare ``str``/``bytes`` or not a sequence.
+        ItemError: an item is not a ``str``, or is empty or whitespace-only; labelled
+            ``texts[i]``.
     """
     if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence):
         raise InputError(f"texts: expected a list of str, got {type(texts).__name__}")
     out = list(texts)
-    for i, t in enumerate(out):
+    for i, t in enumerate(out, start):
         if not isinstance(t, str):
-            raise InputError(f"texts[{i}]: expected str, got {type(t).__name__}")
+            raise ItemError(f"texts[{i}]", f"expected str, got {type(t).__name__}", i)
         if not t.strip():
-            raise InputError(f"texts[{i}]: empty or whitespace-only text {t!r}")
+            raise ItemError(f"texts[{i}]", f"empty or whitespace-only text {t!r}", i)
     return out
 
 
@@ -67,50 +121,74 @@ class TextTokenizer:
         except Exception as e:  # tokenizers raises a bare Exception on bad JSON
             raise BundleError(f"{path}: cannot load tokenizer ({e})") from e
         padding = tok.padding or {}
-        self.pad_id = int(padding.get("pad_id", tok.token_to_id("[PAD]") or 0))
+        pad_token = padding.get("pad_token", "[PAD]")
+        pad_id = tok.token_to_id(pad_token)
+        self.pad_id = int(padding.get("pad_id", pad_id if pad_id is not None else 0))
+        unk = tok.token_to_id("[UNK]")
+        self.unk_id: int | None = None if unk is None else int(unk)
         self.max_tokens = int(max_tokens)
         tok.no_padding()
         tok.no_truncation()
-        self._full = tok  # untruncated, only used to count the tokens a caption loses
-        self._tok = Tokenizer.from_str(tok.to_str())
-        self._tok.enable_truncation(self.max_tokens, strategy=TRUNCATION)
+        self._full = Tokenizer.from_str(tok.to_str())  # untruncated: counts the tokens a caption loses
+        tok.enable_truncation(self.max_tokens, strategy=TRUNCATION)
+        tok.enable_padding(direction="right", pad_id=self.pad_id, pad_token=pad_token)  # to the batch's longest
+        self._tok = tok
 
-    def encode(self, texts: Sequence[str], *, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    def _encodings(self, texts: Sequence[str], start: int):
+        texts = validate_texts(texts, start=start)
+        return texts, (self._tok.encode_batch(texts) if texts else [])
+
+    def encode(self, texts: Sequence[str], *, start: int = 0,
+               refuse_unreadable: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Tokenise a batch of captions.
 
         Args:
             texts: N non-empty captions (see :func:`validate_texts`).
-            start: index of ``texts[0]`` in the caller's list (used in messages).
+            start: index of ``texts[0]`` in the caller's list (used in labels).
+            refuse_unreadable: raise for a text with no known word piece (see :class:`Coverage`).
 
         Returns:
             ``input_ids (N, L) int64`` and ``attention_mask (N, L) int64`` (1 = token,
             0 = padding), where ``L`` is the longest tokenised caption, at most ``max_tokens``.
 
         Raises:
-            InputError: as :func:`validate_texts`.
+            InputError / ItemError: as :func:`validate_texts`; with ``refuse_unreadable``,
+                an :class:`ItemError` naming ``texts[i]`` and how many pieces were unknown.
 
         Warns:
             TruncationWarning: for each caption over ``max_tokens`` tokens, naming its index
                 and how many tokens were dropped (route to logging with
                 ``logging.captureWarnings(True)``).
         """
-        try:
-            texts = validate_texts(texts)
-        except InputError as e:
-            if start:
-                raise InputError(f"{e} (batch starting at item {start})") from e
-            raise
-        encs = self._tok.encode_batch(texts) if texts else []
+        texts, encs = self._encodings(texts, start)
         for i, e in enumerate(encs):
+            if refuse_unreadable:
+                cov = self._coverage(e)
+                if cov.unreadable:
+                    raise ItemError(f"texts[{start + i}]", f"cannot embed {texts[i][:40]!r}: {cov.describe()}",
+                                    start + i)
             if e.overflowing:
-                self._warn_truncated(start + i, texts[i], len(e.ids))
-        length = max((len(e.ids) for e in encs), default=0)
-        ids = np.full((len(encs), length), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(encs), length), dtype=np.int64)
-        for i, e in enumerate(encs):
-            ids[i, : len(e.ids)] = e.ids
-            mask[i, : len(e.ids)] = 1
+                self._warn_truncated(start + i, texts[i], sum(e.attention_mask))
+        if not encs:
+            return np.zeros((0, 0), np.int64), np.zeros((0, 0), np.int64)
+        ids = np.array([e.ids for e in encs], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encs], dtype=np.int64)
         return ids, mask
+
+    def coverage(self, text: str) -> Coverage:
+        """Word pieces of one text (after truncation) and how many are ``[UNK]``.
+
+        Raises:
+            ItemError: ``text`` is not a str, or is empty / whitespace-only.
+        """
+        _, encs = self._encodings([text], 0)
+        return self._coverage(encs[0])
+
+    def _coverage(self, enc) -> Coverage:
+        pieces = [i for i, special, m in zip(enc.ids, enc.special_tokens_mask, enc.attention_mask)
+                  if m and not special]
+        unknown = sum(1 for i in pieces if i == self.unk_id) if self.unk_id is not None else 0
+        return Coverage(len(pieces), unknown)
 
     def _warn_truncated(self, index: int, text: str, kept: int) -> None:
         total = len(self._full.encode(text).ids)

@@ -50,8 +50,12 @@ def test_load_by_path_name_and_default(bundle_dir: Path, tmp_path: Path, monkeyp
     (tmp_path / "mine").symlink_to(bundle_dir.resolve())
     by_path = Bundle.load(bundle_dir)
     assert Bundle.load("mine").model_id == Bundle.load().model_id == by_path.model_id
-    with pytest.raises(BundleError, match="no model bundle at .*nope"):
+    with pytest.raises(BundleError, match=r"^no bundle 'nope'; available: default, mine$"):
         Bundle.load("nope")
+    with pytest.raises(BundleError, match=r"^no bundle 'defualt'; available: default, mine \(did you mean 'default'\?\)$"):
+        Bundle.load("defualt")
+    with pytest.raises(BundleError, match="no model bundle at .*nope"):
+        Bundle.load(tmp_path / "nope")
 
 
 def test_properties(bundle: Bundle):
@@ -158,8 +162,8 @@ def test_bad_image_items_named(bundle: Bundle, images, tmp_path: Path):
         bundle.encode_images([tmp_path / "missing.jpg"])
     with pytest.raises(InputError, match=r"images\[2\]: expected a path or bytes, got int"):
         bundle.encode_images([images[0], images[1], 42])
-    with pytest.raises(InputError, match="list of paths"):
-        bundle.encode_images(str(images[0]))
+    with pytest.raises(InputError, match=r"^[^\[]*missing.jpg: no such file"):  # one path: named, no index
+        bundle.encode_images(tmp_path / "missing.jpg")
     with pytest.raises(InputError, match=r"expected shape \(N, 3, 224, 224\)"):
         bundle.encode_pixels(np.zeros((2, 3, 100, 100), np.float32))
 
@@ -169,7 +173,9 @@ def test_bad_image_items_named(bundle: Bundle, images, tmp_path: Path):
     (["   \n\t"], r"texts\[0\]: empty or whitespace-only"),
     (["a dog", None], r"texts\[1\]: expected str, got NoneType"),
     ([b"bytes"], r"texts\[0\]: expected str, got bytes"),
-    ("a dog", "expected a list of str, got str"),
+    (b"a dog", "expected a list of str, got bytes"),
+    (["a dog", "🐶 🚀"], r"texts\[1\]: cannot embed '🐶 🚀': 2 of 2 word pieces are unknown"),
+    ("\u200b", r"^text: cannot embed .*no word pieces"),
 ])
 def test_bad_texts_refused(bundle: Bundle, texts, match):
     with pytest.raises(InputError, match=match):

@@ -123,4 +123,4 @@ def test_sigterm_unwinds_with_a_message_and_rerun_resumes(tmp_path, flickr8k_dir
         pytest.skip("the run finished before SIGTERM arrived (fast machine)")
     assert proc.returncode == 143 and "terminated" in err and "Traceback" not in err, err
     rep = json.loads(run(args[3:], check_rc=0).stdout)
-    assert rep["written"] + rep["skipped"] == 1500 and not rep["failed"]
+    assert rep["written"] + rep["unchanged"] == 1500 and not rep["failed"]

@@ -187,7 +187,7 @@ def _assert_same_as_reference(dsn, name, reference, modalities=("image",)):
 def test_ray_texts_equal_single_machine(module_pg_dsn, bundle_dir, caption_file, reference):
     report = distributed.index_texts_ray(module_pg_dsn, "ray_texts", bundle_dir, caption_file, workers=WORKERS)
     want = reference["texts"]
-    assert (report.total, report.written, report.skipped) == (want.total, want.written, 0)
+    assert (report.total, report.written, report.unchanged) == (want.total, want.written, 0)
     assert _failures(report) == _failures(want)
     _assert_same_as_reference(module_pg_dsn, "ray_texts", reference, ("text",))
 
@@ -262,7 +262,7 @@ def test_worker_killed_mid_job_is_retried_without_duplicates(module_pg_dsn, bund
     assert before < N_ITEMS, "the job finished before a worker could be killed"
     assert proc.returncode == 3, err[-2000:]  # done, with the bad inputs reported
     report = json.loads(out)
-    assert report["total"] == N_ITEMS + N_BAD and report["written"] + report["skipped"] == N_ITEMS
+    assert report["total"] == N_ITEMS + N_BAD and report["written"] + report["unchanged"] == N_ITEMS
     assert _failures(report) == _failures(reference["images"])
     _assert_same_as_reference(module_pg_dsn, "ray_worker_killed", reference)
 
@@ -286,7 +286,7 @@ def test_job_killed_part_way_then_rerun_resumes(module_pg_dsn, bundle_dir, image
 
     report = distributed.index_images_ray(module_pg_dsn, "ray_job_killed", bundle_dir, _paths(image_dir),
                                           workers=WORKERS)
-    assert (report.total, report.skipped, report.written) == (N_ITEMS + N_BAD, partial, N_ITEMS - partial)
+    assert (report.total, report.unchanged, report.written) == (N_ITEMS + N_BAD, partial, N_ITEMS - partial)
     assert _failures(report) == _failures(reference["images"])
     _assert_same_as_reference(module_pg_dsn, "ray_job_killed", reference)
 
@@ -303,6 +303,6 @@ def test_inside_a_users_ray_pipeline(module_pg_dsn, bundle_dir, image_dir, refer
     with distributed.ray_session(ray, cfg):
         ds = ray.data.from_items([{"key": r.key, "value": str(r.path)} for r in records])
         report = distributed.run_dataset(ds, job, "image", cfg, ingest.IngestReport("image", total=len(records)))
-    assert (report.written, report.skipped, report.failed) == (200, 0, [])
+    assert (report.written, report.unchanged, report.failed) == (200, 0, [])
     got = _stored(module_pg_dsn, "ray_pipeline")
     assert all(reference["rows"][k] == v for k, v in got.items()) and len(got) == 200

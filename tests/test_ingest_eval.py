@@ -63,7 +63,7 @@ def test_ingest_writes_every_item_once_and_rerun_skips(filled, bundle, subset):
     assert (rep_i.written, rep_t.written) == (N_IMAGES, len(caps))
     assert coll.count("image") == N_IMAGES and coll.count("text") == len(caps)
     again = ingest.index_images(coll, bundle, [readers.PathRecord(str(p), p) for p in paths[:10]], progress=False)
-    assert (again.written, again.skipped) == (0, 10)
+    assert (again.written, again.unchanged) == (0, 10)
 
 
 def test_sql_ranks_equal_numpy_ranks_on_stored_vectors(filled, subset):

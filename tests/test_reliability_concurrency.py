@@ -71,7 +71,7 @@ def test_workers_and_index_runs_concurrently(pg_dsn, bundle, bundle_dir, flickr8
     worst = max(float(np.linalg.norm(e - f)) for (_k, _h, _m, e), f in zip(sample, fresh))
     assert worst < 1e-3
     observe(f"6 processes exit 0; workers wrote {writes} (sum {sum(writes)} = 2 x {N_ROWS}), queue empty; "
-            f"index runs wrote {[r['written'] for r in reports]}, skipped {[r['skipped'] for r in reports]}; "
+            f"index runs wrote {[r['written'] for r in reports]}, unchanged {[r['unchanged'] for r in reports]}; "
             f"{len(items)} images stored once each; max L2 vs clean encode {worst:.1e}; no deadlock/error")
 
 

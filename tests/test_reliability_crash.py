@@ -106,7 +106,7 @@ def test_index_images_survives_sigkill(tmp_path, pg_dsn, bundle, bundle_dir, fli
     p = cli(cmd)
     assert p.returncode == 0, p.stderr[-3000:]
     rep = json.loads(p.stdout)
-    assert rep["total"] == N_IMAGES and rep["failed"] == [] and rep["written"] + rep["skipped"] == N_IMAGES
+    assert rep["total"] == N_IMAGES and rep["failed"] == [] and rep["written"] + rep["unchanged"] == N_IMAGES
     rows = stored_items(pg_dsn)
     keys = [k for k, *_ in rows]
     assert len(rows) == N_IMAGES and len(set(keys)) == N_IMAGES and set(keys) == {str(f) for f in files}
@@ -119,7 +119,7 @@ def test_index_images_survives_sigkill(tmp_path, pg_dsn, bundle, bundle_dir, fli
         idx = c.execute("SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
                         "JOIN pg_am a ON a.oid = c.relam WHERE a.amname = 'hnsw'").fetchall()
     assert any(name.endswith("_image_hnsw") and valid for name, valid in idx) and all(v for _, v in idx), idx
-    observe(f"kills: {'; '.join(outcomes)}. Rerun: exit 0, written {rep['written']}, skipped {rep['skipped']}; "
+    observe(f"kills: {'; '.join(outcomes)}. Rerun: exit 0, written {rep['written']}, unchanged {rep['unchanged']}; "
             f"{len(rows)} rows, {len(set(keys))} distinct keys; hashes all match; max L2 vs clean encode "
             f"({CHECK_SAMPLE} sampled) {worst:.1e}; HNSW valid")
 

@@ -122,31 +122,24 @@ def image_grid_features(paths: Sequence[Path], cache_dir: Path = DEFAULT_CACHE_D
 
 
 def tokenize(texts: Sequence[str], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokenise with ``tokenizers`` from :func:`backbones.tokenizer_path` (as the runtime).
+    """Tokenise exactly as the runtime does (:class:`jointembed_pg.text.TextTokenizer` on
+    :func:`backbones.tokenizer_path`).
 
     Returns ``input_ids, attention_mask``: ``(N, L) int64`` padded to the longest text,
     truncated (longest_first) to ``max_tokens``.
     """
-    from tokenizers import Tokenizer
-
-    tok = _tokenizer(max_tokens)
-    enc = tok.encode_batch(list(texts))
-    ids = torch.tensor([e.ids for e in enc], dtype=torch.int64)
-    mask = torch.tensor([e.attention_mask for e in enc], dtype=torch.int64)
-    return ids, mask
+    ids, mask = _tokenizer(max_tokens).encode(list(texts))
+    return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
 _TOK: dict[int, object] = {}
 
 
 def _tokenizer(max_tokens: int):
-    from tokenizers import Tokenizer
+    from jointembed_pg.text import TextTokenizer
 
     if max_tokens not in _TOK:
-        tok = Tokenizer.from_file(str(backbones.tokenizer_path()))
-        tok.enable_truncation(max_tokens)
-        tok.enable_padding(pad_id=0, pad_token="[PAD]")  # pad to the longest in the batch
-        _TOK[max_tokens] = tok
+        _TOK[max_tokens] = TextTokenizer(backbones.tokenizer_path(), max_tokens)
     return _TOK[max_tokens]
 
 
