@@ -53,7 +53,7 @@ class _nothing:
 
 def test_training_tokenize_is_the_runtime_wrapper(bundle_dir: Path):
     torch = pytest.importorskip("torch")
-    from training.features import tokenize
+    from jointembed_train.features import tokenize
 
     ids, mask = tokenize(CAPTIONS, 128)
     want_ids, want_mask = _hand_padded(bundle_dir / "tokenizer.json", CAPTIONS, 128)
