@@ -50,6 +50,7 @@ ON CONFLICT (id) DO UPDATE SET sha256 = excluded.sha256,
     package_version = excluded.package_version, applied_at = now()
 """
 _VERSION_SQL = "SELECT coalesce(max(version), 0) FROM jointembed.schema_version"
+_APPLIED_SQL = "SELECT coalesce(array_agg(version), '{}') FROM jointembed.schema_version"
 _RECORD_SQL = "INSERT INTO jointembed.schema_version (version, name) VALUES (%s, %s)"
 
 
@@ -176,17 +177,17 @@ def apply(conn: psycopg.Connection) -> list[int]:
     with conn.transaction():
         has_vector, has_table, has_defs = conn.execute(_STATE_SQL).fetchone()
         if has_vector and has_table:
-            have = conn.execute(_VERSION_SQL).fetchone()[0]
-            _check_not_newer(have, latest)
-            if have == latest and has_defs and not _defs_outdated(conn, defs):
+            have = set(conn.execute(_APPLIED_SQL).fetchone()[0])
+            _check_not_newer(max(have, default=0), latest)
+            if have >= {m.version for m in available()} and has_defs and not _defs_outdated(conn, defs):
                 return []
         conn.execute("SELECT pg_advisory_xact_lock(%s)", [LOCK_KEY])
         conn.execute(read_sql("_bootstrap.sql"))
-        done = conn.execute(_VERSION_SQL).fetchone()[0]
-        _check_not_newer(done, latest)
+        done = set(conn.execute(_APPLIED_SQL).fetchone()[0])
+        _check_not_newer(max(done, default=0), latest)
         applied = []
         for mig in available():
-            if mig.version <= done:
+            if mig.version in done:   # each file once, gaps included (branches merged out of order)
                 continue
             conn.execute(mig.sql)
             conn.execute(_RECORD_SQL, [mig.version, mig.name])
