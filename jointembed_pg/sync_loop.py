@@ -3,7 +3,10 @@
 Drains the queues of attached tables (:func:`jointembed_pg.sync_worker.drain`), then
 sleeps until a trigger's ``NOTIFY jointembed_sync`` arrives or ``poll_s`` seconds pass
 (polling also picks up rows whose retry time has come, and attachments created later).
-SIGTERM / SIGINT finish the batch in hand and stop. Every event is one JSON line on
+SIGTERM / SIGINT stop it: between batches at once, and within a fraction of a second
+while a batch's images load (the batch's claim is released, no attempt is counted).
+Images are decoded in decoder processes owned by the worker (:mod:`jointembed_pg.sandbox`),
+so a hostile row can neither hang, crash nor exhaust the worker. Every event is one JSON line on
 stderr: ``{"ts", "level", "event", "worker", ...}``; the DSN never appears in them.
 
 Any number of workers (processes or threads, each with its own :class:`Worker`) can run
@@ -28,6 +31,7 @@ from psycopg import sql
 from . import db
 from .errors import DatabaseError, ModelMismatchError
 from .sync import list_attachments, one_line
+from .sandbox import ImageLoader, Interrupted
 from .sync_worker import BatchResult, SyncConfig, Target, drain
 
 CHANNEL = "jointembed_sync"
@@ -129,7 +133,8 @@ class Worker:
 
     def _serve(self, until_idle: bool) -> None:
         with db.connect(self.dsn, autocommit=True) as conn, \
-                db.connect(self.dsn, autocommit=True, migrate=False) as listen:
+                db.connect(self.dsn, autocommit=True, migrate=False) as listen, \
+                ImageLoader(self.bundle.image_spec, self.cfg.limits, workers=self.cfg.load_threads) as loader:
             listen.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
             targets = self._targets(conn, strict=True)
             self._started = self._connected = True
@@ -142,7 +147,9 @@ class Worker:
                         break
                     try:
                         rep = drain(conn, t, self.bundle, self.cfg, stop=lambda: self.stopping,
-                                    on_batch=lambda r, t=t: self._on_batch(t, r))
+                                    on_batch=lambda r, t=t: self._on_batch(t, r), loader=loader)
+                    except Interrupted:  # a stop request cut a batch short; its claim is released
+                        return
                     except DatabaseError as e:  # this table only (dropped, switched model...)
                         self.log("table_error", "error", table=t.attachment.qualified, error=str(e))
                         continue
