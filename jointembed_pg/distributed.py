@@ -154,11 +154,6 @@ class IngestWorker:
         self.store = Store(job.dsn)
         self.collection = self.store.collection(job.collection, model_id=job.model_id, dim=job.dim)
         self.limits = job.limits
-        self._loader = None  # decoder processes, started on the first image partition
-
-    def __del__(self):
-        if getattr(self, "_loader", None) is not None:
-            self._loader.close()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if "keys" in batch:
@@ -172,13 +167,9 @@ class IngestWorker:
 
     def _index(self, keys: list[str], values: list[str], errors: list[str | None]) -> ingest.IngestReport:
         if self.modality == "image":
-            from .sandbox import ImageLoader
-
-            if self._loader is None:
-                self._loader = ImageLoader(self.bundle.image_spec, self.limits, workers=1)
             records = [readers.PathRecord(k, Path(v), e) for k, v, e in zip(keys, values, errors)]
             return ingest.index_images(self.collection, self.bundle, records, batch_size=self.batch_size,
-                                       decode_threads=1, progress=False, limits=self.limits, loader=self._loader)
+                                       decode_threads=1, progress=False, limits=self.limits)
         records = [readers.TextRecord(k, v, e) for k, v, e in zip(keys, values, errors)]
         return ingest.index_texts(self.collection, self.bundle, records, batch_size=self.batch_size, progress=False,
                                   limits=self.limits)

@@ -71,11 +71,11 @@ def resolve_under(value: str, root: str, where: str = "<image>") -> str:
     if PurePath(value).is_absolute() or value.startswith("~"):
         raise refuse(f"{where}: absolute path {value!r} refused (image root is {root})")
     if ".." in PurePath(value).parts:
-        raise refuse(f"{where}: path {value!r} contains '..' (refused below image root {root})")
+        raise refuse(f"{where}: path {value!r} leaves the image root {root} ('..' components are refused)")
     real_root = os.path.realpath(root)
     full = os.path.realpath(os.path.join(real_root, value))
     if not inside(real_root, full):
-        raise refuse(f"{where}: path {value!r} resolves to {full}, outside the image root {root} (symlink?)")
+        raise refuse(f"{where}: path {value!r} leaves the image root {root}: it resolves to {full} (symlink)")
     return full
 
 
@@ -119,7 +119,7 @@ def open_regular(path: str | os.PathLike, max_bytes: int | None, where: str = "<
         if root is not None:
             real = _fd_path(fd) or os.path.realpath(path)
             if not inside(os.path.realpath(root), real):
-                raise refuse(f"{where}: {path} resolves to {real}, outside the image root {root}")
+                raise refuse(f"{where}: {path} leaves the image root {root}: the opened file is {real}")
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)

@@ -14,6 +14,7 @@ UTF-8, an overlong key) fails alone instead of failing its batch's transaction.
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ import numpy as np
 from .errors import InputError, JointEmbedError
 from .limits import Limits
 from .readers import Ignored, PathRecord, TextRecord, check_key, clean_text, ignored_summary, printable
-from .sandbox import ImageJob, ImageLoader
+from .sandbox import ImageJob, ImageLoader, shared_loader
 
 T = TypeVar("T")
 
@@ -102,12 +103,13 @@ def _chunks(items: Iterable[T], n: int) -> Iterator[list[T]]:
         yield buf
 
 
-def _load_image(loader: ImageLoader, rec: PathRecord, known: dict) -> tuple[PathRecord, str, np.ndarray | None]:
+def _load_image(loader: ImageLoader, rec: PathRecord, known: dict,
+                stop=None) -> tuple[PathRecord, str, np.ndarray | None]:
     """Read, hash and (unless ``known`` already holds that hash for the key) decode one file."""
     if rec.error:
         raise InputError(rec.error)
     check_key(rec.key, "file name")
-    loaded = loader.load(ImageJob(where=str(rec.path), path=str(rec.path), known=known.get(rec.key)))
+    loaded = loader.load(ImageJob(where=str(rec.path), path=str(rec.path), known=known.get(rec.key)), stop)
     return rec, loaded.digest, loaded.pixels  # pixels None: unchanged, a resumed run skips it
 
 
@@ -154,7 +156,7 @@ def index_images(collection, bundle, records: Sequence[PathRecord], *, batch_siz
         decode_threads: decoder processes (and feeding threads).
         ignored: files the folder scan did not take as images (copied into the report).
         limits: per-item limits (default :meth:`Limits.from_env`).
-        loader: an open :class:`ImageLoader` to reuse (else one is started and closed here).
+        loader: the :class:`ImageLoader` to use (default: the process's shared one).
     Returns:
         an :class:`IngestReport`; unreadable, corrupt, oversized, timed-out files and
         unstorable keys are in ``failed``.
@@ -165,12 +167,11 @@ def index_images(collection, bundle, records: Sequence[PathRecord], *, batch_siz
     report, t0 = IngestReport("image", total=len(records), ignored=list(ignored)), time.perf_counter()
     known = collection.content_hashes("image", [r.key for r in records if not r.error and _storable(r.key)])
     writer, bar = _Writer(collection.upsert), _progress(len(records), "images", progress)
-    own = loader is None
-    if own:
-        loader = ImageLoader(bundle.image_spec, limits, workers=decode_threads)
+    loader = loader or shared_loader(bundle.image_spec, limits, workers=decode_threads)
+    halt = threading.Event()  # set on the way out: loads still running stop at once
     pool = ThreadPoolExecutor(max(1, decode_threads), thread_name_prefix="jointembed-decode")
     try:
-        futures = (pool.submit(_load_image, loader, r, known) for r in records)
+        futures = (pool.submit(_load_image, loader, r, known, halt.is_set) for r in records)
         for chunk in _chunks(zip(records, futures), batch_size):
             loaded = []
             for rec, fut in chunk:
@@ -186,8 +187,7 @@ def index_images(collection, bundle, records: Sequence[PathRecord], *, batch_siz
             bar.update(len(chunk))
         writer.wait()
     finally:
-        if own:
-            loader.close()  # first: threads waiting on a decoder return at once
+        halt.set()  # first: threads waiting on a decoder return at once
         pool.shutdown(wait=True, cancel_futures=True)
         writer.close()
         bar.close()

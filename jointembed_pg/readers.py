@@ -355,6 +355,8 @@ def _read_csv(path: Path, lines) -> Iterator[TextRecord]:
         fieldnames = reader.fieldnames
     except csv.Error as e:
         raise InputError(f"{path}: unreadable CSV header ({e})") from e
+    if fieldnames is None and not pending:
+        raise InputError(f"{path}: empty caption file")
     if not fieldnames or not {"id", "text"} <= set(fieldnames):
         raise InputError(f"{path}: CSV needs a header with 'id' and 'text' columns, found {fieldnames}")
     name = printable(path.name, 200)

@@ -14,17 +14,23 @@ thread waits for the answer in short slices:
   (:func:`jointembed_pg.preprocess.decode`), so an allocation beyond fails the item;
 * **crashes**: a decoder process that dies (a signal, the OOM killer) fails the item
   with ``decoder process died`` and is replaced; the caller goes on;
-* **stop requests**: ``stop()`` is polled while waiting (SIGTERM of a worker), and
-  :meth:`ImageLoader.close` kills the decoders, so a waiting caller returns within a
-  fraction of a second with :class:`Interrupted`.
+* **stop requests**: ``stop()`` is polled while waiting (SIGTERM of a worker, an
+  interrupted ``index``), and :meth:`ImageLoader.close` kills the decoders, so a waiting
+  caller returns within a fraction of a second with :class:`Interrupted` (the decoder of
+  an interrupted item is killed and replaced).
+
+:func:`shared_loader` gives one loader per (spec, limits) for the whole process, so
+repeated ``index_images`` / ``sync_table`` calls do not start new decoder processes.
 
 Messages to a decoder are pickled (the parent is trusted); answers are a JSON header plus
 raw float32 bytes, never pickle, so a decoder subverted by a hostile file cannot run code
-in its parent. Decoders exit when their parent does (stdin EOF; ``PR_SET_PDEATHSIG`` on
-Linux).
+in its parent. A decoder exits when its parent does (EOF on its stdin) and, if stuck in an item, by its
+own alarm a few seconds after the item's deadline. (``PR_SET_PDEATHSIG`` is not used: it
+fires when the spawning *thread* ends, and decoders outlive the threads that start them.)
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -131,6 +137,14 @@ class ImageLoader:
         self._lock = threading.Lock()
         self._slots = threading.Semaphore(self.workers)
         self._closed = False
+        self._pid = os.getpid()
+
+    def grow(self, workers: int) -> None:
+        """Allow up to ``workers`` decoder processes (never fewer than now)."""
+        with self._lock:
+            for _ in range(int(workers) - self.workers):
+                self._slots.release()
+            self.workers = max(self.workers, int(workers))
 
     def __enter__(self) -> "ImageLoader":
         return self
@@ -188,6 +202,34 @@ class ImageLoader:
             live, self._live = list(self._live), set()
         for dec in live:
             dec.kill()
+
+
+_SHARED: dict = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_loader(spec, limits: Limits | None = None, workers: int = 2) -> ImageLoader:
+    """The process-wide :class:`ImageLoader` of ``(spec, limits)`` (created on first use,
+    grown to ``workers``, closed at exit; a forked child gets its own). Do not close it;
+    interrupt a caller's loads with their ``stop`` instead."""
+    limits = limits or Limits.from_env()
+    key = (spec, limits)
+    with _SHARED_LOCK:
+        loader = _SHARED.get(key)
+        if loader is None or loader._closed or loader._pid != os.getpid():
+            loader = _SHARED[key] = ImageLoader(spec, limits, workers)
+        elif loader.workers < workers:
+            loader.grow(workers)
+        return loader
+
+
+@atexit.register
+def _close_shared() -> None:
+    with _SHARED_LOCK:
+        loaders = [ld for ld in _SHARED.values() if ld._pid == os.getpid()]
+        _SHARED.clear()
+    for ld in loaders:
+        ld.close()
 
 
 class _Decoder:
@@ -299,18 +341,6 @@ class _Decoder:
 
 # -- the decoder process ---------------------------------------------------------------
 
-def _set_pdeathsig() -> None:
-    """Linux: die with the parent (``prctl(PR_SET_PDEATHSIG, SIGKILL)``)."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-
-
 def _vm_size() -> int:
     """This process's address-space size in bytes (Linux), or 0 where unknown."""
     try:
@@ -354,7 +384,6 @@ def _serve(stdin, stdout) -> None:
     from . import preprocess  # noqa: F401  (imports done before the memory cap)
     from .sources import ImageSource  # noqa: F401
 
-    _set_pdeathsig()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     init = _read_msg(stdin)
     if init is None:

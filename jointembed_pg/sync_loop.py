@@ -31,7 +31,7 @@ from psycopg import sql
 from . import db
 from .errors import DatabaseError, ModelMismatchError
 from .sync import list_attachments, one_line
-from .sandbox import ImageLoader, Interrupted
+from .sandbox import Interrupted, shared_loader
 from .sync_worker import BatchResult, SyncConfig, Target, drain
 
 CHANNEL = "jointembed_sync"
@@ -133,8 +133,8 @@ class Worker:
 
     def _serve(self, until_idle: bool) -> None:
         with db.connect(self.dsn, autocommit=True) as conn, \
-                db.connect(self.dsn, autocommit=True, migrate=False) as listen, \
-                ImageLoader(self.bundle.image_spec, self.cfg.limits, workers=self.cfg.load_threads) as loader:
+                db.connect(self.dsn, autocommit=True, migrate=False) as listen:
+            loader = shared_loader(self.bundle.image_spec, self.cfg.limits, workers=self.cfg.load_threads)
             listen.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
             targets = self._targets(conn, strict=True)
             self._started = self._connected = True

@@ -25,6 +25,7 @@ The long-running loop (LISTEN/NOTIFY, signals, JSON logs) is :mod:`jointembed_pg
 from __future__ import annotations
 
 import random
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -39,7 +40,7 @@ from .errors import InputError, JointEmbedError, ModelMismatchError
 from .ingest import sha256
 from .limits import Limits
 from .readers import clean_text, printable
-from .sandbox import ImageJob, ImageLoader, Interrupted
+from .sandbox import ImageJob, ImageLoader, Interrupted, shared_loader
 from .sources import ImageSource, is_retryable
 from .sync import Attachment, Version, _call, find, version_for
 
@@ -210,7 +211,7 @@ def process_batch(conn: psycopg.Connection, target: Target, bundle, cfg: SyncCon
     Args:
         conn: an autocommit connection (each step is its own transaction).
         bundle: must be the target version's model (checked: ModelMismatchError).
-        loader: decoder processes to use (else started for this batch and closed).
+        loader: decoder processes to use (default: the process's shared ones).
         stop: polled while images load; when true the batch stops (:class:`Interrupted`).
     Returns:
         :class:`BatchResult`; ``claimed == 0`` means nothing was ready.
@@ -232,11 +233,8 @@ def process_batch(conn: psycopg.Connection, target: Target, bundle, cfg: SyncCon
     try:
         rows = _call(conn, "SELECT * FROM jointembed.sync_fetch(%s, %s, %s)", [att.id, ver.version, token],
                      fetch="all")
-        if loader is None:
-            with ImageLoader(bundle.image_spec, cfg.limits, workers=cfg.load_threads) as own:
-                _embed_and_write(conn, target, bundle, cfg, token, rows, result, pool, own, stop)
-        else:
-            _embed_and_write(conn, target, bundle, cfg, token, rows, result, pool, loader, stop)
+        loader = loader or shared_loader(bundle.image_spec, cfg.limits, workers=cfg.load_threads)
+        _embed_and_write(conn, target, bundle, cfg, token, rows, result, pool, loader, stop)
     except BaseException:
         try:
             _call(conn, "SELECT jointembed.sync_release(%s, %s)", [att.id, token])
@@ -301,7 +299,7 @@ def drain(conn: psycopg.Connection, target: Target, bundle, cfg: SyncConfig = Sy
     """Process batches of ``target`` until nothing is ready (or ``stop()`` is true).
 
     Rows waiting for a retry (backoff) are not waited for. ``loader``: decoder processes
-    to reuse (else started here, on first image, and closed at the end). Returns a
+    to use (default: the process's shared ones). Returns a
     :class:`SyncReport`.
 
     Raises:
@@ -313,12 +311,11 @@ def drain(conn: psycopg.Connection, target: Target, bundle, cfg: SyncConfig = Sy
     total = _ready_count(conn, target) if progress else None
     bar = _bar(total, att.qualified, progress)
     pool = ThreadPoolExecutor(max(1, cfg.load_threads), thread_name_prefix="jointembed-sync")
-    own = loader is None
-    if own:
-        loader = ImageLoader(bundle.image_spec, cfg.limits, workers=cfg.load_threads)
+    loader = loader or shared_loader(bundle.image_spec, cfg.limits, workers=cfg.load_threads)
+    halt = threading.Event()  # set on the way out (e.g. SIGTERM): loads in flight stop at once
     try:
         while not stop():
-            res = process_batch(conn, target, bundle, cfg, pool, loader, stop)
+            res = process_batch(conn, target, bundle, cfg, pool, loader, lambda: stop() or halt.is_set())
             if not res.claimed:
                 break
             report.add(res)
@@ -326,8 +323,7 @@ def drain(conn: psycopg.Connection, target: Target, bundle, cfg: SyncConfig = Sy
             if on_batch is not None:
                 on_batch(res)
     finally:
-        if own:
-            loader.close()
+        halt.set()
         pool.shutdown(wait=True)
         bar.close()
     report.seconds = time.perf_counter() - t0
