@@ -129,8 +129,11 @@ def decode(source: str | Path | bytes, *, max_pixels: int | None = None, name: s
             raise InputError(f"{name}: {len(data)} bytes, over the {limits.max_file_bytes}-byte limit")
     try:
         with warnings.catch_warnings():
-            # max_pixels (checked below) is the limit, not Pillow's default warning level
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # Pillow's own check (Image.MAX_IMAGE_PIXELS; decoder processes set it to
+            # max_pixels) also guards frames inside containers (ICO, ICNS): an error here
+            pillow_cap = Image.MAX_IMAGE_PIXELS
+            warnings.simplefilter("error" if pillow_cap and pillow_cap >= max_pixels else "ignore",
+                                  Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=decodable_formats())
             w, h = img.size
             if w * h > max_pixels:
@@ -149,7 +152,7 @@ def decode(source: str | Path | bytes, *, max_pixels: int | None = None, name: s
         raise
     except UnidentifiedImageError as e:
         raise InputError(f"{name}: not a readable image (unknown or unsupported format)") from e
-    except Image.DecompressionBombError as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise InputError(f"{name}: over the {max_pixels}-pixel limit ({e})") from e
     except MemoryError as e:
         raise InputError(f"{name}: out of memory while decoding (image too large for the decoder's limit)") from e

@@ -219,10 +219,10 @@ def check_key(key: str, what: str = "key", max_bytes: int = MAX_KEY_BYTES) -> st
 
 def printable(text: object, limit: int = 2000) -> str:
     """``text`` made safe to print, log, store as text and put in JSON: lone surrogates
-    and NULs become escapes, and it is cut at ``limit`` characters."""
+    and NULs become escapes, and the middle of a text over ``limit`` characters is cut."""
     s = str(text)
-    if len(s) > limit:
-        s = s[:limit] + f"... ({len(s) - limit} more characters)"
+    if len(s) > limit:  # keep both ends: a message's reason is at its end
+        s = f"{s[:limit // 2]}...({len(s) - limit} characters)...{s[-(limit // 2):]}"
     return s.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
 
 

@@ -277,7 +277,9 @@ class _Decoder:
                 raise Interrupted("stopped while loading an image") from e
             raise self._died(job.where) from e
         if not head.get("ok"):
-            err = InputError(str(head.get("error", "decoder failed"))[:4000])
+            from .readers import printable
+
+            err = InputError(printable(head.get("error", "decoder failed"), 4000))
             err.retry = bool(head.get("retry", True))  # type: ignore[attr-defined]
             raise err
         digest = str(head.get("digest", ""))
@@ -389,6 +391,9 @@ def _serve(stdin, stdout) -> None:
     if init is None:
         return
     spec, limits = pickle.loads(init)
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = limits.max_pixels  # also checked for frames inside ICO/ICNS containers
     _cap_memory(limits.memory_mb)
     _answer(stdout, {"ok": True, "ready": True})
     while True:
