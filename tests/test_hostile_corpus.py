@@ -467,3 +467,19 @@ def test_decoder_crash_fails_only_that_row(drip_table, observe):
     (e,) = [e for e in _status(drip_table)["errors"] if e["key"] == "1"]
     assert e["attempts"] == 1 and e["next_attempt_at"] is None  # given up: not retried for ever
     observe(f"exit 3; {f['error'].split(': ', 1)[-1][:90]}; attempts 1, given up; 3 other rows stored")
+
+
+@scenario("`search image` given /dev/zero, a FIFO and a PNG declaring 50,000 x 50,000",
+          "exit 1 at once with one line (not a regular file / over the pixel limit); no hang", "security")
+def test_search_image_hostile(corpus, module_pg_dsn, bundle_dir, scan_run, observe):
+    base, _cases, _ = corpus
+    seen = []
+    for path, needle in (("/dev/zero", "character device"), (base / "images" / "fifo.jpg", "FIFO"),
+                         (base / "images" / "bomb_png_50k.png", "pixel limit")):
+        t0 = time.monotonic()
+        p = cli(["search", "image", path, "--collection", "hostile", "--dsn", module_pg_dsn, "--bundle", bundle_dir],
+                timeout=60)
+        lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+        assert p.returncode == 1 and len(lines) == 1 and needle in lines[0], p.stderr[-2000:]
+        seen.append(f"{Path(path).name}: {lines[0].rsplit(': ', 1)[-1][:60]} ({time.monotonic() - t0:.1f} s)")
+    observe("; ".join(seen))
