@@ -39,6 +39,8 @@ CHANNEL = "jointembed_sync"
 POLL_S = 5.0
 #: Longest single wait, so a stop request is noticed quickly.
 _WAIT_SLICE_S = 0.5
+#: Batches of one table before the worker turns to the next (tables take turns).
+ROUND_BATCHES = 4
 #: Seconds to wait before reconnecting after a lost connection (doubles, at most 60).
 RECONNECT_S = 1.0
 
@@ -147,7 +149,8 @@ class Worker:
                         break
                     try:
                         rep = drain(conn, t, self.bundle, self.cfg, stop=lambda: self.stopping,
-                                    on_batch=lambda r, t=t: self._on_batch(t, r), loader=loader)
+                                    on_batch=lambda r, t=t: self._on_batch(t, r), loader=loader,
+                                    max_batches=ROUND_BATCHES)
                     except Interrupted:  # a stop request cut a batch short; its claim is released
                         return
                     except DatabaseError as e:  # this table only (dropped, switched model...)

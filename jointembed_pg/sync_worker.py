@@ -295,12 +295,13 @@ def _embed_and_write(conn, target: Target, bundle, cfg: SyncConfig, token, rows,
 def drain(conn: psycopg.Connection, target: Target, bundle, cfg: SyncConfig = SyncConfig(), *,
           progress: bool = False, stop: Callable[[], bool] = lambda: False,
           on_batch: Callable[[BatchResult], None] | None = None,
-          loader: ImageLoader | None = None) -> SyncReport:
+          loader: ImageLoader | None = None, max_batches: int | None = None) -> SyncReport:
     """Process batches of ``target`` until nothing is ready (or ``stop()`` is true).
 
     Rows waiting for a retry (backoff) are not waited for. ``loader``: decoder processes
-    to use (default: the process's shared ones). Returns a
-    :class:`SyncReport`.
+    to use (default: the process's shared ones). ``max_batches``: return after that many
+    batches even if more rows are ready (a worker serving several tables takes turns, so
+    a table full of slow rows cannot starve the others). Returns a :class:`SyncReport`.
 
     Raises:
         Interrupted: ``stop()`` turned true while images of a batch were loading (the
@@ -322,6 +323,8 @@ def drain(conn: psycopg.Connection, target: Target, bundle, cfg: SyncConfig = Sy
             bar.update(res.claimed)
             if on_batch is not None:
                 on_batch(res)
+            if max_batches is not None and report.batches >= max_batches:
+                break
     finally:
         halt.set()
         pool.shutdown(wait=True)
