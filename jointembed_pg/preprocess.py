@@ -12,6 +12,7 @@ Pipeline (immich-style, each step a function):
 from __future__ import annotations
 
 import io
+from os import PathLike
 from struct import error as struct_error
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -119,6 +120,8 @@ def decode(source: str | Path | bytes, *, max_pixels: int | None = None, name: s
     max_pixels = limits.max_pixels if max_pixels is None else max_pixels
     name = name or "<bytes>"
     if not isinstance(source, (bytes, bytearray, memoryview)):
+        if not isinstance(source, (str, PathLike)):  # an int would be taken as a file descriptor
+            raise TypeError(f"expected a path or bytes, got {type(source).__name__}")
         name = str(source)
         data = files.read_regular(source, limits.max_file_bytes, name)
     else:
