@@ -94,6 +94,8 @@ def open_regular(path: str | os.PathLike, max_bytes: int | None, where: str = "<
         InputError: missing (retryable), not a regular file, over ``max_bytes``, outside
             ``root``, swapped after the check, unreadable.
     """
+    if not isinstance(path, (str, bytes, os.PathLike)):  # an int would be a file descriptor
+        raise refuse(f"{where}: expected a path, got {type(path).__name__}")
     try:
         st = os.stat(path)
     except ValueError as e:  # embedded NUL

@@ -20,7 +20,6 @@ later can help (a missing file or a network error can; a NULL value cannot).
 """
 from __future__ import annotations
 
-import os
 import urllib.error
 import urllib.parse
 import urllib.request
