@@ -237,9 +237,15 @@ def _finish(report, as_json):
             click.echo(f"  failed: {f.error}", err=True)
         if len(report.failed) > 20:
             click.echo(f"  ... and {len(report.failed) - 20} more (use --json for all)", err=True)
+        if getattr(report, "ignored", None):
+            click.echo(f"  {report.ignored_summary()} (not images; --json lists them)", err=True)
+    if report.written + report.unchanged == 0:
+        # nothing indexed at all (no input, or every item failed) is an error
+        if not report.failed and not as_json:
+            click.echo(f"Error: nothing to index: no {report.modality} found", err=True)
+        sys.exit(1)
     if report.failed:
-        # nothing usable at all is an error; some items failing is a partial success
-        sys.exit(1 if report.written + report.unchanged == 0 else EXIT_PARTIAL)
+        sys.exit(EXIT_PARTIAL)  # some items failing is a partial success
 
 
 def _open_collection(obj, dsn, bundle_name, name, storage=None):
@@ -264,8 +270,9 @@ def index_images_cmd(obj, paths, collection, dsn, bundle_name, batch_size, stora
 
     with _errors():
         bundle, coll = _open_collection(obj, dsn, bundle_name, collection, storage)
-        records = list(readers.iter_image_paths(paths))
-        report = ingest.index_images(coll, bundle, records, batch_size=batch_size, progress=_progress(progress))
+        scan = readers.scan_images(paths)
+        report = ingest.index_images(coll, bundle, scan.records, batch_size=batch_size, progress=_progress(progress),
+                                     ignored=scan.ignored)
         coll.ensure_index(memory_cap=memory_cap, progress=_index_log(progress))
     _finish(report, as_json)
 

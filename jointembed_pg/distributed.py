@@ -32,7 +32,7 @@ import math
 import re
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -40,6 +40,7 @@ import numpy as np
 
 from . import errors, ingest, readers
 from .errors import JointEmbedError, ModelMismatchError
+from .limits import Limits
 
 #: What to install when Ray is missing.
 RAY_EXTRA = "pip install 'jointembed-pg[ray]'  (or: pip install 'ray[data]')"
@@ -91,6 +92,8 @@ class Job:
     bundle_dir: str
     model_id: str
     dim: int
+    #: the driver's per-item limits (``Limits.from_env()`` there), applied on every node
+    limits: Limits = field(default_factory=Limits)
 
 
 def require_ray():
@@ -123,7 +126,7 @@ def prepare_job(dsn: str | None, collection: str, bundle_dir: str | Path) -> Job
     dsn = db.resolve_dsn(dsn)
     with Store(dsn) as store:
         store.collection(collection, model_id=bundle.model_id, dim=bundle.dim, create=True)
-    return Job(dsn, collection, str(path), bundle.model_id, bundle.dim)
+    return Job(dsn, collection, str(path), bundle.model_id, bundle.dim, Limits.from_env())
 
 
 class IngestWorker:
@@ -150,6 +153,7 @@ class IngestWorker:
                                      f"the job's is {job.model_id!r}: the nodes see different bundle files")
         self.store = Store(job.dsn)
         self.collection = self.store.collection(job.collection, model_id=job.model_id, dim=job.dim)
+        self.limits = job.limits
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if "keys" in batch:
@@ -165,9 +169,10 @@ class IngestWorker:
         if self.modality == "image":
             records = [readers.PathRecord(k, Path(v), e) for k, v, e in zip(keys, values, errors)]
             return ingest.index_images(self.collection, self.bundle, records, batch_size=self.batch_size,
-                                       decode_threads=1, progress=False)
+                                       decode_threads=1, progress=False, limits=self.limits)
         records = [readers.TextRecord(k, v, e) for k, v, e in zip(keys, values, errors)]
-        return ingest.index_texts(self.collection, self.bundle, records, batch_size=self.batch_size, progress=False)
+        return ingest.index_texts(self.collection, self.bundle, records, batch_size=self.batch_size, progress=False,
+                                  limits=self.limits)
 
 
 def _add(report: ingest.IngestReport, other: ingest.IngestReport) -> None:
@@ -216,7 +221,10 @@ def index_images_ray(dsn: str | None, collection: str, bundle_dir: str | Path, p
             failed on the database (committed batches stay; a rerun resumes).
     """
     cfg = RayConfig(workers=workers, batch_size=batch_size, **options)
-    return _run("image", dsn, collection, bundle_dir, list(readers.iter_image_paths(paths)), cfg)
+    scan = readers.scan_images(paths)
+    report = _run("image", dsn, collection, bundle_dir, scan.records, cfg)
+    report.ignored = scan.ignored
+    return report
 
 
 def index_texts_ray(dsn: str | None, collection: str, bundle_dir: str | Path, file: str | Path, *,

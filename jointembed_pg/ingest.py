@@ -3,13 +3,18 @@
 ``index_images`` and ``index_texts`` take records from :mod:`jointembed_pg.readers`, skip
 items whose content hash is already stored for the collection's model (so a rerun after
 a crash resumes instead of starting over), embed the rest in batches with the bundle's
-ONNX encoders, and upsert each batch in one transaction. Decoding runs in a thread pool
-ahead of the encoder and writes run on a writer thread behind it, so the encoder stays
-busy (Pillow, onnxruntime and psycopg all release the GIL).
+ONNX encoders, and upsert each batch in one transaction. Images are read, hashed and
+decoded in decoder processes (:class:`jointembed_pg.sandbox.ImageLoader`: per-item time
+and memory limits, a crash or hang fails that item only), fed by a thread pool ahead of
+the encoder; writes run on a writer thread behind it, so the encoder stays busy.
+Every key and caption is checked before it reaches a batch (:func:`readers.check_key`,
+:func:`readers.clean_text`), so one unstorable item (a NUL, a file name that is not
+UTF-8, an overlong key) fails alone instead of failing its batch's transaction.
 """
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -17,9 +22,10 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
-from . import preprocess
 from .errors import InputError, ItemError, JointEmbedError
-from .readers import PathRecord, TextRecord
+from .limits import Limits
+from .readers import Ignored, PathRecord, TextRecord, check_key, clean_text, ignored_summary, printable
+from .sandbox import ImageJob, ImageLoader, shared_loader
 
 T = TypeVar("T")
 
@@ -29,10 +35,17 @@ TEXT_BATCH = 256
 
 @dataclass(frozen=True)
 class Failure:
-    """An item that could not be embedded, with the reason (one line)."""
+    """An item that could not be embedded, with the reason (one line).
+
+    Both fields are made printable (:func:`readers.printable`): a key that is not valid
+    UTF-8 shows its bytes as escapes."""
 
     key: str
     error: str
+
+    def __post_init__(self):
+        object.__setattr__(self, "key", printable(self.key, 1000))
+        object.__setattr__(self, "error", printable(self.error).replace("\n", " "))
 
 
 @dataclass
@@ -49,12 +62,19 @@ class IngestReport:
     unchanged: int = 0
     failed: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
+    ignored: list[Ignored] = field(default_factory=list)
+
+    def ignored_summary(self) -> str:
+        """``"3 files ignored: 2 .heic (no decoder), 1 .txt"`` (``""`` when none)."""
+        return ignored_summary(self.ignored)
 
     def to_dict(self) -> dict:
-        """JSON-ready form (``failed`` as a list of ``{key, error}``)."""
+        """JSON-ready form (``failed`` as a list of ``{key, error}``, ``ignored`` as a
+        list of ``{path, kind}``: files of scanned folders that are not images)."""
         return {
             "modality": self.modality, "total": self.total, "written": self.written,
             "unchanged": self.unchanged, "failed": [f.__dict__ for f in self.failed],
+            "ignored": [{"path": printable(i.path, 1000), "kind": i.kind} for i in self.ignored],
             "seconds": round(self.seconds, 3),
         }
 
@@ -87,24 +107,14 @@ def _chunks(items: Iterable[T], n: int) -> Iterator[list[T]]:
         yield buf
 
 
-def _load_image(rec: PathRecord, spec: preprocess.ImageSpec,
-                known: dict | None = None) -> tuple[PathRecord, str, np.ndarray | None]:
+def _load_image(loader: ImageLoader, rec: PathRecord, known: dict,
+                stop=None) -> tuple[PathRecord, str, np.ndarray | None]:
     """Read, hash and (unless ``known`` already holds that hash for the key) decode one file."""
     if rec.error:
         raise InputError(rec.error)
-    try:
-        size = rec.path.stat().st_size
-        if size > preprocess.MAX_FILE_BYTES:
-            raise InputError(f"{rec.path}: file is {size} bytes, over the {preprocess.MAX_FILE_BYTES}-byte limit")
-        data = rec.path.read_bytes()
-    except IsADirectoryError as e:
-        raise InputError(f"{rec.path}: is a directory, not an image file") from e
-    except OSError as e:
-        raise InputError(f"{rec.path}: cannot read ({e.strerror or e})") from e
-    digest = sha256(data)
-    if known is not None and data and known.get(rec.key) == digest:
-        return rec, digest, None  # unchanged: a resumed run skips it without decoding
-    return rec, digest, preprocess.load(data if data else rec.path, spec, name=str(rec.path))
+    check_key(rec.key, "file name")
+    loaded = loader.load(ImageJob(where=str(rec.path), path=str(rec.path), known=known.get(rec.key)), stop)
+    return rec, loaded.digest, loaded.pixels  # pixels None: unchanged, a resumed run skips it
 
 
 class _Writer:
@@ -139,25 +149,33 @@ def _progress(total: int | None, desc: str, enabled: bool):
 
 
 def index_images(collection, bundle, records: Sequence[PathRecord], *, batch_size: int = IMAGE_BATCH,
-                 decode_threads: int = 2, progress: bool = True) -> IngestReport:
+                 decode_threads: int = 2, progress: bool = True, ignored: Sequence[Ignored] = (),
+                 limits: Limits | None = None, loader: ImageLoader | None = None) -> IngestReport:
     """Embed image files into ``collection`` (modality ``image``, key = resolved path).
 
     Args:
         collection: a :class:`jointembed_pg.store.Collection` (its model must be ``bundle``'s).
         bundle: a :class:`jointembed_pg.bundle.Bundle`; images become ``(D,) float32``.
-        records: image paths (from :func:`readers.iter_image_paths`).
+        records: image paths (from :func:`readers.scan_images`).
+        decode_threads: decoder processes (and feeding threads).
+        ignored: files the folder scan did not take as images (copied into the report).
+        limits: per-item limits (default :meth:`Limits.from_env`).
+        loader: the :class:`ImageLoader` to use (default: the process's shared one).
     Returns:
-        an :class:`IngestReport`; unreadable, corrupt or oversized files are in ``failed``.
+        an :class:`IngestReport`; unreadable, corrupt, oversized, timed-out files and
+        unstorable keys are in ``failed``.
     Raises:
         DatabaseError / ModelMismatchError: the database write failed (nothing of that
         batch is committed; a rerun resumes).
     """
-    report, t0 = IngestReport("image", total=len(records)), time.perf_counter()
-    known = collection.content_hashes("image", [r.key for r in records if not r.error])
+    report, t0 = IngestReport("image", total=len(records), ignored=list(ignored)), time.perf_counter()
+    known = collection.content_hashes("image", [r.key for r in records if not r.error and _storable(r.key)])
     writer, bar = _Writer(collection.upsert), _progress(len(records), "images", progress)
+    loader = loader or shared_loader(bundle.image_spec, limits, workers=decode_threads)
+    halt = threading.Event()  # set on the way out: loads still running stop at once
     pool = ThreadPoolExecutor(max(1, decode_threads), thread_name_prefix="jointembed-decode")
     try:
-        futures = (pool.submit(_load_image, r, bundle.image_spec, known) for r in records)
+        futures = (pool.submit(_load_image, loader, r, known, halt.is_set) for r in records)
         for chunk in _chunks(zip(records, futures), batch_size):
             loaded = []
             for rec, fut in chunk:
@@ -173,11 +191,20 @@ def index_images(collection, bundle, records: Sequence[PathRecord], *, batch_siz
             bar.update(len(chunk))
         writer.wait()
     finally:
+        halt.set()  # first: threads waiting on a decoder return at once
         pool.shutdown(wait=True, cancel_futures=True)
         writer.close()
         bar.close()
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _storable(key: str) -> bool:
+    try:
+        check_key(key)
+        return True
+    except InputError:
+        return False
 
 
 def _embed_images(bundle, items, report: IngestReport) -> list[Row]:
@@ -193,7 +220,7 @@ def _embed_images(bundle, items, report: IngestReport) -> list[Row]:
 
 
 def index_texts(collection, bundle, records: Iterable[TextRecord], *, batch_size: int = TEXT_BATCH,
-                progress: bool = True) -> IngestReport:
+                progress: bool = True, limits: Limits | None = None) -> IngestReport:
     """Embed captions into ``collection`` (modality ``text``, key = the record's id).
 
     Records with ``error`` set (bad lines) and captions the encoder refuses are reported
@@ -202,7 +229,14 @@ def index_texts(collection, bundle, records: Iterable[TextRecord], *, batch_size
     records = list(records)
     report, t0 = IngestReport("text", total=len(records)), time.perf_counter()
     good, seen = [], set()
+    max_chars = (limits or Limits.from_env()).max_text_chars
     for r in records:
+        if r.error is None:  # records built by callers (not readers) are checked here too
+            try:
+                check_key(r.key, "id")
+                clean_text(r.text, r.key, max_chars=max_chars)
+            except InputError as e:
+                r = TextRecord(r.key, "", str(e))
         if r.error is not None:
             report.failed.append(Failure(r.key, r.error))
         elif r.key in seen:  # one id, two captions: keep the first, say so

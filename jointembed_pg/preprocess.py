@@ -12,25 +12,30 @@ Pipeline (immich-style, each step a function):
 from __future__ import annotations
 
 import io
+from os import PathLike
+from struct import error as struct_error
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from . import files
 from .errors import InputError
-
-#: Largest image accepted, in pixels (width * height). Larger headers are refused before
-#: decoding (decompression-bomb guard).
-MAX_PIXELS = 100_000_000
+from .limits import MAX_FILE_BYTES, MAX_PIXELS, Limits  # noqa: F401 (re-exported)
 
 #: JPEGs above this many pixels are decoded at 1/8 scale (far above any encoder input).
 _DRAFT_PIXELS = 4096 * 4096
 
-#: Largest encoded file accepted, in bytes.
-MAX_FILE_BYTES = 64 * 1024 * 1024
+#: Formats Pillow can open that are never decoded: EPS/PS run Ghostscript, MPEG has no
+#: decoder. Stub plugins (BUFR, GRIB, HDF5, WMF: no decoder without a handler) are left
+#: out by :func:`decodable_formats` too.
+_REFUSED_FORMATS = frozenset({"EPS", "MPEG"})
+
+#: Rows per strip when converting large images (bounds temporary memory).
+_STRIP_PIXELS = 1 << 20
 
 # EfficientNet-Lite was trained on (x - 127) / 128 in pixel units.
 LITE_MEAN = (127.0 / 255.0,) * 3
@@ -84,71 +89,114 @@ class ImageSpec:
         return spec
 
 
-def decode(source: str | Path | bytes, *, max_pixels: int = MAX_PIXELS, name: str | None = None) -> Image.Image:
-    """Decode an image file or bytes into an upright RGB Pillow image.
+def decodable_formats() -> tuple[str, ...]:
+    """Pillow formats :func:`decode` opens: every format Pillow can load, minus
+    :data:`_REFUSED_FORMATS` and stub plugins. The folder scan of ``index images``
+    (:func:`jointembed_pg.readers.image_extensions`) takes its extensions from the same list."""
+    Image.init()
+    return tuple(sorted(f for f, (cls, _accept) in Image.OPEN.items()
+                        if f not in _REFUSED_FORMATS
+                        and not (isinstance(cls, type) and issubclass(cls, ImageFile.StubImageFile))))
+
+
+def decode(source: str | Path | bytes, *, max_pixels: int | None = None, name: str | None = None,
+           limits: Limits | None = None) -> Image.Image:
+    """Decode an image file or bytes into an upright RGB Pillow image, within ``limits``.
 
     Applies the EXIF orientation tag, converts any mode (CMYK, palette with transparency,
-    16-bit, greyscale) to RGB and takes the first frame of animations. JPEGs are decoded
-    at a reduced scale (``draft``) when far larger than needed, bounding memory.
+    16-bit, greyscale) to RGB and takes the first frame of animations. Memory is bounded
+    before decoding: a path must be a regular file of at most ``limits.max_file_bytes``
+    (:func:`jointembed_pg.files.read_regular`), and the header's width x height at most
+    ``max_pixels`` (default ``limits.max_pixels``); JPEGs far larger than needed are
+    decoded at 1/8 scale (``draft``). At most two full-size copies are alive at once
+    (4 bytes per pixel each for RGB/RGBA).
 
     Raises:
-        InputError: missing path, a directory, an empty or oversized file, an unreadable
-            or truncated image, or more than ``max_pixels`` pixels (decompression bomb).
+        InputError: missing path, not a regular file, an empty or oversized file, an
+            unreadable or truncated image, a format that is not decoded (EPS), or more
+            than ``max_pixels`` pixels (decompression bomb).
     """
+    limits = limits or Limits.from_env()
+    max_pixels = limits.max_pixels if max_pixels is None else max_pixels
     name = name or "<bytes>"
     if not isinstance(source, (bytes, bytearray, memoryview)):
-        path = Path(source)
-        name = str(path)
-        if not path.exists():
-            raise InputError(f"{name}: no such file")
-        if path.is_dir():
-            raise InputError(f"{name}: is a directory, not an image file")
-        size = path.stat().st_size
-        if size == 0:
-            raise InputError(f"{name}: empty file (0 bytes)")
-        if size > MAX_FILE_BYTES:
-            raise InputError(f"{name}: file is {size} bytes, over the {MAX_FILE_BYTES}-byte limit")
-        data = path.read_bytes()
+        if not isinstance(source, (str, PathLike)):  # an int would be taken as a file descriptor
+            raise TypeError(f"expected a path or bytes, got {type(source).__name__}")
+        name = str(source)
+        data = files.read_regular(source, limits.max_file_bytes, name)
     else:
         data = bytes(source)
         if not data:
             raise InputError(f"{name}: empty image data (0 bytes)")
+        if len(data) > limits.max_file_bytes:
+            raise InputError(f"{name}: {len(data)} bytes, over the {limits.max_file_bytes}-byte limit")
     try:
         with warnings.catch_warnings():
-            # MAX_PIXELS (checked below) is the limit, not Pillow's lower default warning level
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            # Pillow's own check (Image.MAX_IMAGE_PIXELS; decoder processes set it to
+            # max_pixels) also guards frames inside containers (ICO, ICNS): an error here
+            pillow_cap = Image.MAX_IMAGE_PIXELS
+            warnings.simplefilter("error" if pillow_cap and pillow_cap >= max_pixels else "ignore",
+                                  Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=decodable_formats())
             w, h = img.size
             if w * h > max_pixels:
-                raise InputError(f"{name}: {w}x{h} = {w * h} pixels, over the {max_pixels}-pixel limit")
+                raise InputError(f"{name}: {w}x{h} = {w * h} pixels, over the {max_pixels}-pixel limit "
+                                 f"(decompression bomb guard; not decoded)")
             if img.format == "JPEG" and w * h > _DRAFT_PIXELS:
                 img.draft("RGB", (w // 8, h // 8))  # DCT-domain downscale: bounded memory
             img.seek(0)
             img.load()
-            img = ImageOps.exif_transpose(img)
+            if img.width * img.height > max_pixels:  # a container whose frame outgrew its header
+                raise InputError(f"{name}: decoded to {img.width}x{img.height} pixels, over the "
+                                 f"{max_pixels}-pixel limit")
+            ImageOps.exif_transpose(img, in_place=True)  # no copy when upright
             return _to_rgb(img)
     except InputError:
         raise
     except UnidentifiedImageError as e:
         raise InputError(f"{name}: not a readable image (unknown or unsupported format)") from e
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise InputError(f"{name}: not a readable image ({e})") from e
-    except (OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"{name}: corrupt or truncated image ({e})") from e
+        raise InputError(f"{name}: over the {max_pixels}-pixel limit ({e})") from e
+    except MemoryError as e:
+        raise InputError(f"{name}: out of memory while decoding (image too large for the decoder's limit)") from e
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError,
+            struct_error, ZeroDivisionError, OverflowError) as e:
+        raise InputError(f"{name}: corrupt or truncated image ({type(e).__name__}: {e})") from e
+
+
+def _strips(img: Image.Image):
+    """Boxes ``(0, y0, w, y1)`` covering ``img`` in strips of about ``_STRIP_PIXELS``."""
+    rows = max(1, _STRIP_PIXELS // max(1, img.width))
+    for y0 in range(0, img.height, rows):
+        yield (0, y0, img.width, min(img.height, y0 + rows))
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to 8-bit RGB, compositing transparency on white."""
+    """Convert any Pillow mode to 8-bit RGB, compositing transparency on white.
+
+    Pixel for pixel the same as converting the whole image at once; large images are
+    converted in strips so that at most the source and the result are alive in full.
+    """
+    if img.mode == "RGB":
+        return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        hi = 65535.0 if arr.max(initial=0) > 255 else 255.0
-        img = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba)
+        hi = 255.0
+        for box in _strips(img):
+            if np.asarray(img.crop(box)).max(initial=0) > 255:
+                hi = 65535.0
+                break
+        out = np.empty((img.height, img.width), np.uint8)
+        for box in _strips(img):
+            arr = np.asarray(img.crop(box), dtype=np.float64)
+            out[box[1]:box[3]] = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        img = Image.fromarray(out, "L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        out_img = Image.new("RGB", img.size)
+        for box in _strips(img):
+            rgba = img.crop(box).convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            out_img.paste(Image.alpha_composite(background, rgba).convert("RGB"), box[:2])
+        return out_img
     return img.convert("RGB")
 
 
@@ -182,10 +230,11 @@ def preprocess(img: Image.Image, spec: ImageSpec = ImageSpec()) -> np.ndarray:
     return to_array(center_crop(img, spec.size), spec.mean, spec.std)
 
 
-def load(source: str | Path | bytes, spec: ImageSpec = ImageSpec(), *, name: str | None = None) -> np.ndarray:
+def load(source: str | Path | bytes, spec: ImageSpec = ImageSpec(), *, name: str | None = None,
+         limits: Limits | None = None) -> np.ndarray:
     """``decode`` then ``preprocess``: a file or bytes -> ``(3, S, S) float32``.
 
     Raises:
         InputError: as :func:`decode`.
     """
-    return preprocess(decode(source, name=name), spec)
+    return preprocess(decode(source, name=name, limits=limits), spec)

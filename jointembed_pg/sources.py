@@ -3,10 +3,12 @@
 An attached table names its images in one column, read in one of three ways
 (``jointembed attach --image-source``):
 
-* ``path``: a file path; relative paths are resolved against the attachment's image
-  root (``--image-root``) and may not climb out of it (``..``); absolute paths are
-  refused when a root is set. Without a root, paths are used as written (relative to the
-  worker's current directory).
+* ``path``: a file path, read only if it is a regular file (no device, FIFO, socket or
+  directory) of at most the file-size limit (:mod:`jointembed_pg.files`). With an image
+  root (``--image-root``) a path must be relative, without ``..``, and its real path
+  (every symlink resolved) must stay inside the root's real path; absolute paths are
+  refused. Without a root, paths are used as written (relative to the worker's current
+  directory) and may name any regular file the worker can read.
 * ``url``: an ``http://`` or ``https://`` URL fetched with :mod:`urllib` under a timeout,
   a byte limit and a bounded number of redirects (each redirect must stay http/https).
   Other schemes (``file:``, ``ftp:``, ``data:``) are refused.
@@ -18,15 +20,16 @@ later can help (a missing file or a network error can; a NULL value cannot).
 """
 from __future__ import annotations
 
-import os
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import files
 from .errors import InputError
-from .preprocess import MAX_FILE_BYTES
+from .files import refuse as _error
+from .limits import MAX_FILE_BYTES
 
 SOURCES = ("path", "url", "bytea")
 
@@ -62,12 +65,15 @@ class ImageSource:
         if self.kind not in SOURCES:
             raise InputError(f"image source must be one of {', '.join(SOURCES)}, got {self.kind!r}")
 
-    def read(self, value: str | bytes | memoryview | None, where: str = "<image>") -> bytes:
+    def read(self, value: str | bytes | memoryview | None, where: str = "<image>",
+             max_bytes: int = MAX_FILE_BYTES) -> bytes:
         """The encoded image bytes of one column value.
 
         Args:
             value: the column value (path / URL text, or bytes for ``bytea``).
             where: names the row in error messages, e.g. ``"photos[42].image_path"``.
+            max_bytes: the file-size limit (``Limits.max_file_bytes``); the smaller of it
+                and :attr:`max_bytes` applies.
         Raises:
             InputError: NULL or empty value, missing/unreadable/oversized file, a path
                 outside the root, a refused scheme, an HTTP or network error.
@@ -80,21 +86,21 @@ class ImageSource:
             data = bytes(value)
             if not data:
                 raise _error(f"{where}: empty image data (0 bytes)", retry=False)
+            cap = min(self.max_bytes, max_bytes)
+            if len(data) > cap:
+                raise _error(f"{where}: {len(data)} bytes, over the {cap}-byte limit", retry=False)
             return data
         if not isinstance(value, str):
             raise _error(f"{where}: expected a {self.kind}, got {type(value).__name__}", retry=False)
         if not value.strip():
             raise _error(f"{where}: empty {self.kind}", retry=False)
+        if "\x00" in value:
+            raise _error(f"{where}: {self.kind} contains a NUL byte", retry=False)
         if self.kind == "url":
-            return fetch_url(value, timeout_s=self.timeout_s, max_bytes=self.max_bytes,
+            return fetch_url(value, timeout_s=self.timeout_s, max_bytes=min(self.max_bytes, max_bytes),
                              max_redirects=self.max_redirects, where=where)
-        return read_file(resolve_path(value, self.root, where), min(self.max_bytes, MAX_FILE_BYTES), where)
-
-
-def _error(message: str, *, retry: bool) -> InputError:
-    err = InputError(message)
-    err.retry = retry  # type: ignore[attr-defined]
-    return err
+        cap = min(self.max_bytes, max_bytes)
+        return files.read_regular(resolve_path(value, self.root, where), cap, where, root=self.root)
 
 
 def is_retryable(err: BaseException) -> bool:
@@ -103,44 +109,21 @@ def is_retryable(err: BaseException) -> bool:
 
 
 def resolve_path(value: str, root: str | None, where: str = "<image>") -> Path:
-    """The file a path value names: ``root / value``, refusing escapes from ``root``.
+    """The file a path value names: the real path of ``root / value``, refusing escapes.
 
     Raises:
-        InputError: ``value`` is absolute or climbs out of ``root`` (``..``) while a
-            root is set (not retryable).
+        InputError: with a root set, ``value`` is absolute, has a ``..`` component, or
+            resolves (symlinks included) outside the root's real path (not retryable).
+            :func:`jointembed_pg.files.open_regular` checks the opened file again.
     """
-    path = Path(value).expanduser()
     if root is None:
-        return path
-    if path.is_absolute():
-        raise _error(f"{where}: absolute path {value!r} refused (image root is {root})", retry=False)
-    base = os.path.normpath(os.path.abspath(root))
-    full = os.path.normpath(os.path.join(base, value))
-    if os.path.commonpath([base, full]) != base:
-        raise _error(f"{where}: path {value!r} leaves the image root {root}", retry=False)
-    return Path(full)
+        return Path(value).expanduser()
+    return Path(files.resolve_under(value, root, where))
 
 
 def read_file(path: Path, max_bytes: int, where: str = "<image>") -> bytes:
-    """Bytes of an image file (at most ``max_bytes``).
-
-    Raises:
-        InputError: missing (retryable), a directory, empty, too large, unreadable.
-    """
-    try:
-        size = path.stat().st_size
-        if path.is_dir():
-            raise _error(f"{where}: {path} is a directory, not an image file", retry=False)
-        if size > max_bytes:
-            raise _error(f"{where}: {path} is {size} bytes, over the {max_bytes}-byte limit", retry=False)
-        data = path.read_bytes()
-    except FileNotFoundError as e:
-        raise _error(f"{where}: {path}: no such file", retry=True) from e
-    except OSError as e:
-        raise _error(f"{where}: {path}: cannot read ({e.strerror or e})", retry=True) from e
-    if not data:
-        raise _error(f"{where}: {path}: empty file (0 bytes)", retry=True)
-    return data
+    """Bytes of a regular image file of at most ``max_bytes`` (:func:`files.read_regular`)."""
+    return files.read_regular(path, max_bytes, where)
 
 
 class _LimitedRedirects(urllib.request.HTTPRedirectHandler):

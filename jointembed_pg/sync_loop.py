@@ -3,7 +3,10 @@
 Drains the queues of attached tables (:func:`jointembed_pg.sync_worker.drain`), then
 sleeps until a trigger's ``NOTIFY jointembed_sync`` arrives or ``poll_s`` seconds pass
 (polling also picks up rows whose retry time has come, and attachments created later).
-SIGTERM / SIGINT finish the batch in hand and stop. Every event is one JSON line on
+SIGTERM / SIGINT stop it: between batches at once, and within a fraction of a second
+while a batch's images load (the batch's claim is released, no attempt is counted).
+Images are decoded in decoder processes owned by the worker (:mod:`jointembed_pg.sandbox`),
+so a hostile row can neither hang, crash nor exhaust the worker. Every event is one JSON line on
 stderr: ``{"ts", "level", "event", "worker", ...}``; the DSN never appears in them.
 
 Any number of workers (processes or threads, each with its own :class:`Worker`) can run
@@ -28,6 +31,7 @@ from psycopg import sql
 from . import db
 from .errors import DatabaseError, ModelMismatchError
 from .sync import list_attachments, one_line
+from .sandbox import Interrupted, shared_loader
 from .sync_worker import BatchResult, SyncConfig, Target, connect, drain
 
 CHANNEL = "jointembed_sync"
@@ -35,6 +39,8 @@ CHANNEL = "jointembed_sync"
 POLL_S = 5.0
 #: Longest single wait, so a stop request is noticed quickly.
 _WAIT_SLICE_S = 0.5
+#: Batches of one table before the worker turns to the next (tables take turns).
+ROUND_BATCHES = 4
 #: Seconds to wait before reconnecting after a lost connection (doubles, at most 60).
 RECONNECT_S = 1.0
 
@@ -130,6 +136,7 @@ class Worker:
     def _serve(self, until_idle: bool) -> None:
         with connect(self.dsn) as conn, \
                 db.connect(self.dsn, autocommit=True, migrate=False) as listen:
+            loader = shared_loader(self.bundle.image_spec, self.cfg.limits, workers=self.cfg.load_threads)
             listen.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
             targets = self._targets(conn, strict=True)
             self._started = self._connected = True
@@ -142,7 +149,10 @@ class Worker:
                         break
                     try:
                         rep = drain(conn, t, self.bundle, self.cfg, stop=lambda: self.stopping,
-                                    on_batch=lambda r, t=t: self._on_batch(t, r))
+                                    on_batch=lambda r, t=t: self._on_batch(t, r), loader=loader,
+                                    max_batches=ROUND_BATCHES)
+                    except Interrupted:  # a stop request cut a batch short; its claim is released
+                        return
                     except DatabaseError as e:  # this table only (dropped, switched model...)
                         self.log("table_error", "error", table=t.attachment.qualified, error=str(e))
                         continue

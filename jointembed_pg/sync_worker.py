@@ -8,7 +8,8 @@ One *batch* (:func:`process_batch`):
    them; a crashed worker's rows return when the lease runs out;
 2. **read** the user's current content of those rows (``jointembed.sync_fetch``);
 3. **embed** what changed: a row whose content hash equals the stored one is only
-   dequeued; images are read (:mod:`jointembed_pg.sources`) and decoded in threads;
+   dequeued; images are read (:mod:`jointembed_pg.sources`) and decoded in decoder
+   processes with a per-item deadline and memory cap (:mod:`jointembed_pg.sandbox`);
 4. **write** the embeddings and delete the queue rows, and record the failures, in one
    transaction (``sync_complete`` / ``sync_fail``), retried on serialization failures
    and deadlocks. A row deleted since is removed from the side table instead; a row
@@ -18,14 +19,18 @@ The queue holds change *events* appended by the user's triggers (several per row
 collapsed by the claim); claims are tied to this session, so a killed worker's rows are
 claimable again at once.
 
-A row that fails (NULL value, missing file, bad image, URL error) is recorded with its
-error and retried with exponential backoff up to ``max_attempts`` (NULL values and
-undecodable bytea are not retried); it never blocks the rest of the queue.
+A row that fails (NULL value, missing file, bad image, URL error, a timeout, a crash of
+its decoder process, any unexpected error on its value) is recorded with its error as
+one attempt and retried with exponential backoff up to ``max_attempts`` (NULL values,
+undecodable bytea and decoder crashes are not retried); it never blocks the rest of the
+queue. A stop request (``stop()``, SIGTERM of a worker) interrupts the batch in hand
+within a fraction of a second and releases its claim without counting an attempt.
 The long-running loop (LISTEN/NOTIFY, signals, JSON logs) is :mod:`jointembed_pg.sync_loop`.
 """
 from __future__ import annotations
 
 import random
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -35,10 +40,12 @@ from typing import Callable
 import numpy as np
 import psycopg
 
-from . import db, preprocess
+from . import db
 from .errors import InputError, ItemError, JointEmbedError, ModelMismatchError
 from .ingest import sha256
-from .readers import clean_text
+from .limits import Limits
+from .readers import clean_text, printable
+from .sandbox import ImageJob, ImageLoader, Interrupted, shared_loader
 from .sources import ImageSource, is_retryable
 from .sync import Attachment, Version, _call, find, version_for
 
@@ -59,7 +66,8 @@ class SyncConfig:
         retry_base_s / retry_max_s: backoff after a failure: ``base * 2^(attempts-1)``,
             at most ``max``.
         max_attempts: failures after which a row is given up (``sync --retry-failed``).
-        load_threads: threads reading and decoding images.
+        load_threads: decoder processes (and threads feeding them) reading and decoding images.
+        limits: per-item limits (None: :meth:`Limits.from_env`).
     """
 
     batch_size: int = 32
@@ -68,6 +76,7 @@ class SyncConfig:
     retry_max_s: float = 3600.0
     max_attempts: int = 5
     load_threads: int = 2
+    limits: Limits | None = None
 
 
 @dataclass
@@ -159,33 +168,35 @@ class _Item:
     final: bool = False                  # error not worth retrying
 
 
-def _prepare(row, att: Attachment, reader: ImageSource) -> _Item:
-    """Turn one ``sync_fetch`` row into an item: content, hash, pixels, or an error."""
-    qid, key, modality, _present, text, image_ref, image_data, _stored, _attempts = row
+def _prepare(row, att: Attachment, reader: ImageSource, loader: ImageLoader,
+             stop: Callable[[], bool] | None = None) -> _Item:
+    """Turn one ``sync_fetch`` row into an item: content, hash, pixels, or an error.
+
+    Any failure on the row's value is the row's own (recorded, counted as an attempt);
+    only :class:`Interrupted` (a stop request) propagates.
+    """
+    qid, key, modality, _present, text, image_ref, image_data, stored, _attempts = row
     item = _Item(qid, key, modality)
-    where = f"{att.qualified}[{key}]"
+    where = f"{att.qualified}[{printable(key, 200)}]"
     try:
         if modality == "text":
             if text is None:
                 raise InputError(f"{where}.{att.text_column}: text is NULL")
-            item.content = clean_text(text, f"{where}.{att.text_column}")
+            limits = loader.limits
+            item.content = clean_text(text, f"{where}.{att.text_column}", max_chars=limits.max_text_chars)
             item.digest = sha256(item.content.encode("utf-8"))
         else:
             value = image_data if att.image_source == "bytea" else image_ref
-            item.content = reader.read(value, f"{where}.{att.image_column}")
-            item.digest = sha256(item.content)
+            loaded = loader.load(ImageJob(where=f"{where}.{att.image_column}", source=reader, value=value,
+                                          known=stored), stop)
+            item.digest, item.pixels = loaded.digest, loaded.pixels
+    except Interrupted:
+        raise
     except InputError as e:
         # a text (or a NULL) only changes through an UPDATE, which re-enqueues the row
-        item.error, item.final = str(e), modality == "text" or not is_retryable(e)
-    return item
-
-
-def _decode(item: _Item, spec, att: Attachment) -> _Item:
-    try:
-        item.pixels = preprocess.load(item.content, spec, name=f"{att.qualified}[{item.key}].{att.image_column}")
-    except InputError as e:
-        item.error = str(e)
-        item.final = att.image_source == "bytea"
+        item.error, item.final = printable(e), modality == "text" or not is_retryable(e)
+    except Exception as e:  # noqa: BLE001 - an unexpected error on one value fails that row only
+        item.error, item.final = printable(f"{where}: {type(e).__name__}: {e}"), False
     return item
 
 
@@ -207,17 +218,20 @@ def _encode(bundle, items: list[_Item]) -> list[np.ndarray | None]:
 
 
 def process_batch(conn: psycopg.Connection, target: Target, bundle, cfg: SyncConfig = SyncConfig(),
-                  pool: ThreadPoolExecutor | None = None) -> BatchResult:
+                  pool: ThreadPoolExecutor | None = None, loader: ImageLoader | None = None,
+                  stop: Callable[[], bool] | None = None) -> BatchResult:
     """Claim, embed and write one batch (see the module docstring).
 
     Args:
         conn: an autocommit connection (each step is its own transaction).
         bundle: must be the target version's model (checked: ModelMismatchError).
+        loader: decoder processes to use (default: the process's shared ones).
+        stop: polled while images load; when true the batch stops (:class:`Interrupted`).
     Returns:
         :class:`BatchResult`; ``claimed == 0`` means nothing was ready.
     Raises:
-        ModelMismatchError, DatabaseError; anything else unexpected after releasing the
-        claim (so other workers can take the rows at once).
+        ModelMismatchError, DatabaseError, Interrupted; anything else unexpected after
+        releasing the claim (so other workers can take the rows at once).
     """
     att, ver = target.attachment, target.version
     if bundle.model_id != ver.model_id or int(bundle.dim) != ver.dim:
@@ -233,7 +247,8 @@ def process_batch(conn: psycopg.Connection, target: Target, bundle, cfg: SyncCon
     try:
         rows = _call(conn, "SELECT * FROM jointembed.sync_fetch(%s, %s, %s)", [att.id, ver.version, token],
                      fetch="all")
-        _embed_and_write(conn, target, bundle, cfg, token, rows, result, pool)
+        loader = loader or shared_loader(bundle.image_spec, cfg.limits, workers=cfg.load_threads)
+        _embed_and_write(conn, target, bundle, cfg, token, rows, result, pool, loader, stop)
     except BaseException:
         try:
             _call(conn, "SELECT jointembed.sync_release(%s, %s)", [att.id, token])
@@ -244,22 +259,19 @@ def process_batch(conn: psycopg.Connection, target: Target, bundle, cfg: SyncCon
 
 
 def _embed_and_write(conn, target: Target, bundle, cfg: SyncConfig, token, rows, result: BatchResult,
-                     pool: ThreadPoolExecutor | None) -> None:
+                     pool: ThreadPoolExecutor | None, loader: ImageLoader,
+                     stop: Callable[[], bool] | None = None) -> None:
     att, ver = target.attachment, target.version
-    reader, spec = att.image_reader(), bundle.image_spec
+    reader = att.image_reader()
     present = [r for r in rows if r[3]]
     gone = [r[0] for r in rows if not r[3]]
-    prep = (lambda r: _prepare(r, att, reader))
+    prep = (lambda r: _prepare(r, att, reader, loader, stop))
     items = list(pool.map(prep, present)) if pool else [prep(r) for r in present]
     stored = {r[0]: r[7] for r in rows}
     same = [it for it in items if it.error is None and it.digest == stored.get(it.qid)]
     fresh = [it for it in items if it.error is None and it.digest != stored.get(it.qid)]
-    images = [it for it in fresh if it.modality == "image"]
-    if images:
-        dec = (lambda it: _decode(it, spec, att))
-        list(pool.map(dec, images)) if pool else [dec(it) for it in images]
     texts = [it for it in fresh if it.modality == "text"]
-    images = [it for it in images if it.error is None]
+    images = [it for it in fresh if it.modality == "image"]  # pixels loaded by _prepare
     done: list[tuple[_Item, np.ndarray]] = []
     for group in (texts, images):
         for it, emb in zip(group, _encode(bundle, group)):
@@ -299,26 +311,39 @@ def _embed_and_write(conn, target: Target, bundle, cfg: SyncConfig, token, rows,
 
 def drain(conn: psycopg.Connection, target: Target, bundle, cfg: SyncConfig = SyncConfig(), *,
           progress: bool = False, stop: Callable[[], bool] = lambda: False,
-          on_batch: Callable[[BatchResult], None] | None = None) -> SyncReport:
+          on_batch: Callable[[BatchResult], None] | None = None,
+          loader: ImageLoader | None = None, max_batches: int | None = None) -> SyncReport:
     """Process batches of ``target`` until nothing is ready (or ``stop()`` is true).
 
-    Rows waiting for a retry (backoff) are not waited for. Returns a :class:`SyncReport`.
+    Rows waiting for a retry (backoff) are not waited for. ``loader``: decoder processes
+    to use (default: the process's shared ones). ``max_batches``: return after that many
+    batches even if more rows are ready (a worker serving several tables takes turns, so
+    a table full of slow rows cannot starve the others). Returns a :class:`SyncReport`.
+
+    Raises:
+        Interrupted: ``stop()`` turned true while images of a batch were loading (the
+            batch's claim is released; nothing of it is written).
     """
     att, ver = target.attachment, target.version
     report, t0 = SyncReport(att.qualified, ver.model_id, ver.version), time.perf_counter()
     total = _ready_count(conn, target) if progress else None
     bar = _bar(total, att.qualified, progress)
     pool = ThreadPoolExecutor(max(1, cfg.load_threads), thread_name_prefix="jointembed-sync")
+    loader = loader or shared_loader(bundle.image_spec, cfg.limits, workers=cfg.load_threads)
+    halt = threading.Event()  # set on the way out (e.g. SIGTERM): loads in flight stop at once
     try:
         while not stop():
-            res = process_batch(conn, target, bundle, cfg, pool)
+            res = process_batch(conn, target, bundle, cfg, pool, loader, lambda: stop() or halt.is_set())
             if not res.claimed:
                 break
             report.add(res)
             bar.update(res.claimed)
             if on_batch is not None:
                 on_batch(res)
+            if max_batches is not None and report.batches >= max_batches:
+                break
     finally:
+        halt.set()
         pool.shutdown(wait=True)
         bar.close()
     report.seconds = time.perf_counter() - t0

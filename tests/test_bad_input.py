@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 from psycopg import sql
 
+from jointembed_pg.limits import MAX_PIXELS
 from test_reliability_support import cli, flickr_images, items_table, one_line_error, scenario, stored_items
 
 pytest_plugins = ["_reliability"]
@@ -28,8 +29,10 @@ pytestmark = pytest.mark.flickr8k
 
 #: Stored embeddings equal an in-process encode of the same file up to batch-size numerics.
 SAME = 1e-3
-#: Peak RSS growth allowed while decoding a 10,000 x 10,000 image.
-MAX_RSS_GROWTH_MB = 1536
+#: Side of the largest square image under the pixel limit (36 megapixels of 40).
+HUGE = 6000
+#: Peak RSS growth allowed while decoding a HUGE x HUGE image (two 4-byte/pixel copies at most).
+MAX_RSS_GROWTH_MB = 320
 
 
 def _png_header_only(w: int, h: int) -> bytes:
@@ -70,7 +73,7 @@ def _build_corpus(root: Path, src: list[Path]) -> dict[str, Path]:
     f["bomb"] = img_dir / "bomb.png"
     f["bomb"].write_bytes(_png_header_only(50_000, 50_000))         # 2.5 gigapixels
     f["bomb_108mp"] = img_dir / "bomb108.png"
-    f["bomb_108mp"].write_bytes(_png_header_only(12_000, 9_000))    # just over MAX_PIXELS
+    f["bomb_108mp"].write_bytes(_png_header_only(12_000, 9_000))    # 108 megapixels: over MAX_PIXELS
     f["cmyk"] = _save(im.convert("CMYK"), img_dir / "cmyk.jpg", "JPEG", quality=95)
     gray16 = np.asarray(im.convert("L")).astype(np.uint16) * 257
     f["png16"] = _save(Image.fromarray(gray16), img_dir / "gray16.png", "PNG")
@@ -89,7 +92,7 @@ def _build_corpus(root: Path, src: list[Path]) -> dict[str, Path]:
     f["exif"] = _save(im, img_dir / "exif_rotated.jpg", "JPEG", quality=95, exif=exif.tobytes())
     f["exif_upright"] = _save(im.transpose(Image.Transpose.ROTATE_270), ref / "upright.jpg", "JPEG", quality=95)
     f["exif_unrotated"] = _save(im, ref / "unrotated.jpg", "JPEG", quality=95)
-    f["huge"] = _save(im.resize((10_000, 10_000)), img_dir / "huge_10000.jpg", "JPEG", quality=70)
+    f["huge"] = _save(im.resize((HUGE, HUGE)), img_dir / "huge.jpg", "JPEG", quality=70)
     f["dir_jpg"] = img_dir / "folder.jpg"                           # a directory with an image name
     f["dir_jpg"].mkdir()
     f["missing"] = root / "does-not-exist.jpg"
@@ -137,7 +140,7 @@ def test_batch_continues_exit_3_and_json_report(image_run, corpus, bundle, obser
     p, rep, failed, stored = image_run
     assert p.returncode == 3, p.stderr[-2000:]
     bad = {"truncated.jpg", "zero.jpg", "notes.jpg", "corrupt.png", "bomb.png", "bomb108.png", "does-not-exist.jpg"}
-    good = {"good.jpg", "cmyk.jpg", "gray16.png", "palette.png", "animated.gif", "exif_rotated.jpg", "huge_10000.jpg"}
+    good = {"good.jpg", "cmyk.jpg", "gray16.png", "palette.png", "animated.gif", "exif_rotated.jpg", "huge.jpg"}
     assert set(failed) == bad and set(stored) == good
     assert rep["total"] == len(bad) + len(good) and rep["written"] == len(good)
     assert "Traceback" not in p.stderr
@@ -169,7 +172,7 @@ def test_corrupt_png(image_run, observe):
           "failed before decoding: pixel limit named; memory untouched", "bad input")
 def test_decompression_bomb(image_run, observe):
     e1 = _failed_with(image_run, "bomb.png", "2500000000 pixels")
-    e2 = _failed_with(image_run, "bomb108.png", "108000000 pixels", "100000000-pixel limit")
+    e2 = _failed_with(image_run, "bomb108.png", "108000000 pixels", f"{MAX_PIXELS}-pixel limit")
     observe(e1)
     observe(e2)
 
@@ -257,13 +260,15 @@ def _decode_rss(path) -> tuple[int, int]:
     return growth, peak
 
 
-@scenario("10,000 x 10,000 valid images: a JPEG (in the batch) and a PNG (no DCT downscale possible)",
+@scenario(f"{HUGE:,} x {HUGE:,} valid images (under the {MAX_PIXELS:,}-pixel limit): a JPEG (in the batch) "
+          "and a PNG (no DCT downscale possible)",
           f"embedded; decoding peak RSS growth < {MAX_RSS_GROWTH_MB} MB each", "bad input")
 def test_huge_valid_image_memory_bounded(image_run, corpus, bundle, observe, tmp_path, flickr8k_dir):
     files, src = corpus
-    _stored_equals_runtime(image_run, bundle, "huge_10000.jpg", files["huge"])
+    _stored_equals_runtime(image_run, bundle, "huge.jpg", files["huge"])
     tile = np.asarray(Image.open(src[0]).convert("RGB").resize((500, 500)))
-    png = _save(Image.fromarray(np.tile(tile, (20, 20, 1))), tmp_path / "huge_10000.png", "PNG", compress_level=1)
+    reps = HUGE // 500
+    png = _save(Image.fromarray(np.tile(tile, (reps, reps, 1))), tmp_path / "huge.png", "PNG", compress_level=1)
     seen = []
     for path in (files["huge"], png):
         growth, peak = _decode_rss(path)

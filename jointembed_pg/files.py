@@ -1,0 +1,163 @@
+"""Opening untrusted paths: regular files only, size-capped, optionally confined to a root.
+
+Every image or caption file jointembed reads goes through :func:`open_regular`:
+
+1. ``os.stat`` the path (symlinks followed) and refuse, before opening, anything that is
+   not a regular file: directories, devices (``/dev/zero``), FIFOs, sockets;
+2. refuse a file over ``max_bytes`` before reading it;
+3. ``os.open`` with ``O_NONBLOCK | O_NOCTTY`` (a FIFO swapped in after step 1 cannot
+   block the open), ``fstat`` the descriptor and require the very file of step 1 (same
+   device and inode, still regular): a swap between the check and the open is refused;
+4. with a ``root``: the opened file's real path (``/proc/self/fd``, or a re-``stat`` of
+   the real path elsewhere) must lie inside the root's real path, so neither ``..`` nor
+   a symlink (in any path component, even one swapped in late) leads out of it.
+
+:func:`read_regular` then reads at most ``max_bytes + 1`` bytes (a file that grew past
+the cap while being read is refused). Errors are :class:`InputError` with a ``retry``
+attribute: whether trying again later can help (a missing file: yes; a FIFO: no).
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path, PurePath
+
+from .errors import InputError
+
+_KINDS = [(stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket")]
+#: errno values after which a retry cannot help (the path itself is unusable).
+_FINAL_ERRNO = {errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.ENXIO, errno.ENODEV}
+
+
+def refuse(message: str, *, retry: bool = False) -> InputError:
+    """An :class:`InputError` carrying ``retry`` (may a later attempt succeed?)."""
+    err = InputError(message)
+    err.retry = retry  # type: ignore[attr-defined]
+    return err
+
+
+def kind_of(mode: int) -> str:
+    """``"a regular file"``, ``"a directory"``, ``"a FIFO (named pipe)"``, ... for ``st_mode``."""
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def _os_error(where: str, path, e: OSError) -> InputError:
+    if isinstance(e, FileNotFoundError):
+        return refuse(f"{where}: {path}: no such file", retry=True)
+    return refuse(f"{where}: {path}: cannot read ({e.strerror or e})", retry=e.errno not in _FINAL_ERRNO)
+
+
+def inside(root: str, path: str) -> bool:
+    """Whether ``path`` is ``root`` or below it (both absolute, real paths)."""
+    try:
+        return os.path.commonpath([root, path]) == root
+    except ValueError:  # different drives, or a mix of absolute and relative
+        return False
+
+
+def resolve_under(value: str, root: str, where: str = "<image>") -> str:
+    """The real path of ``root / value``, refusing every way out of ``root``.
+
+    Refused (not retryable): an absolute path, any ``..`` component (even one that would
+    come back: ``..`` after a symlink does not mean what it seems), and a path whose real
+    path (symlinks resolved) is outside the root's real path.
+    """
+    if "\x00" in value:
+        raise refuse(f"{where}: path contains a NUL byte")
+    if PurePath(value).is_absolute() or value.startswith("~"):
+        raise refuse(f"{where}: absolute path {value!r} refused (image root is {root})")
+    if ".." in PurePath(value).parts:
+        raise refuse(f"{where}: path {value!r} leaves the image root {root} ('..' components are refused)")
+    real_root = os.path.realpath(root)
+    full = os.path.realpath(os.path.join(real_root, value))
+    if not inside(real_root, full):
+        raise refuse(f"{where}: path {value!r} leaves the image root {root}: it resolves to {full} (symlink)")
+    return full
+
+
+def open_regular(path: str | os.PathLike, max_bytes: int | None, where: str = "<file>", *,
+                 root: str | None = None):
+    """Open a regular file for binary reading (steps 1-4 of the module docstring).
+
+    Args:
+        path: the file (symlinks are followed).
+        max_bytes: largest size accepted, or None for no cap.
+        where: names the item in error messages.
+        root: a real directory path the file must be inside, or None.
+    Returns:
+        A buffered binary file object (close it).
+    Raises:
+        InputError: missing (retryable), not a regular file, over ``max_bytes``, outside
+            ``root``, swapped after the check, unreadable.
+    """
+    if not isinstance(path, (str, bytes, os.PathLike)):  # an int would be a file descriptor
+        raise refuse(f"{where}: expected a path, got {type(path).__name__}")
+    try:
+        st = os.stat(path)
+    except ValueError as e:  # embedded NUL
+        raise refuse(f"{where}: invalid path ({e})") from e
+    except OSError as e:
+        raise _os_error(where, path, e) from e
+    if not stat.S_ISREG(st.st_mode):
+        raise refuse(f"{where}: {path} is {kind_of(st.st_mode)}, not a regular file (refused before opening)")
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise refuse(f"{where}: {path} is {st.st_size} bytes, over the {max_bytes}-byte limit")
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        raise _os_error(where, path, e) from e
+    try:
+        fst = os.fstat(fd)
+        if not stat.S_ISREG(fst.st_mode) or (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
+            raise refuse(f"{where}: {path} changed between its check and its opening "
+                         f"(now {kind_of(fst.st_mode)}); refused")
+        if max_bytes is not None and fst.st_size > max_bytes:
+            raise refuse(f"{where}: {path} is {fst.st_size} bytes, over the {max_bytes}-byte limit")
+        if root is not None:
+            real = _fd_path(fd) or os.path.realpath(path)
+            if not inside(os.path.realpath(root), real):
+                raise refuse(f"{where}: {path} leaves the image root {root}: the opened file is {real}")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _fd_path(fd: int) -> str | None:
+    """The real path of an open descriptor (Linux ``/proc``), or None where unknown."""
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+    return target if target.startswith("/") and not target.endswith(" (deleted)") else None
+
+
+def read_regular(path: str | os.PathLike, max_bytes: int, where: str = "<file>", *,
+                 root: str | None = None) -> bytes:
+    """All bytes of a regular file of at most ``max_bytes`` (see :func:`open_regular`).
+
+    Raises:
+        InputError: as :func:`open_regular`; also an empty file (retryable: it may be
+            being written) and a file that grew past ``max_bytes`` while read.
+    """
+    with open_regular(path, max_bytes, where, root=root) as f:
+        try:
+            data = f.read(max_bytes + 1)
+        except OSError as e:
+            raise _os_error(where, path, e) from e
+    if len(data) > max_bytes:
+        raise refuse(f"{where}: {path} grew over the {max_bytes}-byte limit while being read")
+    if not data:
+        raise refuse(f"{where}: {path}: empty file (0 bytes)", retry=True)
+    return data
+
+
+def display(path: str | os.PathLike) -> str:
+    """``path`` as printable text: bytes that are not UTF-8 shown as ``\\xNN``."""
+    raw = os.fsencode(Path(path))
+    return raw.decode("utf-8", "backslashreplace")

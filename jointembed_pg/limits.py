@@ -1,0 +1,96 @@
+"""Per-item limits on untrusted input: one set, applied by every path that reads items.
+
+``jointembed index``, ``search image``, ``sync``, ``worker`` and the Ray backfill all read
+images and captions through :mod:`jointembed_pg.files`, :mod:`jointembed_pg.preprocess`,
+:mod:`jointembed_pg.sandbox` and :mod:`jointembed_pg.readers`, which take their bounds from
+one :class:`Limits`. The defaults below hold unless an environment variable overrides them
+(read by :meth:`Limits.from_env`; an invalid value is an :class:`InputError` at start-up):
+
+==========================  ===============================  ==========================
+limit                       default                          environment variable
+==========================  ===============================  ==========================
+file size (encoded image)   64 MiB                           JOINTEMBED_MAX_FILE_BYTES
+decoded pixels (w x h)      40,000,000                       JOINTEMBED_MAX_PIXELS
+time per image item         30 s (read + hash + decode)      JOINTEMBED_ITEM_TIMEOUT_S
+decoder address space       1024 MiB above its start size    JOINTEMBED_DECODE_MEMORY_MB
+caption length              131,072 characters               JOINTEMBED_MAX_TEXT_CHARS
+item key length             2,048 bytes (UTF-8)              JOINTEMBED_MAX_KEY_BYTES
+==========================  ===============================  ==========================
+
+Why these values: Pillow holds an RGB(A) image at 4 bytes per pixel and decoding plus
+the alpha/EXIF steps keep at most two full-size copies alive (``preprocess.decode``), so
+40 megapixels cost at most ~320 MB (plus the encoded file), which keeps a decoder
+process under 512 MB peak RSS (``tests/test_hostile_corpus.py`` measures it). The key
+bound keeps ``(modality, key)`` under PostgreSQL's B-tree entry limit (2704 bytes).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+from .errors import InputError
+
+MAX_FILE_BYTES = 64 * 1024 * 1024
+MAX_PIXELS = 40_000_000
+ITEM_TIMEOUT_S = 30.0
+DECODE_MEMORY_MB = 1024
+MAX_TEXT_CHARS = 131_072
+MAX_KEY_BYTES = 2048
+
+_ENV = {
+    "max_file_bytes": "JOINTEMBED_MAX_FILE_BYTES",
+    "max_pixels": "JOINTEMBED_MAX_PIXELS",
+    "timeout_s": "JOINTEMBED_ITEM_TIMEOUT_S",
+    "memory_mb": "JOINTEMBED_DECODE_MEMORY_MB",
+    "max_text_chars": "JOINTEMBED_MAX_TEXT_CHARS",
+    "max_key_bytes": "JOINTEMBED_MAX_KEY_BYTES",
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on one input item.
+
+    Attributes:
+        max_file_bytes: largest encoded image read, bytes (checked before reading).
+        max_pixels: largest image decoded, width x height from its header (checked
+            before decoding; JPEGs are then decoded at reduced scale when large).
+        timeout_s: wall-clock seconds to read, hash and decode one image item (in a
+            decoder process, which is killed when it runs over).
+        memory_mb: address space a decoder process may add to its start-up size, MiB
+            (``RLIMIT_AS``; beyond it an allocation fails and the item fails).
+        max_text_chars: longest caption embedded, characters.
+        max_key_bytes: longest item key (a path or an id), UTF-8 bytes.
+    """
+
+    max_file_bytes: int = MAX_FILE_BYTES
+    max_pixels: int = MAX_PIXELS
+    timeout_s: float = ITEM_TIMEOUT_S
+    memory_mb: int = DECODE_MEMORY_MB
+    max_text_chars: int = MAX_TEXT_CHARS
+    max_key_bytes: int = MAX_KEY_BYTES
+
+    def __post_init__(self):
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise InputError(f"limit {f.name} must be a positive number, got {v!r}")
+
+    @classmethod
+    def from_env(cls, environ=None) -> "Limits":
+        """Defaults overridden by the ``JOINTEMBED_*`` variables of the table above.
+
+        Raises:
+            InputError: a variable is not a positive number.
+        """
+        env = os.environ if environ is None else environ
+        kw: dict = {}
+        for f in fields(cls):
+            raw = env.get(_ENV[f.name])
+            if raw is None or not raw.strip():
+                continue
+            try:
+                kw[f.name] = float(raw) if f.name == "timeout_s" else int(raw)
+            except ValueError:
+                raise InputError(f"{_ENV[f.name]}={raw!r} is not a number") from None
+        return cls(**kw)
