@@ -147,7 +147,8 @@ def register_vector(conn: psycopg.Connection) -> None:
     pgvector-python looks ``vector`` up through the ``search_path``, which fails where the
     extension lives in a schema the role does not search (Supabase: ``extensions``).
     Numpy ``(D,) float32`` arrays then bind as ``vector`` (by type OID, so no cast or
-    search_path is needed) and ``vector`` columns load as numpy arrays.
+    search_path is needed) and ``vector`` values load as ``pgvector.Vector``
+    (``.to_numpy()`` gives the ``(D,) float32`` array).
 
     Raises:
         DatabaseError: the ``vector`` extension is not installed.

@@ -56,7 +56,7 @@ SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n O
 WHERE e.extname = 'vector' AND NOT n.nspname = ANY (pg_catalog.current_schemas(true))
 """
 _APPEND_PATH_SQL = ("SELECT pg_catalog.set_config('search_path', pg_catalog.concat_ws(', ', "
-                    "pg_catalog.nullif(pg_catalog.current_setting('search_path'), ''), "
+                    "NULLIF(pg_catalog.current_setting('search_path'), ''), "
                     "pg_catalog.quote_ident(%s)), %s)")
 _RECORD_SQL = "INSERT INTO jointembed.schema_version (version, name) VALUES (%s, %s)"
 

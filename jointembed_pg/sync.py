@@ -151,8 +151,17 @@ def attach(conn, table: str, bundle, *, key: str, image_column: str | None = Non
         return _row(Attachment, row)
 
 
+#: Schema of the first table named %s on the caller's search_path. Run as a plain query,
+#: not through a jointembed function: those pin their own search_path (95_search_path.sql).
+_FIND_SCHEMA_SQL = """
+SELECT (SELECT n.nspname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relname = %s AND c.relkind IN ('r', 'p') AND n.nspname = ANY (pg_catalog.current_schemas(false))
+        ORDER BY pg_catalog.array_position(pg_catalog.current_schemas(false), n.nspname) LIMIT 1)
+"""
+
+
 def _find_schema(conn: psycopg.Connection, table: str) -> str:
-    row = _call(conn, "SELECT jointembed.sync_find_schema(%s)", [table])
+    row = _call(conn, _FIND_SCHEMA_SQL, [table])
     if row[0] is None:
         raise DatabaseError(f"no table named {_quote(table)} on the search_path (pass --schema)")
     return row[0]

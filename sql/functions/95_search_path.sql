@@ -1,5 +1,9 @@
 -- Pin search_path on every function and procedure in schema jointembed (applied last, so
--- functions defined by any earlier file, including new ones, are covered).
+-- functions defined by any earlier file, including new ones, are covered) that does not
+-- pin its own (e.g. a SECURITY DEFINER trigger function with `SET search_path =
+-- pg_catalog, pg_temp` keeps it). A function that must resolve names in the caller's
+-- search_path takes it as an argument defaulting to current_setting('search_path') (an
+-- argument is evaluated before the function's own setting applies): see jointembed.knn.
 --
 -- The path is: jointembed, the schema the vector extension lives in (looked up now:
 -- 'public' on a plain install, 'extensions' on Supabase, ...), pg_catalog, and pg_temp
@@ -20,6 +24,7 @@ BEGIN
     FOR f IN
         SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
         WHERE p.pronamespace = 'jointembed'::regnamespace AND p.prokind IN ('f', 'p')
+          AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) s WHERE s LIKE 'search\_path=%')
           AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d   -- not an extension's member
                           WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e')
     LOOP
