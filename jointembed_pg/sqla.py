@@ -39,7 +39,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from . import db
 
-_models: dict[tuple[str, int], type] = {}
+_models: dict[tuple[str, int, str], type] = {}
 
 
 def sqlalchemy_url(dsn: str) -> str:
@@ -94,7 +94,7 @@ def item_model(collection: Any) -> type:
         ``jointembed.items_<id>``.
     """
     info = getattr(collection, "info", collection)
-    cache_key = (info.items_table, info.dim)
+    cache_key = (info.items_table, info.dim, info.name)  # the name: nearest() ranks by it
     if cache_key in _models:
         return _models[cache_key]
 
