@@ -91,7 +91,7 @@ def markdown(out: dict, facts: dict) -> str:
     base = out["index order only"]["p50"]
     lines = [f"{facts['rows']:,} rows x {facts['dim']} dims, k={K}, {facts['queries']} queries; "
              f"PostgreSQL {facts['postgresql']}, pgvector {facts['pgvector']}; HNSW build {facts['build_s']:.1f} s; "
-             f"load average {facts['load_average']}.", "",
+             f"load average {', '.join(f'{x:.1f}' for x in facts['load_average'] or ())}.", "",
              "| query | plan | p50 ms | p95 ms | p50 vs index order only |", "|---|---|---|---|---|"]
     for label, r in out.items():
         lines.append(f"| {label} | {r['plan']} | {r['p50']:.2f} | {r['p95']:.2f} | {r['p50'] / base:.1f}x |")

@@ -73,8 +73,10 @@ DECLARE
     n        bigint;
 BEGIN
     SELECT c.oid, format('%I.%I', ns.nspname, c.relname) INTO rel, tbl
-    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace ns ON ns.oid = c.relnamespace
-    WHERE c.reltype = pg_typeof(p_rows) AND c.relkind IN ('r', 'p');
+    FROM pg_catalog.pg_type t
+    JOIN pg_catalog.pg_class c ON c.oid = t.typrelid
+    JOIN pg_catalog.pg_namespace ns ON ns.oid = c.relnamespace
+    WHERE t.oid = pg_typeof(p_rows) AND c.relkind IN ('r', 'p');
     IF rel IS NULL THEN
         RAISE EXCEPTION 'jointembed.knn: p_rows must be NULL cast to a table''s row type, got %',
             pg_typeof(p_rows) USING ERRCODE = 'invalid_parameter_value';
