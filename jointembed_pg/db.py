@@ -18,7 +18,12 @@ from typing import Any, Iterator
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
-from pgvector.psycopg import register_vector
+from pgvector.psycopg.bit import register_bit_info
+from pgvector.psycopg.halfvec import register_halfvec_info
+from pgvector.psycopg.sparsevec import register_sparsevec_info
+from pgvector.psycopg.vector import register_vector_info
+from psycopg import sql
+from psycopg.types import TypeInfo
 
 from . import embedded, migrations
 from .errors import DatabaseError
@@ -96,6 +101,13 @@ def connect(dsn: str | None = None, *, autocommit: bool = False,
                             f"{one_line(e, target)}") from e
     try:
         prepare(conn, migrate=migrate)
+        # our own connection: let plain SQL (and the user's, via the CLI) see `vector`
+        # and `<->` when pgvector lives in a schema off the role's search_path
+        with conn.transaction():
+            migrations.add_vector_schema_to_path(conn, local=False)
+    except psycopg.Error as e:
+        conn.close()
+        raise DatabaseError(f"cannot prepare the connection: {one_line(e)}") from e
     except BaseException:
         conn.close()
         raise
@@ -122,6 +134,37 @@ def prepare(conn: psycopg.Connection, *, migrate: bool = True) -> psycopg.Connec
     except psycopg.Error as e:
         raise DatabaseError(f"cannot prepare the jointembed schema: {one_line(e)}") from e
     return conn
+
+
+def vector_schema(conn: psycopg.Connection) -> str | None:
+    """Schema holding the ``vector`` extension (``public``, ``extensions``...); ``None`` if not installed."""
+    return conn.execute(migrations.queries()["vector_schema"]).fetchone()[0]
+
+
+def register_vector(conn: psycopg.Connection) -> None:
+    """:func:`pgvector.psycopg.register_vector`, finding the types in whatever schema holds them.
+
+    pgvector-python looks ``vector`` up through the ``search_path``, which fails where the
+    extension lives in a schema the role does not search (Supabase: ``extensions``).
+    Numpy ``(D,) float32`` arrays then bind as ``vector`` (by type OID, so no cast or
+    search_path is needed) and ``vector`` values load as ``pgvector.Vector``
+    (``.to_numpy()`` gives the ``(D,) float32`` array).
+
+    Raises:
+        DatabaseError: the ``vector`` extension is not installed.
+        psycopg.Error: the catalog lookup failed.
+    """
+    schema = vector_schema(conn)
+    if schema is None:
+        raise DatabaseError("the vector extension is not installed in this database "
+                            "(CREATE EXTENSION vector, or ask your provider to enable pgvector)")
+    info = TypeInfo.fetch(conn, sql.Identifier(schema, "vector"))
+    register_vector_info(conn, info)
+    register_bit_info(conn, TypeInfo.fetch(conn, "bit"))
+    for name, register in (("halfvec", register_halfvec_info), ("sparsevec", register_sparsevec_info)):
+        info = TypeInfo.fetch(conn, sql.Identifier(schema, name))  # pgvector >= 0.7
+        if info is not None:
+            register(conn, info)
 
 
 def vector_version(conn: psycopg.Connection) -> tuple[int, ...]:

@@ -51,6 +51,14 @@ ON CONFLICT (id) DO UPDATE SET sha256 = excluded.sha256,
 """
 _VERSION_SQL = "SELECT coalesce(max(version), 0) FROM jointembed.schema_version"
 _APPLIED_SQL = "SELECT coalesce(array_agg(version), '{}') FROM jointembed.schema_version"
+#: The vector extension's schema when it is not on the search_path (else no row).
+_HIDDEN_VECTOR_SQL = """
+SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+WHERE e.extname = 'vector' AND NOT n.nspname = ANY (pg_catalog.current_schemas(true))
+"""
+_APPEND_PATH_SQL = ("SELECT pg_catalog.set_config('search_path', pg_catalog.concat_ws(', ', "
+                    "NULLIF(pg_catalog.current_setting('search_path'), ''), "
+                    "pg_catalog.quote_ident(%s)), %s)")
 _RECORD_SQL = "INSERT INTO jointembed.schema_version (version, name) VALUES (%s, %s)"
 
 
@@ -186,6 +194,9 @@ def apply(conn: psycopg.Connection) -> list[int]:
         done = set(conn.execute(_APPLIED_SQL).fetchone()[0])
         _check_not_newer(max(done, default=0), latest)
         applied = []
+        # the SQL files name `vector` unqualified: see it for this transaction only
+        old_path = conn.execute("SELECT pg_catalog.current_setting('search_path')").fetchone()[0]
+        add_vector_schema_to_path(conn, local=True)
         for mig in available():
             if mig.version in done:   # each file once, gaps included (branches merged out of order)
                 continue
@@ -196,7 +207,23 @@ def apply(conn: psycopg.Connection) -> list[int]:
             for _name, text in defs.files:
                 conn.execute(text)
             conn.execute(_RECORD_DEFS_SQL, [defs.sha256, _package_version()])
+        conn.execute("SELECT pg_catalog.set_config('search_path', %s, true)", [old_path])
     return applied
+
+
+def add_vector_schema_to_path(conn: psycopg.Connection, *, local: bool) -> str | None:
+    """Append the ``vector`` extension's schema to ``search_path`` when it is not on it.
+
+    Managed servers install pgvector in its own schema (Supabase: ``extensions``) while
+    an app role's ``search_path`` may be just ``public``. ``local``: for the current
+    transaction only (``SET LOCAL``), else for the session. Returns the schema appended,
+    or ``None`` when nothing was needed (or the extension is not installed).
+    """
+    row = conn.execute(_HIDDEN_VECTOR_SQL).fetchone()
+    if row is None:
+        return None
+    conn.execute(_APPEND_PATH_SQL, [row[0], local])
+    return row[0]
 
 
 def _defs_outdated(conn: psycopg.Connection, defs: Definitions) -> bool:

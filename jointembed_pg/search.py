@@ -1,38 +1,38 @@
 """Nearest-neighbour queries over one collection's items table (L2 distance, pgvector).
 
-Strategy for one target modality (``image`` or ``text``), all in the caller's transaction:
+The rule that decides how a k-NN query is run lives in SQL, once: the function
+``jointembed.knn`` (``sql/functions/15_knn.sql``), which the SQL functions
+``jointembed.search`` / ``more_like_this`` / ``search_attached`` call as well. It returns
+exactly ``min(k, matching rows)`` rows, nearest first:
 
-* ``exact=True``: ``ORDER BY l2_distance(embedding, q)``. A function call, unlike the
-  ``<->`` operator, cannot be served by the HNSW index, so this is a true exact scan.
-* Filtered (``where`` given): first a probe reads at most ``exact_below + 1`` matching
-  rows; if that is all of them, their exact top k is the answer (cheap and exact).
-  Otherwise the HNSW index is scanned with ``hnsw.ef_search`` raised step by step up
-  to 1000 (pgvector >= 0.8 instead sets ``hnsw.iterative_scan = strict_order``), and if
-  it still returns fewer than k rows the query is run exactly. So a filtered query
-  returns exactly k rows whenever at least k rows match.
-* Unfiltered: one HNSW scan with ``hnsw.ef_search = max(ef_search, k)``; an exact scan
-  if it returns fewer than k rows (tiny collections, k > 1000).
+* ``exact=True``, or a filter matching at most ``exact_below`` rows: exact scan
+  (``ORDER BY l2_distance(embedding, q)``, which the HNSW index cannot serve).
+* pgvector >= 0.8: one HNSW scan with ``hnsw.iterative_scan = strict_order``.
+* pgvector < 0.8: HNSW scans with ``hnsw.ef_search = max(ef_search, k)``, x4 per step up
+  to 1000 while fewer than k rows come back (dead tuples or a filter ate the candidates).
+* still short: exact scan.
 
-Settings are applied with ``set_config(..., is_local => true)`` and restored afterwards.
+This module validates arguments, turns a ``where`` filter into the function's filter
+text plus a ``jsonb`` of values (values are never pasted into SQL), calls it once per
+target modality and merges the results.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from .errors import InputError, ModelMismatchError
 from .migrations import query
 
 MODALITIES = ("image", "text")
-#: pgvector's default and maximum hnsw.ef_search.
-DEFAULT_EF_SEARCH = 40
+#: pgvector's maximum hnsw.ef_search (checked here for a clear Python error).
 MAX_EF_SEARCH = 1000
-#: Filtered queries matching at most this many rows are answered by an exact scan.
-DEFAULT_EXACT_BELOW = 2000
 #: Columns a mapping filter (``where={"source": ...}``) may name.
 FILTER_COLUMNS = frozenset({"id", "key", "source", "text", "content_hash", "model_id"})
 
@@ -81,14 +81,15 @@ def check_target(target: str | None) -> tuple[str, ...]:
 
 
 def compose_where(where: Where, params: Mapping[str, Any] | None) -> tuple[sql.Composable, dict, bool]:
-    """``(condition, params, filtered)`` for a filter.
+    """``(condition, params, filtered)`` for a filter, in psycopg form (``%(name)s`` placeholders).
 
     ``where`` is ``None``; a mapping ``{column: value}`` (equality; a list/tuple/set value
     means ``= ANY``) over :data:`FILTER_COLUMNS`; or a SQL condition (``psycopg.sql``
     object, or a trusted ``str``) on the items table aliased ``i`` — it may use
     ``EXISTS (SELECT 1 FROM my_table p WHERE p.col = i.source AND ...)`` to filter by a
     user table — whose values come from ``params`` as named ``%(name)s`` placeholders.
-    Names starting with ``je_`` are reserved.
+    Names starting with ``je_`` are reserved. See :func:`filter_for_knn` for the value
+    types a filter may use.
     """
     out = dict(params or {})
     if any(k.startswith("je_") for k in out):
@@ -105,7 +106,7 @@ def compose_where(where: Where, params: Mapping[str, Any] | None) -> tuple[sql.C
             raise ValueError(f"cannot filter on {col!r}; allowed: {sorted(FILTER_COLUMNS)}")
         name = f"je_w{n}"
         if isinstance(value, (list, tuple, set, frozenset)):
-            out[name] = list(value)
+            out[name] = _Array(value, "int8" if col == "id" else "text")
             parts.append(sql.SQL("{} = ANY({})").format(sql.Identifier("i", col), sql.Placeholder(name)))
         else:
             out[name] = value
@@ -115,57 +116,124 @@ def compose_where(where: Where, params: Mapping[str, Any] | None) -> tuple[sql.C
     return sql.SQL(" AND ").join(parts), out, True
 
 
+class _Array(list):
+    """A list filter value with the SQL element type its array must have (``text``/``int8``)."""
+
+    def __init__(self, values: Any, elem: str):
+        super().__init__(values)
+        self.elem = elem
+
+
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s|%%|%s|%b|%t")
+#: Scalar types a filter value may have -> SQL that reads it from the jsonb ``$3``.
+_SCALAR_SQL = {bool: "(($3 -> {key})::boolean)", int: "(($3 -> {key})::int8)",
+               float: "(($3 -> {key})::float8)", str: "($3 ->> {key})"}
+_ARRAY_SQL = {"text": "(ARRAY(SELECT jsonb_array_elements_text($3 -> {key})))",
+              "int8": "(ARRAY(SELECT jsonb_array_elements_text($3 -> {key})::int8))",
+              "float8": "(ARRAY(SELECT jsonb_array_elements_text($3 -> {key})::float8))",
+              "boolean": "(ARRAY(SELECT jsonb_array_elements_text($3 -> {key})::boolean))"}
+
+
+def filter_for_knn(conn: psycopg.Connection, where: Where,
+                   params: Mapping[str, Any] | None) -> tuple[str | None, dict]:
+    """``(filter SQL, args)`` for ``jointembed.knn``: values travel in the jsonb ``args``.
+
+    Each ``%(name)s`` placeholder of the condition becomes an expression reading
+    ``params[name]`` from the function's ``$3`` (``jsonb``): ``str`` -> ``text``, ``int``
+    -> ``int8``, ``float`` -> ``float8``, ``bool`` -> ``boolean``, ``None`` -> ``NULL``, a
+    list/tuple/set of one of those -> an array of it (``text[]`` when empty); numpy scalars
+    count as their Python type. ``%%`` is a literal ``%``, as with psycopg.
+
+    Raises:
+        ValueError: a placeholder without a value, a positional ``%s``, a value of
+            another type (cast in the condition instead: ``%(day)s::date`` with a ``str``),
+            or a reserved ``je_`` name.
+    """
+    cond, values, filtered = compose_where(where, params)
+    if not filtered:
+        return None, {}
+    text = cond.as_string(conn)
+    args: dict = {}
+
+    def expr(m: re.Match) -> str:
+        if m.group(0) == "%%":
+            return "%"
+        name = m.group(1)
+        if name is None:
+            raise ValueError("filters take named placeholders %(name)s, not positional ones")
+        if name not in values:
+            raise ValueError(f"filter placeholder %({name})s has no value in params")
+        sql_expr, args[name] = _json_value(name, values[name])
+        return sql_expr.format(key=sql.Literal(name).as_string(conn))
+
+    return _PLACEHOLDER.sub(expr, text), args
+
+
+def _json_value(name: str, value: Any) -> tuple[str, Any]:
+    """(SQL reading ``$3 -> name`` as its type, the JSON-ready value)."""
+    if value is None:
+        return "NULL", None
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = [_scalar(name, v) for v in value]
+        kinds = {type(v) for v in items}
+        if len(kinds) > 1 or None in items:
+            raise ValueError(f"filter value {name!r}: a list needs items of one type and no None")
+        elem = getattr(value, "elem", None) or {bool: "boolean", int: "int8", float: "float8"}.get(
+            next(iter(kinds), str), "text")
+        return _ARRAY_SQL[elem], items
+    v = _scalar(name, value)
+    return _SCALAR_SQL[type(v)], v
+
+
+def _scalar(name: str, value: Any) -> Any:
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        raise ValueError(f"filter value {name!r} is not finite")
+    if type(value) not in _SCALAR_SQL:
+        raise ValueError(f"filter value {name!r} has type {type(value).__name__}; use str, int, float, bool, "
+                         "None or a list of them (cast in the condition, e.g. %(day)s::date)")
+    return value
+
+
 def run(conn: psycopg.Connection, items: sql.Composable, q: np.ndarray, *, targets: Sequence[str],
         k: int, ef_search: int | None = None, exact: bool = False, where: Where = None,
         params: Mapping[str, Any] | None = None, with_embedding: bool = False,
-        iterative_scan: bool = False, exact_below: int = DEFAULT_EXACT_BELOW) -> list[Hit]:
+        exact_below: int | None = None) -> list[Hit]:
     """k nearest items of each target modality, merged by distance (see module doc).
 
+    One ``jointembed.knn`` call per target modality.
+
     Args:
-        conn: prepared connection, inside a transaction.
+        conn: prepared connection (pgvector registered), inside a transaction.
         items: the items table (``psycopg.sql.Identifier``).
         q: ``(D,) float32`` query.
-        iterative_scan: the server has pgvector >= 0.8 (``hnsw.iterative_scan``).
+        ef_search: starting ``hnsw.ef_search`` (1..1000; default: the session's, 40).
+        exact_below: filtered queries matching at most this many rows run exactly
+            (``None``: the SQL function's default, 2000; 0: never).
+
+    Returns:
+        At most ``k`` :class:`Hit`, by ``(distance, id)``; exactly ``k`` when at least
+        ``k`` items of the targets match.
+    Raises:
+        ValueError: ``k < 1``, ``ef_search`` outside 1..1000, or a bad filter.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if ef_search is not None and not 1 <= ef_search <= MAX_EF_SEARCH:
         raise ValueError(f"ef_search must be in 1..{MAX_EF_SEARCH}, got {ef_search}")
-    cond, values, filtered = compose_where(where, params)
-    values.update(je_q=q, je_k=k, je_cap=exact_below)
-    extra = sql.SQL(", i.embedding") if with_embedding else sql.SQL("")
+    if exact_below is not None and exact_below < 0:
+        raise ValueError(f"exact_below must be >= 0, got {exact_below}")
+    filter_sql, args = filter_for_knn(conn, where, params)
+    stmt = query("knn").format(items=items, extra=sql.SQL(", (r.item).embedding") if with_embedding else sql.SQL(""))
     hits: list[Hit] = []
     for target in targets:
-        fmt = dict(items=items, target=sql.Literal(target), where=cond, extra=extra)
-        hits += _one_target(conn, fmt, values, k=k, ef_search=ef_search, exact=exact,
-                            filtered=filtered, iterative_scan=iterative_scan, exact_below=exact_below)
+        values = dict(je_q=q, je_k=k, je_target=target, je_filter=filter_sql, je_args=Jsonb(args),
+                      je_ef=ef_search, je_exact=exact, je_below=exact_below)
+        # prepare=False: always plan with the actual values (no generic plan for LIMIT/filters)
+        hits += _hits(conn.execute(stmt, values, prepare=False).fetchall())
     hits.sort(key=lambda h: (h.distance, h.id))
     return hits[:k]
-
-
-def _one_target(conn, fmt, values, *, k, ef_search, exact, filtered, iterative_scan, exact_below):
-    def fetch(name: str) -> list[tuple]:
-        # prepare=False: always plan with the actual values (no generic plan for LIMIT/filters)
-        return conn.execute(query(name).format(**fmt), values, prepare=False).fetchall()
-
-    if exact:
-        return _hits(fetch("search_exact"))
-    if filtered and exact_below > 0:
-        rows = fetch("search_probe")
-        if not rows or rows[0][-1] <= exact_below:
-            return _hits(r[:-1] for r in rows)
-    ef0 = min(max(ef_search or DEFAULT_EF_SEARCH, k), MAX_EF_SEARCH)
-    steps = [ef0]
-    if filtered and not iterative_scan:
-        steps += [ef for ef in (4 * ef0, MAX_EF_SEARCH) if ef0 < ef <= MAX_EF_SEARCH]
-    settings = {"hnsw.iterative_scan": "strict_order"} if filtered and iterative_scan else {}
-    with local_settings(conn, {"hnsw.ef_search": str(ef0), **settings}):
-        for ef in steps:
-            set_local(conn, "hnsw.ef_search", str(ef))
-            rows = fetch("search_index")
-            if len(rows) >= k:
-                return _hits(rows)
-    return _hits(fetch("search_exact"))
 
 
 def _hits(rows) -> list[Hit]:
@@ -181,27 +249,3 @@ def _array(value: Any) -> np.ndarray:
 def set_local(conn: psycopg.Connection, name: str, value: str) -> None:
     """``SET LOCAL name = value`` as a bound ``set_config`` call (transaction-scoped)."""
     conn.execute(query("set_local"), {"name": name, "value": value})
-
-
-class local_settings:
-    """Context manager: set GUCs for the current transaction, restore the old values on exit.
-
-    Restoring matters when the caller's transaction outlives the query (a savepoint
-    inside an open transaction keeps ``SET LOCAL`` values until the outer commit).
-    """
-
-    def __init__(self, conn: psycopg.Connection, settings: Mapping[str, str]):
-        self.conn, self.settings, self.old = conn, dict(settings), {}
-
-    def __enter__(self):
-        for name, value in self.settings.items():
-            self.old[name] = self.conn.execute(query("get_setting"), {"name": name}).fetchone()[0]
-            set_local(self.conn, name, value)
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            for name, value in self.old.items():
-                if value is not None:
-                    set_local(self.conn, name, value)
-        return False

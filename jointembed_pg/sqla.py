@@ -16,9 +16,13 @@
         rows = session.execute(stmt).all()        # L2 distance ascending
 
 The modality is rendered as a literal so that the planner can match the partial HNSW
-index (``WHERE modality = 'image'``) even for prepared statements. Raise
-``hnsw.ef_search`` for one transaction with
-``session.execute(text("SELECT set_config('hnsw.ef_search', :v, true)"), {"v": "100"})``.
+index (``WHERE modality = 'image'``) even for prepared statements. Such a hand-written
+query is a plain HNSW scan: it can come back short (dead tuples of updated rows, or a
+filter, can fill the ``hnsw.ef_search`` candidate list). :func:`nearest` instead ranks
+through SQL's ``jointembed.search`` (hence ``jointembed.knn``, the one rule that always
+returns k rows) and joins the ORM rows::
+
+    stmt = nearest(Item, qvec, k=10, modality="image")   # -> (Item, distance) rows
 """
 from __future__ import annotations
 
@@ -30,13 +34,12 @@ from urllib.parse import urlencode
 import numpy as np
 import psycopg
 import sqlalchemy as sa
-from pgvector.psycopg import register_vector
 from pgvector.sqlalchemy import HALFVEC, Vector
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from . import db
 
-_models: dict[tuple[str, int], type] = {}
+_models: dict[tuple[str, int, str], type] = {}
 
 
 def sqlalchemy_url(dsn: str) -> str:
@@ -64,8 +67,15 @@ def create_engine(dsn: str | None = None, *, migrate: bool = True, **kwargs: Any
     if migrate:
         db.connect(target).close()
     engine = sa.create_engine(sqlalchemy_url(target), **kwargs)
-    sa.event.listen(engine, "connect", lambda dbapi_conn, _record: register_vector(dbapi_conn))
+    sa.event.listen(engine, "connect", lambda dbapi_conn, _record: _register(dbapi_conn))
     return engine
+
+
+def _register(dbapi_conn: psycopg.Connection) -> None:
+    """pgvector types in whatever schema holds them; the lookup's transaction is ended."""
+    db.register_vector(dbapi_conn)
+    if dbapi_conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS:
+        dbapi_conn.rollback()
 
 
 class Base(DeclarativeBase):
@@ -85,7 +95,7 @@ def item_model(collection: Any) -> type:
     """
     info = getattr(collection, "info", collection)
     storage = getattr(info, "storage", "vector")
-    cache_key = (info.items_table, info.dim, storage)
+    cache_key = (info.items_table, info.dim, storage, info.name)  # the name: nearest() ranks by it
     if cache_key in _models:
         return _models[cache_key]
 
@@ -96,6 +106,7 @@ def item_model(collection: Any) -> type:
         "__tablename__": info.items_table,
         "__table_args__": {"schema": "jointembed"},
         "__doc__": f"Items of collection {info.name!r} (embedding {storage}({info.dim}), L2).",
+        "jointembed_collection": info.name,
         "__annotations__": {
             "id": Mapped[int], "modality": Mapped[str], "key": Mapped[str],
             "source": Mapped[str | None], "text": Mapped[str | None],
@@ -120,12 +131,28 @@ def item_model(collection: Any) -> type:
 
 
 def nearest(model: type, vector: Any, *, k: int = 10, modality: str | None = "image") -> sa.Select:
-    """``SELECT model, distance ... ORDER BY embedding <-> vector LIMIT k`` (L2 ascending).
+    """``(model, distance)`` rows of the ``k`` items nearest to ``vector``, L2 ascending.
 
-    ``vector``: ``(D,) float32``. The modality is a literal so the partial HNSW index applies.
+    Ranks with ``jointembed.search(collection, vector, k, modality)`` (SQL), so the rule
+    of ``jointembed.knn`` applies: exactly ``k`` rows whenever the collection holds ``k``
+    items of the modality, even with dead tuples in the index. ``vector``: ``(D,)
+    float32``, bound as a ``vector`` parameter (no cast, any search_path).
+
+    Args:
+        model: a class from :func:`item_model`.
+        modality: ``"image"``, ``"text"`` or ``None`` (both).
+    Raises:
+        ValueError: ``model`` is not from :func:`item_model`, or ``k < 1``.
     """
-    dist = model.embedding.l2_distance(np.asarray(vector, dtype=np.float32)).label("distance")
-    stmt = sa.select(model, dist)
-    if modality is not None:
-        stmt = stmt.where(model.modality == sa.literal(modality, literal_execute=True))
-    return stmt.order_by(dist).limit(k)
+    name = getattr(model, "jointembed_collection", None)
+    if name is None:
+        raise ValueError(f"{model!r} is not an items model from jointembed_pg.sqla.item_model")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    q = np.asarray(vector, dtype=np.float32)
+    ranked = sa.func.jointembed.search(name, sa.bindparam("je_q", q, type_=Vector(q.shape[0])), k, modality
+                                       ).table_valued(sa.column("id", sa.BigInteger),
+                                                      sa.column("distance", sa.Float)).alias("je_ranked")
+    return (sa.select(model, ranked.c.distance.label("distance"))
+            .join(ranked, ranked.c.id == model.id)
+            .order_by(ranked.c.distance, model.id))

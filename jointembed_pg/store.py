@@ -58,7 +58,8 @@ class Store:
             ``psycopg.Connection`` / SQLAlchemy ``Connection`` (used as is; work joins its
             open transaction, if any); or a SQLAlchemy ``Engine`` (a pooled connection per
             operation). Migrations are applied on construction.
-        exact_below: filtered searches matching at most this many rows run exactly.
+        exact_below: filtered searches matching at most this many rows run exactly
+            (``None``: ``jointembed.knn``'s default, 2000; 0: never).
 
     Thread-safe: operations through one Store are serialised by a lock (use one Store
     per thread for parallel queries).
@@ -67,7 +68,7 @@ class Store:
         DatabaseError: unreachable server (password redacted) or failed migrations.
     """
 
-    def __init__(self, target: Any = None, *, exact_below: int = search.DEFAULT_EXACT_BELOW):
+    def __init__(self, target: Any = None, *, exact_below: int | None = None):
         self._lock = threading.RLock()
         self._owned: psycopg.Connection | None = None
         self._dsn = target if target is None or isinstance(target, str) else None
@@ -80,6 +81,10 @@ class Store:
         with db.borrow(self._target) as conn, self._lock:
             db.prepare(conn)
             self.vector_version = db.vector_version(conn)
+            with conn.transaction():
+                #: schema of the vector extension: our SQL names its type and operator
+                #: class through it, whatever the connection's search_path
+                self.vector_schema: str = db.vector_schema(conn)
 
     # -- connection handling -------------------------------------------------------
     @contextlib.contextmanager
@@ -126,16 +131,6 @@ class Store:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-    def vector_schema(self, conn: psycopg.Connection) -> str | None:
-        """Schema of the ``vector`` extension (its types and operator classes live there)."""
-        if getattr(self, "_vector_schema", None) is None:
-            was_idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-            row = conn.execute(query("vector_schema")).fetchone()
-            if was_idle and conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS:
-                conn.rollback()   # end the read transaction this lookup opened
-            self._vector_schema = row[0] if row else None
-        return self._vector_schema
 
     @property
     def iterative_scan(self) -> bool:
@@ -261,7 +256,7 @@ class Collection:
         if not batch:
             return 0
         with self.store.transaction() as conn:
-            conn.execute(queries()["stage_create"])
+            conn.execute(query("stage_create").format(vector=sql.Identifier(self.store.vector_schema, "vector")))
             conn.execute(queries()["stage_clear"])
             with conn.cursor().copy(queries()["stage_copy"]) as copy:
                 copy.set_types(_STAGE_TYPES)
@@ -367,7 +362,7 @@ class Collection:
         self.last_builds = []
         with self.store.connection() as conn:
             try:
-                op_schema = self.store.vector_schema(conn)
+                op_schema = self.store.vector_schema
                 for modality in modalities:
                     spec = indexing.IndexSpec("jointembed", self.info.items_table, self.index_name(modality),
                                               modality, self.storage, self.dim, int(m), int(ef_construction),
@@ -390,12 +385,14 @@ class Collection:
             vector: ``(D,) float32`` query embedding (same model as the collection).
             target: ``"image"``, ``"text"`` or ``None`` (both modalities).
             k: number of results (fewer only if fewer items match).
-            ef_search: HNSW ``hnsw.ef_search`` for this query (1..1000; default 40,
-                always at least ``k``).
+            ef_search: starting HNSW ``hnsw.ef_search`` (1..1000; default the session's,
+                40; always at least ``k``, raised further while rows are missing).
             exact: exact scan, no index (reference results, small collections).
             where: filter, see :func:`jointembed_pg.search.compose_where`; the result
-                still has exactly ``k`` rows when at least ``k`` items match.
-            params: values of the filter's ``%(name)s`` placeholders.
+                still has exactly ``k`` rows when at least ``k`` items match (the rule
+                is SQL's ``jointembed.knn``, see :mod:`jointembed_pg.search`).
+            params: values of the filter's ``%(name)s`` placeholders (types: see
+                :func:`jointembed_pg.search.filter_for_knn`).
             with_embedding: also return each hit's embedding.
 
         Raises:
@@ -407,7 +404,7 @@ class Collection:
         with self.store.transaction() as conn:
             return search.run(conn, self.table_ident, q, targets=targets, k=k, ef_search=ef_search,
                               exact=exact, where=where, params=params, with_embedding=with_embedding,
-                              iterative_scan=self.store.iterative_scan, exact_below=self.store.exact_below)
+                              exact_below=self.store.exact_below)
 
     def more_like_this(self, item_id: int, *, target: str | None = None, k: int = 10,
                        **options: Any) -> list[Hit]:

@@ -157,8 +157,17 @@ def attach(conn, table: str, bundle, *, key: str, image_column: str | None = Non
         return _row(Attachment, row)
 
 
+#: Schema of the first table named %s on the caller's search_path. Run as a plain query,
+#: not through a jointembed function: those pin their own search_path (95_search_path.sql).
+_FIND_SCHEMA_SQL = """
+SELECT (SELECT n.nspname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relname = %s AND c.relkind IN ('r', 'p') AND n.nspname = ANY (pg_catalog.current_schemas(false))
+        ORDER BY pg_catalog.array_position(pg_catalog.current_schemas(false), n.nspname) LIMIT 1)
+"""
+
+
 def _find_schema(conn: psycopg.Connection, table: str) -> str:
-    row = _call(conn, "SELECT jointembed.sync_find_schema(%s)", [table])
+    row = _call(conn, _FIND_SCHEMA_SQL, [table])
     if row[0] is None:
         raise DatabaseError(f"no table named {_quote(table)} on the search_path (pass --schema)")
     return row[0]
@@ -284,9 +293,9 @@ def search_attached(conn, table: str, vector, k: int = 10, modality: str | None 
             _check_query(att, ver, q, model_id)
             try:
                 with c.transaction():
-                    if k > 40:
-                        c.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(min(k, 1000))])
-                    rows = c.execute(_search_query(ver, modality), {"q": q, "k": k}).fetchall()
+                    rows = [r for m in (MODALITIES if modality is None else (modality,))
+                            for r in c.execute(_search_query(ver), {"q": q, "k": k, "m": m}).fetchall()]
+                rows = sorted(rows, key=lambda r: r[1])[:k]
                 return [(key, float(d)) for key, d in rows]
             except psycopg.errors.UndefinedTable:
                 time.sleep(0.05 * (attempt + 1))  # a reembed switched models meanwhile: look again
@@ -302,14 +311,11 @@ def _check_query(att: Attachment, ver: Version, q: np.ndarray, model_id: str | N
                                  f"is embedded with model {ver.model_id} (dim {ver.dim})")
 
 
-def _search_query(ver: Version, modality: str | None) -> sql.Composed:
-    """``SELECT key, distance`` over the side table; literal modality (partial HNSW index)."""
-    one = sql.SQL("(SELECT s.key, s.embedding <-> {q} AS distance FROM {side} s "
-                  "WHERE s.modality = {m} ORDER BY s.embedding <-> {q} LIMIT {k})")
-    side = sql.Identifier("jointembed", ver.table_name)
-    mods = MODALITIES if modality is None else (modality,)
-    parts = [one.format(q=sql.Placeholder("q"), side=side, m=sql.Literal(m), k=sql.Placeholder("k")) for m in mods]
-    if len(parts) == 1:
-        return parts[0]
-    return sql.SQL("SELECT * FROM ({a} UNION ALL {b}) u ORDER BY u.distance LIMIT {k}").format(
-        a=parts[0], b=parts[1], k=sql.Placeholder("k"))
+def _search_query(ver: Version) -> sql.Composed:
+    """``SELECT key, distance`` of one modality of the side table, by ``jointembed.knn``.
+
+    ``jointembed.knn`` (``sql/functions/15_knn.sql``) holds the one rule that makes the
+    result exactly k rows (ef_search escalation or iterative scan, then exact).
+    """
+    return sql.SQL("SELECT (r.item).key, r.distance FROM jointembed.knn(NULL::{side}, %(q)s, %(k)s, %(m)s) AS r"
+                   ).format(side=sql.Identifier("jointembed", ver.table_name))

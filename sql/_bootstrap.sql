@@ -1,7 +1,17 @@
 -- Run by jointembed_pg.migrations before any versioned migration, under the migration
 -- advisory lock. Idempotent. Not a migration itself (no NNN_ prefix).
+-- vector: a no-op when the extension exists in any schema (an extension is installed once
+-- per database; Supabase puts it in `extensions`), so no second copy is ever created.
 CREATE EXTENSION IF NOT EXISTS vector;
-CREATE SCHEMA IF NOT EXISTS jointembed;
+-- CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the schema exists;
+-- managed servers often give the app role no such right, with the schema made by an admin.
+DO $do$
+BEGIN
+    IF to_regnamespace('jointembed') IS NULL THEN
+        CREATE SCHEMA jointembed;
+    END IF;
+END
+$do$;
 CREATE TABLE IF NOT EXISTS jointembed.schema_version (
     version    integer PRIMARY KEY,
     name       text        NOT NULL,

@@ -21,7 +21,7 @@ SELECT jointembed.drop_collection(%(name)s)
 -- name: stage_create
 CREATE TEMP TABLE IF NOT EXISTS jointembed_stage (
     ord integer, modality text, key text, source text, text text,
-    content_hash text, embedding vector
+    content_hash text, embedding {vector}
 ) ON COMMIT DELETE ROWS
 
 -- name: stage_clear
@@ -55,42 +55,18 @@ DELETE FROM {items} i WHERE i.modality = %(modality)s AND i.key = ANY(%(keys)s)
 SELECT i.id, i.key, i.modality, 0.0::float8 AS distance, i.source, i.text, i.embedding
 FROM {items} i WHERE i.id = %(je_id)s
 
--- name: vector_schema
-SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
-WHERE e.extname = 'vector'
-
 -- name: set_local
 SELECT set_config(%(name)s, %(value)s, true)
 
--- name: get_setting
-SELECT current_setting(%(name)s, true)
+-- name: knn
+SELECT (r.item).id, (r.item).key, (r.item).modality, r.distance, (r.item).source, (r.item).text{extra}
+FROM jointembed.knn(NULL::{items}, %(je_q)s, %(je_k)s, %(je_target)s, p_filter => %(je_filter)s,
+                    p_args => %(je_args)s, p_ef_search => %(je_ef)s, p_exact => %(je_exact)s,
+                    p_exact_below => %(je_below)s) AS r
 
--- name: search_index
-SELECT i.id, i.key, i.modality, i.embedding <-> %(je_q)s AS distance, i.source, i.text{extra}
-FROM {items} i
-WHERE i.modality = {target} AND ({where})
-ORDER BY i.embedding <-> %(je_q)s
-LIMIT %(je_k)s
-
--- name: search_exact
-SELECT i.id, i.key, i.modality, l2_distance(i.embedding, %(je_q)s) AS distance, i.source, i.text{extra}
-FROM {items} i
-WHERE i.modality = {target} AND ({where})
-ORDER BY distance
-LIMIT %(je_k)s
-
--- name: search_probe
-WITH m AS MATERIALIZED (
-    SELECT i.id, i.key, i.modality, i.source, i.text, i.embedding
-    FROM {items} i
-    WHERE i.modality = {target} AND ({where})
-    LIMIT %(je_cap)s + 1
-)
-SELECT i.id, i.key, i.modality, l2_distance(i.embedding, %(je_q)s) AS distance, i.source, i.text{extra},
-       (SELECT count(*) FROM m) AS n_matched
-FROM m i
-ORDER BY distance
-LIMIT %(je_k)s
+-- name: vector_schema
+SELECT (SELECT n.nspname FROM pg_catalog.pg_extension e
+        JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'vector')
 
 -- name: vector_version
 SELECT extversion FROM pg_extension WHERE extname = 'vector'

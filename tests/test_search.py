@@ -11,7 +11,6 @@ import pytest
 from psycopg import sql
 
 from jointembed_pg import search
-from jointembed_pg.migrations import query
 from jointembed_pg.store import Store
 
 D = 128
@@ -61,22 +60,33 @@ def recall_at_k(approx, exact) -> float:
     return float(np.mean(hits))
 
 
+#: A plain filtered HNSW query (what search ran before jointembed.knn): a filter on top
+#: of an index scan that sees only hnsw.ef_search candidates.
+PLAIN_INDEX_QUERY = sql.SQL("""
+SELECT i.id, i.key, i.modality, i.embedding <-> %(je_q)s AS distance, i.source, i.text{extra}
+FROM {items} i
+WHERE i.modality = {target} AND ({where})
+ORDER BY i.embedding <-> %(je_q)s
+LIMIT %(je_k)s""")
+
+
 def _explain(conn, composed, params) -> str:
     rows = conn.execute(sql.SQL("EXPLAIN ") + composed, params).fetchall()
     return "\n".join(r[0] for r in rows)
 
 
 def test_python_query_uses_hnsw_index_and_exact_does_not(synth):
+    """Index scans counted inside the transaction (pg_stat_get_xact_numscans) per call."""
     store, coll, queries = synth
-    fmt = dict(items=coll.table_ident, target=sql.Literal("image"), where=sql.SQL("TRUE"), extra=sql.SQL(""))
-    params = {"je_q": queries[0], "je_k": K}
+    scans = sql.SQL("SELECT pg_stat_get_xact_numscans({}::regclass)").format(
+        sql.Literal(f"jointembed.{coll.index_name('image')}"))
     with store.transaction() as conn:
         assert conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE modality = 'image'")
                             .format(coll.table_ident)).fetchone()[0] >= 10_000
-        plan = _explain(conn, query("search_index").format(**fmt), params)
-        assert coll.index_name("image") in plan, plan
-        plan = _explain(conn, query("search_exact").format(**fmt), params)
-        assert "hnsw" not in plan, plan
+        for exact, expected in [(False, 1), (True, 0)]:
+            before = conn.execute(scans).fetchone()[0]
+            assert len(search.run(conn, coll.table_ident, queries[0], targets=["image"], k=K, exact=exact)) == K
+            assert conn.execute(scans).fetchone()[0] - before == expected
 
 
 def test_sql_functions_use_hnsw_index(synth):
@@ -180,9 +190,9 @@ def test_plain_index_scan_loses_rows_under_a_selective_filter(filtered):
                where=sql.SQL("i.source LIKE '/shop/%%'"), extra=sql.SQL(""))
     with store.transaction() as conn:
         conn.execute("SET LOCAL enable_sort = off")  # make the planner pick HNSW, as on big tables
-        plan = _explain(conn, query("search_index").format(**fmt), {"je_q": queries[0], "je_k": K})
+        plan = _explain(conn, PLAIN_INDEX_QUERY.format(**fmt), {"je_q": queries[0], "je_k": K})
         assert coll.index_name("image") in plan
-        counts = [len(conn.execute(query("search_index").format(**fmt), {"je_q": q, "je_k": K}).fetchall())
+        counts = [len(conn.execute(PLAIN_INDEX_QUERY.format(**fmt), {"je_q": q, "je_k": K}).fetchall())
                   for q in queries]
     assert min(counts) < K
 
@@ -205,14 +215,13 @@ def test_filtered_search_returns_exactly_k(filtered, path, where, params):
     with store.transaction() as conn:
         if path == "index-escalation":
             conn.execute("SET LOCAL enable_sort = off")
-            plan = _explain(conn, query("search_index").format(
+            plan = _explain(conn, PLAIN_INDEX_QUERY.format(
                 items=coll.table_ident, target=sql.Literal("image"), where=sql.SQL(where), extra=sql.SQL("")),
                 {"je_q": queries[0], "je_k": K, **(params or {})})
             assert coll.index_name("image") in plan
         for q in queries:
             got = search.run(conn, coll.table_ident, q, targets=["image"], k=K, where=where, params=params,
-                             exact_below=2000 if path == "probe-exact" else 0,
-                             iterative_scan=store.iterative_scan)  # pgvector >= 0.8: strict_order
+                             exact_below=2000 if path == "probe-exact" else 0)  # >= 0.8: strict_order
             ref = search.run(conn, coll.table_ident, q, targets=["image"], k=K, where=where, params=params,
                              exact=True)
             assert len(got) == K and all(h.source.startswith("/shop/") for h in got)

@@ -1,11 +1,12 @@
--- 002: SQL search functions over a collection's items table.
+-- SQL search functions over a collection's items table.
 --
--- Distances are L2 (pgvector `<->`), float8, smaller is closer. Each single-modality
--- query is `ORDER BY embedding <-> $1 LIMIT k` with a literal modality, so the planner
--- uses that modality's partial HNSW index (jointembed.items_<id>_<modality>_hnsw) when it
--- exists. hnsw.ef_search is raised to k for the duration of the call (an HNSW scan
--- returns at most ef_search rows) and restored afterwards. The embedding column is not
--- returned; join jointembed.items_table(collection) on id when you need it.
+-- Distances are L2 (pgvector `<->`), float8, smaller is closer. Each modality is searched
+-- by jointembed.knn (15_knn.sql): the modality's partial HNSW index
+-- (jointembed.items_<id>_<modality>_hnsw) when it exists, with hnsw.ef_search at least k,
+-- escalated (or an iterative scan on pgvector >= 0.8) and finally an exact scan, so a call
+-- returns exactly k rows whenever the collection holds k items of the target modalities.
+-- The embedding column is not returned; join jointembed.items_table(collection) on id
+-- when you need it.
 
 CREATE OR REPLACE FUNCTION jointembed._items_table(p_collection text)
 RETURNS text
@@ -27,12 +28,13 @@ RETURNS TABLE (id bigint, key text, modality text, distance float8, source text,
 LANGUAGE plpgsql AS $fn$
 #variable_conflict use_column
 DECLARE
-    tbl     text := jointembed._items_table(collection);
-    old_ef  text := current_setting('hnsw.ef_search', true);
-    one     text := 'SELECT i.id, i.key, i.modality, i.embedding <-> $1 AS distance, i.source, i.text '
-                    'FROM jointembed.%1$I i WHERE i.modality = %2$L '
-                    'ORDER BY i.embedding <-> $1 LIMIT $2';
+    c jointembed.collections;
 BEGIN
+    SELECT * INTO c FROM jointembed.collections x WHERE x.name = collection;
+    IF NOT FOUND OR c.items_table IS NULL THEN
+        RAISE EXCEPTION 'jointembed: no collection named %', quote_literal(collection)
+            USING ERRCODE = 'undefined_table';
+    END IF;
     IF k IS NULL OR k < 1 THEN
         RAISE EXCEPTION 'jointembed.search: k must be >= 1, got %', k
             USING ERRCODE = 'invalid_parameter_value';
@@ -41,20 +43,22 @@ BEGIN
         RAISE EXCEPTION 'jointembed.search: target must be ''image'', ''text'' or NULL, got %',
             quote_literal(target) USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF k > coalesce(old_ef, '40')::integer THEN
-        PERFORM set_config('hnsw.ef_search', least(k, 1000)::text, true);
+    IF query IS NULL THEN
+        RAISE EXCEPTION 'jointembed.search: query vector is NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    IF target IS NULL THEN
-        RETURN QUERY EXECUTE
-            'SELECT * FROM ((' || format(one, tbl, 'image') || ') UNION ALL ('
-            || format(one, tbl, 'text') || ')) u ORDER BY u.distance LIMIT $2'
-            USING query, k;
-    ELSE
-        RETURN QUERY EXECUTE format(one, tbl, target) USING query, k;
+    IF vector_dims(query) <> c.dim THEN
+        RAISE EXCEPTION 'jointembed.search: query vector has % dimensions but collection % stores %-dimensional embeddings of model %',
+            vector_dims(query), quote_literal(collection), c.dim, quote_literal(c.model_id)
+            USING ERRCODE = 'data_exception',
+                  HINT = 'embed the query with the collection''s model (jointembed.collections.model_id)';
     END IF;
-    IF old_ef IS NOT NULL THEN
-        PERFORM set_config('hnsw.ef_search', old_ef, true);
-    END IF;
+    -- one knn call per modality; ties in distance broken by id outside the ranking queries
+    RETURN QUERY EXECUTE format(
+        'SELECT (r.item).id, (r.item).key, (r.item).modality, r.distance, (r.item).source, (r.item).text '
+        'FROM unnest($3::text[]) AS m(modality), '
+        'LATERAL jointembed.knn(NULL::jointembed.%I, $1, $2, m.modality) AS r '
+        'ORDER BY r.distance, (r.item).id LIMIT $2', c.items_table)
+        USING query, k, CASE WHEN target IS NULL THEN ARRAY['image', 'text'] ELSE ARRAY[target] END;
 END
 $fn$;
 
@@ -82,7 +86,7 @@ BEGIN
         SELECT s.id, s.key, s.modality, s.distance, s.source, s.text
         FROM jointembed.search(collection, q, k + 1, coalesce(target, m)) s
         WHERE s.id <> item_id
-        ORDER BY s.distance
+        ORDER BY s.distance, s.id
         LIMIT k;
 END
 $fn$;

@@ -1,7 +1,8 @@
 -- Search over an attached table's active side table.
 
 -- k nearest rows of an attached table to a query vector (L2, float8, smaller is closer),
--- searching the active version only (one model). key is the user's key as text: join
+-- searching the active version only (one model), through jointembed.knn (15_knn.sql):
+-- exactly k rows whenever k rows are embedded. key is the user's key as text: join
 -- back with `JOIN t ON t.<key> = r.key::<key type>`. p_modality image|text|NULL (both).
 CREATE OR REPLACE FUNCTION jointembed.search_attached(p_table regclass, p_query vector, p_k integer DEFAULT 10,
                                            p_modality text DEFAULT NULL)
@@ -9,12 +10,8 @@ RETURNS TABLE (key text, modality text, distance float8)
 LANGUAGE plpgsql AS $fn$
 #variable_conflict use_column
 DECLARE
-    a      jointembed.attachments;
-    v      jointembed.attachment_versions;
-    old_ef text := current_setting('hnsw.ef_search', true);
-    -- non-positional %I/%L: the UNION below formats it twice with different arguments
-    one    text := '(SELECT s.key::text, s.modality, s.embedding <-> $1 AS distance FROM jointembed.%I s '
-                   'WHERE s.modality = %L ORDER BY s.embedding <-> $1 LIMIT $2)';
+    a jointembed.attachments;
+    v jointembed.attachment_versions;
 BEGIN
     IF p_k IS NULL OR p_k < 1 THEN
         RAISE EXCEPTION 'jointembed.search_attached: k must be >= 1, got %', p_k
@@ -30,23 +27,19 @@ BEGIN
     END IF;
     SELECT * INTO STRICT v FROM jointembed.attachment_versions x
     WHERE x.attachment_id = a.id AND x.state = 'active';
+    IF p_query IS NULL THEN
+        RAISE EXCEPTION 'jointembed.search_attached: query vector is NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
     IF vector_dims(p_query) <> v.dim THEN
         RAISE EXCEPTION 'jointembed: query vector has % dimensions but % is embedded with model % (dim %)',
             vector_dims(p_query), p_table, v.model_id, v.dim USING ERRCODE = 'data_exception';
     END IF;
-    IF p_k > coalesce(old_ef, '40')::integer THEN
-        PERFORM set_config('hnsw.ef_search', least(p_k, 1000)::text, true);
-    END IF;
-    IF p_modality IS NULL THEN
-        RETURN QUERY EXECUTE format('SELECT * FROM (' || one || ' UNION ALL ' || one
-                                    || ') u ORDER BY u.distance LIMIT $2',
-                                    v.side_table, 'image', v.side_table, 'text') USING p_query, p_k;
-    ELSE
-        RETURN QUERY EXECUTE format(one, v.side_table, p_modality) USING p_query, p_k;
-    END IF;
-    IF old_ef IS NOT NULL THEN
-        PERFORM set_config('hnsw.ef_search', old_ef, true);
-    END IF;
+    RETURN QUERY EXECUTE format(
+        'SELECT (r.item).key::text, (r.item).modality, r.distance '
+        'FROM unnest($3::text[]) AS m(modality), '
+        'LATERAL jointembed.knn(NULL::jointembed.%I, $1, $2, m.modality) AS r '
+        'ORDER BY r.distance LIMIT $2', v.side_table)
+        USING p_query, p_k, CASE WHEN p_modality IS NULL THEN ARRAY['image', 'text'] ELSE ARRAY[p_modality] END;
 END
 $fn$;
 
