@@ -96,7 +96,7 @@ def test_python_api_and_sql_functions_as_app_role(managed):
         """).fetchall())
         assert [f for f, path in paths.items() if path is None] == []  # every function pins one
         ours = "search_path=jointembed, extensions, pg_catalog, pg_temp"
-        for f in ["jointembed.search(text,extensions.vector,integer,text)", "jointembed.create_collection(text,text,integer)",
+        for f in ["jointembed.search(text,extensions.vector,integer,text)", "jointembed.create_collection(text,text,integer,text)",
                   "jointembed.search_attached(regclass,extensions.vector,integer,text)"]:
             assert paths[f] == ours, (f, paths.get(f))
         assert c.execute("SELECT count(*) FROM pg_proc WHERE pronamespace = 'jointembed'::regnamespace").fetchone()[0] > 10
