@@ -100,31 +100,6 @@ def init(obj, dsn, as_json):
 
 
 @cli.group()
-def server():
-    """The embedded PostgreSQL used when no --dsn / $DATABASE_URL is given."""
-
-
-@server.command("start")
-def server_start():
-    """Start the embedded server and leave it running; print its DSN (for psql, your app)."""
-    from . import embedded
-
-    with _errors():
-        click.echo(embedded.get_uri(cleanup_mode=None))
-
-
-@server.command("stop")
-def server_stop():
-    """Stop the embedded server (it also stops by itself when no jointembed process uses it)."""
-    from . import embedded
-
-    with _errors():
-        embedded.get_uri(cleanup_mode="stop")
-        embedded.stop()
-    click.echo("stopped")
-
-
-@cli.group()
 def index():
     """Embed images or captions into a collection."""
 
@@ -197,14 +172,33 @@ class _Terminated(BaseException):
     """Raised in the main thread by SIGTERM, so the process unwinds like on Ctrl-C."""
 
 
+def _guard_secrets() -> None:
+    """Register the passwords of every DSN on the command line and in the environment, and
+    scrub them (and any found later) from everything this process writes to stdout/stderr."""
+    import os
+
+    from . import errors, settings
+
+    for arg in [*sys.argv[1:], os.environ.get(settings.DSN_ENV, ""), os.environ.get("PGPASSWORD", "")]:
+        if "=" in arg or "://" in arg:
+            errors.register_dsn(arg.split("=", 1)[1] if arg.startswith("--dsn=") else arg)
+    errors.register_secret(os.environ.get("PGPASSWORD"))
+    if not isinstance(sys.stdout, errors.ScrubbingStream):
+        sys.stdout = errors.ScrubbingStream(sys.stdout)
+    if not isinstance(sys.stderr, errors.ScrubbingStream):
+        sys.stderr = errors.ScrubbingStream(sys.stderr)
+
+
 def main() -> None:
     """Console entry point: click without its standalone handling, so that Ctrl-C and
-    SIGTERM unwind normally (committed batches stay; the embedded server is released)."""
+    SIGTERM unwind normally (committed batches stay; the embedded server is released).
+    No password reaches stdout/stderr (:func:`_guard_secrets`)."""
     import signal
 
     def _terminate(*_):
         raise _Terminated()
 
+    _guard_secrets()
     signal.signal(signal.SIGTERM, _terminate)
     try:
         rc = cli.main(prog_name="jointembed", standalone_mode=False)
@@ -225,5 +219,7 @@ def main() -> None:
 # Sub-command modules register themselves on ``cli`` (they import it from here).
 from . import cli_query, cli_demo, cli_sync, cli_distributed  # noqa: E402,F401
 from .cli_model import model as _model_group  # noqa: E402
+from .cli_server import server as _server_group  # noqa: E402
 
 cli.add_command(_model_group, "model")
+cli.add_command(_server_group, "server")
