@@ -56,11 +56,13 @@ def check_dsn(dsn: str) -> dict[str, str]:
             or database name). The message never quotes the DSN.
     """
     register_dsn(dsn)
+    problem = None
     try:
         params = psycopg.conninfo.conninfo_to_dict(dsn)
     except psycopg.Error as e:
-        raise DatabaseError(f"invalid DSN: {libpq_message(e)} (the DSN is not shown: it may hold a "
-                            f"password)") from None
+        problem = libpq_message(e)
+    if problem is not None:  # raised outside the handler: libpq's message is not even __context__
+        raise DatabaseError(f"invalid DSN: {problem} (the DSN is not shown: it may hold a password)")
     if ambiguous_url(dsn):
         raise DatabaseError("invalid DSN: its user:password part contains a raw '@' or '/'; "
                             "percent-encode the user name and password (e.g. urllib.parse.quote(pw, safe='')) "
