@@ -31,10 +31,27 @@ TEST_DSN_ENV = "JOINTEMBED_TEST_DSN"
 _OWN_BASETEMP: list[str] = []
 
 
+#: A test file that names one of these needs a database (``--db-only`` keeps just those files).
+DB_MARKERS = ("pg_dsn", "module_pg_dsn", "pg_admin_dsn", "own_server", "jointembed_pg.embedded",
+              "import embedded", "Store(", "db.connect")
+
+
 def pytest_addoption(parser):
     parser.addoption("--test-dsn", default=os.environ.get(TEST_DSN_ENV) or None, metavar="DSN",
                      help=f"run the database tests against this server (default: ${TEST_DSN_ENV}, else a "
                           "private embedded cluster); its role needs CREATEDB")
+    parser.addoption("--db-only", action="store_true",
+                     help="collect only the test files that use a database (the second CI leg)")
+
+
+def pytest_ignore_collect(collection_path, config):
+    """With ``--db-only``, skip collecting test files that touch no database."""
+    if not config.getoption("--db-only") or collection_path.suffix != ".py":
+        return None
+    if not collection_path.name.startswith("test_"):
+        return None
+    text = collection_path.read_text(encoding="utf-8", errors="replace")
+    return None if any(m in text for m in DB_MARKERS) else True
 
 
 def pytest_configure(config):
