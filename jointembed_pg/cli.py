@@ -3,7 +3,8 @@
 Exit codes: 0 success; 1 error (one line on stderr, no traceback); 2 bad usage;
 3 the job finished but some items failed (they are listed in the end-of-run report).
 Every command that touches the database takes ``--dsn`` (or ``$DATABASE_URL``); without
-either it starts/reuses the embedded PostgreSQL under ``~/.local/share/jointembed``.
+either it starts/reuses the embedded PostgreSQL in ``<home>/pgdata`` (see
+:mod:`jointembed_pg.settings`). No password reaches stdout/stderr (:func:`_guard_secrets`).
 """
 from __future__ import annotations
 
@@ -179,7 +180,7 @@ def _guard_secrets() -> None:
 
     from . import errors, settings
 
-    for arg in [*sys.argv[1:], os.environ.get(settings.DSN_ENV, ""), os.environ.get("PGPASSWORD", "")]:
+    for arg in [*sys.argv[1:], os.environ.get(settings.DSN_ENV) or ""]:  # before settings can fail
         if "=" in arg or "://" in arg:
             errors.register_dsn(arg.split("=", 1)[1] if arg.startswith("--dsn=") else arg)
     errors.register_secret(os.environ.get("PGPASSWORD"))
