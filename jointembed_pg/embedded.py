@@ -642,12 +642,13 @@ class EmbeddedServer:
                                           f"{self._log_tail()}"))
             time.sleep(0.05)
         import psycopg
+        import psycopg.sql
 
         with psycopg.connect(self.uri(), autocommit=True, connect_timeout=10) as c:
             if tcp:
                 pw = self._read_password(create=True)
                 verifier = c.pgconn.encrypt_password(pw.encode(), b"postgres", b"scram-sha-256").decode()
-                c.execute(f"ALTER ROLE postgres PASSWORD '{verifier}'")  # a SCRAM verifier: [A-Za-z0-9+/=:$-]
+                c.execute(psycopg.sql.SQL("ALTER ROLE postgres PASSWORD {}").format(psycopg.sql.Literal(verifier)))
             dbs = [r[0] for r in c.execute("SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1")]
         self.updated_extensions = update_vector_extension(self.uri(), dbs)
 
