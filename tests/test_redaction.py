@@ -123,8 +123,9 @@ def _bad_dsns(tcp) -> dict[str, str]:
 
 
 def test_failing_logins_and_malformed_dsns(tcp):
-    for what, dsn in _bad_dsns(tcp).items():
-        for cmd in (["init"], ["status", "--json"], ["search", "text", "a dog", "--json"]):
+    for i, (what, dsn) in enumerate(_bad_dsns(tcp).items()):
+        more = (["status", "--json"], ["search", "text", "a dog", "--json"]) if i in (0, 3) else ()
+        for cmd in (["init"], *more):
             p = run([*cmd, "--dsn", dsn])
             assert p.returncode != 0, (what, cmd, p.stdout)
             assert_no_secret(p, (what, cmd))
