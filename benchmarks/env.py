@@ -1,6 +1,7 @@
 """What a run needs: the model bundle, Flickr8K, and a PostgreSQL (embedded by default)."""
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import uuid
@@ -54,7 +55,7 @@ def flickr8k_dir(path: Path | None) -> Path:
 
 @dataclass
 class Database:
-    """A PostgreSQL for the run: ``dsn`` given, or a throw-away pgserver cluster.
+    """A PostgreSQL for the run: ``dsn`` given, or a throw-away embedded cluster.
 
     Collections made through :meth:`collection` get a per-run prefix and are dropped by
     :meth:`close`, so ``--dsn`` runs leave nothing behind.
@@ -72,11 +73,13 @@ class Database:
     def open(cls, dsn: str | None) -> "Database":
         if dsn:
             return cls(dsn)
-        import pgserver
+        from jointembed_pg.embedded import EmbeddedServer
 
         tmp = Path(tempfile.mkdtemp(prefix="jointembed-bench-pg-"))
-        srv = pgserver.get_server(tmp, cleanup_mode="stop")
-        return cls(srv.get_uri(), srv, tmp)
+        if os.geteuid() == 0:
+            os.chmod(tmp, 0o711)  # our own temp dir: the server's OS user must traverse it
+        srv = EmbeddedServer(tmp / "pgdata")
+        return cls(srv.start(hold=True), srv, tmp)
 
     @property
     def conn(self) -> psycopg.Connection:
@@ -114,6 +117,6 @@ class Database:
                 self._conn.close()
         finally:
             if self._server is not None:
-                self._server.cleanup()
+                self._server.stop()
             if self._tmp is not None:
                 shutil.rmtree(self._tmp, ignore_errors=True)

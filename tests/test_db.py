@@ -106,7 +106,8 @@ def test_unreachable_dsn_raises_redacted_database_error(dsn):
 def test_redact_forms():
     assert db.redact("postgresql://u:p%40ss@h:5432/d?sslmode=require") == "postgresql://u:***@h:5432/d?sslmode=require"
     assert db.redact("postgresql://u@h/d") == "postgresql://u@h/d"
-    assert db.redact("dbname=x password='a b\\'c' host=h") == "dbname=x password=*** host=h"
+    kv = db.redact("dbname=x password='a b\\'c' host=h")
+    assert sorted(kv.split()) == ["dbname=x", "host=h", "password=***"]
     assert "pw" not in db.redact("postgresql:///d?host=/tmp&password=pw")
 
 
@@ -122,17 +123,21 @@ def test_database_url_environment(pg_dsn, monkeypatch):
 
 
 def test_embedded_server_used_without_dsn(tmp_path, monkeypatch):
+    from _pg import reachable
     from jointembed_pg import embedded
 
     monkeypatch.delenv("DATABASE_URL", raising=False)
-    monkeypatch.setenv("JOINTEMBED_PGDATA", str(tmp_path / "pg"))
+    monkeypatch.setenv("JOINTEMBED_PGDATA", str(reachable(tmp_path) / "pg"))
     try:
         with db.connect() as conn:
             assert migrations.current_version(conn) == migrations.latest_version()
+            pid = conn.info.backend_pid and embedded.server(tmp_path / "pg").postmaster().pid
         with db.connect() as conn:  # reused, not started again
             assert conn.execute("SELECT 1").fetchone()[0] == 1
+            assert embedded.server(tmp_path / "pg").postmaster().pid == pid
     finally:
-        embedded.stop(tmp_path / "pg")
+        embedded.release(tmp_path / "pg")
+    assert not embedded.server(tmp_path / "pg").is_running()  # the last user released it
 
 
 def test_borrow_accepts_psycopg_and_sqlalchemy(pg_dsn):

@@ -6,7 +6,7 @@
 * :func:`stored_items`: what a collection holds, straight from its table;
 * :func:`edited_bundle`: a second bundle (another model id and/or dimension) made of
   links to the real bundle's files and an edited manifest;
-* :class:`OwnServer`: a dedicated pgserver cluster in a temporary directory that a test
+* :class:`OwnServer`: a dedicated embedded cluster in a temporary directory that a test
   may stop, restart, re-configure (``pg_hba.conf``) without touching the session server.
 """
 from __future__ import annotations
@@ -16,7 +16,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 import warnings
 from pathlib import Path
 
@@ -135,38 +134,33 @@ def wait_for(pred, timeout: float, step: float = 0.2) -> bool:
 
 
 def new_database(admin_dsn: str) -> str:
-    """A fresh database on the cluster of ``admin_dsn`` (a ``.../postgres?...`` URI)."""
-    name = "r_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(admin_dsn, autocommit=True) as c:
-        c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return admin_dsn.replace("/postgres?", f"/{name}?")
+    """A fresh database on the server of ``admin_dsn``."""
+    from _pg import new_database as _new
+
+    return _new(admin_dsn)
 
 
 class OwnServer:
-    """A pgserver cluster of its own (one per test module that needs to stop it).
+    """An embedded cluster of its own (one per test module that needs to stop it).
 
     ``stop()`` shuts the server down (fast: clients are disconnected), ``start()``
-    brings it back on the same socket directory, so DSNs stay valid.
+    brings it back on the same private socket directory, so DSNs stay valid.
     """
 
     def __init__(self, pgdata: Path):
-        import pgserver
+        from _pg import reachable
+        from jointembed_pg.embedded import EmbeddedServer
 
-        self.srv = pgserver.get_server(pgdata, cleanup_mode="stop")
-        self.pgdata = Path(self.srv.pgdata)
-        self.admin_dsn = self.srv.get_uri()
-        self.socket_dir = self.admin_dsn.split("host=", 1)[1].split("&")[0]
-
-    def _pg_ctl(self, args, timeout=30):
-        from pgserver._commands import pg_ctl
-
-        pg_ctl(args, pgdata=self.pgdata, user=self.srv.system_user, timeout=timeout)
+        self.srv = EmbeddedServer(reachable(Path(pgdata)) / "cluster")
+        self.pgdata = self.srv.pgdata
+        self.admin_dsn = self.srv.start(hold=True)
+        self.socket_dir = str(self.srv.run_dir)
 
     def stop(self) -> None:
-        self._pg_ctl(["-w", "-m", "fast", "stop"])
+        self.srv.stop()
 
     def start(self) -> None:
-        self._pg_ctl(["-w", "-o", '-h ""', "-o", f"-k {self.socket_dir}", "-l", str(self.pgdata / "log"), "start"])
+        self.srv.start(hold=True)
 
     def is_up(self) -> bool:
         try:
@@ -176,8 +170,4 @@ class OwnServer:
             return False
 
     def close(self) -> None:
-        # after a restart pgserver's handle points at the old postmaster and would not stop
-        # the new one: stop it here, then release the handle
-        if self.is_up():
-            self.stop()
-        self.srv.cleanup()
+        self.srv.stop()

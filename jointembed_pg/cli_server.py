@@ -1,0 +1,115 @@
+"""``jointembed server start / stop / status / dsn / upgrade``: the embedded PostgreSQL.
+
+The cluster is ``$JOINTEMBED_PGDATA`` (default ``<home>/pgdata``); see
+:mod:`jointembed_pg.embedded`. Registered on the main group by ``jointembed_pg.cli``.
+"""
+from __future__ import annotations
+
+import json
+
+import click
+
+
+def _errors():
+    from .cli import _errors as errors
+
+    return errors()
+
+
+@click.group()
+def server():
+    """The embedded PostgreSQL used when no --dsn / $DATABASE_URL is given."""
+
+
+def _srv():
+    from . import embedded
+
+    return embedded.server()
+
+
+@server.command("start")
+@click.option("--tcp", is_flag=True,
+              help="Also listen on 127.0.0.1 with a generated password (kept 0600 next to the data dir).")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
+              help="TCP port with --tcp (0: a free port).")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def server_start(tcp, port, as_json):
+    """Start the embedded server and keep it running until `jointembed server stop`.
+
+    Prints its DSN for psql or your app (with --tcp the password is shown as ***;
+    `jointembed server dsn --show-password` prints it).
+    """
+    with _errors():
+        srv = _srv()
+        srv.start(hold=True, tcp=tcp, port=port)
+        status = srv.status()
+    if as_json:
+        click.echo(json.dumps(status))
+        return
+    click.echo(status.get("tcp_dsn") or status["dsn"])
+    for db, old, new in srv.updated_extensions:
+        click.echo(f"updated pgvector in database {db}: {old} -> {new}", err=True)
+    click.echo(f"PostgreSQL {status.get('server_version')} (data {status['data_dir']}) runs until "
+               f"`jointembed server stop`", err=True)
+    if status.get("upgrade_available"):
+        click.echo(f"upgrade available: {status['upgrade_available']}", err=True)
+
+
+@server.command("stop")
+def server_stop():
+    """Stop the embedded server (clients are disconnected). A stopped server stays stopped."""
+    with _errors():
+        was = _srv().stop()
+    click.echo("stopped" if was else "not running")
+
+
+@server.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
+def server_status(as_json):
+    """Whether the server runs; its DSN, data directory and versions (exit 0 either way)."""
+    with _errors():
+        status = _srv().status()
+    if as_json:
+        click.echo(json.dumps(status))
+        return
+    click.echo(f"running:    {'yes (held by server start)' if status['running'] and status['held'] else 'yes' if status['running'] else 'no'}")
+    for key, label in (("dsn", "dsn"), ("tcp_dsn", "tcp dsn"), ("data_dir", "data dir"),
+                       ("socket_dir", "socket dir"), ("data_pg_major", "data made by PostgreSQL"),
+                       ("server_version", "server"), ("pgvector_available", "pgvector"), ("package", "package"),
+                       ("upgrade_available", "upgrade")):
+        if status.get(key) is not None:
+            click.echo(f"{label + ':':<11} {status[key]}")
+
+
+@server.command("dsn")
+@click.option("--show-password", is_flag=True, help="Print the TCP password in clear.")
+@click.option("--socket", "socket_only", is_flag=True, help="The Unix-socket DSN even when TCP is on.")
+def server_dsn(show_password, socket_only):
+    """Print the DSN of the running server (TCP DSN when it listens on TCP)."""
+    with _errors():
+        srv = _srv()
+        tcp = None if socket_only else srv.tcp_uri(show_password=show_password)
+        dsn = tcp or srv.uri()
+    if show_password and tcp:
+        import sys
+
+        out = sys.__stdout__  # explicitly asked for: past the CLI's secret scrubbing
+        out.write(dsn + "\n")
+        out.flush()
+        return
+    click.echo(dsn)
+
+
+@server.command("upgrade")
+def server_upgrade():
+    """Upgrade the cluster to the newest shipped PostgreSQL (pg_upgrade --copy as the server's
+    OS user); the old data directory is kept as a backup until you remove it."""
+    with _errors():
+        srv = _srv()
+        backup = srv.upgrade(log=lambda s: click.echo(s, err=True))
+        status = srv.status()
+    if backup is None:
+        click.echo(f"already on PostgreSQL {status['data_pg_major']}; nothing to do")
+        return
+    click.echo(f"upgraded to PostgreSQL {status['data_pg_major']}; backup of the old cluster: {backup}")
+    click.echo(f"check your data, then remove the backup: rm -rf {backup}")
