@@ -71,6 +71,7 @@ DECLARE
     old_max  text;
     old_path text;
     n        bigint;
+    coltype  text;   -- 'vector' or 'halfvec': the query is cast to the column's type
 BEGIN
     SELECT c.oid, format('%I.%I', ns.nspname, c.relname) INTO rel, tbl
     FROM pg_catalog.pg_type t
@@ -81,12 +82,14 @@ BEGIN
         RAISE EXCEPTION 'jointembed.knn: p_rows must be NULL cast to a table''s row type, got %',
             pg_typeof(p_rows) USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    SELECT a.atttypmod INTO dim FROM pg_catalog.pg_attribute a
+    SELECT a.atttypmod, t.typname INTO dim, coltype
+    FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
     WHERE a.attrelid = rel AND a.attname = 'embedding' AND NOT a.attisdropped
-      AND a.atttypid = format('%I.vector', vs)::regtype;
+      AND t.typnamespace = (SELECT e.extnamespace FROM pg_catalog.pg_extension e WHERE e.extname = 'vector')
+      AND t.typname IN ('vector', 'halfvec');
     IF NOT FOUND OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
                                 WHERE a.attrelid = rel AND a.attname = 'modality' AND NOT a.attisdropped) THEN
-        RAISE EXCEPTION 'jointembed.knn: table % has no columns embedding vector and modality', tbl
+        RAISE EXCEPTION 'jointembed.knn: table % has no columns embedding vector/halfvec and modality', tbl
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF p_k IS NULL OR p_k < 1 THEN
@@ -120,13 +123,14 @@ BEGIN
     -- $1 query, $2 limit, $3 args. Operators and functions are schema-qualified, so the
     -- caller's search_path (used for the filter) cannot change what they mean.
     ann_q := format('SELECT array_agg(s.i ORDER BY s.d) AS items, array_agg(s.d ORDER BY s.d) AS dists '
-                    'FROM (SELECT i, i.embedding OPERATOR(%1$I.<->) $1 AS d FROM %2$s i '
-                    'WHERE i.modality = %3$L%4$s ORDER BY i.embedding OPERATOR(%1$I.<->) $1 LIMIT $2) s',
-                    vs, tbl, p_modality, cond);
+                    'FROM (SELECT i, i.embedding OPERATOR(%1$I.<->) CAST($1 AS %1$I.%5$I) AS d FROM %2$s i '
+                    'WHERE i.modality = %3$L%4$s '
+                    'ORDER BY i.embedding OPERATOR(%1$I.<->) CAST($1 AS %1$I.%5$I) LIMIT $2) s',
+                    vs, tbl, p_modality, cond, coltype);
     exact_q := format('SELECT array_agg(s.i ORDER BY s.d) AS items, array_agg(s.d ORDER BY s.d) AS dists '
-                      'FROM (SELECT i, %1$I.l2_distance(i.embedding, $1) AS d FROM %2$s i '
+                      'FROM (SELECT i, %1$I.l2_distance(i.embedding, CAST($1 AS %1$I.%5$I)) AS d FROM %2$s i '
                       'WHERE i.modality = %3$L%4$s ORDER BY 2 LIMIT $2) s',
-                      vs, tbl, p_modality, cond);
+                      vs, tbl, p_modality, cond, coltype);
 
     IF p_filter IS NOT NULL THEN
         old_path := current_setting('search_path');
