@@ -26,6 +26,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from _pg import reachable
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BLOCK_RE = re.compile(r"^```(bash|sql)\n(.*?)^```", re.MULTILINE | re.DOTALL)
@@ -81,6 +82,7 @@ def test_readme_lists_commands_and_run_times():
 
 @pytest.fixture
 def sandbox(tmp_path, flickr8k_dir, bundle_dir, pg_dsn):
+    reachable(tmp_path)  # `jointembed server start` runs the embedded server as its own OS user
     home, work = tmp_path / "home", tmp_path / "work"
     (home / "photos").mkdir(parents=True)
     work.mkdir()
