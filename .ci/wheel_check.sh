@@ -24,6 +24,9 @@ fi
 data="$(cd "$data" && pwd)"
 python="${PYTHON:-python3}"
 work="$(mktemp -d "${TMPDIR:-/tmp}/jointembed-wheel.XXXXXX")"
+# As root the embedded server runs as its own OS user, which must reach the venv's server
+# binaries and the data dir under $work (mktemp makes it 0700); jointembed never loosens it.
+if [ "$(id -u)" = 0 ]; then chmod 711 "$work"; fi
 venv="$work/venv"
 cleanup() {
   if [ -x "$venv/bin/jointembed" ]; then
