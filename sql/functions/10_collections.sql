@@ -62,6 +62,8 @@ BEGIN
     END IF;
     UPDATE jointembed.collections t SET items_table = 'items_' || c.id
     WHERE t.id = c.id RETURNING t.* INTO c;
+    -- %2$s: format_type() of the extension's own type oid and the checked integer dim
+    -- (quoted and schema-qualified by format_type itself; nothing from a user or a row's text).
     EXECUTE format($ddl$
         CREATE TABLE jointembed.%1$I (
             id           bigserial   PRIMARY KEY,

@@ -55,7 +55,9 @@ RETURNS TABLE (item anyelement, distance float8)
 LANGUAGE plpgsql AS $fn$
 DECLARE
     rel      regclass;
-    tbl      text;           -- schema.table, quoted, valid under any search_path
+    tbl      text;           -- schema.table, for messages only (SQL uses nsp/relname with %I)
+    nsp      name;
+    relname  name;
     vs       name := jointembed._vector_schema();
     dim      integer;
     cond     text := '';
@@ -73,7 +75,7 @@ DECLARE
     n        bigint;
     coltype  text;   -- 'vector' or 'halfvec': the query is cast to the column's type
 BEGIN
-    SELECT c.oid, format('%I.%I', ns.nspname, c.relname) INTO rel, tbl
+    SELECT c.oid, format('%I.%I', ns.nspname, c.relname), ns.nspname, c.relname INTO rel, tbl, nsp, relname
     FROM pg_catalog.pg_type t
     JOIN pg_catalog.pg_class c ON c.oid = t.typrelid
     JOIN pg_catalog.pg_namespace ns ON ns.oid = c.relnamespace
@@ -118,19 +120,21 @@ BEGIN
     END IF;
 
     IF p_filter IS NOT NULL THEN
-        cond := format(' AND (%s)', p_filter);
+        -- p_filter is the calling application's own SQL (Python `where=`), never data: its
+        -- values travel in p_args ($3). knn is SECURITY INVOKER and runs it under the
+        -- caller's search_path and privileges, so it can do nothing the caller could not.
+        cond := ' AND (' || p_filter || ')';
     END IF;
     -- $1 query, $2 limit, $3 args. Operators and functions are schema-qualified, so the
     -- caller's search_path (used for the filter) cannot change what they mean.
     ann_q := format('SELECT array_agg(s.i ORDER BY s.d) AS items, array_agg(s.d ORDER BY s.d) AS dists '
-                    'FROM (SELECT i, i.embedding OPERATOR(%1$I.<->) CAST($1 AS %1$I.%5$I) AS d FROM %2$s i '
-                    'WHERE i.modality = %3$L%4$s '
-                    'ORDER BY i.embedding OPERATOR(%1$I.<->) CAST($1 AS %1$I.%5$I) LIMIT $2) s',
-                    vs, tbl, p_modality, cond, coltype);
+                    'FROM (SELECT i, i.embedding OPERATOR(%1$I.<->) CAST($1 AS %1$I.%4$I) AS d FROM %2$I.%5$I i '
+                    'WHERE i.modality = %3$L', vs, nsp, p_modality, coltype, relname)
+             || cond || format(' ORDER BY i.embedding OPERATOR(%1$I.<->) CAST($1 AS %1$I.%2$I) LIMIT $2) s', vs, coltype);
     exact_q := format('SELECT array_agg(s.i ORDER BY s.d) AS items, array_agg(s.d ORDER BY s.d) AS dists '
-                      'FROM (SELECT i, %1$I.l2_distance(i.embedding, CAST($1 AS %1$I.%5$I)) AS d FROM %2$s i '
-                      'WHERE i.modality = %3$L%4$s ORDER BY 2 LIMIT $2) s',
-                      vs, tbl, p_modality, cond, coltype);
+                      'FROM (SELECT i, %1$I.l2_distance(i.embedding, CAST($1 AS %1$I.%4$I)) AS d FROM %2$I.%5$I i '
+                      'WHERE i.modality = %3$L', vs, nsp, p_modality, coltype, relname)
+               || cond || ' ORDER BY 2 LIMIT $2) s';
 
     IF p_filter IS NOT NULL THEN
         old_path := current_setting('search_path');
@@ -138,8 +142,8 @@ BEGIN
     END IF;
 
     IF NOT p_exact AND p_filter IS NOT NULL AND cap > 0 THEN
-        EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM %s i WHERE i.modality = %L%s LIMIT $2) s',
-                       tbl, p_modality, cond) INTO n USING p_query, cap + 1, args;
+        EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM %I.%I i WHERE i.modality = %L', nsp, relname, p_modality)
+                || cond || ' LIMIT $2) s' INTO n USING p_query, cap + 1, args;
         p_exact := n <= cap;
         RAISE DEBUG 'jointembed.knn: the filter matches % rows (exact_below %)', CASE WHEN p_exact THEN n::text ELSE 'more than ' || cap END, cap;
     END IF;

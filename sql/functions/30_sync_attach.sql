@@ -56,7 +56,8 @@ END
 $fn$;
 
 -- The user's table of an attachment as a regclass (rendered quoted and, when not on the
--- current search_path, schema-qualified: safe to format with %s).
+-- current search_path, schema-qualified by regclass's output function from the live oid,
+-- never from the stored table_name text: safe to format with %s).
 CREATE OR REPLACE FUNCTION jointembed._sync_rel(a jointembed.attachments)
 RETURNS regclass
 LANGUAGE plpgsql STABLE AS $fn$
