@@ -36,7 +36,7 @@ from psycopg import sql
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks import machine, synth  # noqa: E402
+from benchmarks import machine, synth, timing  # noqa: E402
 from benchmarks.env import Database  # noqa: E402
 from jointembed_pg import indexing  # noqa: E402
 
@@ -203,11 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", type=Path, help="also write the raw results here")
     a = p.parse_args(argv)
     r = run(a.rows, a.dim, a.dsn)
-    text = render(r)
-    a.out.write_text(text)
-    if a.json:
-        a.json.write_text(json.dumps(r, indent=1))
-    print(text)
+    timing.emit(r, render(r), a.out, a.json)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks import index_bench, machine, synth  # noqa: E402
 from benchmarks.env import Database  # noqa: E402
 from benchmarks.index_build import vectors  # noqa: E402
+from benchmarks import timing  # noqa: E402
 from benchmarks.timing import percentiles_ms  # noqa: E402
 
 OUT = REPO / "docs" / "BENCHMARKS_STORAGE.md"
@@ -122,11 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", type=Path, help="also write the raw results here")
     a = p.parse_args(argv)
     r = run(a.rows, a.dim, a.queries, a.dsn)
-    text = render(r)
-    a.out.write_text(text)
-    if a.json:
-        a.json.write_text(json.dumps(r, indent=1))
-    print(text)
+    timing.emit(r, render(r), a.out, a.json)
 
 
 if __name__ == "__main__":

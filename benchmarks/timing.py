@@ -38,3 +38,14 @@ def percentiles_ms(seconds: Sequence[float]) -> dict[str, float]:
     out = {f"p{p}": float(np.percentile(a, p)) for p in PERCENTILES}
     out["mean"], out["n"] = float(a.mean()), int(a.size)
     return out
+
+
+def emit(results: dict, text: str, out, json_path=None) -> None:
+    """Write a benchmark's markdown ``text`` to ``out`` (and the raw ``results`` as JSON to
+    ``json_path`` when given), then print the markdown."""
+    import json
+
+    out.write_text(text)
+    if json_path:
+        json_path.write_text(json.dumps(results, indent=1))
+    print(text)
