@@ -1,0 +1,1 @@
+"""Collections in PostgreSQL: Store/Collection, k-NN queries, HNSW index builds, SQLAlchemy."""

@@ -1,0 +1,1 @@
+"""The embedded PostgreSQL + pgvector used when no DSN is given."""

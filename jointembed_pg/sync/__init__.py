@@ -1,0 +1,1 @@
+"""Attached user tables: catalog (attach/detach/status), queue drain, long-running worker, reembed."""
