@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from jointembed_pg import flickr8k
+from jointembed_pg.ingest import flickr8k
 
 #: Split order items are taken in: ingest takes the first ones, queries the last ones.
 SPLIT_ORDER = ("test", "dev", "train")

@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks import machine  # noqa: E402
-from jointembed_pg import distributed, flickr8k, ingest, readers  # noqa: E402
+from jointembed_pg.ingest import distributed, flickr8k, pipeline as ingest, readers  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "flickr8k"
 OUT = REPO / "docs" / "BENCHMARKS_DISTRIBUTED.md"
@@ -60,8 +60,8 @@ def _inputs(data: Path, n_images: int, n_captions: int, tmp: Path) -> tuple[list
 
 def _single(dsn: str, bundle_dir: Path, modality: str, name: str, work, threads: int | None = None
             ) -> ingest.IngestReport:
-    from jointembed_pg.bundle import Bundle
-    from jointembed_pg.store import Store
+    from jointembed_pg.model.bundle import Bundle
+    from jointembed_pg.search.store import Store
 
     bundle = Bundle.load(bundle_dir, intra_op_threads=threads)
     with Store(dsn) as store:
@@ -75,7 +75,7 @@ def _identical(dsn: str, a: str, b: str) -> bool:
     """Whether collections ``a`` and ``b`` hold the same keys, hashes and embeddings (text form)."""
     from psycopg import sql
 
-    from jointembed_pg.store import Store
+    from jointembed_pg.search.store import Store
 
     with Store(dsn) as store:
         ta, tb = store.collection(a).table_ident, store.collection(b).table_ident
@@ -192,8 +192,8 @@ def _probe(coll, base: np.ndarray, queries: np.ndarray, loaded: int, n: int, rng
 
 def ceilings(dsn: str, bundle_dir: Path, images: list[Path], sizes: list[int]) -> list[dict]:
     """Grow one collection through ``sizes`` and probe it at each (see the module docstring)."""
-    from jointembed_pg.bundle import Bundle
-    from jointembed_pg.store import Store
+    from jointembed_pg.model.bundle import Bundle
+    from jointembed_pg.search.store import Store
 
     rng = np.random.default_rng(0)
     bundle = Bundle.load(bundle_dir)
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-dir", type=Path, default=DATA)
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
-    from jointembed_pg.embedded import EmbeddedServer
+    from jointembed_pg.server.embedded import EmbeddedServer
 
     sizes = [int(s) for s in args.ceilings.split(",") if s.strip()]
     with tempfile.TemporaryDirectory(prefix="je_bench_dist_") as tmp:

@@ -3,7 +3,7 @@
 ``python -m benchmarks.encoders [--quick] [--bundle DIR] [--int8-bundle DIR] [--out FILE]``
 
 One run, same inputs for every engine: real Flickr8K test images (preprocessed once with
-the bundle's :class:`~jointembed_pg.preprocess.ImageSpec`; decoding is timed separately)
+the bundle's :class:`~jointembed_pg.model.preprocess.ImageSpec`; decoding is timed separately)
 and their captions (tokenisation *included* for every engine, as a user pays it). Each
 cell is the best of ``rounds`` measurements of items per second, each over at least
 ``min_seconds`` of back-to-back calls after a short warm-up call; the engines take turns
@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from jointembed_pg import paths
-from jointembed_pg.bundle import Bundle
+from jointembed_pg.model.bundle import Bundle
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "docs" / "BENCHMARKS_ENCODERS.md"

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import psycopg
 
-from jointembed_pg import db, flickr8k, paths
-from jointembed_pg.bundle import Bundle
-from jointembed_pg.store import Store
+from jointembed_pg import db, paths
+from jointembed_pg.ingest import flickr8k
+from jointembed_pg.model.bundle import Bundle
+from jointembed_pg.search.store import Store
 
 from .config import TEST_BUNDLE
 
@@ -73,7 +74,7 @@ class Database:
     def open(cls, dsn: str | None) -> "Database":
         if dsn:
             return cls(dsn)
-        from jointembed_pg.embedded import EmbeddedServer
+        from jointembed_pg.server.embedded import EmbeddedServer
 
         tmp = Path(tempfile.mkdtemp(prefix="jointembed-bench-pg-"))
         if os.geteuid() == 0:

@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks import machine, synth, timing  # noqa: E402
 from benchmarks.env import Database  # noqa: E402
-from jointembed_pg import indexing  # noqa: E402
+from jointembed_pg.search import indexing  # noqa: E402
 
 OUT = REPO / "docs" / "BENCHMARKS_INDEX_BUILD.md"
 #: Seconds between the writer's single-row inserts.

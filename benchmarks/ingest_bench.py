@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from jointembed_pg import ingest, preprocess, readers
-from jointembed_pg.readers import PathRecord, TextRecord
+from jointembed_pg.ingest import pipeline as ingest, readers
+from jointembed_pg.model import preprocess
+from jointembed_pg.ingest.readers import PathRecord, TextRecord
 
 from .timing import Stopwatch, rate
 

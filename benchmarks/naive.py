@@ -14,7 +14,7 @@ import psycopg
 from pgvector.psycopg import register_vector
 from psycopg import sql
 
-from jointembed_pg import preprocess
+from jointembed_pg.model import preprocess
 
 from .timing import Stopwatch, rate
 

@@ -130,7 +130,7 @@ def _reproduce(results: dict) -> str:
         "python -m benchmarks --quick    # smoke run (< 2 min), tiny sizes\n"
         "python -m benchmarks --million  # force the 1M HNSW build + sweep (else: only if it fits --budget-min 27)\n"
         "python -m benchmarks --dsn postgresql://user@host/db --out /tmp/b.md   # another server\n```\n\n"
-        "By default the run starts a throw-away embedded PostgreSQL (jointembed_pg.embedded) in a temporary "
+        "By default the run starts a throw-away embedded PostgreSQL (jointembed_pg.server.embedded) in a temporary "
         "directory and deletes it afterwards; with `--dsn` it creates and drops its own collections. "
         f"The model bundle is `{_rel(results['bundle']['path'])}` (built from `training/weights/default.pt` "
         "by `jointembed_export.build.build_default_bundle` when missing, as the tests do). Images and captions "

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jointembed_pg.bundle import Bundle
+from jointembed_pg.model.bundle import Bundle
 
 from . import data, env, ingest_bench, limit, machine, naive, query_bench, scale, synth
 from .config import DEFAULT_CHECKPOINT, BenchConfig

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from psycopg import sql
 
-from jointembed_pg import sync
+from jointembed_pg.sync import catalog as sync
 
 from .env import Database
 

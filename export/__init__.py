@@ -1,6 +1,6 @@
 """export: turn a trained checkpoint into a model bundle (ONNX encoders + manifest).
 
-Needs the ``[export]`` extra (torch, onnx). The runtime (:mod:`jointembed_pg.bundle`) reads
+Needs the ``[export]`` extra (torch, onnx). The runtime (:mod:`jointembed_pg.model.bundle`) reads
 what this package writes and never imports it. Entry points live in :mod:`jointembed_export.build`:
 ``build_bundle``, ``build_default_bundle``, ``bundle_is_current``, ``verify_parity``;
 the int8 variant in :mod:`jointembed_export.int8`.

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from jointembed_pg import paths
-from jointembed_pg.bundle import IMAGE_ONNX, TEXT_ONNX, TOKENIZER, Bundle, read_manifest, sha256_file, validate_manifest
+from jointembed_pg.model.bundle import (IMAGE_ONNX, TEXT_ONNX, TOKENIZER, Bundle, read_manifest, sha256_file,
+                                        validate_manifest)
 from jointembed_pg.errors import BundleError
-from jointembed_pg.preprocess import ImageSpec
+from jointembed_pg.model.preprocess import ImageSpec
 
 from . import ExportError, graphs, parity
 from .manifest import ExportOptions, make_manifest, make_model_id, write_manifest

@@ -1,7 +1,7 @@
 """Flickr8K-layout data for parity checks and int8 evaluation (read in place).
 
 A thin view over :func:`jointembed_train.data.load_flickr8k` (images in name order), which
-parses with :mod:`jointembed_pg.flickr8k`, the one Flickr8K reader of the project.
+parses with :mod:`jointembed_pg.ingest.flickr8k`, the one Flickr8K reader of the project.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jointembed_pg import flickr8k
+from jointembed_pg.ingest import flickr8k
 from jointembed_pg.errors import InputError
 
 from . import ExportError

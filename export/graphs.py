@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from jointembed_pg.bundle import INPUTS, OUTPUTS
+from jointembed_pg.model.bundle import INPUTS, OUTPUTS
 
 from . import ExportError
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jointembed_pg.bundle import IMAGE_ONNX, TEXT_ONNX, TOKENIZER, Bundle
+from jointembed_pg.model.bundle import IMAGE_ONNX, TEXT_ONNX, TOKENIZER, Bundle
 from jointembed_pg.metrics import retrieval_metrics
 
 from . import ExportError

@@ -1,7 +1,7 @@
 """The bundle manifest (``manifest.json``, schema 1) as the exporter writes it.
 
 Field meanings are Contract 2 of docs/DESIGN.md. The exporter builds a typed
-:class:`jointembed_pg.manifest.Manifest` (the reader's model, so its checks run before
+:class:`jointembed_pg.model.manifest.Manifest` (the reader's model, so its checks run before
 anything is written) and writes its JSON. ``model_id`` hashes the checkpoint bytes and the
 export options, so two bundles share an id exactly when they embed identically.
 """
@@ -16,10 +16,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from jointembed_pg.bundle import sha256_file
-from jointembed_pg.manifest import BUNDLE_FILES, MANIFEST, FileEntry, Manifest
-from jointembed_pg.preprocess import ImageSpec
-from jointembed_pg.text import DEFAULT_MAX_TOKENS
+from jointembed_pg.model.bundle import sha256_file
+from jointembed_pg.model.manifest import BUNDLE_FILES, MANIFEST, FileEntry, Manifest
+from jointembed_pg.model.preprocess import ImageSpec
+from jointembed_pg.model.text import DEFAULT_MAX_TOKENS
 
 #: Bump when the exporter's output changes for the same checkpoint: changes model_id and
 #: makes :func:`jointembed_export.build.bundle_is_current` rebuild cached bundles.

@@ -1,6 +1,6 @@
 """Parity: the exported ONNX encoders (run by the runtime) against the PyTorch encoders.
 
-Both sides get identical inputs: pixels from :func:`jointembed_pg.preprocess.load` (the
+Both sides get identical inputs: pixels from :func:`jointembed_pg.model.preprocess.load` (the
 runtime's own preprocessing) and token ids from the bundle's tokenizer. Real Flickr8K test
 images and captions are used when a data directory is given, otherwise a few synthetic
 inputs. Any difference above ``atol`` fails the export.
@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from jointembed_pg.bundle import Bundle
-from jointembed_pg.preprocess import ImageSpec, load as load_image
+from jointembed_pg.model.bundle import Bundle
+from jointembed_pg.model.preprocess import ImageSpec, load as load_image
 
 from . import ExportError
 from .data import is_flickr8k, load_split

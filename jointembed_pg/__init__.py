@@ -17,10 +17,10 @@ from .errors import (  # noqa: F401
 )
 
 _LAZY = {
-    "Bundle": ("bundle", "Bundle"),
-    "Store": ("store", "Store"),
-    "Collection": ("store", "Collection"),
-    "Hit": ("search", "Hit"),
+    "Bundle": ("model.bundle", "Bundle"),
+    "Store": ("search.store", "Store"),
+    "Collection": ("search.store", "Collection"),
+    "Hit": ("search.knn", "Hit"),
     "connect": ("db", "connect"),
 }
 

@@ -23,7 +23,8 @@ from pgvector.psycopg.vector import register_vector_info
 from psycopg import sql
 from psycopg.types import TypeInfo
 
-from . import embedded, migrations, settings
+from .server import embedded
+from . import migrations, settings
 from .errors import DatabaseError, ambiguous_url, libpq_message, redact_dsn, register_dsn, scrub
 
 #: Seconds to wait for a server before giving up (unless the DSN sets connect_timeout).

@@ -4,7 +4,7 @@ Every error the library raises on purpose is a :class:`JointEmbedError`, so call
 the CLI, which turns them into one-line messages with a non-zero exit code) can catch
 one type. Messages name the offending value or path.
 
-The CLI's rule (``jointembed_pg.cli.USER_ERRORS``): ``JointEmbedError``, ``OSError`` and
+The CLI's rule (``jointembed_pg.cli.options.USER_ERRORS``): ``JointEmbedError``, ``OSError`` and
 click's own usage errors become one line on stderr; anything else (a bare ``ValueError``,
 ``TypeError``, ...) is a bug and keeps its traceback.
 

@@ -1,8 +1,8 @@
 """Per-item limits on untrusted input: one set, applied by every path that reads items.
 
 ``jointembed index``, ``search image``, ``sync``, ``worker`` and the Ray backfill all read
-images and captions through :mod:`jointembed_pg.files`, :mod:`jointembed_pg.preprocess`,
-:mod:`jointembed_pg.sandbox` and :mod:`jointembed_pg.readers`, which take their bounds from
+images and captions through :mod:`jointembed_pg.files`, :mod:`jointembed_pg.model.preprocess`,
+:mod:`jointembed_pg.ingest.sandbox` and :mod:`jointembed_pg.ingest.readers`, which take their bounds from
 one :class:`Limits`. The defaults below hold unless an environment variable overrides them
 (read by :meth:`Limits.from_env`; an invalid value is an :class:`InputError` at start-up):
 

@@ -1,7 +1,7 @@
 """Cross-modal retrieval metrics: R@K, medr and rsum for i2t and t2i (numpy only).
 
 The one implementation used by training (dev/test selection), ``jointembed eval`` (from
-ranks computed in SQL by :mod:`jointembed_pg.evaluate`), the exporter's int8 comparison
+ranks computed in SQL by :mod:`jointembed_pg.evaluation.evaluate`), the exporter's int8 comparison
 and the benchmarks. The protocol is docs/METHOD.md, "Evaluation protocol":
 
 * ranking is by L2 distance (smaller is closer);

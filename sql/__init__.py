@@ -7,5 +7,5 @@
   signature or parameter names change must be dropped first in its file
   (``DROP FUNCTION IF EXISTS jointembed.f(old argument types);``).
 * ``_bootstrap.sql``: extension, schema and bookkeeping tables (idempotent).
-* ``queries.sql``: named query templates (``-- name: ...``) used by :mod:`jointembed_pg.store`.
+* ``queries.sql``: named query templates (``-- name: ...``) used by :mod:`jointembed_pg.search.store`.
 """

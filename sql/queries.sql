@@ -1,4 +1,4 @@
--- Named query templates for jointembed_pg.store / jointembed_pg.search.
+-- Named query templates for jointembed_pg.search.store / jointembed_pg.search.knn.
 -- Each block starts with "-- name: <name>". Values are bound parameters (%(name)s);
 -- {braced} names are identifiers/literals composed with psycopg.sql (Identifier/Literal).
 -- The items table is always aliased "i" so caller filters can refer to i.<column>.

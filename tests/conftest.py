@@ -5,7 +5,7 @@ bundle exported from the committed weights (built once per session).
 The server: ``--test-dsn DSN`` (or ``$JOINTEMBED_TEST_DSN``) runs the whole suite against
 any PostgreSQL with pgvector (the DSN's role needs CREATEDB; tests create databases
 ``t_<random>`` on it); without it, a private embedded cluster
-(:class:`jointembed_pg.embedded.EmbeddedServer`) in the session's temp dir. If neither
+(:class:`jointembed_pg.server.embedded.EmbeddedServer`) in the session's temp dir. If neither
 starts, the run stops at once with one message.
 
 ``@pytest.mark.pgvector_min("0.8")`` skips a test, with the reason, when the server's
@@ -32,7 +32,7 @@ _OWN_BASETEMP: list[str] = []
 
 
 #: A test file that names one of these needs a database (``--db-only`` keeps just those files).
-DB_MARKERS = ("pg_dsn", "module_pg_dsn", "pg_admin_dsn", "own_server", "jointembed_pg.embedded",
+DB_MARKERS = ("pg_dsn", "module_pg_dsn", "pg_admin_dsn", "own_server", "jointembed_pg.server.embedded",
               "import embedded", "Store(", "db.connect")
 
 
@@ -91,7 +91,7 @@ def pg_admin_dsn(request, tmp_path_factory) -> str:
     """DSN of the session server's ``postgres`` database (for CREATE DATABASE)."""
     import psycopg
 
-    from jointembed_pg import embedded
+    from jointembed_pg.server import embedded
     from jointembed_pg.errors import redact_dsn, scrub
 
     dsn = request.config.getoption("--test-dsn")
@@ -172,7 +172,7 @@ def bundle_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def bundle(bundle_dir):
-    """The loaded runtime :class:`jointembed_pg.bundle.Bundle` for ``bundle_dir``."""
-    from jointembed_pg.bundle import Bundle
+    """The loaded runtime :class:`jointembed_pg.model.bundle.Bundle` for ``bundle_dir``."""
+    from jointembed_pg.model.bundle import Bundle
 
     return Bundle.load(bundle_dir)

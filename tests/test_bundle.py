@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from jointembed_pg import BundleError, InputError
-from jointembed_pg.bundle import BUNDLE_FILES, Bundle
-from jointembed_pg.preprocess import ImageSpec
-from jointembed_pg.text import TruncationWarning
+from jointembed_pg.model.bundle import BUNDLE_FILES, Bundle
+from jointembed_pg.model.preprocess import ImageSpec
+from jointembed_pg.model.text import TruncationWarning
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -121,7 +121,7 @@ def test_unparsable_or_missing_manifest(bundle_dir: Path, tmp_path: Path):
 @pytest.mark.flickr8k
 def test_runtime_never_imports_torch(bundle_dir: Path, images):
     code = (
-        "import jointembed_pg, sys; from jointembed_pg.bundle import Bundle; "
+        "import jointembed_pg, sys; from jointembed_pg.model.bundle import Bundle; "
         f"b = Bundle.load({str(bundle_dir)!r}); "
         f"e = b.encode_images([{str(images[0])!r}]); t = b.encode_texts(['a dog']); "
         "assert e.shape == t.shape == (1, b.dim); "

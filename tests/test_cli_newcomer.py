@@ -119,7 +119,7 @@ def test_collections_drop_asks_on_a_terminal(monkeypatch, flickr8k_dir, bundle_d
 
     run(["index", "image", *_images(flickr8k_dir, 1), "--collection", "keep", *_args(pg_dsn, bundle_dir)],
         check_rc=0)
-    monkeypatch.setattr("jointembed_pg.cli_collections._interactive", lambda: True)
+    monkeypatch.setattr("jointembed_pg.cli.collections._interactive", lambda: True)
     res = CliRunner().invoke(cli, ["collections", "drop", "keep", "--dsn", pg_dsn], input="n\n")
     assert res.exit_code == 0 and "Drop collection 'keep' (1 images" in res.output and "not dropped" in res.output
     res = CliRunner().invoke(cli, ["collections", "drop", "keep", "--dsn", pg_dsn], input="y\n")
@@ -181,7 +181,7 @@ def test_demo_prints_collection_next_steps_and_marks_ground_truth(tmp_path, mini
 
 
 def test_library_prints_go_to_stderr_during_a_build(capsys):
-    from jointembed_pg.cli_model import quiet_stdout
+    from jointembed_pg.cli.options import quiet_stdout
 
     with quiet_stdout():
         print("Loaded pretrained weights for efficientnet-lite0")
@@ -255,7 +255,7 @@ def test_one_rule_for_one_line_errors(monkeypatch, capsys, exc, one_line):
 
 def test_bad_collection_name_is_an_argument_error_not_a_bare_value_error(pg_dsn):
     from jointembed_pg.errors import ArgumentError, JointEmbedError
-    from jointembed_pg.store import Store
+    from jointembed_pg.search.store import Store
 
     with Store(pg_dsn) as store, pytest.raises(ArgumentError) as e:
         store.collection("", model_id="m", dim=4, create=True)

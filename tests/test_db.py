@@ -124,7 +124,7 @@ def test_database_url_environment(pg_dsn, monkeypatch):
 
 def test_embedded_server_used_without_dsn(tmp_path, monkeypatch):
     from _pg import reachable
-    from jointembed_pg import embedded
+    from jointembed_pg.server import embedded
 
     monkeypatch.delenv("DATABASE_URL", raising=False)
     monkeypatch.setenv("JOINTEMBED_PGDATA", str(reachable(tmp_path) / "pg"))
@@ -141,7 +141,7 @@ def test_embedded_server_used_without_dsn(tmp_path, monkeypatch):
 
 
 def test_borrow_accepts_psycopg_and_sqlalchemy(pg_dsn):
-    from jointembed_pg.sqla import create_engine
+    from jointembed_pg.search.sqla import create_engine
 
     engine = create_engine(pg_dsn)
     with db.borrow(engine) as conn:

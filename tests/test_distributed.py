@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jointembed_pg import distributed, flickr8k, ingest, readers
+from jointembed_pg.ingest import distributed, flickr8k, pipeline as ingest, readers
 from jointembed_pg.errors import JointEmbedError
 
 N_ITEMS = 1000
@@ -90,7 +90,7 @@ def test_worker_errors_come_out_as_our_errors():
 def test_cli_command_is_registered():
     from click.testing import CliRunner
 
-    from jointembed_pg import cli_distributed
+    from jointembed_pg.cli import distributed as cli_distributed
     from jointembed_pg.cli import cli
 
     result = CliRunner().invoke(cli, ["index-distributed", "images", "--help"])
@@ -126,7 +126,7 @@ def caption_file(flickr8k_dir, tmp_path_factory) -> Path:
 
 
 def _open(dsn, name, bundle=None):
-    from jointembed_pg.store import Store
+    from jointembed_pg.search.store import Store
 
     store = Store(dsn)
     if bundle is None:
@@ -247,7 +247,7 @@ def _kill_session(proc: subprocess.Popen) -> None:
 @pytest.mark.slow
 @pytest.mark.flickr8k
 def test_worker_killed_mid_job_is_retried_without_duplicates(module_pg_dsn, bundle_dir, image_dir, reference):
-    proc = _start(["-m", "jointembed_pg.cli_distributed", "index-distributed", "images", *map(str, _paths(image_dir)),
+    proc = _start(["-m", "jointembed_pg", "index-distributed", "images", *map(str, _paths(image_dir)),
                    "--collection", "ray_worker_killed", "--dsn", module_pg_dsn, "--bundle", str(bundle_dir),
                    "--engine", "ray", "--workers", str(WORKERS), "--json", "--no-progress"])
     try:

@@ -21,9 +21,9 @@ from jointembed_export.build import (  # noqa: E402
 from jointembed_export.data import load_split  # noqa: E402
 from jointembed_export.manifest import ExportOptions, make_model_id  # noqa: E402
 from jointembed_export.parity import PARITY_ATOL, load_pixels, torch_image, torch_text  # noqa: E402
-from jointembed_pg.bundle import BUNDLE_FILES, sha256_file  # noqa: E402
-from jointembed_pg.cli_model import model as model_cli  # noqa: E402
-from jointembed_pg.preprocess import ImageSpec  # noqa: E402
+from jointembed_pg.model.bundle import BUNDLE_FILES, sha256_file  # noqa: E402
+from jointembed_pg.cli.model import model as model_cli  # noqa: E402
+from jointembed_pg.model.preprocess import ImageSpec  # noqa: E402
 
 
 def _checkpoint() -> Path | None:

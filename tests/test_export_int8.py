@@ -11,7 +11,7 @@ pytest.importorskip("torch")
 
 from jointembed_export import ExportError  # noqa: E402
 from jointembed_export.int8 import build_int8_bundle  # noqa: E402
-from jointembed_pg.bundle import Bundle  # noqa: E402
+from jointembed_pg.model.bundle import Bundle  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.flickr8k]
 

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 from jointembed_export.build import build_bundle  # noqa: E402
 from jointembed_export.parity import PARITY_ATOL  # noqa: E402
-from jointembed_pg.bundle import Bundle  # noqa: E402
+from jointembed_pg.model.bundle import Bundle  # noqa: E402
 from jointembed_train import checkpoint  # noqa: E402
 from jointembed_train.config import TrainConfig  # noqa: E402
 from jointembed_train.model import JointHeads  # noqa: E402

@@ -1,4 +1,4 @@
-"""jointembed_pg.flickr8k: the one Flickr8K reader, used by eval/demo, training and export."""
+"""jointembed_pg.ingest.flickr8k: the one Flickr8K reader, used by eval/demo, training and export."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jointembed_pg import flickr8k
+from jointembed_pg.ingest import flickr8k
 from jointembed_pg.errors import InputError
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from jointembed_pg.gallery import write_gallery
-from jointembed_pg.search import Hit
+from jointembed_pg.evaluation.gallery import write_gallery
+from jointembed_pg.search.knn import Hit
 
 
 def test_gallery_is_self_contained_and_escaped(tmp_path):

@@ -25,8 +25,8 @@ import pytest
 from psycopg import sql
 
 import _hostile
-from jointembed_pg.readers import printable
-from jointembed_pg.sources import URL_MAX_BYTES
+from jointembed_pg.ingest.readers import printable
+from jointembed_pg.ingest.sources import URL_MAX_BYTES
 from test_reliability_support import cli, cli_env, cli_popen, flickr_images, scenario, stored_items
 
 pytest_plugins = ["_reliability"]
@@ -452,7 +452,7 @@ def test_decoder_crash_fails_only_that_row(drip_table, observe):
         time.sleep(0.5)
         for k in psutil.Process(proc.pid).children(recursive=True):
             # the decoder holding the dripping connection (others may be busy with good rows)
-            if "jointembed_pg.sandbox" in " ".join(k.cmdline()) and k.net_connections(kind="tcp"):
+            if "jointembed_pg.ingest.sandbox" in " ".join(k.cmdline()) and k.net_connections(kind="tcp"):
                 killed.append(k.pid)
                 os.kill(k.pid, signal.SIGKILL)
 

@@ -15,9 +15,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from jointembed_pg import db, indexing
+from jointembed_pg import db
+from jointembed_pg.search import indexing
 from jointembed_pg.errors import DatabaseError, ModelMismatchError
-from jointembed_pg.store import Store
+from jointembed_pg.search.store import Store
 
 D = 32
 
@@ -204,7 +205,7 @@ def test_memory_estimate_matches_pgvector(pg_dsn, caplog):
         coll.upsert(_rows(n))
         with store.connection() as conn:
             conn.execute("SET max_parallel_maintenance_workers = 0")
-        caplog.set_level(logging.INFO, logger="jointembed_pg.indexing")
+        caplog.set_level(logging.INFO, logger="jointembed_pg.search.indexing")
         coll.ensure_index(modalities=["image"], m=m, maintenance_work_mem=need)
         assert coll.last_builds[0].notices == []
         with store.connection() as conn:

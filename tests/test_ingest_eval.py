@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from psycopg import sql
 
-from jointembed_pg import flickr8k, ingest, readers
-from jointembed_pg.evaluate import evaluate_split, sql_ranks
+from jointembed_pg.ingest import flickr8k, pipeline as ingest, readers
+from jointembed_pg.evaluation.evaluate import evaluate_split, sql_ranks
 from jointembed_pg.metrics import ranks as in_memory_ranks, ranks_to_metrics
-from jointembed_pg.store import Store
+from jointembed_pg.search.store import Store
 
 N_IMAGES = 120
 

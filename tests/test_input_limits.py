@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jointembed_pg import files, preprocess, readers
+from jointembed_pg import files
+from jointembed_pg.model import preprocess
+from jointembed_pg.ingest import readers
 from jointembed_pg.errors import InputError
 from jointembed_pg.limits import Limits
 

@@ -24,8 +24,26 @@ PACKAGES = {"jointembed_pg": REPO / "jointembed_pg", "jointembed_train": REPO / 
 FOLDER_NAMES = ("training", "export")
 #: What the runtime must never import (also lazily).
 RUNTIME_FORBIDDEN = ("torch", "jointembed_train", "jointembed_export", *FOLDER_NAMES)
-CLI_CIRCLE_REASON = ("jointembed_pg.cli <-> cli_* circle: the CLI is being restructured into a package "
-                     "with add_command (issue 15, item 1)")
+
+#: The runtime's units (docs/DESIGN.md, "Dependency rule"): each top-level module of
+#: ``jointembed_pg`` belongs to ``base`` or ``db``; every other module to its subpackage.
+BASE = {"errors", "settings", "paths", "files", "limits", "progress", "suggest", "metrics"}
+DB = {"db", "migrations"}
+#: unit -> the units it may import (besides itself). A DAG: the order of this dict is a
+#: topological order, so no unit imports one listed after it.
+ALLOWED = {
+    "base": set(),
+    "server": {"base"},
+    "db": {"base", "server"},
+    "model": {"base"},
+    "search": {"base", "db", "model"},
+    "ingest": {"base", "db", "model", "search"},
+    "sync": {"base", "db", "model", "ingest"},
+    "evaluation": {"base", "db", "model", "search", "ingest"},
+    "api": {"base", "db", "server", "model", "search", "ingest", "sync", "evaluation"},  # jointembed_pg/__init__
+    "cli": {"base", "db", "server", "model", "search", "ingest", "sync", "evaluation"},
+    "__main__": {"cli"},
+}
 
 
 def module_files() -> dict[str, Path]:
@@ -134,7 +152,7 @@ def test_relative_imports_resolve_to_modules(tmp_path):
 
 def test_graph_sees_every_module():
     graph = import_graph()
-    assert {"jointembed_pg.metrics", "jointembed_pg.flickr8k", "jointembed_train.runner",
+    assert {"jointembed_pg.metrics", "jointembed_pg.ingest.flickr8k", "jointembed_train.runner",
             "jointembed_export.int8"} <= set(graph)
     assert "jointembed_export.staging" in graph["jointembed_export.int8"]
     assert "jointembed_pg.metrics" in graph["jointembed_train.featureset"]
@@ -147,11 +165,72 @@ def test_no_import_circle(package):
 
 
 def test_no_import_circle_in_runtime():
+    """Also none between the CLI modules (the root group adds the command groups)."""
     found = [c for c in circles(import_graph()) if any(m.split(".")[0] == "jointembed_pg" for m in c)]
-    cli_only = all(m.split(".")[1].startswith("cli") for c in found for m in c)
-    if found and cli_only:
-        pytest.xfail(f"{CLI_CIRCLE_REASON}: {found}")
     assert found == [], f"import circles in jointembed_pg: {found}"
+
+
+def unit(module: str) -> str:
+    """The unit of a ``jointembed_pg`` module (:data:`ALLOWED`)."""
+    parts = module.split(".")
+    if len(parts) == 1:
+        return "api"
+    if parts[1] in BASE:
+        return "base"
+    if parts[1] in DB:
+        return "db"
+    assert parts[1] in ALLOWED, f"{module}: a new top-level module or subpackage; place it in ALLOWED"
+    return parts[1]
+
+
+def test_allowed_units_form_a_dag_in_listed_order():
+    order = list(ALLOWED)
+    assert all(order.index(d) < order.index(u) for u, deps in ALLOWED.items() for d in deps)
+
+
+def test_subpackages_import_only_lower_units():
+    """The dependency rule: each unit imports only the units :data:`ALLOWED` lists (the
+    package ``jointembed_pg`` itself, which every import passes through, aside)."""
+    bad = []
+    for mod, deps in import_graph().items():
+        if mod.split(".")[0] != "jointembed_pg":
+            continue
+        for dep in deps - {"jointembed_pg"}:
+            if dep.split(".")[0] == "jointembed_pg" and unit(dep) != unit(mod) and unit(dep) not in ALLOWED[unit(mod)]:
+                bad.append((mod, dep))
+    assert sorted(bad) == []
+
+
+def test_every_runtime_module_has_a_unit():
+    files = [m for m in module_files() if m.split(".")[0] == "jointembed_pg"]
+    assert {unit(m) for m in files} == set(ALLOWED)
+
+
+def test_the_cli_is_imported_by_nobody_and_its_groups_only_share_options():
+    """Outside ``cli/`` only ``__main__`` imports it (training, export, benchmarks included);
+    a command-group module imports no other CLI module than ``cli.options``."""
+    graph = import_graph()
+    for sub in ("benchmarks",):
+        for f in sorted((REPO / sub).rglob("*.py")):
+            graph[f"{sub}.{f.stem}"] = {n for n in imported_names(f"{sub}.{f.stem}", f)
+                                        if n.split(".")[:2] == ["jointembed_pg", "cli"]}
+    outside = sorted((m, d) for m, deps in graph.items() for d in deps
+                     if d.startswith("jointembed_pg.cli") and not m.startswith("jointembed_pg.cli")
+                     and m != "jointembed_pg.__main__")
+    assert outside == []
+    groups = [m for m in graph if m.startswith("jointembed_pg.cli.") and m != "jointembed_pg.cli.options"]
+    between = sorted((m, d) for m in groups for d in graph[m]
+                     if d.startswith("jointembed_pg.cli") and d != "jointembed_pg.cli.options")
+    assert between == []
+
+
+def test_dependency_rule_catches_a_planted_violation(tmp_path):
+    """The rule test would fail on ``model/`` importing ``sync/`` (checked on a copy of the graph)."""
+    f = tmp_path / "bundle.py"
+    f.write_text("def later():\n    from ..sync import catalog\n")
+    deps = {n for n in imported_names("jointembed_pg.model.bundle", f) if n in module_files()}
+    assert "jointembed_pg.sync.catalog" in deps
+    assert unit("jointembed_pg.sync.catalog") not in ALLOWED[unit("jointembed_pg.model.bundle")]
 
 
 def _third_party_or_ours(names: set[str]) -> set[str]:
@@ -212,7 +291,8 @@ def test_runtime_and_cli_import_no_torch_and_no_exporter():
     assert r.returncode == 0, r.stderr[-2000:]
     probe = json.loads(r.stderr.strip().splitlines()[-1])
     assert probe["codes"] == [0, 0, 0], r.stdout[-2000:]
-    assert "jointembed_pg.cli_model" in probe["modules"] or "jointembed_pg.cli.model" in probe["modules"]
+    assert {"jointembed_pg.cli.model", "jointembed_pg.cli.options", "jointembed_pg.model.exporter"} \
+        <= set(probe["modules"])
     assert "Build, inspect and verify" in r.stdout
     leaked = sorted(set(probe["loaded"]) & {*RUNTIME_FORBIDDEN, "onnx", "transformers"})
     assert leaked == []

@@ -19,8 +19,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from jointembed_pg import db, sync
-from jointembed_pg.store import Store
+from jointembed_pg import db
+from jointembed_pg.sync import catalog as sync
+from jointembed_pg.search.store import Store
 
 D, K = 16, 5
 
@@ -138,7 +139,7 @@ def test_cli_and_attached_table_as_app_role(managed, bundle, bundle_dir, tmp_pat
         conn.execute("INSERT INTO notes VALUES (1, 'a dog runs on the beach'), (2, 'a red car in the street'), "
                      "(3, 'a cat sleeps on a sofa')")
         sync.attach(conn, "notes", bundle, key="id", text_column="caption")
-        from jointembed_pg.sync_worker import sync_table
+        from jointembed_pg.sync.drain import sync_table
         assert sync_table(conn, "notes", bundle).written == 3
         conn.execute("UPDATE notes SET caption = 'a dog plays in the snow' WHERE id = 3")  # trigger, public path
         assert sync_table(conn, "notes", bundle).written == 1

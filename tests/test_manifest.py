@@ -1,4 +1,4 @@
-"""The typed manifest model (jointembed_pg.manifest): one set of checks for reader and writer."""
+"""The typed manifest model (jointembed_pg.model.manifest): one set of checks for reader and writer."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from jointembed_pg.errors import BundleError
-from jointembed_pg.manifest import BUNDLE_FILES, MANIFEST, FileEntry, Manifest
-from jointembed_pg.preprocess import ImageSpec
+from jointembed_pg.model.manifest import BUNDLE_FILES, MANIFEST, FileEntry, Manifest
+from jointembed_pg.model.preprocess import ImageSpec
 
 SHA = "ab" * 32
 

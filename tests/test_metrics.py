@@ -99,7 +99,7 @@ def test_zero_based_or_empty_ranks_are_rejected():
 
 
 def test_eval_and_training_share_one_implementation():
-    from jointembed_pg import evaluate
+    from jointembed_pg.evaluation import evaluate
 
     assert evaluate.ranks_to_metrics is metrics.ranks_to_metrics
     from jointembed_train import featureset, finetune

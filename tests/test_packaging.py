@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import jointembed_pg
-from jointembed_pg import exporter
+from jointembed_pg.model import exporter
 from jointembed_pg.errors import BundleError
 
 REPO = Path(__file__).resolve().parent.parent

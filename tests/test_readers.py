@@ -6,8 +6,8 @@ import json
 import pytest
 
 from jointembed_pg.errors import InputError
-from jointembed_pg.flickr8k import load_split as load_flickr8k
-from jointembed_pg.readers import iter_image_paths, read_texts
+from jointembed_pg.ingest.flickr8k import load_split as load_flickr8k
+from jointembed_pg.ingest.readers import iter_image_paths, read_texts
 
 
 def test_token_file_jsonl_and_csv_give_same_records(tmp_path):

@@ -22,7 +22,8 @@ import pytest
 from psycopg import sql
 
 from _pg import reachable
-from jointembed_pg import db, embedded
+from jointembed_pg import db
+from jointembed_pg.server import embedded
 from jointembed_pg.errors import DatabaseError
 
 REPO = Path(__file__).resolve().parent.parent

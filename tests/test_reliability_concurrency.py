@@ -80,7 +80,7 @@ def test_workers_and_index_runs_concurrently(pg_dsn, bundle, bundle_dir, flickr8
 def test_concurrent_ensure_index(pg_dsn, observe):
     import threading
 
-    from jointembed_pg.store import Store
+    from jointembed_pg.search.store import Store
 
     dim = 64
     vecs = np.random.default_rng(1).standard_normal((1500, dim)).astype(np.float32)

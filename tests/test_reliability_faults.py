@@ -201,7 +201,7 @@ def _plan_uses_index(dsn: str, table: str, index: str, dim: int) -> bool:
           "database faults")
 def test_index_creation_cut_off_keeps_previous_index(pg_dsn, pg_admin_dsn, bundle, bundle_dir, flickr8k_dir,
                                                      tmp_path, observe):
-    from jointembed_pg.store import Store
+    from jointembed_pg.search.store import Store
 
     rng = np.random.default_rng(3)
     emb = rng.standard_normal((1500, bundle.dim)).astype(np.float32)

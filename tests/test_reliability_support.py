@@ -25,7 +25,7 @@ import pytest
 from psycopg import sql
 
 REPO = Path(__file__).resolve().parent.parent
-_CLI = "import jointembed_pg.cli_sync; from jointembed_pg.cli import main; main()"
+_CLI = "from jointembed_pg.cli import main; main()"
 
 
 def scenario(name: str, expected: str, area: str = ""):
@@ -149,7 +149,7 @@ class OwnServer:
 
     def __init__(self, pgdata: Path):
         from _pg import reachable
-        from jointembed_pg.embedded import EmbeddedServer
+        from jointembed_pg.server.embedded import EmbeddedServer
 
         self.srv = EmbeddedServer(reachable(Path(pgdata)) / "cluster")
         self.pgdata = self.srv.pgdata

@@ -10,8 +10,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from jointembed_pg import search
-from jointembed_pg.store import Store
+from jointembed_pg.search import knn as search
+from jointembed_pg.search.store import Store
 
 D = 128
 N_IMAGES, N_TEXTS = 10_000, 2_000

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jointembed_pg.store import Store
+from jointembed_pg.search.store import Store
 
 N_IMAGES, N_QUERIES, K = 300, 60, 10
 pytestmark = [pytest.mark.flickr8k]
@@ -20,7 +20,7 @@ def real(request, flickr8k_dir, module_pg_dsn):
     except Exception as e:  # noqa: BLE001 - bundle build depends on other packages/weights
         pytest.skip(f"real-data search tests need the model bundle, which cannot be built here: "
                     f"{type(e).__name__}: {e}")
-    from jointembed_pg.flickr8k import load_split
+    from jointembed_pg.ingest.flickr8k import load_split
 
     data = load_split(flickr8k_dir, "test")
     paths = data.image_paths[:N_IMAGES]

@@ -16,8 +16,9 @@ import pytest
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from jointembed_pg import db, sync
-from jointembed_pg.store import Store
+from jointembed_pg import db
+from jointembed_pg.sync import catalog as sync
+from jointembed_pg.search.store import Store
 
 D, N, NEAR, K = 32, 400, 60, 10
 
@@ -195,7 +196,7 @@ def test_wrong_dimension_says_which_collection_and_model_expect_what(dead):
 def test_sqla_nearest_over_dead_tuples(dead):
     from sqlalchemy.orm import Session
 
-    from jointembed_pg.sqla import create_engine, item_model, nearest
+    from jointembed_pg.search.sqla import create_engine, item_model, nearest
 
     store, coll, q = dead
     with store.transaction() as conn:
@@ -229,7 +230,7 @@ def test_search_attached_after_caption_edits(pg_dsn, bundle, flickr8k_dir):
             for i, c in enumerate(captions):
                 cp.write_row((i, c))
         sync.attach(conn, "notes", bundle, key="id", text_column="caption")
-        from jointembed_pg.sync_worker import sync_table
+        from jointembed_pg.sync.drain import sync_table
         assert sync_table(conn, "notes", bundle).written == N
         side = sql.Identifier("jointembed", sync.active_version(conn, sync.find(conn, "notes")).side_table)
         q = bundle.encode_texts(["a black dog runs through the grass"])[0]

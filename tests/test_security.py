@@ -52,7 +52,8 @@ def test_attach_hostile_identifiers(pg_dsn, bundle, bundle_dir, flickr8k_dir, ob
     assert json.loads(p.stdout)["written"] == 8
     st = json.loads(cli(["status", *where, "--json", "--dsn", pg_dsn]).stdout)
     assert (st["done"], st["pending"], st["failed"]) == (8, 0, 0)
-    from jointembed_pg import db, sync
+    from jointembed_pg import db
+    from jointembed_pg.sync import catalog as sync
 
     with db.connect(pg_dsn, autocommit=True) as conn:
         q = bundle.encode_texts([rows[2][1]])[0]

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from _pg import reachable
-from jointembed_pg import embedded
+from jointembed_pg.server import embedded
 
 REPO = Path(__file__).resolve().parent.parent
 PG16_PYTHON = Path(os.environ.get("JOINTEMBED_PG16_PYTHON", REPO / ".venv-pg16" / "bin" / "python"))

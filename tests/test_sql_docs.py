@@ -20,7 +20,7 @@ import pytest
 from psycopg import sql
 
 from jointembed_pg import db
-from jointembed_pg.store import Store
+from jointembed_pg.search.store import Store
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "SQL.md"
 BLOCK_RE = re.compile(r"^```(sql|python)\n(.*?)^```", re.MULTILINE | re.DOTALL)

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from jointembed_pg.errors import DatabaseError, InputError, ModelMismatchError
-from jointembed_pg.store import Store
+from jointembed_pg.search.store import Store
 
 D = 16
 HOSTILE = "ph'o\"tos; DROP TABLE jointembed.collections; -- ünï 名前 %s {x}"
@@ -143,7 +143,7 @@ def test_store_on_given_connection_keeps_caller_transaction(pg_dsn):
 
 
 def test_store_on_sqlalchemy_engine(pg_dsn):
-    from jointembed_pg.sqla import create_engine
+    from jointembed_pg.search.sqla import create_engine
 
     engine = create_engine(pg_dsn)
     store = Store(engine)
@@ -186,7 +186,7 @@ def test_sqlalchemy_orm_model_and_nearest(pg_dsn):
     from sqlalchemy import select
     from sqlalchemy.orm import Session
 
-    from jointembed_pg.sqla import create_engine, item_model, nearest
+    from jointembed_pg.search.sqla import create_engine, item_model, nearest
 
     engine = create_engine(pg_dsn)
     coll = Store(engine).collection("c", model_id="m1", dim=D, create=True)

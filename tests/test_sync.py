@@ -13,9 +13,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from jointembed_pg import db, sync
+from jointembed_pg import db
+from jointembed_pg.sync import catalog as sync
 from jointembed_pg.errors import DatabaseError, InputError, ModelMismatchError
-from jointembed_pg.sync_worker import SyncConfig, sync_table
+from jointembed_pg.sync.drain import SyncConfig, sync_table
 from test_sync_support import (Counting, Projected, catalog_snapshot, flickr_rows, make_photos, queue,
                                side_rows, table_digest)
 
@@ -331,7 +332,6 @@ def test_crashed_workers_claims_return_after_the_lease(conn, bundle, flickr8k_di
 def test_bytea_images_and_status_json_via_cli(conn, pg_dsn, bundle, bundle_dir, flickr8k_dir):
     from click.testing import CliRunner
 
-    import jointembed_pg.cli_sync  # noqa: F401  (registers the commands)
     from jointembed_pg.cli import cli
 
     rows = flickr_rows(str(flickr8k_dir), 3)
@@ -368,7 +368,7 @@ def test_image_sources_url_path_and_limits(tmp_path, flickr8k_dir):
     import threading
     from functools import partial
 
-    from jointembed_pg.sources import ImageSource, is_retryable
+    from jointembed_pg.ingest.sources import ImageSource, is_retryable
 
     image = next(iter(sorted((flickr8k_dir / "images").glob("*.jpg"))))
     (tmp_path / "a.jpg").write_bytes(image.read_bytes())

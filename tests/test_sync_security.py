@@ -18,11 +18,12 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from jointembed_pg import db, sync, sync_reembed
+from jointembed_pg import db
+from jointembed_pg.sync import catalog as sync, reembed as sync_reembed
 from jointembed_pg.errors import DatabaseError
-from jointembed_pg.ingest import sha256
-from jointembed_pg.readers import clean_text
-from jointembed_pg.sync_worker import SyncConfig, sync_table
+from jointembed_pg.ingest.pipeline import sha256
+from jointembed_pg.ingest.readers import clean_text
+from jointembed_pg.sync.drain import SyncConfig, sync_table
 from test_reliability_support import scenario
 from test_sync_support import Counting, Projected, make_photos, queue, side_rows
 
@@ -241,7 +242,6 @@ def test_not_switched_message_says_what_holds_the_switch():
 def test_rows_without_triggers_are_reported_and_rescanned(conn, pg_dsn, bundle, observe):
     from click.testing import CliRunner
 
-    import jointembed_pg.cli_sync  # noqa: F401  (registers the commands)
     from jointembed_pg.cli import cli
 
     att = _attach_texts(conn, bundle, 5)

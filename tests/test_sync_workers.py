@@ -15,11 +15,12 @@ import time
 import numpy as np
 import pytest
 
-from jointembed_pg import db, sync
+from jointembed_pg import db
+from jointembed_pg.sync import catalog as sync
 from jointembed_pg.errors import ModelMismatchError
-from jointembed_pg.sync_loop import JsonLog, Worker
-from jointembed_pg.sync_reembed import reembed
-from jointembed_pg.sync_worker import SyncConfig, sync_table
+from jointembed_pg.sync.worker import JsonLog, Worker
+from jointembed_pg.sync.reembed import reembed
+from jointembed_pg.sync.drain import SyncConfig, sync_table
 from test_sync_support import Counting, Projected, flickr_rows, make_photos, queue, side_rows
 
 pytestmark = pytest.mark.flickr8k
@@ -87,7 +88,7 @@ def test_worker_process_wakes_on_notify_and_stops_on_sigterm(conn, pg_dsn, bundl
                 image_column="image_path", image_root=str(flickr8k_dir / "images"))
     secret = "s3cr3t-pw"
     dsn = pg_dsn.replace("postgres:@", f"postgres:{secret}@")
-    code = "import jointembed_pg.cli_sync; from jointembed_pg.cli import main; main()"
+    code = "from jointembed_pg.cli import main; main()"
     proc = subprocess.Popen([sys.executable, "-c", code, "worker", "--table", "photos", "--dsn", dsn,
                              "--bundle", str(bundle_dir), "--poll", "60"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -179,7 +180,7 @@ class _BundleInfo:
     def __init__(self, path):
         manifest = json.loads((path / "manifest.json").read_text()) if (path / "manifest.json").is_file() else None
         if manifest is None:
-            from jointembed_pg.bundle import Bundle
+            from jointembed_pg.model.bundle import Bundle
 
             b = Bundle.load(path)
             self.model_id, self.dim = b.model_id, b.dim

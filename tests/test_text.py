@@ -1,4 +1,4 @@
-"""The one tokenizer wrapper (jointembed_pg.text) and the single-item encode API, on the
+"""The one tokenizer wrapper (jointembed_pg.model.text) and the single-item encode API, on the
 real bundle tokenizer and ONNX encoders."""
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jointembed_pg.bundle import Bundle
+from jointembed_pg.model.bundle import Bundle
 from jointembed_pg.errors import InputError, ItemError
-from jointembed_pg.text import UNKNOWN_WARN_FRACTION, Coverage, TextTokenizer
+from jointembed_pg.model.text import UNKNOWN_WARN_FRACTION, Coverage, TextTokenizer
 
 CAPTIONS = ["a dog", "A black and white dog is running through the tall green grass .",
             "Two people sit on a bench beside a lake while ducks swim past them in the sun"]

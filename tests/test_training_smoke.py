@@ -69,7 +69,7 @@ def test_checkpoint_roundtrip_and_encoder_parity(trained, small_corpus):
     heads = ck.build_heads()
     fs = load_split(ck.config, small_corpus, "dev", cache)
     u_cached, v_cached = embed(heads, fs)
-    from jointembed_pg.preprocess import ImageSpec, load
+    from jointembed_pg.model.preprocess import ImageSpec, load
 
     view = small_corpus.split("dev")
     pix = torch.from_numpy(np.stack([load(small_corpus.image_paths[i], ImageSpec()) for i in view.image_index[:4]]))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jointembed_pg import flickr8k
+from jointembed_pg.ingest import flickr8k
 
 
 @dataclass
@@ -68,7 +68,7 @@ class SplitView:
 def load_flickr8k(data_dir: str | Path) -> Corpus:
     """Flickr8K in its original layout, as a corpus of every image with captions.
 
-    Parsing is :mod:`jointembed_pg.flickr8k` (the project's one Flickr8K reader). Images
+    Parsing is :mod:`jointembed_pg.ingest.flickr8k` (the project's one Flickr8K reader). Images
     are sorted by name; captions of images missing from ``images/`` are dropped; each
     split present is the sorted indices of its listed images.
 

@@ -14,7 +14,7 @@ from .heads import EmbeddingPost
 
 
 class ImageEncoder(nn.Module):
-    """pixels ``(N,3,S,S) float32`` (jointembed_pg.preprocess) -> ``(N,D) float32``."""
+    """pixels ``(N,3,S,S) float32`` (jointembed_pg.model.preprocess) -> ``(N,D) float32``."""
 
     def __init__(self, backbone: nn.Module, head: nn.Module, post: EmbeddingPost):
         super().__init__()

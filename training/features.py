@@ -3,7 +3,7 @@
 Image features ``(N, 1280) float32`` and caption features ``(M, 384) float32`` are
 computed once with ``torch.inference_mode`` and stored as ``.npy`` under a cache
 directory. The file name carries a key hashed from the backbone weight files, the
-preprocessing rule (:class:`jointembed_pg.preprocess.ImageSpec`), the view, the token
+preprocessing rule (:class:`jointembed_pg.model.preprocess.ImageSpec`), the view, the token
 limit and the exact list of inputs, so a stale cache is never reused.
 """
 from __future__ import annotations
@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from jointembed_pg import preprocess
-from jointembed_pg.preprocess import ImageSpec
+from jointembed_pg.model import preprocess
+from jointembed_pg.model.preprocess import ImageSpec
 
 from . import backbones
 
@@ -40,7 +40,7 @@ def _key(kind: str, items: Sequence[str], extra: dict) -> str:
 def load_view(path: Path, spec: ImageSpec, view: str) -> np.ndarray:
     """One image as ``(3, S, S) float32`` encoder input under augmentation ``view``.
 
-    ``center`` is exactly :func:`jointembed_pg.preprocess.load` (the runtime pixels).
+    ``center`` is exactly :func:`jointembed_pg.model.preprocess.load` (the runtime pixels).
     ``hflip`` mirrors it. ``zoom_<pos>`` resizes the shorter side to 256 (8/7 of 224) with
     the spec's filter and takes a 224 crop at a corner (tl/tr/bl/br) or the centre (c),
     then normalises with the spec's mean/std. Raises ValueError for an unknown view.
@@ -122,7 +122,7 @@ def image_grid_features(paths: Sequence[Path], cache_dir: Path = DEFAULT_CACHE_D
 
 
 def tokenize(texts: Sequence[str], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokenise exactly as the runtime does (:class:`jointembed_pg.text.TextTokenizer` on
+    """Tokenise exactly as the runtime does (:class:`jointembed_pg.model.text.TextTokenizer` on
     :func:`backbones.tokenizer_path`).
 
     Returns ``input_ids, attention_mask``: ``(N, L) int64`` padded to the longest text,
@@ -136,7 +136,7 @@ _TOK: dict[int, object] = {}
 
 
 def _tokenizer(max_tokens: int):
-    from jointembed_pg.text import TextTokenizer
+    from jointembed_pg.model.text import TextTokenizer
 
     if max_tokens not in _TOK:
         _TOK[max_tokens] = TextTokenizer(backbones.tokenizer_path(), max_tokens)

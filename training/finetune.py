@@ -23,7 +23,7 @@ from .data import Corpus
 from .features import load_view, tokenize
 from .model import JointHeads
 from .runner import build_rank_loss, seed_everything
-from jointembed_pg.preprocess import ImageSpec
+from jointembed_pg.model.preprocess import ImageSpec
 
 BACKBONE_LR_SCALE = 0.1  #: backbone learning rate = cfg.lr * this
 

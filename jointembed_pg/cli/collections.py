@@ -1,6 +1,6 @@
 """``jointembed collections list`` and ``jointembed collections drop NAME``.
 
-Registered on the main group by importing this module (``jointembed_pg.cli`` does).
+Added to the root group by :mod:`jointembed_pg.cli`.
 """
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import sys
 
 import click
 
-from .cli import _errors, cli, dsn_option, json_option
+from .options import AliasGroup, _errors, dsn_option, json_option
 
 
-@cli.group("collections")
+@click.group("collections", cls=AliasGroup)
 def collections():
     """List or drop collections (what `index` and `search --collection` use)."""
 

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import click
 
-from . import paths
-from .cli import _errors, _progress, bundle_option, cli, dsn_option, json_option, progress_option
-from .cli_model import quiet_stdout
-from .errors import InputError
-from .progress import heartbeat
+from .. import paths
+from .options import _errors, _progress, bundle_option, dsn_option, json_option, progress_option, quiet_stdout
+from ..errors import InputError
+from ..progress import heartbeat
 
 DEMO_SENTENCES = (
     "a dog runs through the snow",
@@ -37,8 +36,8 @@ def ensure_default_bundle(progress: bool = True) -> Path:
     Raises:
         BundleError: the bundle is missing and the export extra (torch) is not installed.
     """
-    from . import exporter
-    from .bundle import Bundle
+    from ..model import exporter
+    from ..model.bundle import Bundle
 
     target = paths.bundles_dir() / paths.DEFAULT_BUNDLE
     if (target / "manifest.json").is_file():
@@ -54,7 +53,7 @@ def ensure_default_bundle(progress: bool = True) -> Path:
     return target
 
 
-@cli.command()
+@click.command()
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="Flickr8K-layout directory [default: ../shared/data/flickr8k when it exists].")
 @click.option("--split", type=click.Choice(["train", "dev", "test"]), default="test", show_default=True)
@@ -69,8 +68,8 @@ def ensure_default_bundle(progress: bool = True) -> Path:
 @click.pass_obj
 def demo(obj, data_dir, split, collection, html_path, k, dsn, bundle_name, as_json, progress):
     """Main job: build the bundle, index Flickr8K into Postgres, run cross-modal queries."""
-    from . import flickr8k, ingest, readers
-    from .gallery import write_gallery
+    from ..ingest import flickr8k, pipeline as ingest, readers
+    from ..evaluation.gallery import write_gallery
 
     show = _progress(progress)
     with _errors():

@@ -1,8 +1,7 @@
 """``jointembed index-distributed images|texts --engine ray``: the batch ingest on a Ray pool.
 
 Same output and exit codes as ``jointembed index images|texts`` (0, 1 error, 3 some items
-failed). Registers itself on :data:`jointembed_pg.cli.cli` when imported; also runnable
-as ``python -m jointembed_pg.cli_distributed index-distributed ...``.
+failed). Added to the root group by :mod:`jointembed_pg.cli`.
 """
 from __future__ import annotations
 
@@ -12,8 +11,8 @@ from pathlib import Path
 
 import click
 
-from .cli import _errors, _finish, _progress, bundle_option, cli, collection_option, dsn_option, json_option, \
-    progress_option
+from .options import (AliasGroup, _errors, _finish, _progress, bundle_option, collection_option, dsn_option,
+                      json_option, progress_option)
 
 ENGINES = ("ray",)
 
@@ -35,7 +34,7 @@ def _engine_options(f):
     return f
 
 
-@cli.group("index-distributed")
+@click.group("index-distributed", cls=AliasGroup)
 def index_distributed():
     """Embed images or captions on a distributed engine (Ray), same results as `index`.
 
@@ -63,8 +62,8 @@ def _ray_options(workers, cpus_per_worker, ray_address, progress):
 def images_cmd(paths, collection, dsn, bundle_name, batch_size, engine, workers, cpus_per_worker, ray_address,
                as_json, progress):
     """Embed image files or directories (recursively) into COLLECTION."""
-    from . import distributed
-    from .bundle import resolve
+    from ..ingest import distributed
+    from ..model.bundle import resolve
 
     with _errors(), _ray_chatter_to_stderr():
         report = distributed.index_images_ray(dsn, collection, resolve(bundle_name), paths, batch_size=batch_size,
@@ -86,8 +85,8 @@ def images_cmd(paths, collection, dsn, bundle_name, batch_size, engine, workers,
 def texts_cmd(file, collection, dsn, bundle_name, batch_size, engine, workers, cpus_per_worker, ray_address,
               as_json, progress):
     """Embed the captions of FILE: CSV (id,text), JSON lines (id, text) or a Flickr8K token file."""
-    from . import distributed
-    from .bundle import resolve
+    from ..ingest import distributed
+    from ..model.bundle import resolve
 
     with _errors(), _ray_chatter_to_stderr():
         report = distributed.index_texts_ray(dsn, collection, resolve(bundle_name), file, batch_size=batch_size,
@@ -102,13 +101,7 @@ def _ray_chatter_to_stderr():
 
 
 def _ensure_index(dsn, collection):
-    from .store import Store
+    from ..search.store import Store
 
     with Store(dsn) as store:
         store.collection(collection).ensure_index()
-
-
-if __name__ == "__main__":
-    from .cli import main
-
-    main()

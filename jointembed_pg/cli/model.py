@@ -1,22 +1,22 @@
 """``jointembed model ...``: build, inspect and verify model bundles.
 
 ``build`` and the parity part of ``verify`` need the ``[export]`` extra (torch, onnx);
-they reach the exporter through its entry point (:mod:`jointembed_pg.exporter`), inside
+they reach the exporter through its entry point (:mod:`jointembed_pg.model.exporter`), inside
 those commands only, so the CLI never names the exporter and stays torch-free.
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import sys
 from pathlib import Path
 
 import click
 
-from . import exporter, paths
-from .bundle import BUNDLE_FILES, MANIFEST, Bundle, available_bundles, resolve
-from .errors import JointEmbedError
-from .progress import heartbeat
+from .. import paths
+from ..model import exporter
+from ..model.bundle import BUNDLE_FILES, MANIFEST, Bundle, available_bundles, resolve
+from ..errors import JointEmbedError
+from ..progress import heartbeat
+from .options import quiet_stdout
 
 
 def _export_build():
@@ -69,14 +69,6 @@ def _stamp(bundle_dir: Path):
     except OSError:
         return None
     return st.st_ino, st.st_mtime_ns, st.st_size
-
-
-@contextlib.contextmanager
-def quiet_stdout():
-    """Send what libraries print during an export (``Loaded pretrained weights for ...``)
-    to stderr, so stdout carries only the command's own result."""
-    with contextlib.redirect_stdout(sys.stderr):
-        yield
 
 
 def _quality_line(m: dict) -> str:

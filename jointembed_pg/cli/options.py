@@ -1,4 +1,4 @@
-"""The ``jointembed`` command line (click).
+"""What every ``jointembed`` command shares: options, the one-line error rule, output helpers.
 
 Exit codes: 0 success; 1 error (one line on stderr, no traceback); 2 bad usage;
 3 the job finished but some items failed (they are listed in the end-of-run report).
@@ -12,15 +12,15 @@ Vocabulary: the two kinds of item are ``image`` and ``text`` everywhere (command
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 from contextlib import contextmanager
-from pathlib import Path
 
 import click
 
-from .errors import InputError, JointEmbedError
+from ..errors import InputError, JointEmbedError
 
 EXIT_PARTIAL = 3
 DEFAULT_COLLECTION = "default"
@@ -88,7 +88,7 @@ class Context:
 
     def bundle(self, name):
         if self._bundle is None:
-            from .bundle import Bundle
+            from ..model.bundle import Bundle
 
             self._bundle = Bundle.load(name)
         return self._bundle
@@ -96,8 +96,8 @@ class Context:
     def collection(self, dsn, name, *, bundle=None, create=False, storage=None):
         """Open collection ``name`` (checking ``bundle``'s model); a missing one is an
         :class:`InputError` listing the existing names (and the closest one)."""
-        from .errors import DatabaseError
-        from .suggest import not_found
+        from ..errors import DatabaseError
+        from ..suggest import not_found
 
         store = self.store(dsn)
         model = {"model_id": bundle.model_id, "dim": bundle.dim} if bundle is not None else {}
@@ -112,7 +112,7 @@ class Context:
 
     def store(self, dsn):
         if self._store is None:
-            from .store import Store
+            from ..search.store import Store
 
             self._store = Store(dsn)
         return self._store
@@ -140,7 +140,7 @@ def _index_log(flag) -> bool:
     Server notices and warnings always show; progress lines (every 10 s, without a bar)
     and build summaries unless ``--no-progress``.
     """
-    logger = logging.getLogger("jointembed_pg.indexing")
+    logger = logging.getLogger("jointembed_pg.search.indexing")
     if not logger.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
@@ -157,49 +157,6 @@ def _errors():
         yield
     except USER_ERRORS as e:
         raise click.ClickException(user_error_message(e)) from e
-
-
-@click.group(cls=AliasGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_name="jointembed-pg")
-@click.pass_context
-def cli(ctx):
-    """Semantic image<->text search inside PostgreSQL with pgvector.
-
-    \b
-    Quick start:
-      jointembed model build                 # export the default model bundle
-      jointembed index image photos/         # embed images into the 'default' collection
-      jointembed index text captions.csv     # embed captions (CSV id,text / JSONL / Flickr8K tokens)
-      jointembed search text "a dog running on the beach" -k 5
-      jointembed demo                        # the whole thing on Flickr8K, with an HTML gallery
-      jointembed model list                  # the model bundles you have
-      jointembed collections list            # what is indexed
-    """
-    ctx.obj = Context()
-
-
-@cli.command()
-@dsn_option
-@click.option("--collection", default=None, help="Also create this (empty) collection for the bundle's model.")
-@storage_option
-@bundle_option
-@json_option
-@click.pass_obj
-def init(obj, dsn, collection, storage, bundle_name, as_json):
-    """Create the jointembed schema (idempotent; also done on first use)."""
-    with _errors():
-        store = obj.store(dsn)
-        if collection is not None:
-            _open_collection(obj, dsn, bundle_name, collection, storage)
-        elif storage is not None:
-            raise click.UsageError("--storage applies to a new collection: give --collection too")
-        info = store.info() if hasattr(store, "info") else {}
-    click.echo(json.dumps(info) if as_json else f"jointembed schema ready {info or ''}".rstrip())
-
-
-@cli.group()
-def index():
-    """Embed images or captions into a collection."""
 
 
 def _finish(report, as_json):
@@ -224,111 +181,9 @@ def _finish(report, as_json):
         sys.exit(EXIT_PARTIAL)  # some items failing is a partial success
 
 
-def _open_collection(obj, dsn, bundle_name, name, storage=None):
-    bundle = obj.bundle(bundle_name)
-    return bundle, obj.collection(dsn, name, bundle=bundle, create=True, storage=storage)
-
-
-@index.command("image")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@collection_option
-@dsn_option
-@bundle_option
-@click.option("--batch-size", default=32, show_default=True, help="Images per encoder batch.")
-@storage_option
-@memory_cap_option
-@json_option
-@progress_option
-@click.pass_obj
-def index_images_cmd(obj, paths, collection, dsn, bundle_name, batch_size, storage, memory_cap, as_json, progress):
-    """Embed image files or directories (recursively) into COLLECTION."""
-    from . import ingest, readers
-
-    with _errors():
-        bundle, coll = _open_collection(obj, dsn, bundle_name, collection, storage)
-        scan = readers.scan_images(paths)
-        report = ingest.index_images(coll, bundle, scan.records, batch_size=batch_size, progress=_progress(progress),
-                                     ignored=scan.ignored)
-        coll.ensure_index(memory_cap=memory_cap, progress=_index_log(progress))
-    _finish(report, as_json)
-
-
-@index.command("text")
-@click.argument("file", type=click.Path(path_type=Path))
-@collection_option
-@dsn_option
-@bundle_option
-@click.option("--batch-size", default=256, show_default=True, help="Captions per encoder batch.")
-@storage_option
-@memory_cap_option
-@json_option
-@progress_option
-@click.pass_obj
-def index_texts_cmd(obj, file, collection, dsn, bundle_name, batch_size, storage, memory_cap, as_json, progress):
-    """Embed the captions of FILE: CSV (id,text), JSON lines (id, text) or a Flickr8K token file."""
-    from . import ingest, readers
-
-    with _errors():
-        records = list(readers.read_texts(file))
-        bundle, coll = _open_collection(obj, dsn, bundle_name, collection, storage)
-        report = ingest.index_texts(coll, bundle, records, batch_size=batch_size, progress=_progress(progress))
-        coll.ensure_index(memory_cap=memory_cap, progress=_index_log(progress))
-    _finish(report, as_json)
-
-
-class _Terminated(BaseException):
-    """Raised in the main thread by SIGTERM, so the process unwinds like on Ctrl-C."""
-
-
-def _guard_secrets() -> None:
-    """Register the passwords of every DSN on the command line and in the environment, and
-    scrub them (and any found later) from everything this process writes to stdout/stderr."""
-    import os
-
-    from . import errors, settings
-
-    for arg in [*sys.argv[1:], os.environ.get(settings.DSN_ENV) or ""]:  # before settings can fail
-        if "=" in arg or "://" in arg:
-            errors.register_dsn(arg.split("=", 1)[1] if arg.startswith("--dsn=") else arg)
-    errors.register_secret(os.environ.get("PGPASSWORD"))
-    if not isinstance(sys.stdout, errors.ScrubbingStream):
-        sys.stdout = errors.ScrubbingStream(sys.stdout)
-    if not isinstance(sys.stderr, errors.ScrubbingStream):
-        sys.stderr = errors.ScrubbingStream(sys.stderr)
-
-
-def main() -> None:
-    """Console entry point: click without its standalone handling, so that Ctrl-C and
-    SIGTERM unwind normally (committed batches stay; the embedded server is released).
-    No password reaches stdout/stderr (:func:`_guard_secrets`)."""
-    import signal
-
-    def _terminate(*_):
-        raise _Terminated()
-
-    _guard_secrets()
-    signal.signal(signal.SIGTERM, _terminate)
-    try:
-        with _errors():  # the same rule for commands that did not apply it themselves
-            rc = cli.main(prog_name="jointembed", standalone_mode=False)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        click.echo("interrupted: committed batches are kept; rerun the same command to resume", err=True)
-        sys.exit(130)
-    except _Terminated:
-        click.echo("terminated: committed batches are kept; rerun the same command to resume", err=True)
-        sys.exit(143)
-    sys.exit(rc if isinstance(rc, int) else 0)
-
-
-# Sub-command modules register themselves on ``cli`` (they import it from here).
-from . import cli_query, cli_demo, cli_sync, cli_distributed, cli_collections  # noqa: E402,F401
-from .cli_model import model as _model_group  # noqa: E402
-from .cli_server import server as _server_group  # noqa: E402
-
-cli.add_command(_model_group, "model")
-cli.add_command(_server_group, "server")
+@contextlib.contextmanager
+def quiet_stdout():
+    """Send what libraries print during an export (``Loaded pretrained weights for ...``)
+    to stderr, so stdout carries only the command's own result."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield

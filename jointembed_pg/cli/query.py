@@ -6,13 +6,13 @@ from pathlib import Path
 
 import click
 
-from . import paths
-from .cli import (KindChoice, _errors, _progress, bundle_option, cli, collection_option, dsn_option,
+from .. import paths
+from .options import (AliasGroup, KindChoice, _errors, _progress, bundle_option, collection_option, dsn_option,
                   json_option, progress_option)
-from .errors import InputError, ItemError
+from ..errors import InputError, ItemError
 
 
-@cli.group()
+@click.group(cls=AliasGroup)
 def search():
     """Cross-modal search: a sentence or an image against stored images or captions."""
 
@@ -63,7 +63,7 @@ def _run_search(obj, coll, vec, label, query_image, query_text, k, target, ef_se
 
 
 def _write_html(html, coll, queries, as_json):
-    from .gallery import write_gallery
+    from ..evaluation.gallery import write_gallery
 
     write_gallery(html, queries, header={"collection": coll.name, "model": coll.model_id,
                                          "counts": {"image": coll.count("image"), "text": coll.count("text")}})
@@ -125,7 +125,7 @@ def search_image(obj, path, k, target, collection, dsn, bundle_name, ef_search, 
         _run_search(obj, coll, vec, f"image: {path}", str(path), None, k, target, ef_search, exact, html, as_json)
 
 
-@cli.command("eval")
+@click.command("eval")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="Flickr8K-layout directory [default: ../shared/data/flickr8k when it exists].")
 @click.option("--split", type=click.Choice(["train", "dev", "test"]), default="test", show_default=True)
@@ -137,7 +137,7 @@ def search_image(obj, path, k, target, collection, dsn, bundle_name, ef_search, 
 @click.pass_obj
 def eval_cmd(obj, data_dir, split, collection, dsn, bundle_name, as_json, progress):
     """Index a Flickr8K split through Postgres and report R@1/5/10 (i2t, t2i), medr and rsum."""
-    from .evaluate import evaluate_split
+    from ..evaluation.evaluate import evaluate_split
 
     with _errors():
         data_dir = data_dir or paths.default_data_dir()

@@ -1,7 +1,7 @@
 """``jointembed server start / stop / status / dsn / upgrade``: the embedded PostgreSQL.
 
 The cluster is ``$JOINTEMBED_PGDATA`` (default ``<home>/pgdata``); see
-:mod:`jointembed_pg.embedded`. Registered on the main group by ``jointembed_pg.cli``.
+:mod:`jointembed_pg.server.embedded`. Added to the root group by :mod:`jointembed_pg.cli`.
 """
 from __future__ import annotations
 
@@ -9,11 +9,7 @@ import json
 
 import click
 
-
-def _errors():
-    from .cli import _errors as errors
-
-    return errors()
+from .options import _errors
 
 
 @click.group()
@@ -22,7 +18,7 @@ def server():
 
 
 def _srv():
-    from . import embedded
+    from ..server import embedded
 
     return embedded.server()
 

@@ -1,6 +1,6 @@
 """``jointembed attach / detach / sync / worker / status / reembed / grant``: attached tables.
 
-Registered on the main group by importing this module (``jointembed_pg.cli`` does).
+Added to the root group by :mod:`jointembed_pg.cli`.
 See docs/SYNC.md.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import click
 
-from .cli import EXIT_PARTIAL, _errors, _progress, bundle_option, cli, dsn_option, json_option, progress_option
+from .options import EXIT_PARTIAL, _errors, _progress, bundle_option, dsn_option, json_option, progress_option
 
 table_option = click.option("--table", required=True, metavar="TABLE",
                             help="The table's name as stored (no SQL quoting).")
@@ -24,8 +24,8 @@ def _cli_errors(dsn):
     """Library errors and unexpected database errors -> one line, password removed."""
     import psycopg
 
-    from . import settings
-    from .sync import one_line
+    from .. import settings
+    from ..sync.catalog import one_line
 
     try:
         with _errors():
@@ -35,7 +35,7 @@ def _cli_errors(dsn):
 
 
 def _config(batch_size: int, max_attempts: int | None = None, retry_base: float | None = None):
-    from .sync_worker import SyncConfig
+    from ..sync.drain import SyncConfig
 
     kw = {"batch_size": batch_size}
     if max_attempts is not None:
@@ -46,12 +46,12 @@ def _config(batch_size: int, max_attempts: int | None = None, retry_base: float 
 
 
 def _connect(dsn):
-    from . import db
+    from .. import db
 
     return db.connect(dsn, autocommit=True)
 
 
-@cli.command("attach")
+@click.command("attach")
 @table_option
 @click.option("--key", required=True, metavar="COL", help="Unique key column (primary key or unique index).")
 @click.option("--image-column", default=None, metavar="COL", help="Column naming or holding the image.")
@@ -71,7 +71,7 @@ def attach_cmd(obj, table, key, image_column, text_column, image_source, image_r
     The table is not altered. Then run `jointembed sync --table TABLE` (once) or
     `jointembed worker` (continuously).
     """
-    from . import sync
+    from ..sync import catalog as sync
 
     with _cli_errors(dsn):
         bundle = obj.bundle(bundle_name)
@@ -86,13 +86,13 @@ def attach_cmd(obj, table, key, image_column, text_column, image_source, image_r
                    f"enqueued; run `{_sync_hint(table, schema)}` or `jointembed worker`")
 
 
-@cli.command("detach")
+@click.command("detach")
 @table_option
 @schema_option
 @dsn_option
 def detach_cmd(table, schema, dsn):
     """Remove TABLE's embeddings, triggers and queue (the table itself is untouched)."""
-    from . import sync
+    from ..sync import catalog as sync
 
     with _cli_errors(dsn), _connect(dsn) as conn:
         att = sync.detach(conn, table, schema)
@@ -111,7 +111,7 @@ def _print_report(rep, as_json):
         click.echo(f"  ... and {len(rep.failed) - 20} more (see `jointembed status`)", err=True)
 
 
-@cli.command("sync")
+@click.command("sync")
 @table_option
 @schema_option
 @dsn_option
@@ -124,8 +124,8 @@ def _print_report(rep, as_json):
 @click.pass_obj
 def sync_cmd(obj, table, schema, dsn, bundle_name, batch_size, retry_failed, rescan, as_json, progress):
     """Drain TABLE's queue once and exit (exit code 3 when some rows failed)."""
-    from . import sync
-    from .sync_worker import sync_table
+    from ..sync import catalog as sync
+    from ..sync.drain import sync_table
 
     with _cli_errors(dsn):
         bundle = obj.bundle(bundle_name)
@@ -143,7 +143,7 @@ def sync_cmd(obj, table, schema, dsn, bundle_name, batch_size, retry_failed, res
         sys.exit(EXIT_PARTIAL)
 
 
-@cli.command("worker")
+@click.command("worker")
 @click.option("--table", "tables", multiple=True, metavar="TABLE",
               help="Table to serve (repeatable; default: every attached table of the bundle's model).")
 @schema_option
@@ -159,7 +159,7 @@ def worker_cmd(obj, tables, schema, dsn, bundle_name, batch_size, poll_s, until_
     Stops gracefully on SIGTERM / SIGINT (the batch in hand is finished). Run as many
     as you like: each row is embedded by one of them.
     """
-    from .sync_loop import Worker
+    from ..sync.worker import Worker
 
     with _cli_errors(dsn):
         bundle = obj.bundle(bundle_name)
@@ -168,14 +168,14 @@ def worker_cmd(obj, tables, schema, dsn, bundle_name, batch_size, poll_s, until_
         worker.run(until_idle=until_idle)
 
 
-@cli.command("status")
+@click.command("status")
 @click.option("--table", default=None, metavar="TABLE", help="One attached table (default: all).")
 @schema_option
 @dsn_option
 @json_option
 def status_cmd(table, schema, dsn, as_json):
     """Pending / done / failed counts and the latest errors of attached tables."""
-    from . import sync
+    from ..sync import catalog as sync
 
     with _cli_errors(dsn), _connect(dsn) as conn:
         rows = sync.status(conn, table, schema)
@@ -205,12 +205,12 @@ def status_cmd(table, schema, dsn, as_json):
 
 
 def _qualified(st: dict) -> str:
-    from .sync import _quote
+    from ..sync.catalog import _quote
 
     return f"{_quote(st['schema'])}.{_quote(st['table'])}"
 
 
-@cli.command("reembed")
+@click.command("reembed")
 @table_option
 @schema_option
 @dsn_option
@@ -226,7 +226,7 @@ def reembed_cmd(obj, table, schema, dsn, bundle_name, batch_size, abort_, as_jso
     The old embeddings stay searchable until the new ones are complete. Restart
     workers with the new bundle afterwards.
     """
-    from . import sync_reembed
+    from ..sync import reembed as sync_reembed
 
     with _cli_errors(dsn):
         if abort_:
@@ -248,7 +248,7 @@ def reembed_cmd(obj, table, schema, dsn, bundle_name, batch_size, abort_, as_jso
                    f"{len(rep.sync.failed)} failed")
 
 
-@cli.command("grant")
+@click.command("grant")
 @click.argument("role")
 @click.option("--writer", is_flag=True,
               help="Also write the items of existing collections and run `sync --rescan/--retry-failed`.")
@@ -260,7 +260,7 @@ def grant_cmd(role, writer, dsn):
     run `jointembed sync` / `jointembed worker`; it can write no catalog table and run
     no attach / detach / reembed. Running it again replaces the role's rights.
     """
-    from .sync import _call, _quote
+    from ..sync.catalog import _call, _quote
 
     with _cli_errors(dsn), _connect(dsn) as conn:
         _call(conn, "SELECT jointembed.grant_usage(%s, %s)", [role, writer])

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 from psycopg import sql
 
-from . import flickr8k, ingest, readers
-from .metrics import ranks_to_metrics
+from ..ingest import flickr8k, pipeline as ingest, readers
+from ..metrics import ranks_to_metrics
 
 _RANK_SQL = """
 WITH img AS MATERIALIZED (
@@ -76,7 +76,7 @@ def evaluate_split(collection, bundle, data_dir: str | Path, split: str = "test"
         InputError: ``data_dir`` is not a Flickr8K-layout directory, or an item failed to embed
             (the protocol needs every image and caption).
     """
-    from .errors import InputError
+    from ..errors import InputError
 
     data = flickr8k.load_split(data_dir, split)
     img_recs = [readers.PathRecord(str(p), p) for p in data.image_paths]

@@ -5,10 +5,10 @@ The work (image paths or captions) is cut, in order, into partitions of
 partition (``keys``, ``values``: the resolved paths, or the captions). ``map_batches``
 hands partitions to a pool of :class:`IngestWorker` actors. Each actor loads the ONNX
 bundle once and opens one database connection, then calls
-:func:`jointembed_pg.ingest.index_images` / :func:`~jointembed_pg.ingest.index_texts` on
+:func:`jointembed_pg.ingest.pipeline.index_images` / :func:`~jointembed_pg.ingest.pipeline.index_texts` on
 every partition it gets. So the keys, content hashes, model id, the skipping of
 unchanged items, the per-batch transactions (``Collection.upsert``) and the recorded
-:class:`~jointembed_pg.ingest.Failure` entries are those of the single-machine path.
+:class:`~jointembed_pg.ingest.pipeline.Failure` entries are those of the single-machine path.
 Partitions start on the single-machine path's batch boundaries, so every encoder batch
 holds the same items as there, and the stored float32 embeddings are byte-identical
 (this matters for captions: they are padded per batch, and a different padded length
@@ -38,9 +38,10 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from . import errors, ingest, readers
-from .errors import JointEmbedError, ModelMismatchError
-from .limits import Limits
+from .. import errors
+from . import pipeline as ingest, readers
+from ..errors import JointEmbedError, ModelMismatchError
+from ..limits import Limits
 
 #: What to install when Ray is missing.
 RAY_EXTRA = "pip install 'jointembed-pg[ray]'  (or: pip install 'ray[data]')"
@@ -117,9 +118,9 @@ def prepare_job(dsn: str | None, collection: str, bundle_dir: str | Path) -> Job
         BundleError: bad bundle. ModelMismatchError: the collection holds another model.
         DatabaseError: the database is unreachable.
     """
-    from . import db
-    from .bundle import Bundle, resolve
-    from .store import Store
+    from .. import db
+    from ..model.bundle import Bundle, resolve
+    from ..search.store import Store
 
     path = resolve(bundle_dir).resolve()
     bundle = Bundle.load(path)
@@ -141,8 +142,8 @@ class IngestWorker:
     """
 
     def __init__(self, job: Job, modality: str, batch_size: int, threads: int | None = None):
-        from .bundle import Bundle
-        from .store import Store
+        from ..model.bundle import Bundle
+        from ..search.store import Store
 
         if modality not in MODALITIES:
             raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
@@ -183,7 +184,7 @@ def _add(report: ingest.IngestReport, other: ingest.IngestReport) -> None:
 
 
 def summarize(report: ingest.IngestReport) -> dict[str, np.ndarray]:
-    """An :class:`~jointembed_pg.ingest.IngestReport` as the one-row batch a worker returns."""
+    """An :class:`~jointembed_pg.ingest.pipeline.IngestReport` as the one-row batch a worker returns."""
     failed = json.dumps([[f.key, f.error] for f in report.failed])
     return {"total": np.array([report.total], np.int64), "written": np.array([report.written], np.int64),
             "unchanged": np.array([report.unchanged], np.int64), "failed": np.array([failed], dtype=object)}
@@ -202,7 +203,7 @@ def index_images_ray(dsn: str | None, collection: str, bundle_dir: str | Path, p
                      workers: int = 2, batch_size: int = ingest.IMAGE_BATCH, **options: Any) -> ingest.IngestReport:
     """Embed image files or directories into ``collection`` on a Ray worker pool.
 
-    Same contract as :func:`jointembed_pg.ingest.index_images` (key = resolved path,
+    Same contract as :func:`jointembed_pg.ingest.pipeline.index_images` (key = resolved path,
     content hash = sha256 of the file bytes, unchanged items skipped, bad files in
     ``failed``), with the bundle loaded once per worker.
 
@@ -215,7 +216,7 @@ def index_images_ray(dsn: str | None, collection: str, bundle_dir: str | Path, p
         workers, batch_size, options: see :class:`RayConfig` (``cpus_per_worker``,
             ``address``, ``progress``).
     Returns:
-        The merged :class:`~jointembed_pg.ingest.IngestReport`.
+        The merged :class:`~jointembed_pg.ingest.pipeline.IngestReport`.
     Raises:
         JointEmbedError: Ray is missing, the bundle or database is unusable, or a batch
             failed on the database (committed batches stay; a rerun resumes).
@@ -231,7 +232,7 @@ def index_texts_ray(dsn: str | None, collection: str, bundle_dir: str | Path, fi
                     workers: int = 2, batch_size: int = ingest.TEXT_BATCH, **options: Any) -> ingest.IngestReport:
     """Embed the captions of ``file`` (CSV, JSONL or Flickr8K tokens) on a Ray worker pool.
 
-    Same contract as :func:`jointembed_pg.ingest.index_texts`; other arguments as
+    Same contract as :func:`jointembed_pg.ingest.pipeline.index_texts`; other arguments as
     :func:`index_images_ray`. The file is read in the driver; bad lines go to ``failed``.
     """
     cfg = RayConfig(workers=workers, batch_size=batch_size, **options)

@@ -2,7 +2,7 @@
 
 A Flickr8K-layout directory holds ``images/<name>.jpg``, the caption file
 :data:`TOKEN_FILE` (``<name>.jpg#<n><TAB><caption>`` per line, parsed by
-:func:`jointembed_pg.readers.read_texts`, so bad lines are dropped the same way as in
+:func:`jointembed_pg.ingest.readers.read_texts`, so bad lines are dropped the same way as in
 ``jointembed index texts``) and one split file per split (:data:`SPLIT_FILES`, one image
 name per line).
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputError
+from ..errors import InputError
 from .readers import read_texts
 
 TOKEN_FILE = "Flickr8k.token.txt"
@@ -56,7 +56,7 @@ def image_name(caption_key: str) -> str:
 def captions_by_image(data_dir: str | Path) -> dict[str, list[tuple[str, str]]]:
     """Every valid caption of the caption file, grouped by image name, in file order.
 
-    Lines that :func:`~jointembed_pg.readers.read_texts` flags (invalid UTF-8, no TAB,
+    Lines that :func:`~jointembed_pg.ingest.readers.read_texts` flags (invalid UTF-8, no TAB,
     empty caption) are skipped.
 
     Raises:

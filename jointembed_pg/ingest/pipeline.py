@@ -1,10 +1,10 @@
 """Batch ingest: decode -> encode -> write, overlapped, resumable, one bad item never fatal.
 
-``index_images`` and ``index_texts`` take records from :mod:`jointembed_pg.readers`, skip
+``index_images`` and ``index_texts`` take records from :mod:`jointembed_pg.ingest.readers`, skip
 items whose content hash is already stored for the collection's model (so a rerun after
 a crash resumes instead of starting over), embed the rest in batches with the bundle's
 ONNX encoders, and upsert each batch in one transaction. Images are read, hashed and
-decoded in decoder processes (:class:`jointembed_pg.sandbox.ImageLoader`: per-item time
+decoded in decoder processes (:class:`jointembed_pg.ingest.sandbox.ImageLoader`: per-item time
 and memory limits, a crash or hang fails that item only), fed by a thread pool ahead of
 the encoder; writes run on a writer thread behind it, so the encoder stays busy.
 Every key and caption is checked before it reaches a batch (:func:`readers.check_key`,
@@ -22,8 +22,8 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
-from .errors import InputError, ItemError, JointEmbedError
-from .limits import Limits
+from ..errors import InputError, ItemError, JointEmbedError
+from ..limits import Limits
 from .readers import Ignored, PathRecord, TextRecord, check_key, clean_text, ignored_summary, printable
 from .sandbox import ImageJob, ImageLoader, shared_loader
 
@@ -143,7 +143,7 @@ class _Writer:
 
 
 def _progress(total: int | None, desc: str, enabled: bool):
-    from .progress import progress
+    from ..progress import progress
 
     return progress(total, desc, unit="item", enabled=enabled)
 
@@ -154,8 +154,8 @@ def index_images(collection, bundle, records: Sequence[PathRecord], *, batch_siz
     """Embed image files into ``collection`` (modality ``image``, key = resolved path).
 
     Args:
-        collection: a :class:`jointembed_pg.store.Collection` (its model must be ``bundle``'s).
-        bundle: a :class:`jointembed_pg.bundle.Bundle`; images become ``(D,) float32``.
+        collection: a :class:`jointembed_pg.search.store.Collection` (its model must be ``bundle``'s).
+        bundle: a :class:`jointembed_pg.model.bundle.Bundle`; images become ``(D,) float32``.
         records: image paths (from :func:`readers.scan_images`).
         decode_threads: decoder processes (and feeding threads).
         ignored: files the folder scan did not take as images (copied into the report).

@@ -1,4 +1,4 @@
-"""Input readers: image paths and caption files (the Flickr8K layout: :mod:`jointembed_pg.flickr8k`).
+"""Input readers: image paths and caption files (the Flickr8K layout: :mod:`jointembed_pg.ingest.flickr8k`).
 
 Caption files (``jointembed index texts FILE``) come in three formats, chosen by suffix:
 
@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from . import files
-from .errors import InputError
-from .limits import MAX_KEY_BYTES, MAX_TEXT_CHARS
+from .. import files
+from ..errors import InputError
+from ..limits import MAX_KEY_BYTES, MAX_TEXT_CHARS
 
 #: Image file suffixes Pillow (as installed here) cannot decode: reported as
 #: ``.heic (no decoder)`` when a folder scan meets them.
@@ -95,11 +95,11 @@ def ignored_summary(ignored: Iterable[Ignored]) -> str:
 
 def image_extensions() -> frozenset[str]:
     """Lower-case suffixes a folder scan takes as images: those Pillow registers for a
-    format that :func:`jointembed_pg.preprocess.decode` decodes (so an installed AVIF or
+    format that :func:`jointembed_pg.model.preprocess.decode` decodes (so an installed AVIF or
     HEIF plugin adds its suffixes, and EPS, which needs Ghostscript, is left out)."""
     from PIL import Image
 
-    from .preprocess import decodable_formats
+    from ..model.preprocess import decodable_formats
 
     ok = set(decodable_formats())
     return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in ok)

@@ -4,14 +4,14 @@ An image item is untrusted: its file may be on a hung mount, its URL may drip by
 header may lie about its size, and a decoder bug may crash or hang on it. So batch jobs
 (``index images``, ``sync``, ``worker``, the Ray backfill) never decode in their own
 process. :class:`ImageLoader` keeps a few long-lived decoder processes
-(``python -m jointembed_pg.sandbox``); each item goes to one of them and the calling
+(``python -m jointembed_pg.ingest.sandbox``); each item goes to one of them and the calling
 thread waits for the answer in short slices:
 
 * **time**: an item that runs over ``Limits.timeout_s`` (read + hash + decode) is
   failed with ``timed out`` and its decoder process is killed and replaced;
 * **memory**: a decoder process caps its own address space at its start-up size plus
   ``Limits.memory_mb`` (``RLIMIT_AS``), on top of the pixel limit checked before decoding
-  (:func:`jointembed_pg.preprocess.decode`), so an allocation beyond fails the item;
+  (:func:`jointembed_pg.model.preprocess.decode`), so an allocation beyond fails the item;
 * **crashes**: a decoder process that dies (a signal, the OOM killer) fails the item
   with ``decoder process died`` and is replaced; the caller goes on;
 * **stop requests**: ``stop()`` is polled while waiting (SIGTERM of a worker, an
@@ -49,8 +49,8 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import InputError, JointEmbedError
-from .limits import Limits
+from ..errors import InputError, JointEmbedError
+from ..limits import Limits
 
 _HEADER = struct.Struct(">Q")
 #: Longest answer header accepted from a decoder process (bytes).
@@ -70,7 +70,7 @@ class ImageJob:
     """One image item to load.
 
     Exactly one of ``path`` (a local file: ``index images``) and ``source`` (an attached
-    table's :class:`~jointembed_pg.sources.ImageSource` with its column ``value``) is set.
+    table's :class:`~jointembed_pg.ingest.sources.ImageSource` with its column ``value``) is set.
 
     Attributes:
         where: names the item in error messages.
@@ -101,7 +101,8 @@ def load_item(job: ImageJob, spec, limits: Limits) -> Loaded:
         InputError: the item cannot be read or decoded (``retry`` attribute: may a later
             attempt succeed).
     """
-    from . import files, preprocess
+    from .. import files
+    from ..model import preprocess
 
     if job.path is not None:
         data = files.read_regular(job.path, limits.max_file_bytes, job.where)
@@ -125,7 +126,7 @@ class ImageLoader:
     threads calling :meth:`load` run in parallel. Processes start on first use.
 
     Args:
-        spec: the bundle's :class:`~jointembed_pg.preprocess.ImageSpec`.
+        spec: the bundle's :class:`~jointembed_pg.model.preprocess.ImageSpec`.
         limits: per-item bounds (default :meth:`Limits.from_env`).
         workers: decoder processes.
     """
@@ -240,7 +241,7 @@ class _Decoder:
                    PYTHONDONTWRITEBYTECODE="1")
         pkg_parent = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        self.proc = subprocess.Popen([sys.executable, "-m", "jointembed_pg.sandbox"], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-m", "jointembed_pg.ingest.sandbox"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, close_fds=True,
                                      start_new_session=True)
         self.alive = True
@@ -383,7 +384,7 @@ def _answer(stream, head: dict, payload: bytes = b"") -> None:
 
 
 def _serve(stdin, stdout) -> None:
-    from . import preprocess  # noqa: F401  (imports done before the memory cap)
+    from ..model import preprocess  # noqa: F401  (imports done before the memory cap)
     from .sources import ImageSource  # noqa: F401
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop

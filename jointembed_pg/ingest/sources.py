@@ -26,10 +26,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import files
-from .errors import InputError
-from .files import refuse as _error
-from .limits import MAX_FILE_BYTES
+from .. import files
+from ..errors import InputError
+from ..files import refuse as _error
+from ..limits import MAX_FILE_BYTES
 
 SOURCES = ("path", "url", "bytea")
 

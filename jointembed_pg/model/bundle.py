@@ -20,8 +20,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import paths
-from .errors import BundleError, InputError, ItemError
+from .. import paths
+from ..errors import BundleError, InputError, ItemError
 from .manifest import (  # noqa: F401 - names of the bundle layout, re-exported
     BUNDLE_FILES,
     IMAGE_ONNX,
@@ -34,7 +34,7 @@ from .manifest import (  # noqa: F401 - names of the bundle layout, re-exported
     Manifest,
 )
 from .preprocess import ImageSpec, load as load_image
-from .suggest import not_found
+from ..suggest import not_found
 from .text import TRUNCATION, TextTokenizer, validate_texts
 
 #: onnxruntime session config entry that makes int8 matrix products exact on x86-64 CPUs
@@ -108,7 +108,7 @@ def read_manifest(bundle_dir: Path) -> dict[str, Any]:
 
 
 def validate_manifest(m: dict[str, Any], bundle_dir: Path, *, checksums: bool = True) -> Manifest:
-    """Parse a manifest into :class:`~jointembed_pg.manifest.Manifest` and check the files beside it.
+    """Parse a manifest into :class:`~jointembed_pg.model.manifest.Manifest` and check the files beside it.
 
     The field checks are the model's (schema version, ``model_id``, ``dim``, ``distance``,
     ``precision``, preprocessing, encoder input/output names); here each file is checked
@@ -248,7 +248,7 @@ class Bundle:
         """Embed preprocessed images.
 
         Args:
-            pixels: ``(N, 3, S, S) float32`` from :func:`jointembed_pg.preprocess.load`
+            pixels: ``(N, 3, S, S) float32`` from :func:`jointembed_pg.model.preprocess.load`
                 with :attr:`image_spec` (S = ``image_spec.size``).
 
         Returns:
@@ -319,7 +319,7 @@ class Bundle:
         """Embed captions.
 
         Captions are tokenised, truncated at :attr:`max_tokens` (with a
-        :class:`~jointembed_pg.text.TruncationWarning`) and padded per batch; padding does
+        :class:`~jointembed_pg.model.text.TruncationWarning`) and padded per batch; padding does
         not change an embedding.
 
         Args:

@@ -16,7 +16,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Protocol
 
-from .errors import BundleError
+from ..errors import BundleError
 
 #: Entry-point group exporters register under.
 GROUP = "jointembed_pg.exporters"

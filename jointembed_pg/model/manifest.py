@@ -1,7 +1,7 @@
 """The bundle manifest (``manifest.json``, schema 1) as one typed, validated model.
 
 Field meanings are Contract 2 of docs/DESIGN.md. The runtime reads a manifest with
-:meth:`Manifest.from_dict` (:mod:`jointembed_pg.bundle`), the exporter builds one with the
+:meth:`Manifest.from_dict` (:mod:`jointembed_pg.model.bundle`), the exporter builds one with the
 constructor and writes :meth:`Manifest.to_dict` (``jointembed_export.manifest``): both
 sides go through the same checks (:meth:`Manifest.__post_init__`), so an exporter cannot
 write a manifest the runtime would refuse. Every error is a
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import BundleError
+from ..errors import BundleError
 from .preprocess import ImageSpec
 from .text import TRUNCATION
 

@@ -22,9 +22,9 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from . import files
-from .errors import InputError
-from .limits import MAX_FILE_BYTES, MAX_PIXELS, Limits  # noqa: F401 (re-exported)
+from .. import files
+from ..errors import InputError
+from ..limits import MAX_FILE_BYTES, MAX_PIXELS, Limits  # noqa: F401 (re-exported)
 
 #: JPEGs above this many pixels are decoded at 1/8 scale (far above any encoder input).
 _DRAFT_PIXELS = 4096 * 4096
@@ -92,7 +92,7 @@ class ImageSpec:
 def decodable_formats() -> tuple[str, ...]:
     """Pillow formats :func:`decode` opens: every format Pillow can load, minus
     :data:`_REFUSED_FORMATS` and stub plugins. The folder scan of ``index images``
-    (:func:`jointembed_pg.readers.image_extensions`) takes its extensions from the same list."""
+    (:func:`jointembed_pg.ingest.readers.image_extensions`) takes its extensions from the same list."""
     Image.init()
     return tuple(sorted(f for f, (cls, _accept) in Image.OPEN.items()
                         if f not in _REFUSED_FORMATS

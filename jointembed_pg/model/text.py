@@ -28,7 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import BundleError, InputError, ItemError
+from ..errors import BundleError, InputError, ItemError
 
 #: Default ``max_tokens``: the sequence length all-MiniLM-L6-v2 was trained with.
 DEFAULT_MAX_TOKENS = 128

@@ -19,7 +19,7 @@
 * **Visibility.** Progress from ``pg_stat_progress_create_index`` (a tqdm bar, or one log
   line every :data:`LOG_EVERY_S` seconds), read on a second connection opened with the
   building connection's parameters; server notices (e.g. pgvector's "hnsw graph no longer
-  fits into maintenance_work_mem") go to the ``jointembed_pg.indexing`` logger.
+  fits into maintenance_work_mem") go to the ``jointembed_pg.search.indexing`` logger.
 
 ``CREATE INDEX CONCURRENTLY`` cannot run inside a transaction block: on a connection with
 an open transaction (the caller's) the index is built with a plain ``CREATE INDEX`` inside
@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
-from .errors import DatabaseError
+from ..errors import DatabaseError
 
 log = logging.getLogger(__name__)
 

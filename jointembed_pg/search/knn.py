@@ -27,8 +27,8 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from .errors import InputError, ModelMismatchError
-from .migrations import query
+from ..errors import InputError, ModelMismatchError
+from ..migrations import query
 
 MODALITIES = ("image", "text")
 #: pgvector's maximum hnsw.ef_search (checked here for a clear Python error).

@@ -37,7 +37,7 @@ import sqlalchemy as sa
 from pgvector.sqlalchemy import HALFVEC, Vector
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from . import db
+from .. import db
 
 _models: dict[tuple[str, int, str], type] = {}
 
@@ -86,7 +86,7 @@ def item_model(collection: Any) -> type:
     """A typed ORM class mapped onto a collection's items table (cached per table).
 
     Args:
-        collection: a :class:`jointembed_pg.store.Collection` or ``CollectionInfo``.
+        collection: a :class:`jointembed_pg.search.store.Collection` or ``CollectionInfo``.
 
     Returns:
         A class with ``id, modality, key, source, text, content_hash, model_id,
@@ -146,7 +146,7 @@ def nearest(model: type, vector: Any, *, k: int = 10, modality: str | None = "im
     """
     name = getattr(model, "jointembed_collection", None)
     if name is None:
-        raise ValueError(f"{model!r} is not an items model from jointembed_pg.sqla.item_model")
+        raise ValueError(f"{model!r} is not an items model from jointembed_pg.search.sqla.item_model")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     q = np.asarray(vector, dtype=np.float32)

@@ -9,7 +9,7 @@
 Each collection has its own items table ``jointembed.items_<id>`` (``embedding vector(D)``,
 or ``halfvec(D)`` with ``storage="halfvec"``; unique ``(modality, key)``) with one partial
 HNSW index (``vector_l2_ops`` / ``halfvec_l2_ops``) per modality, built without blocking
-writers (:mod:`jointembed_pg.indexing`).
+writers (:mod:`jointembed_pg.search.indexing`).
 """
 from __future__ import annotations
 
@@ -23,10 +23,11 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from . import db, indexing, search
-from .errors import ArgumentError, DatabaseError, InputError, ModelMismatchError
-from .migrations import query, queries
-from .search import Hit, Where  # noqa: F401  (re-exported)
+from .. import db
+from . import indexing, knn as search
+from ..errors import ArgumentError, DatabaseError, InputError, ModelMismatchError
+from ..migrations import query, queries
+from .knn import Hit, Where  # noqa: F401  (re-exported)
 
 #: HNSW build parameters (pgvector defaults).
 DEFAULT_M = 16
@@ -335,7 +336,7 @@ class Collection:
         """Create the partial HNSW indexes (L2) that do not exist yet, without blocking writers.
 
         Built with ``CREATE INDEX CONCURRENTLY`` when the Store's connection is idle (see
-        :func:`jointembed_pg.indexing.ensure_hnsw`): inserts, updates and deletes go on
+        :func:`jointembed_pg.search.indexing.ensure_hnsw`): inserts, updates and deletes go on
         during the build; an INVALID index left by an interrupted build is dropped and
         rebuilt. A valid existing index is left as it is (whatever its ``m`` /
         ``ef_construction``), found by a catalog lookup without locking the table: calling
@@ -343,7 +344,7 @@ class Collection:
 
         Args:
             maintenance_work_mem: exact value for the builds (``"2GB"`` or bytes); default:
-                what the graph needs (:func:`jointembed_pg.indexing.hnsw_graph_bytes`),
+                what the graph needs (:func:`jointembed_pg.search.indexing.hnsw_graph_bytes`),
                 at most ``memory_cap``, never below the server's value.
             memory_cap: default ``$JOINTEMBED_INDEX_MEMORY``, else 1 GB.
             progress: tqdm bar on stderr (else progress is logged every 10 s at INFO).
@@ -388,11 +389,11 @@ class Collection:
             ef_search: starting HNSW ``hnsw.ef_search`` (1..1000; default the session's,
                 40; always at least ``k``, raised further while rows are missing).
             exact: exact scan, no index (reference results, small collections).
-            where: filter, see :func:`jointembed_pg.search.compose_where`; the result
+            where: filter, see :func:`jointembed_pg.search.knn.compose_where`; the result
                 still has exactly ``k`` rows when at least ``k`` items match (the rule
-                is SQL's ``jointembed.knn``, see :mod:`jointembed_pg.search`).
+                is SQL's ``jointembed.knn``, see :mod:`jointembed_pg.search.knn`).
             params: values of the filter's ``%(name)s`` placeholders (types: see
-                :func:`jointembed_pg.search.filter_for_knn`).
+                :func:`jointembed_pg.search.knn.filter_for_knn`).
             with_embedding: also return each hit's embedding.
 
         Raises:

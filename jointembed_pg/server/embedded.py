@@ -50,8 +50,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator
 
-from . import settings
-from .errors import DatabaseError, scrub
+from .. import settings
+from ..errors import DatabaseError, scrub
 
 #: OS user the server runs as when jointembed runs as root (the pgserver packages' name).
 SERVICE_USER = "pgserver"

@@ -7,8 +7,8 @@ embeddings and a work queue in schema ``jointembed`` and row triggers on the use
 that enqueue changed rows; it also enqueues every existing row (backfill). The user's
 table is never altered; :func:`detach` removes all of it again.
 
-The queue is drained by :mod:`jointembed_pg.sync_worker` (``jointembed sync`` /
-``jointembed worker``); a model change is :mod:`jointembed_pg.sync_reembed`.
+The queue is drained by :mod:`jointembed_pg.sync.drain` (``jointembed sync`` /
+``jointembed worker``); a model change is :mod:`jointembed_pg.sync.reembed`.
 
 Every stored embedding carries its model id; each model version has its own side table,
 and searches read only the *active* one, so results never mix models.
@@ -28,10 +28,10 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from . import db
-from .db import one_line  # noqa: F401  (re-exported for cli_sync and sync_loop)
-from .errors import DatabaseError, InputError, ModelMismatchError
-from .sources import SOURCES, ImageSource
+from .. import db
+from ..db import one_line  # noqa: F401  (re-exported for cli_sync and sync_loop)
+from ..errors import DatabaseError, InputError, ModelMismatchError
+from ..ingest.sources import SOURCES, ImageSource
 
 MODALITIES = ("image", "text")
 #: Latest errors shown by :func:`status`.

@@ -8,8 +8,8 @@ One *batch* (:func:`process_batch`):
    them; a crashed worker's rows return when the lease runs out;
 2. **read** the user's current content of those rows (``jointembed.sync_fetch``);
 3. **embed** what changed: a row whose content hash equals the stored one is only
-   dequeued; images are read (:mod:`jointembed_pg.sources`) and decoded in decoder
-   processes with a per-item deadline and memory cap (:mod:`jointembed_pg.sandbox`);
+   dequeued; images are read (:mod:`jointembed_pg.ingest.sources`) and decoded in decoder
+   processes with a per-item deadline and memory cap (:mod:`jointembed_pg.ingest.sandbox`);
 4. **write** the embeddings and delete the queue rows, and record the failures, in one
    transaction (``sync_complete`` / ``sync_fail``), retried on serialization failures
    and deadlocks. A row deleted since is removed from the side table instead; a row
@@ -25,7 +25,7 @@ one attempt and retried with exponential backoff up to ``max_attempts`` (NULL va
 undecodable bytea and decoder crashes are not retried); it never blocks the rest of the
 queue. A stop request (``stop()``, SIGTERM of a worker) interrupts the batch in hand
 within a fraction of a second and releases its claim without counting an attempt.
-The long-running loop (LISTEN/NOTIFY, signals, JSON logs) is :mod:`jointembed_pg.sync_loop`.
+The long-running loop (LISTEN/NOTIFY, signals, JSON logs) is :mod:`jointembed_pg.sync.worker`.
 """
 from __future__ import annotations
 
@@ -40,14 +40,14 @@ from typing import Callable
 import numpy as np
 import psycopg
 
-from . import db
-from .errors import InputError, ItemError, JointEmbedError, ModelMismatchError
-from .ingest import sha256
-from .limits import Limits
-from .readers import clean_text, printable
-from .sandbox import ImageJob, ImageLoader, Interrupted, shared_loader
-from .sources import ImageSource, is_retryable
-from .sync import Attachment, Version, _call, find, version_for
+from .. import db
+from ..errors import InputError, ItemError, JointEmbedError, ModelMismatchError
+from ..ingest.pipeline import sha256
+from ..limits import Limits
+from ..ingest.readers import clean_text, printable
+from ..ingest.sandbox import ImageJob, ImageLoader, Interrupted, shared_loader
+from ..ingest.sources import ImageSource, is_retryable
+from .catalog import Attachment, Version, _call, find, version_for
 
 #: Transient errors retried around a transaction (then re-raised).
 RETRYABLE = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected,
@@ -358,7 +358,7 @@ def _ready_count(conn, target: Target) -> int:
 
 
 def _bar(total, desc: str, enabled: bool):
-    from .progress import progress
+    from ..progress import progress
 
     return progress(total, desc, unit="row", enabled=enabled)
 

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 
 import psycopg
 
-from . import db
-from .errors import DatabaseError
-from .sync import Version, _call, _row, find, versions
-from .sync_worker import SyncConfig, SyncReport, Target, connect, drain
+from .. import db
+from ..errors import DatabaseError
+from .catalog import Version, _call, _row, find, versions
+from .drain import SyncConfig, SyncReport, Target, connect, drain
 
 #: Seconds the switch waits for rows held by other workers before giving up.
 SWITCH_WAIT_S = 60.0

@@ -1,11 +1,11 @@
 """The long-running sync worker (``jointembed worker``).
 
-Drains the queues of attached tables (:func:`jointembed_pg.sync_worker.drain`), then
+Drains the queues of attached tables (:func:`jointembed_pg.sync.drain.drain`), then
 sleeps until a trigger's ``NOTIFY jointembed_sync`` arrives or ``poll_s`` seconds pass
 (polling also picks up rows whose retry time has come, and attachments created later).
 SIGTERM / SIGINT stop it: between batches at once, and within a fraction of a second
 while a batch's images load (the batch's claim is released, no attempt is counted).
-Images are decoded in decoder processes owned by the worker (:mod:`jointembed_pg.sandbox`),
+Images are decoded in decoder processes owned by the worker (:mod:`jointembed_pg.ingest.sandbox`),
 so a hostile row can neither hang, crash nor exhaust the worker. Every event is one JSON line on
 stderr: ``{"ts", "level", "event", "worker", ...}``; the DSN never appears in them.
 
@@ -28,11 +28,11 @@ from typing import IO, Sequence
 import psycopg
 from psycopg import sql
 
-from . import db
-from .errors import DatabaseError, ModelMismatchError
-from .sync import list_attachments, one_line
-from .sandbox import Interrupted, shared_loader
-from .sync_worker import BatchResult, SyncConfig, Target, connect, drain
+from .. import db
+from ..errors import DatabaseError, ModelMismatchError
+from .catalog import list_attachments, one_line
+from ..ingest.sandbox import Interrupted, shared_loader
+from .drain import BatchResult, SyncConfig, Target, connect, drain
 
 CHANNEL = "jointembed_sync"
 #: Seconds between polls when no notification arrives.

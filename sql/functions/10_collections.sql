@@ -20,7 +20,7 @@ $fn$;
 -- (2000 vector, 4000 halfvec: pgvector src/hnsw.h), here rather than at index time.
 -- Concurrent calls with the same name are safe: the loser of the race waits on the
 -- unique index and then finds the winner's row. Does not check model_id/dim/storage of
--- an existing collection: the caller compares them (jointembed_pg.store does, before writes).
+-- an existing collection: the caller compares them (jointembed_pg.search.store does, before writes).
 DROP FUNCTION IF EXISTS jointembed.create_collection(text, text, integer);
 CREATE OR REPLACE FUNCTION jointembed.create_collection(p_name text, p_model_id text, p_dim integer,
                                                         p_storage text DEFAULT 'vector')

@@ -1,7 +1,7 @@
 -- The one k-nearest-neighbour rule. Every search runs its k-NN query through
 -- jointembed.knn: jointembed.search / more_like_this / search_attached, the Python API
--- (jointembed_pg.search, Store/Collection.search_vector, sync.search_attached) and
--- jointembed_pg.sqla.nearest. It returns exactly min(k, rows that match) rows, even when
+-- (jointembed_pg.search.knn, Store/Collection.search_vector, sync.search_attached) and
+-- jointembed_pg.search.sqla.nearest. It returns exactly min(k, rows that match) rows, even when
 -- dead tuples (updated or deleted rows not yet vacuumed) or a selective filter fill the
 -- HNSW candidate list:
 --

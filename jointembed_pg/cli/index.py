@@ -1,0 +1,86 @@
+"""``jointembed init`` and ``jointembed index image|text``: embed files into a collection."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .options import (AliasGroup, _errors, _finish, _index_log, _progress, bundle_option, collection_option,
+                      dsn_option, json_option, memory_cap_option, progress_option, storage_option)
+
+
+@click.command()
+@dsn_option
+@click.option("--collection", default=None, help="Also create this (empty) collection for the bundle's model.")
+@storage_option
+@bundle_option
+@json_option
+@click.pass_obj
+def init(obj, dsn, collection, storage, bundle_name, as_json):
+    """Create the jointembed schema (idempotent; also done on first use)."""
+    with _errors():
+        store = obj.store(dsn)
+        if collection is not None:
+            _open_collection(obj, dsn, bundle_name, collection, storage)
+        elif storage is not None:
+            raise click.UsageError("--storage applies to a new collection: give --collection too")
+        info = store.info() if hasattr(store, "info") else {}
+    click.echo(json.dumps(info) if as_json else f"jointembed schema ready {info or ''}".rstrip())
+
+
+@click.group(cls=AliasGroup)
+def index():
+    """Embed images or captions into a collection."""
+
+
+def _open_collection(obj, dsn, bundle_name, name, storage=None):
+    bundle = obj.bundle(bundle_name)
+    return bundle, obj.collection(dsn, name, bundle=bundle, create=True, storage=storage)
+
+
+@index.command("image")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@collection_option
+@dsn_option
+@bundle_option
+@click.option("--batch-size", default=32, show_default=True, help="Images per encoder batch.")
+@storage_option
+@memory_cap_option
+@json_option
+@progress_option
+@click.pass_obj
+def index_images_cmd(obj, paths, collection, dsn, bundle_name, batch_size, storage, memory_cap, as_json, progress):
+    """Embed image files or directories (recursively) into COLLECTION."""
+    from ..ingest import pipeline as ingest, readers
+
+    with _errors():
+        bundle, coll = _open_collection(obj, dsn, bundle_name, collection, storage)
+        scan = readers.scan_images(paths)
+        report = ingest.index_images(coll, bundle, scan.records, batch_size=batch_size, progress=_progress(progress),
+                                     ignored=scan.ignored)
+        coll.ensure_index(memory_cap=memory_cap, progress=_index_log(progress))
+    _finish(report, as_json)
+
+
+@index.command("text")
+@click.argument("file", type=click.Path(path_type=Path))
+@collection_option
+@dsn_option
+@bundle_option
+@click.option("--batch-size", default=256, show_default=True, help="Captions per encoder batch.")
+@storage_option
+@memory_cap_option
+@json_option
+@progress_option
+@click.pass_obj
+def index_texts_cmd(obj, file, collection, dsn, bundle_name, batch_size, storage, memory_cap, as_json, progress):
+    """Embed the captions of FILE: CSV (id,text), JSON lines (id, text) or a Flickr8K token file."""
+    from ..ingest import pipeline as ingest, readers
+
+    with _errors():
+        records = list(readers.read_texts(file))
+        bundle, coll = _open_collection(obj, dsn, bundle_name, collection, storage)
+        report = ingest.index_texts(coll, bundle, records, batch_size=batch_size, progress=_progress(progress))
+        coll.ensure_index(memory_cap=memory_cap, progress=_index_log(progress))
+    _finish(report, as_json)
