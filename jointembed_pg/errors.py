@@ -57,7 +57,8 @@ class ItemError(InputError):
 
 
 class ArgumentError(JointEmbedError, ValueError):
-    """An argument value is invalid (a collection name, a dimension).
+    """An argument or setting value is invalid (a collection name, a dimension, a memory size,
+    an environment variable).
 
     Also a ``ValueError``, so code written against the earlier bare ``ValueError`` keeps working.
     """

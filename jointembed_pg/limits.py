@@ -25,9 +25,9 @@ bound keeps ``(modality, key)`` under PostgreSQL's B-tree entry limit (2704 byte
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, fields
 
+from . import settings
 from .errors import InputError
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -37,14 +37,7 @@ DECODE_MEMORY_MB = 1024
 MAX_TEXT_CHARS = 131_072
 MAX_KEY_BYTES = 2048
 
-_ENV = {
-    "max_file_bytes": "JOINTEMBED_MAX_FILE_BYTES",
-    "max_pixels": "JOINTEMBED_MAX_PIXELS",
-    "timeout_s": "JOINTEMBED_ITEM_TIMEOUT_S",
-    "memory_mb": "JOINTEMBED_DECODE_MEMORY_MB",
-    "max_text_chars": "JOINTEMBED_MAX_TEXT_CHARS",
-    "max_key_bytes": "JOINTEMBED_MAX_KEY_BYTES",
-}
+_ENV = settings.LIMIT_ENV
 
 
 @dataclass(frozen=True)
@@ -78,16 +71,17 @@ class Limits:
 
     @classmethod
     def from_env(cls, environ=None) -> "Limits":
-        """Defaults overridden by the ``JOINTEMBED_*`` variables of the table above.
+        """Defaults overridden by the ``JOINTEMBED_*`` variables of the table above, read
+        through :mod:`jointembed_pg.settings` (from ``environ``, default ``os.environ``).
 
         Raises:
             InputError: a variable is not a positive number.
         """
-        env = os.environ if environ is None else environ
+        raw_limits = settings.Settings.from_env(environ).limits
         kw: dict = {}
         for f in fields(cls):
-            raw = env.get(_ENV[f.name])
-            if raw is None or not raw.strip():
+            raw = raw_limits.get(f.name)
+            if raw is None:
                 continue
             try:
                 kw[f.name] = float(raw) if f.name == "timeout_s" else int(raw)

@@ -16,23 +16,23 @@ one interval) stay silent in log mode.
 """
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
 from contextlib import contextmanager
 from typing import IO, Iterator
 
+from . import settings
+
 #: Seconds between log lines when stderr is not a terminal.
 LOG_INTERVAL_S = 10.0
-INTERVAL_ENV = "JOINTEMBED_PROGRESS_INTERVAL"
+INTERVAL_ENV = settings.PROGRESS_INTERVAL_ENV
 
 
 def _interval() -> float:
-    try:
-        return max(0.0, float(os.environ.get(INTERVAL_ENV, LOG_INTERVAL_S)))
-    except ValueError:
-        return LOG_INTERVAL_S
+    """``$JOINTEMBED_PROGRESS_INTERVAL`` (via :mod:`jointembed_pg.settings`), else :data:`LOG_INTERVAL_S`."""
+    value = settings.get().progress_interval_s
+    return LOG_INTERVAL_S if value is None else max(0.0, value)
 
 
 def _is_tty(stream: IO[str]) -> bool:

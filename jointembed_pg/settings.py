@@ -15,15 +15,25 @@ variable                     meaning (default)
 ``DATABASE_URL``             DSN used when no ``--dsn`` / DSN argument is given
 ``XDG_RUNTIME_DIR``          base of the embedded server's private socket directory
                              (non-root only; else the system temp dir)
+``JOINTEMBED_PROGRESS_INTERVAL``  seconds between progress log lines off a terminal (10)
+``JOINTEMBED_INDEX_MEMORY``  most ``maintenance_work_mem`` of an HNSW build (1GB)
+``JOINTEMBED_MAX_*`` ...     per-item input limits: the table of :mod:`jointembed_pg.limits`
+                             (:data:`LIMIT_ENV`; parsed and checked by ``Limits.from_env``)
 ===========================  =========================================================
+
+An invalid value is an :class:`~jointembed_pg.errors.ArgumentError` (one line in the CLI),
+except ``JOINTEMBED_PROGRESS_INTERVAL``, where it means the default.
 """
 from __future__ import annotations
 
 import os
 import sys
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
+
+from .errors import ArgumentError
 
 #: Name of the bundle the library uses when none is named.
 DEFAULT_BUNDLE = "default"
@@ -38,6 +48,17 @@ ROOT_HOME = Path("/var/lib/jointembed")
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 #: Flickr8K location relative to a checkout of this repository (read in place).
 DEFAULT_FLICKR8K = _REPO_ROOT.parent / "shared" / "data" / "flickr8k"
+#: :class:`jointembed_pg.limits.Limits` field -> the variable that overrides it.
+LIMIT_ENV = {
+    "max_file_bytes": "JOINTEMBED_MAX_FILE_BYTES",
+    "max_pixels": "JOINTEMBED_MAX_PIXELS",
+    "timeout_s": "JOINTEMBED_ITEM_TIMEOUT_S",
+    "memory_mb": "JOINTEMBED_DECODE_MEMORY_MB",
+    "max_text_chars": "JOINTEMBED_MAX_TEXT_CHARS",
+    "max_key_bytes": "JOINTEMBED_MAX_KEY_BYTES",
+}
+PROGRESS_INTERVAL_ENV = "JOINTEMBED_PROGRESS_INTERVAL"
+INDEX_MEMORY_ENV = "JOINTEMBED_INDEX_MEMORY"
 
 
 def _legacy_home(env: Mapping[str, str]) -> Path:
@@ -82,6 +103,11 @@ class Settings:
         database_url: DSN from ``$DATABASE_URL`` or ``None``.
         pg_major: PostgreSQL major version for new embedded clusters, ``None`` = newest shipped.
         runtime_base: directory under which the server's private socket dir is made.
+        progress_interval_s: seconds between progress log lines, ``None`` = unset or not
+            a number (the default applies).
+        index_memory: HNSW build memory cap as written (``"2GB"``), ``None`` = unset.
+        limits: the per-item limit variables that are set, ``{Limits field: raw text}``
+            (:data:`LIMIT_ENV`).
     """
 
     home: Path
@@ -91,13 +117,16 @@ class Settings:
     database_url: str | None
     pg_major: int | None
     runtime_base: Path | None
+    progress_interval_s: float | None = None
+    index_memory: str | None = None
+    limits: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         """Build the settings from ``env`` (default ``os.environ``).
 
         Raises:
-            ValueError: ``JOINTEMBED_PG_MAJOR`` is not an integer.
+            ArgumentError: ``JOINTEMBED_PG_MAJOR`` is not an integer (also a ``ValueError``).
         """
         env = os.environ if env is None else env
         home = Path(env["JOINTEMBED_HOME"]).expanduser() if env.get("JOINTEMBED_HOME") else default_home(env)
@@ -111,12 +140,18 @@ class Settings:
         try:
             pg_major = int(major) if major else None
         except ValueError:
-            raise ValueError(f"JOINTEMBED_PG_MAJOR must be a PostgreSQL major version such as 18, "
+            raise ArgumentError(f"JOINTEMBED_PG_MAJOR must be a PostgreSQL major version such as 18, "
                              f"got {major!r}") from None
         runtime = env.get("XDG_RUNTIME_DIR")
+        try:
+            interval: float | None = float(env[PROGRESS_INTERVAL_ENV])
+        except (KeyError, ValueError):
+            interval = None
+        limits = {f: env[v] for f, v in LIMIT_ENV.items() if (env.get(v) or "").strip()}
         return cls(home=home, bundles_dir=bundles, pgdata=pgdata, data_dir=data_dir,
                    database_url=env.get(DSN_ENV) or None, pg_major=pg_major,
-                   runtime_base=Path(runtime) if runtime else None)
+                   runtime_base=Path(runtime) if runtime else None, progress_interval_s=interval,
+                   index_memory=env.get(INDEX_MEMORY_ENV) or None, limits=limits)
 
 
 def get() -> Settings:

@@ -253,6 +253,24 @@ def test_one_rule_for_one_line_errors(monkeypatch, capsys, exc, one_line):
     assert capsys.readouterr().err.strip() == f"Error: {one_line}"
 
 
+def test_a_bad_setting_is_one_line_not_a_traceback(tmp_path):
+    """A bad environment variable is the user's error (settings raise ArgumentError)."""
+    p = run(["model", "list"], home=tmp_path, env_extra={"JOINTEMBED_PG_MAJOR": "eighteen"})
+    assert_one_line_error(p, "JOINTEMBED_PG_MAJOR must be a PostgreSQL major version", "'eighteen'")
+
+
+@pytest.mark.parametrize("how", ["option", "env"])
+def test_a_bad_memory_cap_is_bad_usage_before_any_work(tmp_path, how):
+    """``--memory-cap`` / ``$JOINTEMBED_INDEX_MEMORY`` are checked when parsed (exit 2), not after indexing."""
+    caps = tmp_path / "caps.csv"
+    caps.write_text("id,text\n1,a dog\n")
+    args = ["index", "text", caps, "--dsn", "postgresql://nobody@127.0.0.1:1/none"]
+    p = run(args + (["--memory-cap", "lots"] if how == "option" else []), home=tmp_path,
+            env_extra={"JOINTEMBED_INDEX_MEMORY": "lots"} if how == "env" else None)
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert "memory size must look like 512MB or 1GB, got 'lots'" in p.stderr and "Traceback" not in p.stderr
+
+
 def test_bad_collection_name_is_an_argument_error_not_a_bare_value_error(pg_dsn):
     from jointembed_pg.errors import ArgumentError, JointEmbedError
     from jointembed_pg.search.store import Store

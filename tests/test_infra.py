@@ -73,3 +73,56 @@ def test_settings_home_rules(tmp_path, monkeypatch):
     assert s.database_url == "postgresql:///x" and s.pg_major == 16
     with pytest.raises(ValueError, match="JOINTEMBED_PG_MAJOR"):
         settings.Settings.from_env({**env, "JOINTEMBED_PG_MAJOR": "eighteen"})
+
+
+def test_settings_hold_the_progress_index_memory_and_limit_variables(tmp_path):
+    """One settings object (issue 15.3): the variables progress, indexing and limits use are its fields."""
+    from jointembed_pg.errors import ArgumentError
+    from jointembed_pg.limits import Limits
+    from jointembed_pg.search import indexing
+
+    env = {"JOINTEMBED_HOME": str(tmp_path), "JOINTEMBED_PROGRESS_INTERVAL": "2.5", "JOINTEMBED_INDEX_MEMORY": "2GB",
+           "JOINTEMBED_MAX_PIXELS": "1000", "JOINTEMBED_ITEM_TIMEOUT_S": " "}
+    s = settings.Settings.from_env(env)
+    assert (s.progress_interval_s, s.index_memory, dict(s.limits)) == (2.5, "2GB", {"max_pixels": "1000"})
+    assert settings.Settings.from_env({**env, "JOINTEMBED_PROGRESS_INTERVAL": "soon"}).progress_interval_s is None
+    assert Limits.from_env(env).max_pixels == 1000 and Limits.from_env(env).timeout_s == 30.0
+    with pytest.raises(ArgumentError, match="JOINTEMBED_PG_MAJOR"):  # a JointEmbedError: one line in the CLI
+        settings.Settings.from_env({**env, "JOINTEMBED_PG_MAJOR": "eighteen"})
+    with pytest.raises(ArgumentError, match="512MB or 1GB"):
+        indexing.parse_memory("lots")
+
+
+def test_settings_progress_and_index_memory_follow_the_environment(monkeypatch):
+    from jointembed_pg import progress
+    from jointembed_pg.search import indexing
+
+    monkeypatch.setenv("JOINTEMBED_PROGRESS_INTERVAL", "0.5")
+    monkeypatch.setenv("JOINTEMBED_INDEX_MEMORY", "64MB")
+    assert progress._interval() == 0.5 and indexing.memory_cap() == 64 << 20
+    monkeypatch.setenv("JOINTEMBED_PROGRESS_INTERVAL", "never")
+    monkeypatch.delenv("JOINTEMBED_INDEX_MEMORY")
+    assert progress._interval() == progress.LOG_INTERVAL_S and indexing.memory_cap() == 1 << 30
+
+
+#: Modules that read ``os.environ`` for something other than jointembed's own settings.
+_ENVIRON_READERS = {
+    "settings.py": "the one settings object",
+    "server/embedded.py": "copies the environment for the server process (drops PG* variables)",
+    "ingest/sandbox.py": "copies the environment for decoder processes (one BLAS thread)",
+    "cli/__init__.py": "registers the passwords of $DATABASE_URL and $PGPASSWORD for redaction before settings load",
+}
+
+
+def test_only_settings_reads_the_environment():
+    """Every other runtime module gets jointembed's variables from :mod:`jointembed_pg.settings`."""
+    import ast
+
+    root = REPO / "jointembed_pg"
+    readers = set()
+    for f in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv")
+                    and isinstance(node.value, ast.Name) and node.value.id == "os"):
+                readers.add(f.relative_to(root).as_posix())
+    assert readers == set(_ENVIRON_READERS)

@@ -74,7 +74,23 @@ progress_option = click.option("--progress/--no-progress", default=None,
 storage_option = click.option("--storage", type=click.Choice(["vector", "halfvec"]), default=None,
                               help="Embedding type of a new collection: vector (float32, default) or halfvec "
                                    "(float16, half the bytes; pgvector >= 0.7). An existing one must match.")
+
+
+def _check_memory_cap(ctx, param, value):
+    """Refuse a bad ``--memory-cap`` / ``$JOINTEMBED_INDEX_MEMORY`` as bad usage before any work."""
+    if value is not None:
+        from ..errors import ArgumentError
+        from ..search.indexing import parse_memory
+
+        try:
+            parse_memory(value)
+        except ArgumentError as e:
+            raise click.BadParameter(str(e), ctx=ctx, param=param) from e
+    return value
+
+
 memory_cap_option = click.option("--memory-cap", envvar="JOINTEMBED_INDEX_MEMORY", default=None, metavar="SIZE",
+                                 callback=_check_memory_cap,
                                  help="Most maintenance_work_mem an HNSW build may use, e.g. 2GB "
                                       "(default: $JOINTEMBED_INDEX_MEMORY, else 1GB).")
 

@@ -28,7 +28,6 @@ it, and a warning says that writers wait meanwhile.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 import time
@@ -37,7 +36,8 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
-from ..errors import DatabaseError
+from ..errors import ArgumentError, DatabaseError
+from ..settings import INDEX_MEMORY_ENV, get as get_settings
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ MIN_PGVECTOR = {"vector": (0, 5), "halfvec": (0, 7)}
 #: Upper bound for the ``maintenance_work_mem`` of a build, unless the caller passes one.
 DEFAULT_MEMORY_CAP = "1GB"
 #: Environment variable overriding :data:`DEFAULT_MEMORY_CAP` (e.g. ``4GB``, ``512MB``).
-MEMORY_CAP_ENV = "JOINTEMBED_INDEX_MEMORY"
+MEMORY_CAP_ENV = INDEX_MEMORY_ENV
 #: Seconds between progress log lines when no progress bar is shown.
 LOG_EVERY_S = 10.0
 #: Seconds between polls of ``pg_stat_progress_create_index`` / of a busy build lock.
@@ -88,16 +88,16 @@ def check_storage(storage: str, dim: int, vector_version: tuple[int, ...] | None
     Returns:
         ``storage``.
     Raises:
-        ValueError: unknown storage, or ``dim`` above what HNSW indexes of that type take
+        ArgumentError: unknown storage, or ``dim`` above what HNSW indexes of that type take
             (:data:`MAX_HNSW_DIM`).
         DatabaseError: the server's pgvector is too old for ``storage`` (halfvec < 0.7).
     """
     if storage not in OPCLASS:
-        raise ValueError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
+        raise ArgumentError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
     limit = MAX_HNSW_DIM[storage]
     if int(dim) > limit:
         hint = " (use storage 'halfvec', up to 4000)" if storage == "vector" and int(dim) <= MAX_HNSW_DIM["halfvec"] else ""
-        raise ValueError(f"an HNSW index on {storage} takes at most {limit} dimensions, got {dim}{hint}")
+        raise ArgumentError(f"an HNSW index on {storage} takes at most {limit} dimensions, got {dim}{hint}")
     need = MIN_PGVECTOR[storage]
     if vector_version is not None and tuple(vector_version) < need:
         have = ".".join(map(str, vector_version)) or "none"
@@ -113,24 +113,24 @@ def parse_memory(value: int | str) -> int:
     Units are PostgreSQL's (1 kB = 1024 B); a bare number is bytes.
 
     Raises:
-        ValueError: not a non-negative size.
+        ArgumentError: not a non-negative size (also a ``ValueError``).
     """
     if isinstance(value, bool):
-        raise ValueError(f"memory size must be bytes or a string like '1GB', got {value!r}")
+        raise ArgumentError(f"memory size must be bytes or a string like '1GB', got {value!r}")
     if isinstance(value, int):
         if value < 0:
-            raise ValueError(f"memory size must be >= 0, got {value}")
+            raise ArgumentError(f"memory size must be >= 0, got {value}")
         return value
     m = _SIZE_RE.match(str(value))
     if not m:
-        raise ValueError(f"memory size must look like 512MB or 1GB, got {value!r}")
+        raise ArgumentError(f"memory size must look like 512MB or 1GB, got {value!r}")
     return int(m.group(1)) * _UNITS[(m.group(2) or "b").lower()]
 
 
 def memory_cap(value: int | str | None = None) -> int:
     """The cap in bytes: ``value``, else ``$JOINTEMBED_INDEX_MEMORY``, else 1 GB."""
     if value is None:
-        value = os.environ.get(MEMORY_CAP_ENV) or DEFAULT_MEMORY_CAP
+        value = get_settings().index_memory or DEFAULT_MEMORY_CAP
     return parse_memory(value)
 
 
@@ -272,7 +272,7 @@ def ensure_hnsw(conn: psycopg.Connection, spec: IndexSpec, *, maintenance_work_m
             drop removes the invalid index it leaves, else the message says the next call
             repairs it).
         psycopg.Error: a catalog lookup or setting failed (e.g. the connection was lost).
-        ValueError: a bad memory size.
+        ArgumentError: a bad memory size.
     """
     fixed = None if maintenance_work_mem is None else parse_memory(maintenance_work_mem)
     limit = memory_cap(cap)
