@@ -58,7 +58,9 @@ names = zipfile.ZipFile(sys.argv[1]).namelist()
 tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
 assert tops == {"jointembed_pg", "jointembed_train", "jointembed_export"}, f"top-level names: {sorted(tops)}"
 need = ["jointembed_train/weights/default.pt", "jointembed_train/configs/default.json", "jointembed_pg/py.typed",
-        "jointembed_pg/sql/migrations/001_schema.sql", "jointembed_export/build.py"]
+        "jointembed_pg/sql/migrations/001_schema.sql", "jointembed_export/build.py",
+        *(f"jointembed_pg/{sub}/__init__.py" for sub in ("cli", "model", "ingest", "search", "evaluation", "sync", "server")),
+        "jointembed_pg/cli/options.py", "jointembed_pg/ingest/sandbox.py"]
 missing = [n for n in need if n not in names]
 assert not missing, f"missing from the wheel: {missing}"
 info = [n for n in names if n.endswith(".dist-info/entry_points.txt")]

@@ -74,6 +74,19 @@ def test_one_version_license_and_py_typed():
     assert (REPO / "jointembed_pg" / "py.typed").is_file()
 
 
+def test_every_subpackage_is_listed():
+    """A folder with an ``__init__.py`` that ``packages`` misses would be absent from the wheel."""
+    cfg = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    on_disk = set()
+    for pkg, folder in (("jointembed_pg", "jointembed_pg"), ("jointembed_train", "training"),
+                        ("jointembed_export", "export")):
+        for init in (REPO / folder).rglob("__init__.py"):
+            on_disk.add(".".join([pkg, *init.parent.relative_to(REPO / folder).parts]))
+    assert on_disk <= set(cfg["packages"]), on_disk - set(cfg["packages"])
+    assert {"jointembed_pg.cli", "jointembed_pg.model", "jointembed_pg.ingest", "jointembed_pg.search",
+            "jointembed_pg.sync", "jointembed_pg.server", "jointembed_pg.evaluation"} <= on_disk
+
+
 def test_no_generic_top_level_import_names():
     cfg = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
     tops = {p.split(".")[0] for p in cfg["packages"]}

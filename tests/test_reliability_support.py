@@ -1,7 +1,6 @@
 """Helpers of the reliability/security tests (holds no tests itself).
 
-* :func:`cli` / :func:`cli_popen`: the ``jointembed`` CLI as a subprocess (with the
-  attached-table commands registered, whether or not ``cli.py`` imports them yet);
+* :func:`cli` / :func:`cli_popen`: the ``jointembed`` CLI as a subprocess;
 * :func:`flickr_images`: real Flickr8K image paths (read in place, never copied);
 * :func:`stored_items`: what a collection holds, straight from its table;
 * :func:`edited_bundle`: a second bundle (another model id and/or dimension) made of
