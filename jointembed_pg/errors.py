@@ -4,9 +4,10 @@ Every error the library raises on purpose is a :class:`JointEmbedError`, so call
 the CLI, which turns them into one-line messages with a non-zero exit code) can catch
 one type. Messages name the offending value or path.
 
-The CLI's rule (``jointembed_pg.cli.options.USER_ERRORS``): ``JointEmbedError``, ``OSError`` and
-click's own usage errors become one line on stderr; anything else (a bare ``ValueError``,
-``TypeError``, ...) is a bug and keeps its traceback.
+The CLI's one rule (``jointembed_pg.cli.options.USER_ERRORS``): ``JointEmbedError``, ``OSError``,
+the database server's ``psycopg.Error`` and click's own usage errors become one line on
+stderr; anything else (a bare ``ValueError``, ``TypeError``, ...) is a bug and keeps its
+traceback.
 
 This module also holds the one implementation of secret redaction (:func:`redact_dsn`,
 :func:`scrub`): nothing jointembed prints or raises shows a password.

@@ -19,18 +19,22 @@ import sys
 from contextlib import contextmanager
 
 import click
+import psycopg
 
 from ..errors import InputError, JointEmbedError
 
 EXIT_PARTIAL = 3
 DEFAULT_COLLECTION = "default"
 
-#: The one rule for one-line errors: our own hierarchy (bad input, missing bundle,
-#: database trouble) and operating-system errors (unwritable paths, full disks). click's
-#: own ``ClickException``s (bad usage) are one line by construction. Every other
-#: exception -- a bare ``ValueError``, ``TypeError``, ``KeyError`` -- is a bug and keeps
-#: its traceback rather than being disguised as a user error.
-USER_ERRORS: tuple[type[BaseException], ...] = (JointEmbedError, OSError)
+#: The one rule for one-line errors, for every command: our own hierarchy (bad input,
+#: bad settings, missing bundle, database trouble the library recognised), operating-system
+#: errors (unwritable paths, full disks) and the database server's own errors that reach the
+#: CLI untranslated (``psycopg.Error``: a lost connection, a timeout, missing rights on the
+#: user's table), shown as ``database error: ...`` with every password masked. click's own
+#: ``ClickException``s (bad usage) are one line by construction. Every other exception --
+#: a bare ``ValueError``, ``TypeError``, ``KeyError`` -- is a bug and keeps its traceback
+#: rather than being disguised as a user error.
+USER_ERRORS: tuple[type[BaseException], ...] = (JointEmbedError, OSError, psycopg.Error)
 
 #: The item kinds, and the plural spellings accepted for them.
 KINDS = ("image", "text")
@@ -145,6 +149,10 @@ def user_error_message(e: BaseException) -> str | None:
     if isinstance(e, OSError) and not isinstance(e, JointEmbedError):
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
         return f"{where}{e.strerror or e}"
+    if isinstance(e, psycopg.Error):
+        from ..db import one_line
+
+        return f"database error: {one_line(e)}"
     if isinstance(e, USER_ERRORS):
         return str(e)
     return None

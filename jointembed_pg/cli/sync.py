@@ -21,17 +21,13 @@ schema_option = click.option("--schema", default=None, metavar="SCHEMA",
 
 @contextmanager
 def _cli_errors(dsn):
-    """Library errors and unexpected database errors -> one line, password removed."""
-    import psycopg
+    """The CLI's one rule (:data:`.options.USER_ERRORS`), with ``dsn``'s password registered
+    for masking first (also when called in-process, without :func:`jointembed_pg.cli.main`)."""
+    from .. import errors, settings
 
-    from .. import settings
-    from ..sync.catalog import one_line
-
-    try:
-        with _errors():
-            yield
-    except psycopg.Error as e:
-        raise click.ClickException(f"database error: {one_line(e, dsn or settings.get().database_url)}") from e
+    with _errors():
+        errors.register_dsn(dsn or settings.get().database_url)
+        yield
 
 
 def _config(batch_size: int, max_attempts: int | None = None, retry_base: float | None = None):

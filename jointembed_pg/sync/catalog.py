@@ -29,7 +29,7 @@ import psycopg
 from psycopg import sql
 
 from .. import db
-from ..db import one_line  # noqa: F401  (re-exported for cli_sync and sync_loop)
+from ..db import one_line  # noqa: F401  (re-exported for sync.worker)
 from ..errors import DatabaseError, InputError, ModelMismatchError
 from ..ingest.sources import SOURCES, ImageSource
 
