@@ -239,7 +239,7 @@ def test_exif_rotated_jpeg(image_run, corpus, bundle, observe):
 # size, which Linux folds into the child's ru_maxrss at fork + exec).
 _RSS_CODE = """
 import sys
-from jointembed_pg import preprocess
+from jointembed_pg.model import preprocess
 
 def hwm_mb():
     with open("/proc/self/status") as f:
