@@ -50,35 +50,48 @@ class CollectionInfo:
 
 
 class Store:
-    """Entry point: a database holding jointembed collections.
+    """Entry point: a database holding jointembed collections (and attached tables).
+
+    >>> with Store("postgresql://app@db/photos") as store:      # or Store() for the embedded server
+    ...     coll = store.collection("photos", bundle=Bundle.load())
+    ...     coll.add_images(["a.jpg", "b.jpg"]); coll.add_texts(["a dog on a beach"])
+    ...     hits = coll.search("a dog", k=10, target="image")
 
     Args:
-        target: DSN string or ``None`` (``$DATABASE_URL``, else the embedded server) — the
-            Store then owns one connection (close it with :meth:`close`); or a
-            ``psycopg.Connection`` / SQLAlchemy ``Connection`` (used as is; work joins its
-            open transaction, if any); or a SQLAlchemy ``Engine`` (a pooled connection per
-            operation). Migrations are applied on construction.
+        target: where connections come from:
+
+            * a DSN string or ``None`` (``$DATABASE_URL``, else the embedded server): the
+              Store opens its own ``psycopg_pool.ConnectionPool``
+              (:func:`jointembed_pg.db.open_pool`: pgvector registered by its
+              ``configure``, each connection checked before it is lent, so one lost to a
+              server restart is replaced) and closes it in :meth:`close`;
+            * a ``psycopg_pool.ConnectionPool``: a connection is borrowed per operation;
+            * a ``psycopg.Connection`` or SQLAlchemy ``Connection``: used as is (work joins
+              its open transaction, if any; operations are serialised by a lock);
+            * a SQLAlchemy ``Engine`` (``postgresql+psycopg``): a pooled connection per
+              operation.
+
+            A connection, pool or engine passed in is never closed by the Store.
+            Migrations are applied on construction.
         exact_below: filtered searches matching at most this many rows run exactly
             (``None``: ``jointembed.knn``'s default, 2000; 0: never).
+        max_size: most connections the Store's own pool opens at once (DSN / ``None`` only).
 
-    Thread-safe: operations through one Store are serialised by a lock (use one Store
-    per thread for parallel queries).
+    Thread-safe: with a pool or an engine, threads use their own connections.
+    Usable as a context manager (:meth:`close` on exit).
 
     Raises:
         DatabaseError: unreachable server (password redacted) or failed migrations.
+        TypeError: ``target`` is of another type.
     """
 
-    def __init__(self, target: Any = None, *, exact_below: int | None = None):
-        self._lock = threading.RLock()
-        self._owned: psycopg.Connection | None = None
-        self._dsn = target if target is None or isinstance(target, str) else None
-        if target is None or isinstance(target, str):
-            self._owned = db.connect(target)
-            self._target: Any = self._owned
-        else:
-            self._target = target
+    def __init__(self, target: Any = None, *, exact_below: int | None = None, max_size: int = 4):
+        self._lock = threading.RLock()   # serialises work on one given connection only
+        self._closed = False
+        self._own_pool = target is None or isinstance(target, str)
+        self._target: Any = db.open_pool(target, max_size=max_size) if self._own_pool else target
         self.exact_below = exact_below
-        with db.borrow(self._target) as conn, self._lock:
+        with self.connection() as conn:
             db.prepare(conn)
             self.vector_version = db.vector_version(conn)
             with conn.transaction():
@@ -89,42 +102,69 @@ class Store:
     # -- connection handling -------------------------------------------------------
     @contextlib.contextmanager
     def connection(self) -> Iterator[psycopg.Connection]:
-        """Yield the prepared connection as is (no transaction opened), holding the Store's lock.
+        """Yield a prepared connection as is (no transaction opened by the Store).
 
-        For statements that cannot run in a transaction block (``CREATE INDEX
-        CONCURRENTLY``). A connection the Store opened itself is reopened if it was lost.
+        A pool's connection (the Store's own or one passed in) is returned to it
+        afterwards; a given ``psycopg.Connection`` is held under the Store's lock. For
+        statements that cannot run in a transaction block (``CREATE INDEX CONCURRENTLY``).
+
+        Raises:
+            DatabaseError: the Store is closed, or no connection could be had.
         """
-        with self._lock:
-            if self._owned is not None and (self._owned.broken or self._owned.closed):
-                self._owned = self._target = db.connect(self._dsn)
-            with db.borrow(self._target) as conn:
+        if self._closed:
+            raise DatabaseError("this Store is closed")
+        if isinstance(self._target, psycopg.Connection):
+            with self._lock, db.borrow(self._target) as conn:
                 yield conn
+            return
+        with db.borrow(self._target) as conn:
+            yield conn
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[psycopg.Connection]:
         """Yield a prepared connection inside a transaction (committed on success).
 
         psycopg errors raised inside are re-raised as :class:`DatabaseError` (one line,
-        chained); library errors pass through unchanged. A connection the Store opened
-        itself is reopened if it was lost (e.g. the server restarted).
+        chained); library errors pass through unchanged.
         """
-        with self._lock:
-            if self._owned is not None and (self._owned.broken or self._owned.closed):
-                self._owned = self._target = db.connect(self._dsn)
-            with db.borrow(self._target) as conn:
-                try:
-                    with conn.transaction():
-                        yield conn
-                except psycopg.Error as e:
-                    raise DatabaseError(f"{type(e).__name__}: {db.one_line(e)}") from e
+        with self.connection() as conn:
+            try:
+                with conn.transaction():
+                    yield conn
+            except psycopg.Error as e:
+                raise DatabaseError(f"{type(e).__name__}: {db.one_line(e)}") from e
+
+    @contextlib.contextmanager
+    def worker_connection(self) -> Iterator[psycopg.Connection]:
+        """A connection in autocommit mode at READ COMMITTED, as queue draining needs
+        (:mod:`jointembed_pg.sync_worker`): each step its own transaction; the
+        connection's modes are restored afterwards.
+
+        Raises:
+            DatabaseError: the Store's connection is inside an open transaction.
+        """
+        with self.connection() as conn:
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                raise DatabaseError("syncing an attached table needs an idle connection: commit or roll "
+                                    "back the transaction of the connection given to Store first")
+            saved = conn.autocommit, conn.isolation_level
+            conn.autocommit, conn.isolation_level = True, psycopg.IsolationLevel.READ_COMMITTED
+            try:
+                yield conn
+            finally:
+                if not conn.broken and not conn.closed \
+                        and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+                    conn.autocommit, conn.isolation_level = saved
 
     def close(self) -> None:
-        """Close the connection this Store opened (not one it was given)."""
+        """Close the pool this Store opened (later operations raise :class:`DatabaseError`).
+
+        A connection, pool or engine the Store was given is left open and usable (a
+        no-op then). Idempotent."""
         with self._lock:
-            if self._owned is not None:
-                self._owned.close()
-                self._dsn = None
-                self._owned = None
+            if not self._closed and self._own_pool:
+                self._target.close()
+                self._closed = True
 
     def __enter__(self) -> "Store":
         return self
