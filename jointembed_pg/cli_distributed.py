@@ -50,7 +50,7 @@ def _ray_options(workers, cpus_per_worker, ray_address, progress):
             "progress": _progress(progress)}
 
 
-@index_distributed.command("images")
+@index_distributed.command("image")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @collection_option
 @dsn_option
@@ -73,7 +73,7 @@ def images_cmd(paths, collection, dsn, bundle_name, batch_size, engine, workers,
     _finish(report, as_json)
 
 
-@index_distributed.command("texts")
+@index_distributed.command("text")
 @click.argument("file", type=click.Path(path_type=Path))
 @collection_option
 @dsn_option

@@ -17,6 +17,7 @@ import contextlib
 import threading
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -178,15 +179,22 @@ class Store:
         return self.vector_version >= (0, 8)
 
     # -- collections -----------------------------------------------------------------
-    def collection(self, name: str, *, model_id: str | None = None, dim: int | None = None,
-                   create: bool = False, storage: str | None = None) -> "Collection":
-        """Open (or with ``create=True`` create) the collection ``name``.
+    def collection(self, name: str, *, bundle: Any = None, model_id: str | None = None,
+                   dim: int | None = None, create: bool | None = None,
+                   storage: str | None = None) -> "Collection":
+        """Open (or create) the collection ``name``, checking its model once, here.
 
         ``model_id`` / ``dim`` / ``storage``, when given, must equal the stored ones;
         ``model_id`` and ``dim`` are required to create. Any name is allowed (stored as data;
         the table name is derived from the id).
 
         Args:
+            bundle: a :class:`~jointembed_pg.bundle.Bundle`: its ``model_id`` and ``dim``
+                are checked against the collection's (or used to create it), and the
+                returned collection keeps it for :meth:`Collection.add_images`,
+                :meth:`~Collection.add_texts` and :meth:`~Collection.search`.
+            create: create the collection when it does not exist; default (``None``):
+                ``True`` when a ``bundle`` is given, else ``False``.
             storage: type of the embedding column of a new collection: ``"vector"``
                 (default; float32, HNSW up to 2000 dimensions) or ``"halfvec"`` (float16,
                 half the bytes, HNSW up to 4000 dimensions, pgvector >= 0.7).
@@ -196,10 +204,18 @@ class Store:
                 collection's (checked before anything is written).
             DatabaseError: no such collection and ``create`` is false; ``halfvec`` on
                 pgvector < 0.7.
-            ArgumentError: invalid name or dim (also a ValueError).
+            ArgumentError: invalid name or dim, or ``model_id``/``dim`` contradicting
+                ``bundle`` (also a ValueError).
             ValueError: invalid name, ``create`` without ``model_id``/``dim``, unknown
                 storage, or more dimensions than an HNSW index of that storage takes.
         """
+        if bundle is not None:
+            if model_id is not None and model_id != bundle.model_id or dim is not None and dim != bundle.dim:
+                raise ArgumentError(f"model_id/dim ({model_id!r}, {dim!r}) contradict the bundle's "
+                                    f"({bundle.model_id!r}, {bundle.dim}); pass one or the other")
+            model_id, dim = bundle.model_id, int(bundle.dim)
+        if create is None:
+            create = bundle is not None
         if not isinstance(name, str) or not 1 <= len(name) <= 200 or "\x00" in name:
             raise ArgumentError(f"collection name must be 1..200 characters without NUL, got {name!r}")
         if dim is not None and (int(dim) != dim or not 1 <= dim <= 16000):
@@ -209,7 +225,7 @@ class Store:
         if row is None:
             if not create:
                 raise DatabaseError(f"no collection named {name!r} (index something into it first: "
-                                    "`jointembed index images|texts ... --collection NAME`)")
+                                    "`jointembed index image|text ... --collection NAME`)")
             if model_id is None or dim is None:
                 raise ValueError(f"creating collection {name!r} needs model_id and dim")
             indexing.check_storage(storage or "vector", dim, self.vector_version)
@@ -222,7 +238,7 @@ class Store:
         if storage is not None and storage != info.storage:
             indexing.check_storage(storage, info.dim)
             raise ModelMismatchError(f"collection {name!r} stores its embeddings as {info.storage}, not {storage}")
-        return Collection(self, info)
+        return Collection(self, info, bundle=bundle)
 
     def collections(self) -> list[CollectionInfo]:
         """All collections, by name."""
@@ -247,6 +263,48 @@ class Store:
         }
 
 
+    # -- attached tables ---------------------------------------------------------------
+    def attach(self, table: Any, *, key: str, text: str | None = None, image: str | None = None,
+               bundle: Any, image_source: str = "path", image_root: str | None = None,
+               schema: str | None = None) -> Any:
+        """Keep the embeddings of your own table in sync: side table, queue and triggers
+        (the table is never altered; docs/SYNC.md), every existing row enqueued.
+
+        Args:
+            table: ``"schema.table"``, ``"table"`` (found on the ``search_path``) or
+                ``(schema, table)``; plain names, never SQL (rule:
+                :func:`jointembed_pg.attached.split_table`).
+            key: the unique key column (primary key or unique index on it alone).
+            text / image: the columns to embed (at least one).
+            bundle: the model the table is embedded with.
+            image_source: how the image column is read: ``"path"``, ``"url"`` or ``"bytea"``.
+            image_root: base directory of relative image paths (paths must stay inside it).
+        Returns:
+            an :class:`jointembed_pg.attached.Attached` with ``sync()``, ``status()``,
+            ``search()``, ``reembed()``, ``detach()``.
+        Raises:
+            ArgumentError: a bad table argument or no bundle. InputError: neither column,
+            an unknown image source. DatabaseError: no such table or column, key not
+            unique, already attached (nothing is created then).
+        """
+        from .attached import Attached
+
+        return Attached.create(self, table, bundle=bundle, key=key, text=text, image=image,
+                               image_source=image_source, image_root=image_root, schema=schema)
+
+    def attachment(self, table: Any, *, bundle: Any = None, schema: str | None = None) -> Any:
+        """The existing attachment of ``table`` (same naming rule as :meth:`attach`) as an
+        :class:`jointembed_pg.attached.Attached`; ``bundle`` (needed for ``sync()`` and text
+        or image ``search()``) is checked against the table's model here, once.
+
+        Raises:
+            DatabaseError: not attached. ModelMismatchError: ``bundle`` is another model.
+        """
+        from .attached import Attached
+
+        return Attached.open(self, table, bundle=bundle, schema=schema)
+
+
 def _check_model(info: CollectionInfo, model_id: str | None, dim: int | None) -> None:
     if model_id is not None and model_id != info.model_id:
         raise ModelMismatchError(f"collection {info.name!r} holds embeddings of model {info.model_id!r}, "
@@ -260,11 +318,14 @@ class Collection:
 
     Attributes:
         store: the owning :class:`Store`. info: its :class:`CollectionInfo`.
+        bundle: the model bundle it was opened with (``None``: vectors only).
         table_ident: ``psycopg.sql.Identifier("jointembed", "items_<id>")`` for your own SQL.
     """
 
-    def __init__(self, store: Store, info: CollectionInfo):
+    def __init__(self, store: Store, info: CollectionInfo, *, bundle: Any = None):
         self.store, self.info = store, info
+        #: the model bundle given to :meth:`Store.collection` (checked there), or None
+        self.bundle = bundle
         self.table_ident = sql.Identifier("jointembed", info.items_table)
         self.last_builds: list[indexing.BuildReport] = []   # what the last ensure_index built
 
@@ -478,3 +539,181 @@ class Collection:
 
     def _check_bundle(self, bundle: Any) -> None:
         _check_model(self.info, bundle.model_id, bundle.dim)
+
+    # -- the high-level API: a collection opened with a bundle --------------------------
+    def _need_bundle(self, what: str) -> Any:
+        if self.bundle is None:
+            raise ArgumentError(f"{what} needs a model bundle: open the collection with "
+                                f"store.collection({self.name!r}, bundle=Bundle.load(...))")
+        return self.bundle
+
+    def add_images(self, sources: Any, keys: Sequence[str] | None = None, *, batch_size: int | None = None,
+                   decode_threads: int = 2, progress: bool = False, limits: Any = None,
+                   index: bool = True) -> Any:
+        """Embed image files into the collection with its bundle (the ingest pipeline of
+        ``jointembed index image``: decoder processes under per-item limits, content hashes
+        skip unchanged files, one transaction per batch).
+
+        Args:
+            sources: image paths (``str`` / ``pathlib.Path``; one path alone is a list of
+                one). Without ``keys`` a directory is scanned recursively for image files,
+                as by the CLI, and each item's key is its resolved absolute path.
+            keys: one key per source (``str``, at most 2,048 UTF-8 bytes), instead of the
+                paths; each source is then one file (a directory fails as an item).
+            batch_size: images per encoder batch and write (default 32).
+            decode_threads: decoder processes (and threads feeding them).
+            limits: per-item limits (default :meth:`jointembed_pg.limits.Limits.from_env`).
+            index: build the collection's HNSW indexes after writing, unless they exist
+                (:meth:`ensure_index`).
+        Returns:
+            :class:`jointembed_pg.ingest.IngestReport`: ``written``, ``unchanged`` and
+            ``failed`` (``[Failure(key, error)]``): a missing, unreadable, non-regular
+            (FIFO, device, directory with ``keys``), oversized, corrupt or hanging file, a
+            source that is not a path, an unstorable key -- each fails alone, with its
+            reason; the rest is stored.
+        Raises:
+            ArgumentError: no bundle, or ``keys`` of another length than ``sources``.
+            DatabaseError: a write failed (batches already committed stay; rerun to resume).
+        """
+        from . import ingest
+
+        bundle = self._need_bundle("add_images")
+        records, ignored = _image_records(sources, keys)
+        report = ingest.index_images(self, bundle, records, batch_size=batch_size or ingest.IMAGE_BATCH,
+                                     decode_threads=decode_threads, progress=progress, ignored=ignored,
+                                     limits=limits)
+        if index and report.written:
+            self.ensure_index()
+        return report
+
+    def add_texts(self, texts: Any, keys: Sequence[str] | None = None, *, batch_size: int | None = None,
+                  progress: bool = False, limits: Any = None, index: bool = True) -> Any:
+        """Embed captions into the collection with its bundle (the pipeline of
+        ``jointembed index text``).
+
+        Args:
+            texts: captions (``str``; one ``str`` alone is a list of one).
+            keys: one id per text (``str``); default: ``"sha256:<hex>"`` of the text's UTF-8
+                bytes, so adding the same text again is the same item (identical texts in
+                one call are one item).
+            batch_size: captions per encoder batch and write (default 256).
+            index: build the HNSW indexes after writing, unless they exist.
+        Returns:
+            :class:`jointembed_pg.ingest.IngestReport`; each text that is not a ``str``,
+            blank, holds a NUL, is over the length limit, consists only of word pieces the
+            model does not know, or repeats a key, is in ``failed`` with its reason; the
+            rest is stored.
+        Raises:
+            ArgumentError: no bundle, or ``keys`` of another length than ``texts``.
+            DatabaseError: a write failed.
+        """
+        from . import ingest
+
+        bundle = self._need_bundle("add_texts")
+        records = _text_records(texts, keys)
+        report = ingest.index_texts(self, bundle, records, batch_size=batch_size or ingest.TEXT_BATCH,
+                                    progress=progress, limits=limits)
+        if index and report.written:
+            self.ensure_index()
+        return report
+
+    def search(self, query: Any, k: int = 10, target: Any = search.CROSS_MODAL, *, image: bool | None = None,
+               **options: Any) -> list[Hit]:
+        """The ``k`` items nearest to a text, an image or a vector (L2 distance, closest first).
+
+        What ``query`` is follows its Python type, never the file system
+        (:func:`jointembed_pg.search.query_kind`): a ``str`` is a text (a caption is never
+        taken for a file name), unless ``image=True`` makes it the path of an image; a
+        ``pathlib.Path`` or ``bytes`` is an image; a ``numpy`` ``(D,) float32`` array is a
+        query vector. Texts and images are embedded with the collection's bundle.
+
+        Args:
+            k: number of hits (fewer only if fewer items match).
+            target: ``"image"``, ``"text"`` or ``None`` (both); default: the other kind
+                than the query's (a text searches images, an image texts, a vector images).
+            image: ``True``: ``query`` is an image (a ``str`` is its path); ``False``: it
+                must be a text.
+            options: as :meth:`search_vector` (``ef_search``, ``exact``, ``where``,
+                ``params``, ``with_embedding``).
+        Returns:
+            ``list[Hit]``, the same as :meth:`search_vector` with the embedded query.
+        Raises:
+            ArgumentError: a query of another type, or a text/image query without a bundle.
+            InputError: empty/unreadable text, an unreadable image (its path named).
+            ModelMismatchError: a vector of another dimension.
+            ValueError: bad ``k`` / ``target`` / options.
+        """
+        vec, kind = search.embed_query(self.bundle, query, self.dim, image=image)
+        return self.search_vector(vec, target=search.resolve_target(target, kind), k=k, **options)
+
+
+def _image_records(sources: Any, keys: Sequence[Any] | None) -> tuple[list, list]:
+    """``(records, ignored)`` for :meth:`Collection.add_images`: a
+    :class:`~jointembed_pg.readers.PathRecord` per item, with ``error`` set for a source
+    that is not a usable path (so it fails alone)."""
+    import os
+
+    from .readers import PathRecord, printable, scan_images
+
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+        keys = [keys] if isinstance(keys, str) else keys
+    elif isinstance(sources, (bytes, bytearray, memoryview)):
+        raise ArgumentError("add_images takes file paths (str or pathlib.Path), not image bytes")
+    sources = list(sources)
+    if keys is not None:
+        keys = list(keys)
+        if len(keys) != len(sources):
+            raise ArgumentError(f"add_images: {len(keys)} keys for {len(sources)} sources")
+
+    def problem(i: int, src: Any) -> str | None:
+        if not isinstance(src, (str, os.PathLike)):
+            return f"images[{i}]: expected a file path (str or pathlib.Path), got {type(src).__name__}"
+        path = os.fspath(src)
+        if not isinstance(path, str):
+            return f"images[{i}]: expected a text path, got {type(path).__name__}"
+        if not path or "\x00" in path:
+            return f"images[{i}]: {printable(path, 200)!r}: an empty path or one with a NUL byte"
+        return None
+
+    records, paths = [], []
+    for i, src in enumerate(sources):
+        err = problem(i, src)
+        key = keys[i] if keys is not None else None
+        if err is not None:
+            records.append(PathRecord(key if isinstance(key, str) and key else f"images[{i}]", Path(), err))
+        elif keys is None:
+            paths.append(os.fspath(src))
+        else:
+            records.append(PathRecord(key, Path(os.fspath(src)).expanduser().absolute()))
+    if keys is not None:
+        return records, []
+    scan = scan_images(paths)
+    return records + scan.records, scan.ignored
+
+
+def _text_records(texts: Any, keys: Sequence[Any] | None) -> list:
+    """:class:`~jointembed_pg.readers.TextRecord` per text for :meth:`Collection.add_texts`
+    (texts that are no ``str`` keep a positional key, ``texts[i]``, and fail in ingest)."""
+    from .ingest import sha256
+    from .readers import TextRecord
+
+    if isinstance(texts, str):
+        texts = [texts]
+        keys = [keys] if isinstance(keys, str) else keys
+    texts = list(texts)
+    if keys is not None:
+        keys = list(keys)
+        if len(keys) != len(texts):
+            raise ArgumentError(f"add_texts: {len(keys)} keys for {len(texts)} texts")
+        return [TextRecord(k, t) for k, t in zip(keys, texts)]
+    out, seen = [], set()
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            out.append(TextRecord(f"texts[{i}]", t))
+            continue
+        key = "sha256:" + sha256(t.encode("utf-8", "surrogatepass"))
+        if key not in seen:  # the same text twice is one item
+            seen.add(key)
+            out.append(TextRecord(key, t))
+    return out
