@@ -1,6 +1,13 @@
-"""Collections of embedded items in PostgreSQL: create, batch upsert, index, search.
+"""Collections of embedded items in PostgreSQL: create, add, index, search.
 
->>> store = Store()                                     # embedded server, or a DSN / conn / Engine
+>>> store = Store()            # embedded server; or a DSN / psycopg Connection / ConnectionPool / Engine
+>>> coll = store.collection("photos", bundle=Bundle.load())     # model checked once; created if missing
+>>> coll.add_images(["/data/a.jpg", "/data/dir/"])              # -> IngestReport (failed: [(key, reason)])
+>>> coll.add_texts(["a dog on a beach"])
+>>> coll.search("a dog", k=10, target="image")                  # str = text, Path/bytes = image, ndarray = vector
+
+Lower level (vectors you computed yourself):
+
 >>> coll = store.collection("photos", model_id=b.model_id, dim=b.dim, create=True)
 >>> coll.upsert([("image", "a.jpg", "/data/a.jpg", None, sha, emb)])   # emb: (D,) float32
 >>> coll.ensure_index()
@@ -9,7 +16,8 @@
 Each collection has its own items table ``jointembed.items_<id>`` (``embedding vector(D)``,
 or ``halfvec(D)`` with ``storage="halfvec"``; unique ``(modality, key)``) with one partial
 HNSW index (``vector_l2_ops`` / ``halfvec_l2_ops``) per modality, built without blocking
-writers (:mod:`jointembed_pg.indexing`).
+writers (:mod:`jointembed_pg.indexing`). Attached user tables: :meth:`Store.attach`
+(:mod:`jointembed_pg.attached`).
 """
 from __future__ import annotations
 
