@@ -168,10 +168,16 @@ def open_pool(dsn: str | None = None, *, min_size: int = 1, max_size: int = 4,
     kwargs: dict[str, Any] = {}
     if "connect_timeout" not in check_dsn(target):
         kwargs["connect_timeout"] = connect_timeout
-    return psycopg_pool.ConnectionPool(target, kwargs=kwargs, min_size=min_size, max_size=max_size,
+    pool = psycopg_pool.ConnectionPool(target, kwargs=kwargs, min_size=min_size, max_size=max_size,
                                        configure=configure_connection,
                                        check=psycopg_pool.ConnectionPool.check_connection,
                                        timeout=timeout, name="jointembed", open=True)
+    try:  # the first borrow then takes the pool's connection instead of growing the pool
+        pool.wait(timeout=max(float(connect_timeout), 1.0) * 2)
+    except psycopg_pool.PoolTimeout as e:
+        pool.close()
+        raise DatabaseError(f"cannot connect to PostgreSQL at {redact(target)}: {one_line(e, target)}") from e
+    return pool
 
 
 def prepare(conn: psycopg.Connection, *, migrate: bool = True) -> psycopg.Connection:

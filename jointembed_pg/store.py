@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -99,6 +100,9 @@ class Store:
         self._closed = False
         self._own_pool = target is None or isinstance(target, str)
         self._target: Any = db.open_pool(target, max_size=max_size) if self._own_pool else target
+        # a Store dropped without close() (or alive at exit) closes its own pool from the
+        # dropping thread, not from a pool thread in psycopg_pool's __del__ (which cannot join itself)
+        self._finalizer = weakref.finalize(self, _close_pool, self._target) if self._own_pool else None
         self.exact_below = exact_below
         with self.connection() as conn:
             db.prepare(conn)
@@ -171,8 +175,8 @@ class Store:
         A connection, pool or engine the Store was given is left open and usable (a
         no-op then). Idempotent."""
         with self._lock:
-            if not self._closed and self._own_pool:
-                self._target.close()
+            if not self._closed and self._finalizer is not None:
+                self._finalizer()
                 self._closed = True
 
     def __enter__(self) -> "Store":
@@ -311,6 +315,14 @@ class Store:
         from .attached import Attached
 
         return Attached.open(self, table, bundle=bundle, schema=schema)
+
+
+def _close_pool(pool: Any) -> None:
+    """Close a Store's own pool (its finalizer); never from one of the pool's threads."""
+    try:
+        pool.close()
+    except RuntimeError:  # called on a pool thread after all: the workers still stop
+        pass
 
 
 def _check_model(info: CollectionInfo, model_id: str | None, dim: int | None) -> None:

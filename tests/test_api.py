@@ -202,6 +202,10 @@ def test_search_by_text_path_bytes_or_vector_matches_lower_level_calls(pg_dsn, b
         as_path = coll.search(Path("a dog.jpg"), k=1, target="image")
         assert as_path[0].key == str(imgs[0].resolve()) and as_path[0].distance == pytest.approx(0, abs=1e-5)
 
+        fifo = tmp_path / "pipe.jpg"
+        os.mkfifo(fifo)
+        with pytest.raises(InputError, match="regular file"):
+            coll.search(fifo)                                   # an image query is read like any image
         with pytest.raises(ArgumentError, match="list"):
             coll.search([0.0] * bundle.dim)
         with pytest.raises(ArgumentError, match="image=False"):

@@ -62,6 +62,8 @@ def test_attach_backfill_then_search_in_python_and_sql(conn, bundle, flickr8k_di
     assert sync.search_attached(conn, "photos", img, k=1, target="image")[0][0] == 5
     both = sync.search_attached(conn, "photos", q, k=30, target=None)
     assert len(both) == 24 and [d for _, d in both] == sorted(d for _, d in both)
+    with pytest.warns(DeprecationWarning, match="target="):  # the old keyword still works
+        assert sync.search_attached(conn, "photos", q, k=3, modality="text") == hits
 
     # the SQL function, and joining back to the user's table as docs/SYNC.md shows
     got = conn.execute("SELECT p.id, p.caption, r.distance "
