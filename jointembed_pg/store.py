@@ -99,6 +99,7 @@ class Store:
         self._lock = threading.RLock()   # serialises work on one given connection only
         self._closed = False
         self._own_pool = target is None or isinstance(target, str)
+        self._dsn = target if self._own_pool else None  # as given (None: $DATABASE_URL / embedded)
         self._target: Any = db.open_pool(target, max_size=max_size) if self._own_pool else target
         # a Store dropped without close() (or alive at exit) closes its own pool from the
         # dropping thread, not from a pool thread in psycopg_pool's __del__ (which cannot join itself)
