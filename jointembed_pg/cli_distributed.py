@@ -1,6 +1,6 @@
-"""``jointembed index-distributed images|texts --engine ray``: the batch ingest on a Ray pool.
+"""``jointembed index-distributed image|text --engine ray``: the batch ingest on a Ray pool.
 
-Same output and exit codes as ``jointembed index images|texts`` (0, 1 error, 3 some items
+Same output and exit codes as ``jointembed index image|text`` (0, 1 error, 3 some items
 failed). Registers itself on :data:`jointembed_pg.cli.cli` when imported; also runnable
 as ``python -m jointembed_pg.cli_distributed index-distributed ...``.
 """

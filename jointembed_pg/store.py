@@ -31,6 +31,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import psycopg
+import psycopg_pool
 from psycopg import sql
 
 from . import db, indexing, search
@@ -101,6 +102,9 @@ class Store:
         self._own_pool = target is None or isinstance(target, str)
         self._dsn = target if self._own_pool else None  # as given (None: $DATABASE_URL / embedded)
         self._target: Any = db.open_pool(target, max_size=max_size) if self._own_pool else target
+        #: one connection for all threads (psycopg or SQLAlchemy Connection): used under the lock
+        self._one_connection = not (self._own_pool or isinstance(target, psycopg_pool.ConnectionPool)
+                                    or type(target).__name__ == "Engine")
         # a Store dropped without close() (or alive at exit) closes its own pool from the
         # dropping thread, not from a pool thread in psycopg_pool's __del__ (which cannot join itself)
         self._finalizer = weakref.finalize(self, _close_pool, self._target) if self._own_pool else None
@@ -127,7 +131,7 @@ class Store:
         """
         if self._closed:
             raise DatabaseError("this Store is closed")
-        if isinstance(self._target, psycopg.Connection):
+        if self._one_connection:
             with self._lock, db.borrow(self._target) as conn:
                 yield conn
             return
