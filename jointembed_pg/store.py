@@ -99,6 +99,7 @@ class Store:
     def __init__(self, target: Any = None, *, exact_below: int | None = None, max_size: int = 4):
         self._lock = threading.RLock()   # serialises work on one given connection only
         self._closed = False
+        self._held = threading.local()   # the connection this thread holds, reused by nested calls
         self._own_pool = target is None or isinstance(target, str)
         self._dsn = target if self._own_pool else None  # as given (None: $DATABASE_URL / embedded)
         self._target: Any = db.open_pool(target, max_size=max_size) if self._own_pool else target
@@ -123,20 +124,29 @@ class Store:
         """Yield a prepared connection as is (no transaction opened by the Store).
 
         A pool's connection (the Store's own or one passed in) is returned to it
-        afterwards; a given ``psycopg.Connection`` is held under the Store's lock. For
-        statements that cannot run in a transaction block (``CREATE INDEX CONCURRENTLY``).
+        afterwards; a given ``psycopg.Connection`` is held under the Store's lock. Calls
+        nested in the same thread get the same connection (so work inside ``with
+        store.transaction():`` joins that transaction). For statements that cannot run in
+        a transaction block (``CREATE INDEX CONCURRENTLY``).
 
         Raises:
             DatabaseError: the Store is closed, or no connection could be had.
         """
         if self._closed:
             raise DatabaseError("this Store is closed")
-        if self._one_connection:
-            with self._lock, db.borrow(self._target) as conn:
-                yield conn
+        held = getattr(self._held, "conn", None)
+        if held is not None:  # nested in this thread: the same connection (its session, its transaction)
+            yield held
             return
-        with db.borrow(self._target) as conn:
-            yield conn
+        with contextlib.ExitStack() as stack:
+            if self._one_connection:
+                stack.enter_context(self._lock)
+            conn = stack.enter_context(db.borrow(self._target))
+            self._held.conn = conn
+            try:
+                yield conn
+            finally:
+                self._held.conn = None
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[psycopg.Connection]:

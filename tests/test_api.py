@@ -120,6 +120,13 @@ def test_store_pool_serves_threads_at_once(pg_dsn):
         for t in threads:
             t.join()
         assert len(set(pids)) == 2
+        # nested in one thread: the same connection, so the work joins the open transaction
+        coll = store.collection("c", model_id="m1", dim=D, create=True)
+        with store.transaction() as conn:
+            coll.upsert([("text", "a", None, "x", None, np.ones(D, np.float32))])
+            assert coll.count() == 1
+            raise psycopg.Rollback(conn)
+        assert coll.count() == 0
 
 
 # -- collections ----------------------------------------------------------------------------
