@@ -125,7 +125,7 @@ def test_store_pool_serves_threads_at_once(pg_dsn):
         with store.transaction() as conn:
             coll.upsert([("text", "a", None, "x", None, np.ones(D, np.float32))])
             assert coll.count() == 1
-            raise psycopg.Rollback(conn)
+            raise psycopg.Rollback()                       # the innermost block: the outer transaction
         assert coll.count() == 0
 
 
