@@ -59,7 +59,7 @@ tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-in
 assert tops == {"jointembed_pg", "jointembed_train", "jointembed_export"}, f"top-level names: {sorted(tops)}"
 need = ["jointembed_train/weights/default.pt", "jointembed_train/configs/default.json", "jointembed_pg/py.typed",
         "jointembed_pg/sql/migrations/001_schema.sql", "jointembed_export/build.py",
-        *(f"jointembed_pg/{sub}/__init__.py" for sub in ("cli", "model", "ingest", "search", "evaluation", "sync", "server")),
+        *(f"jointembed_pg/{sub}/__init__.py" for sub in ("cli", "model", "ingest", "search", "evaluation", "sync", "server", "distributed")),
         "jointembed_pg/cli/options.py", "jointembed_pg/ingest/sandbox.py"]
 missing = [n for n in need if n not in names]
 assert not missing, f"missing from the wheel: {missing}"

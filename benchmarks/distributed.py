@@ -36,7 +36,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks import machine  # noqa: E402
-from jointembed_pg.ingest import distributed, flickr8k, pipeline as ingest, readers  # noqa: E402
+from jointembed_pg import distributed
+from jointembed_pg.ingest import flickr8k, pipeline as ingest, readers  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "flickr8k"
 OUT = REPO / "docs" / "BENCHMARKS_DISTRIBUTED.md"

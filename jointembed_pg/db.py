@@ -6,8 +6,12 @@ Thin glue over psycopg 3 and :func:`pgvector.psycopg.register_vector`: after
 numpy arrays.
 
 Anything that takes "conn" in this package accepts a DSN string, ``None`` (see
-:func:`resolve_dsn`), a ``psycopg.Connection``, or a SQLAlchemy ``Engine`` /
-``Connection`` using the ``postgresql+psycopg`` driver (see :func:`borrow`).
+:func:`resolve_dsn`), a ``psycopg.Connection``, a ``psycopg_pool.ConnectionPool``, or a
+SQLAlchemy ``Engine`` / ``Connection`` using the ``postgresql+psycopg`` driver (see
+:func:`borrow`). :func:`open_pool` makes the pool a :class:`~jointembed_pg.search.store.Store`
+opens for a DSN: ``psycopg_pool.ConnectionPool(configure=configure_connection)``, which
+checks each connection before lending it (a connection lost to a server restart is
+replaced, not handed out).
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import re
 from typing import Any, Iterator
 
 import psycopg
+import psycopg_pool
 from pgvector.psycopg.bit import register_bit_info
 from pgvector.psycopg.halfvec import register_halfvec_info
 from pgvector.psycopg.sparsevec import register_sparsevec_info
@@ -119,6 +124,63 @@ def connect(dsn: str | None = None, *, autocommit: bool = False,
     return conn
 
 
+def configure_connection(conn: psycopg.Connection) -> None:
+    """What :func:`connect` does to a new connection besides migrating, for pooled ones.
+
+    Registers the pgvector types (:func:`register_vector`) and appends the ``vector``
+    extension's schema to the session's ``search_path`` when it is off it; leaves the
+    connection idle. The ``configure`` callback of :func:`open_pool`.
+
+    Raises:
+        DatabaseError: the ``vector`` extension is not installed.
+        psycopg.Error: the catalog lookup failed (the pool then discards the connection).
+    """
+    register_vector(conn)
+    with conn.transaction():
+        migrations.add_vector_schema_to_path(conn, local=False)
+    if conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS:
+        conn.commit()  # the type lookup's implicit transaction (non-autocommit connections)
+
+
+def open_pool(dsn: str | None = None, *, min_size: int = 1, max_size: int = 4,
+              connect_timeout: int = DEFAULT_CONNECT_TIMEOUT, timeout: float = 30.0,
+              migrate: bool = True) -> psycopg_pool.ConnectionPool:
+    """A ``psycopg_pool.ConnectionPool`` of connections ready for jointembed.
+
+    One connection is opened first with :func:`connect` (so an unreachable server or a
+    bad DSN fails here, at once, with libpq's reason and the password masked, and the
+    migrations run once); then the pool opens its own connections with
+    :func:`configure_connection` as ``configure`` and ``ConnectionPool.check_connection``
+    as ``check`` (a broken connection is replaced before it is lent).
+
+    Args:
+        dsn: as :func:`connect` (``None`` → ``$DATABASE_URL`` → embedded server).
+        min_size / max_size: connections kept open / most open at once.
+        connect_timeout: seconds per connection attempt, unless the DSN sets its own.
+        timeout: seconds :meth:`~psycopg_pool.ConnectionPool.connection` waits for a
+            free connection before raising ``psycopg_pool.PoolTimeout``.
+    Returns:
+        An open pool; the caller closes it (``pool.close()`` or ``with pool:``).
+    Raises:
+        DatabaseError: as :func:`connect`.
+    """
+    target = resolve_dsn(dsn)
+    connect(target, connect_timeout=connect_timeout, migrate=migrate).close()
+    kwargs: dict[str, Any] = {}
+    if "connect_timeout" not in check_dsn(target):
+        kwargs["connect_timeout"] = connect_timeout
+    pool = psycopg_pool.ConnectionPool(target, kwargs=kwargs, min_size=min_size, max_size=max_size,
+                                       configure=configure_connection,
+                                       check=psycopg_pool.ConnectionPool.check_connection,
+                                       timeout=timeout, name="jointembed", open=True)
+    try:  # the first borrow then takes the pool's connection instead of growing the pool
+        pool.wait(timeout=max(float(connect_timeout), 1.0) * 2)
+    except psycopg_pool.PoolTimeout as e:
+        pool.close()
+        raise DatabaseError(f"cannot connect to PostgreSQL at {redact(target)}: {one_line(e, target)}") from e
+    return pool
+
+
 def prepare(conn: psycopg.Connection, *, migrate: bool = True) -> psycopg.Connection:
     """Make a connection you opened yourself ready: migrations, ``register_vector``.
 
@@ -185,17 +247,24 @@ def vector_version(conn: psycopg.Connection) -> tuple[int, ...]:
 def borrow(target: Any = None) -> Iterator[psycopg.Connection]:
     """Yield a prepared ``psycopg.Connection`` for ``target``; close it only if opened here.
 
-    ``target``: a ``psycopg.Connection`` (yielded as is), a SQLAlchemy ``Engine`` (one
-    pooled connection, returned to the pool afterwards), a SQLAlchemy ``Connection`` (its
-    driver connection, inside its transaction if one is open), or a DSN / ``None``
-    (a new connection via :func:`connect`, closed afterwards).
+    ``target``: a ``psycopg.Connection`` (yielded as is), a ``psycopg_pool.ConnectionPool``
+    (one connection, returned to the pool afterwards: its transaction is committed, or
+    rolled back on an exception), a SQLAlchemy ``Engine`` (one pooled connection,
+    returned to the pool afterwards), a SQLAlchemy ``Connection`` (its driver connection,
+    inside its transaction if one is open), or a DSN / ``None`` (a new connection via
+    :func:`connect`, closed afterwards).
 
     Raises:
         TypeError: ``target`` is none of these, or a SQLAlchemy one with another driver.
-        DatabaseError: as :func:`connect`.
+        DatabaseError: as :func:`connect`; the pool is closed or had no free connection
+            within its timeout.
     """
     if isinstance(target, psycopg.Connection):
         yield _ensure_registered(target)
+        return
+    if isinstance(target, psycopg_pool.ConnectionPool):
+        with pool_connection(target) as conn:
+            yield _ensure_registered(conn)
         return
     if target is None or isinstance(target, str):
         with connect(target) as conn:
@@ -212,7 +281,22 @@ def borrow(target: Any = None) -> Iterator[psycopg.Connection]:
     if kind == "sqlalchemy.engine.base.Connection":
         yield _ensure_registered(_driver(target.connection.driver_connection, kind))
         return
-    raise TypeError(f"expected a DSN, psycopg.Connection or SQLAlchemy Engine/Connection, got {kind}")
+    raise TypeError(f"expected a DSN, psycopg.Connection, psycopg_pool.ConnectionPool or SQLAlchemy "
+                    f"Engine/Connection, got {kind}")
+
+
+@contextlib.contextmanager
+def pool_connection(pool: psycopg_pool.ConnectionPool) -> Iterator[psycopg.Connection]:
+    """``pool.connection()``, its own failures (closed pool, no free connection in time)
+    raised as :class:`DatabaseError`; errors of the caller's block pass unchanged."""
+    cm = pool.connection()
+    try:
+        conn = cm.__enter__()
+    except (psycopg_pool.PoolClosed, psycopg_pool.PoolTimeout) as e:
+        raise DatabaseError(f"connection pool {pool.name!r}: {one_line(e)}") from e
+    with contextlib.ExitStack() as stack:
+        stack.push(cm)
+        yield conn
 
 
 def _driver(conn: Any, kind: str) -> psycopg.Connection:

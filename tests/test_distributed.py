@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jointembed_pg.ingest import distributed, flickr8k, pipeline as ingest, readers
+from jointembed_pg import distributed
+from jointembed_pg.ingest import flickr8k, pipeline as ingest, readers
 from jointembed_pg.errors import JointEmbedError
 
 N_ITEMS = 1000
@@ -272,7 +273,7 @@ def test_worker_killed_mid_job_is_retried_without_duplicates(module_pg_dsn, bund
 @pytest.mark.slow
 @pytest.mark.flickr8k
 def test_job_killed_part_way_then_rerun_resumes(module_pg_dsn, bundle_dir, image_dir, reference):
-    code = ("import sys; from jointembed_pg.ingest import distributed; "
+    code = ("import sys; from jointembed_pg import distributed; "
             "distributed.index_images_ray(sys.argv[1], 'ray_job_killed', sys.argv[2], sys.argv[3:], workers=2)")
     proc = _start(["-c", code, module_pg_dsn, str(bundle_dir), *map(str, _paths(image_dir))])
     try:

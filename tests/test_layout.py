@@ -36,12 +36,13 @@ ALLOWED = {
     "server": {"base"},
     "db": {"base", "server"},
     "model": {"base"},
-    "search": {"base", "db", "model"},
-    "ingest": {"base", "db", "model", "search"},
+    "ingest": {"base", "db", "model"},
     "sync": {"base", "db", "model", "ingest"},
+    "search": {"base", "db", "model", "ingest", "sync"},
+    "distributed": {"base", "db", "model", "ingest", "search"},
     "evaluation": {"base", "db", "model", "search", "ingest"},
-    "api": {"base", "db", "server", "model", "search", "ingest", "sync", "evaluation"},  # jointembed_pg/__init__
-    "cli": {"base", "db", "server", "model", "search", "ingest", "sync", "evaluation"},
+    "api": {"base", "db", "server", "model", "search", "ingest", "sync", "distributed", "evaluation"},  # jointembed_pg/__init__
+    "cli": {"base", "db", "server", "model", "search", "ingest", "sync", "distributed", "evaluation"},
     "__main__": {"cli"},
 }
 

@@ -146,5 +146,5 @@ def test_cli_and_attached_table_as_app_role(managed, bundle, bundle_dir, tmp_pat
         q = bundle.encode_texts(["a dog"])[0]
         got = conn.execute("SELECT key FROM jointembed.search_attached('notes', %s, 3, 'text')", [q]).fetchall()
         assert len(got) == 3 and got[-1][0] == "2"
-        assert [key for key, _ in sync.search_attached(conn, "notes", q, k=3, modality="text")] == \
+        assert [key for key, _ in sync.search_attached(conn, "notes", q, k=3, target="text")] == \
             [int(r[0]) for r in got]

@@ -84,7 +84,7 @@ def test_every_subpackage_is_listed():
             on_disk.add(".".join([pkg, *init.parent.relative_to(REPO / folder).parts]))
     assert on_disk <= set(cfg["packages"]), on_disk - set(cfg["packages"])
     assert {"jointembed_pg.cli", "jointembed_pg.model", "jointembed_pg.ingest", "jointembed_pg.search",
-            "jointembed_pg.sync", "jointembed_pg.server", "jointembed_pg.evaluation"} <= on_disk
+            "jointembed_pg.sync", "jointembed_pg.server", "jointembed_pg.evaluation", "jointembed_pg.distributed"} <= on_disk
 
 
 def test_no_generic_top_level_import_names():

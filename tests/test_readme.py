@@ -11,7 +11,7 @@ that are not ``jointembed`` commands (``docker compose``, ``export``) are skippe
 runs it on a small split). ``jointembed worker`` runs with ``--until-idle`` (it serves
 until stopped otherwise). Each command must exit 0; a trailing comment that shows a JSON
 shape (``# {...}`` / ``# [{...}]``) must match the output's type and keys. The ```sql
-block runs too.
+block runs too, and then each ```python block (in the same sandbox, after the commands).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import pytest
 from _pg import reachable
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-BLOCK_RE = re.compile(r"^```(bash|sql)\n(.*?)^```", re.MULTILINE | re.DOTALL)
+BLOCK_RE = re.compile(r"^```(bash|sql|python)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 SKIP = {"demo": "the main job (minutes); tests/test_cli_newcomer.py runs it on a small split"}
 N_PHOTOS, N_MINI = 20, 12
 
@@ -164,3 +164,9 @@ def test_readme_commands_run_as_written(sandbox):
         for body in sql:
             rows = conn.execute(body).fetchall()
             assert rows, body
+    python = [body for kind, body in blocks() if kind == "python"]
+    assert python, "README has no Python API block"
+    for body in python:
+        p = subprocess.run([sys.executable, "-c", body], cwd=work, env=env, capture_output=True, text=True,
+                           timeout=600)
+        assert p.returncode == 0, f"README Python block failed:\n{body}\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}"

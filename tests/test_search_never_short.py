@@ -205,7 +205,7 @@ def test_sqla_nearest_over_dead_tuples(dead):
     try:
         Item = item_model(coll)
         with Session(engine) as session:
-            rows = session.execute(nearest(Item, q, k=K, modality="image")).all()
+            rows = session.execute(nearest(Item, q, k=K, target="image")).all()
     finally:
         engine.dispose()
     assert [r[0].id for r in rows] == ref
@@ -249,7 +249,7 @@ def test_search_attached_after_caption_edits(pg_dsn, bundle, flickr8k_dir):
         assert len(plain) < K  # the dead versions fill ef_search's candidate list
         got_sql = [int(r[0]) for r in conn.execute(
             "SELECT key FROM jointembed.search_attached('notes', %s, %s, 'text')", [q, K]).fetchall()]
-        got_py = [key for key, _ in sync.search_attached(conn, "notes", q, k=K, modality="text")]
+        got_py = [key for key, _ in sync.search_attached(conn, "notes", q, k=K, target="text")]
         assert got_py == got_sql and len(got_sql) == K
         if db.vector_version(conn) >= (0, 8):
             # one strict_order iterative scan at ef_search 40: approximate, like any HNSW scan

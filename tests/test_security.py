@@ -57,7 +57,7 @@ def test_attach_hostile_identifiers(pg_dsn, bundle, bundle_dir, flickr8k_dir, ob
 
     with db.connect(pg_dsn, autocommit=True) as conn:
         q = bundle.encode_texts([rows[2][1]])[0]
-        hits = sync.search_attached(conn, HOSTILE_TABLE, q, k=2, modality="text", schema=HOSTILE_SCHEMA)
+        hits = sync.search_attached(conn, HOSTILE_TABLE, q, k=2, target="text", schema=HOSTILE_SCHEMA)
         assert hits[0][0] == 3
         conn.execute(sql.SQL("UPDATE {} SET {} = %s WHERE {} = 1").format(
             sql.Identifier(HOSTILE_SCHEMA, HOSTILE_TABLE), sql.Identifier(HOSTILE_COLS[1]),

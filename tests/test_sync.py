@@ -57,12 +57,14 @@ def test_attach_backfill_then_search_in_python_and_sql(conn, bundle, flickr8k_di
 
     # a caption finds its own row's text first; the image of row 5 finds row 5's image
     q = bundle.encode_texts([rows[4][1]])[0]
-    hits = sync.search_attached(conn, "photos", q, k=3, modality="text")
+    hits = sync.search_attached(conn, "photos", q, k=3, target="text")
     assert hits[0][0] == 5 and isinstance(hits[0][0], int) and hits[0][1] == pytest.approx(0.0, abs=1e-3)
     img = bundle.encode_images([flickr8k_dir / "images" / rows[4][2]])[0]
-    assert sync.search_attached(conn, "photos", img, k=1, modality="image")[0][0] == 5
-    both = sync.search_attached(conn, "photos", q, k=30, modality=None)
+    assert sync.search_attached(conn, "photos", img, k=1, target="image")[0][0] == 5
+    both = sync.search_attached(conn, "photos", q, k=30, target=None)
     assert len(both) == 24 and [d for _, d in both] == sorted(d for _, d in both)
+    with pytest.warns(DeprecationWarning, match="target="):  # the old keyword still works
+        assert sync.search_attached(conn, "photos", q, k=3, modality="text") == hits
 
     # the SQL function, and joining back to the user's table as docs/SYNC.md shows
     got = conn.execute("SELECT p.id, p.caption, r.distance "
@@ -262,7 +264,7 @@ def test_hostile_names_attach_sync_search_detach(conn, bundle, flickr8k_dir, ima
     rep = sync_table(conn, HOSTILE_TABLE, bundle)
     assert (rep.written, rep.failed) == (8, [])
     q = bundle.encode_texts([rows[2][1]])[0]
-    assert sync.search_attached(conn, HOSTILE_TABLE, q, k=1, modality="text")[0][0] == 3
+    assert sync.search_attached(conn, HOSTILE_TABLE, q, k=1, target="text")[0][0] == 3
     reg = conn.execute("SELECT %s::regclass", [f"{sql.Identifier(HOSTILE_SCHEMA, HOSTILE_TABLE).as_string(conn)}"]).fetchone()[0]
     assert conn.execute("SELECT key FROM jointembed.search_attached(%s::regclass, %s, 1, 'text')",
                         [str(reg), q]).fetchone()[0] == "3"

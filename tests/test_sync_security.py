@@ -100,7 +100,7 @@ def test_worker_role_can_change_no_catalog_row_nor_escalate(conn, pg_dsn, bundle
         assert sync_table(w, "photos", bundle).written == 6
         assert sync.status(w, "photos")[0]["done"] == 6
         assert sync.search_attached(w, "photos", bundle.encode_texts(["caption number 3"])[0], k=1,
-                                    modality="text")[0][0] == 3
+                                    target="text")[0][0] == 3
     assert sync.find(conn, "photos") == att                  # the catalog is as attach left it
     observe(f"{len(attempts)} SQL attempts and 3 Python escalations denied; the role drained 6 rows, "
             "read status and searched; catalog unchanged")

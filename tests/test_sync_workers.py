@@ -129,7 +129,7 @@ def test_reembed_to_another_dimension_keeps_search_answering(conn, pg_dsn, bundl
             while not stop.is_set():
                 model = sync.find(c, "photos").model_id
                 try:
-                    hits = sync.search_attached(c, "photos", queries[model], k=3, modality="text", model_id=model)
+                    hits = sync.search_attached(c, "photos", queries[model], k=3, target="text", model_id=model)
                     answers.append((model, hits[0][0], len(hits)))
                 except ModelMismatchError:
                     continue  # switched between reading the model and searching: ask again

@@ -1,6 +1,6 @@
-"""``jointembed index-distributed images|texts --engine ray``: the batch ingest on a Ray pool.
+"""``jointembed index-distributed image|text --engine ray``: the batch ingest on a Ray pool.
 
-Same output and exit codes as ``jointembed index images|texts`` (0, 1 error, 3 some items
+Same output and exit codes as ``jointembed index image|text`` (0, 1 error, 3 some items
 failed). Added to the root group by :mod:`jointembed_pg.cli`.
 """
 from __future__ import annotations
@@ -49,7 +49,7 @@ def _ray_options(workers, cpus_per_worker, ray_address, progress):
             "progress": _progress(progress)}
 
 
-@index_distributed.command("images")
+@index_distributed.command("image")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @collection_option
 @dsn_option
@@ -62,7 +62,7 @@ def _ray_options(workers, cpus_per_worker, ray_address, progress):
 def images_cmd(paths, collection, dsn, bundle_name, batch_size, engine, workers, cpus_per_worker, ray_address,
                as_json, progress):
     """Embed image files or directories (recursively) into COLLECTION."""
-    from ..ingest import distributed
+    from .. import distributed
     from ..model.bundle import resolve
 
     with _errors(), _ray_chatter_to_stderr():
@@ -72,7 +72,7 @@ def images_cmd(paths, collection, dsn, bundle_name, batch_size, engine, workers,
     _finish(report, as_json)
 
 
-@index_distributed.command("texts")
+@index_distributed.command("text")
 @click.argument("file", type=click.Path(path_type=Path))
 @collection_option
 @dsn_option
@@ -85,7 +85,7 @@ def images_cmd(paths, collection, dsn, bundle_name, batch_size, engine, workers,
 def texts_cmd(file, collection, dsn, bundle_name, batch_size, engine, workers, cpus_per_worker, ray_address,
               as_json, progress):
     """Embed the captions of FILE: CSV (id,text), JSON lines (id, text) or a Flickr8K token file."""
-    from ..ingest import distributed
+    from .. import distributed
     from ..model.bundle import resolve
 
     with _errors(), _ray_chatter_to_stderr():

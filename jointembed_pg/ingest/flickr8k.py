@@ -3,7 +3,7 @@
 A Flickr8K-layout directory holds ``images/<name>.jpg``, the caption file
 :data:`TOKEN_FILE` (``<name>.jpg#<n><TAB><caption>`` per line, parsed by
 :func:`jointembed_pg.ingest.readers.read_texts`, so bad lines are dropped the same way as in
-``jointembed index texts``) and one split file per split (:data:`SPLIT_FILES`, one image
+``jointembed index text``) and one split file per split (:data:`SPLIT_FILES`, one image
 name per line).
 
 Used by ``jointembed eval`` / ``demo`` (:func:`load_split`), training

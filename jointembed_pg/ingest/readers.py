@@ -1,6 +1,6 @@
 """Input readers: image paths and caption files (the Flickr8K layout: :mod:`jointembed_pg.ingest.flickr8k`).
 
-Caption files (``jointembed index texts FILE``) come in three formats, chosen by suffix:
+Caption files (``jointembed index text FILE``) come in three formats, chosen by suffix:
 
 * ``.jsonl`` / ``.ndjson``: one JSON object per line with ``id`` and ``text``;
 * ``.csv``: a header row with ``id`` and ``text`` columns;
@@ -12,7 +12,7 @@ caption, a line over the line limit, a CSV syntax error), so the batch job recor
 goes on. Caption files are opened as regular files only (:mod:`jointembed_pg.files`) and
 read line by line, so a device, a FIFO or a huge line cannot hang or exhaust the reader.
 
-Folders given to ``index images`` are walked by :func:`scan_images`: files whose suffix
+Folders given to ``index image`` are walked by :func:`scan_images`: files whose suffix
 is one Pillow can decode (:func:`image_extensions`, the same list the decoder accepts)
 become items; every other file is *ignored* and reported by kind
 (``2 .heic (no decoder), 1 .txt``).

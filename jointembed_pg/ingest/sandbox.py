@@ -2,7 +2,7 @@
 
 An image item is untrusted: its file may be on a hung mount, its URL may drip bytes, its
 header may lie about its size, and a decoder bug may crash or hang on it. So batch jobs
-(``index images``, ``sync``, ``worker``, the Ray backfill) never decode in their own
+(``index image``, ``sync``, ``worker``, the Ray backfill) never decode in their own
 process. :class:`ImageLoader` keeps a few long-lived decoder processes
 (``python -m jointembed_pg.ingest.sandbox``); each item goes to one of them and the calling
 thread waits for the answer in short slices:
@@ -69,7 +69,7 @@ class Interrupted(JointEmbedError):
 class ImageJob:
     """One image item to load.
 
-    Exactly one of ``path`` (a local file: ``index images``) and ``source`` (an attached
+    Exactly one of ``path`` (a local file: ``index image``) and ``source`` (an attached
     table's :class:`~jointembed_pg.ingest.sources.ImageSource` with its column ``value``) is set.
 
     Attributes:

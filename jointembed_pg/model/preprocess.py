@@ -91,7 +91,7 @@ class ImageSpec:
 
 def decodable_formats() -> tuple[str, ...]:
     """Pillow formats :func:`decode` opens: every format Pillow can load, minus
-    :data:`_REFUSED_FORMATS` and stub plugins. The folder scan of ``index images``
+    :data:`_REFUSED_FORMATS` and stub plugins. The folder scan of ``index image``
     (:func:`jointembed_pg.ingest.readers.image_extensions`) takes its extensions from the same list."""
     Image.init()
     return tuple(sorted(f for f, (cls, _accept) in Image.OPEN.items()

@@ -18,8 +18,10 @@ target modality and merges the results.
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -27,7 +29,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from ..errors import InputError, ModelMismatchError
+from ..errors import ArgumentError, InputError, ModelMismatchError
 from ..migrations import query
 
 MODALITIES = ("image", "text")
@@ -78,6 +80,89 @@ def check_target(target: str | None) -> tuple[str, ...]:
     if target not in MODALITIES:
         raise ValueError(f"target must be 'image', 'text' or None, got {target!r}")
     return (target,)
+
+
+class _CrossModal:
+    """Default ``target`` of :meth:`Collection.search`: the other kind than the query's."""
+
+    def __repr__(self) -> str:
+        return "<cross-modal>"
+
+
+#: Default ``target``: a text query searches images, an image query texts, a vector images.
+CROSS_MODAL: Any = _CrossModal()
+#: The kind of a query -> the kind it searches by default (:data:`CROSS_MODAL`).
+_CROSS = {"text": "image", "image": "text", "vector": "image"}
+
+
+def query_kind(query: Any, *, image: bool | None = None) -> str:
+    """What a query given to ``search`` is: ``"vector"``, ``"image"`` or ``"text"``.
+
+    The rule looks at the Python type only, never at the file system, so a caption is
+    never read as a file name (``"dog.jpg"`` is a text):
+
+    * ``numpy.ndarray`` (or a pgvector ``Vector``/``HalfVector``) -> ``"vector"``;
+    * ``bytes`` / ``bytearray`` / ``memoryview`` (an encoded image) and ``os.PathLike``
+      (``pathlib.Path``) -> ``"image"``;
+    * ``str`` -> ``"text"``, or ``"image"`` (a path to an image file) with ``image=True``.
+
+    Args:
+        image: ``None``: by type as above; ``True``: the query is an image (a ``str`` is
+            its path); ``False``: the query must be a text (a ``str``).
+    Raises:
+        ArgumentError: any other type (a list of floats: pass ``np.asarray(v, np.float32)``),
+            or ``image`` contradicting the type.
+    """
+    if isinstance(query, np.ndarray) or hasattr(query, "to_numpy"):
+        kind = "vector"
+    elif isinstance(query, (bytes, bytearray, memoryview, os.PathLike)):
+        kind = "image"
+    elif isinstance(query, str):
+        kind = "image" if image else "text"
+    else:
+        raise ArgumentError(f"a query is a str (text), a pathlib.Path or bytes (image) or a numpy (D,) "
+                            f"float32 array (vector), got {type(query).__name__}")
+    if image is True and kind != "image" or image is False and kind != "text":
+        raise ArgumentError(f"image={image} does not fit a query of type {type(query).__name__} "
+                            f"(it is a {kind} query)")
+    return kind
+
+
+def embed_query(bundle: Any, query: Any, dim: int, *, image: bool | None = None) -> tuple[np.ndarray, str]:
+    """``(vector, kind)``: the query as a ``(dim,) float32`` embedding, and its kind.
+
+    ``kind`` follows :func:`query_kind`. Texts are embedded with
+    ``bundle.encode_texts(str)``, images with ``bundle.encode_images(path_or_bytes)`` (one
+    image, decoded under the per-item limits of :mod:`jointembed_pg.limits`); a vector is
+    checked by :func:`check_vector`.
+
+    Raises:
+        ArgumentError: see :func:`query_kind`; a text or image query without a bundle.
+        InputError: empty or unreadable text (``ItemError`` labelled ``text``), an image
+            that cannot be read or decoded (its path named), a vector that is not 1-D or
+            not finite.
+        ModelMismatchError: a vector of another dimension than ``dim``.
+    """
+    kind = query_kind(query, image=image)
+    if kind == "vector":
+        return check_vector(query, dim), kind
+    if bundle is None:
+        raise ArgumentError(f"a {kind} query needs a model bundle: open the collection (or attachment) "
+                            "with bundle=Bundle.load(...), or pass a vector")
+    if kind == "text":
+        vec = bundle.encode_texts(query)
+    else:
+        vec = bundle.encode_images(bytes(query) if isinstance(query, (bytearray, memoryview))
+                                   else query if isinstance(query, (bytes, str)) else Path(query))
+    return check_vector(vec, dim), kind
+
+
+def resolve_target(target: Any, kind: str) -> str | None:
+    """``target`` itself, or for :data:`CROSS_MODAL` the other kind than the query's."""
+    if target is CROSS_MODAL:
+        return _CROSS[kind]
+    check_target(target)
+    return target
 
 
 def compose_where(where: Where, params: Mapping[str, Any] | None) -> tuple[sql.Composable, dict, bool]:

@@ -22,11 +22,12 @@ filter, can fill the ``hnsw.ef_search`` candidate list). :func:`nearest` instead
 through SQL's ``jointembed.search`` (hence ``jointembed.knn``, the one rule that always
 returns k rows) and joins the ORM rows::
 
-    stmt = nearest(Item, qvec, k=10, modality="image")   # -> (Item, distance) rows
+    stmt = nearest(Item, qvec, k=10, target="image")     # -> (Item, distance) rows
 """
 from __future__ import annotations
 
 import datetime as dt
+import warnings
 from typing import Any
 
 from urllib.parse import urlencode
@@ -40,6 +41,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from .. import db
 
 _models: dict[tuple[str, int, str], type] = {}
+#: Marks an argument that was not given (the deprecated ``modality=`` of :func:`nearest`).
+_UNSET: Any = object()
 
 
 def sqlalchemy_url(dsn: str) -> str:
@@ -130,17 +133,19 @@ def item_model(collection: Any) -> type:
     return model
 
 
-def nearest(model: type, vector: Any, *, k: int = 10, modality: str | None = "image") -> sa.Select:
+def nearest(model: type, vector: Any, *, k: int = 10, target: str | None = "image",
+            modality: Any = _UNSET) -> sa.Select:
     """``(model, distance)`` rows of the ``k`` items nearest to ``vector``, L2 ascending.
 
-    Ranks with ``jointembed.search(collection, vector, k, modality)`` (SQL), so the rule
+    Ranks with ``jointembed.search(collection, vector, k, target)`` (SQL), so the rule
     of ``jointembed.knn`` applies: exactly ``k`` rows whenever the collection holds ``k``
-    items of the modality, even with dead tuples in the index. ``vector``: ``(D,)
+    items of the target kind, even with dead tuples in the index. ``vector``: ``(D,)
     float32``, bound as a ``vector`` parameter (no cast, any search_path).
 
     Args:
         model: a class from :func:`item_model`.
-        modality: ``"image"``, ``"text"`` or ``None`` (both).
+        target: ``"image"``, ``"text"`` or ``None`` (both).
+        modality: deprecated spelling of ``target`` (DeprecationWarning).
     Raises:
         ValueError: ``model`` is not from :func:`item_model`, or ``k < 1``.
     """
@@ -149,8 +154,11 @@ def nearest(model: type, vector: Any, *, k: int = 10, modality: str | None = "im
         raise ValueError(f"{model!r} is not an items model from jointembed_pg.search.sqla.item_model")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    if modality is not _UNSET:
+        warnings.warn("nearest(modality=...) is deprecated: use target=", DeprecationWarning, stacklevel=2)
+        target = modality
     q = np.asarray(vector, dtype=np.float32)
-    ranked = sa.func.jointembed.search(name, sa.bindparam("je_q", q, type_=Vector(q.shape[0])), k, modality
+    ranked = sa.func.jointembed.search(name, sa.bindparam("je_q", q, type_=Vector(q.shape[0])), k, target
                                        ).table_valued(sa.column("id", sa.BigInteger),
                                                       sa.column("distance", sa.Float)).alias("je_ranked")
     return (sa.select(model, ranked.c.distance.label("distance"))

@@ -1,6 +1,13 @@
-"""Collections of embedded items in PostgreSQL: create, batch upsert, index, search.
+"""Collections of embedded items in PostgreSQL: create, add, index, search.
 
->>> store = Store()                                     # embedded server, or a DSN / conn / Engine
+>>> store = Store()            # embedded server; or a DSN / psycopg Connection / ConnectionPool / Engine
+>>> coll = store.collection("photos", bundle=Bundle.load())     # model checked once; created if missing
+>>> coll.add_images(["/data/a.jpg", "/data/dir/"])              # -> IngestReport (failed: [(key, reason)])
+>>> coll.add_texts(["a dog on a beach"])
+>>> coll.search("a dog", k=10, target="image")                  # str = text, Path/bytes = image, ndarray = vector
+
+Lower level (vectors you computed yourself):
+
 >>> coll = store.collection("photos", model_id=b.model_id, dim=b.dim, create=True)
 >>> coll.upsert([("image", "a.jpg", "/data/a.jpg", None, sha, emb)])   # emb: (D,) float32
 >>> coll.ensure_index()
@@ -9,18 +16,22 @@
 Each collection has its own items table ``jointembed.items_<id>`` (``embedding vector(D)``,
 or ``halfvec(D)`` with ``storage="halfvec"``; unique ``(modality, key)``) with one partial
 HNSW index (``vector_l2_ops`` / ``halfvec_l2_ops``) per modality, built without blocking
-writers (:mod:`jointembed_pg.search.indexing`).
+writers (:mod:`jointembed_pg.search.indexing`). Attached user tables: :meth:`Store.attach`
+(:mod:`jointembed_pg.search.attached`).
 """
 from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import psycopg
+import psycopg_pool
 from psycopg import sql
 
 from .. import db
@@ -51,35 +62,56 @@ class CollectionInfo:
 
 
 class Store:
-    """Entry point: a database holding jointembed collections.
+    """Entry point: a database holding jointembed collections (and attached tables).
+
+    >>> with Store("postgresql://app@db/photos") as store:      # or Store() for the embedded server
+    ...     coll = store.collection("photos", bundle=Bundle.load())
+    ...     coll.add_images(["a.jpg", "b.jpg"]); coll.add_texts(["a dog on a beach"])
+    ...     hits = coll.search("a dog", k=10, target="image")
 
     Args:
-        target: DSN string or ``None`` (``$DATABASE_URL``, else the embedded server) — the
-            Store then owns one connection (close it with :meth:`close`); or a
-            ``psycopg.Connection`` / SQLAlchemy ``Connection`` (used as is; work joins its
-            open transaction, if any); or a SQLAlchemy ``Engine`` (a pooled connection per
-            operation). Migrations are applied on construction.
+        target: where connections come from:
+
+            * a DSN string or ``None`` (``$DATABASE_URL``, else the embedded server): the
+              Store opens its own ``psycopg_pool.ConnectionPool``
+              (:func:`jointembed_pg.db.open_pool`: pgvector registered by its
+              ``configure``, each connection checked before it is lent, so one lost to a
+              server restart is replaced) and closes it in :meth:`close`;
+            * a ``psycopg_pool.ConnectionPool``: a connection is borrowed per operation;
+            * a ``psycopg.Connection`` or SQLAlchemy ``Connection``: used as is (work joins
+              its open transaction, if any; operations are serialised by a lock);
+            * a SQLAlchemy ``Engine`` (``postgresql+psycopg``): a pooled connection per
+              operation.
+
+            A connection, pool or engine passed in is never closed by the Store.
+            Migrations are applied on construction.
         exact_below: filtered searches matching at most this many rows run exactly
             (``None``: ``jointembed.knn``'s default, 2000; 0: never).
+        max_size: most connections the Store's own pool opens at once (DSN / ``None`` only).
 
-    Thread-safe: operations through one Store are serialised by a lock (use one Store
-    per thread for parallel queries).
+    Thread-safe: with a pool or an engine, threads use their own connections.
+    Usable as a context manager (:meth:`close` on exit).
 
     Raises:
         DatabaseError: unreachable server (password redacted) or failed migrations.
+        TypeError: ``target`` is of another type.
     """
 
-    def __init__(self, target: Any = None, *, exact_below: int | None = None):
-        self._lock = threading.RLock()
-        self._owned: psycopg.Connection | None = None
-        self._dsn = target if target is None or isinstance(target, str) else None
-        if target is None or isinstance(target, str):
-            self._owned = db.connect(target)
-            self._target: Any = self._owned
-        else:
-            self._target = target
+    def __init__(self, target: Any = None, *, exact_below: int | None = None, max_size: int = 4):
+        self._lock = threading.RLock()   # serialises work on one given connection only
+        self._closed = False
+        self._held = threading.local()   # the connection this thread holds, reused by nested calls
+        self._own_pool = target is None or isinstance(target, str)
+        self._dsn = target if self._own_pool else None  # as given (None: $DATABASE_URL / embedded)
+        self._target: Any = db.open_pool(target, max_size=max_size) if self._own_pool else target
+        #: one connection for all threads (psycopg or SQLAlchemy Connection): used under the lock
+        self._one_connection = not (self._own_pool or isinstance(target, psycopg_pool.ConnectionPool)
+                                    or type(target).__name__ == "Engine")
+        # a Store dropped without close() (or alive at exit) closes its own pool from the
+        # dropping thread, not from a pool thread in psycopg_pool's __del__ (which cannot join itself)
+        self._finalizer = weakref.finalize(self, _close_pool, self._target) if self._own_pool else None
         self.exact_below = exact_below
-        with db.borrow(self._target) as conn, self._lock:
+        with self.connection() as conn:
             db.prepare(conn)
             self.vector_version = db.vector_version(conn)
             with conn.transaction():
@@ -90,42 +122,78 @@ class Store:
     # -- connection handling -------------------------------------------------------
     @contextlib.contextmanager
     def connection(self) -> Iterator[psycopg.Connection]:
-        """Yield the prepared connection as is (no transaction opened), holding the Store's lock.
+        """Yield a prepared connection as is (no transaction opened by the Store).
 
-        For statements that cannot run in a transaction block (``CREATE INDEX
-        CONCURRENTLY``). A connection the Store opened itself is reopened if it was lost.
+        A pool's connection (the Store's own or one passed in) is returned to it
+        afterwards; a given ``psycopg.Connection`` is held under the Store's lock. Calls
+        nested in the same thread get the same connection (so work inside ``with
+        store.transaction():`` joins that transaction). For statements that cannot run in
+        a transaction block (``CREATE INDEX CONCURRENTLY``).
+
+        Raises:
+            DatabaseError: the Store is closed, or no connection could be had.
         """
-        with self._lock:
-            if self._owned is not None and (self._owned.broken or self._owned.closed):
-                self._owned = self._target = db.connect(self._dsn)
-            with db.borrow(self._target) as conn:
+        if self._closed:
+            raise DatabaseError("this Store is closed")
+        held = getattr(self._held, "conn", None)
+        if held is not None:  # nested in this thread: the same connection (its session, its transaction)
+            yield held
+            return
+        with contextlib.ExitStack() as stack:
+            if self._one_connection:
+                stack.enter_context(self._lock)
+            conn = stack.enter_context(db.borrow(self._target))
+            self._held.conn = conn
+            try:
                 yield conn
+            finally:
+                self._held.conn = None
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[psycopg.Connection]:
         """Yield a prepared connection inside a transaction (committed on success).
 
         psycopg errors raised inside are re-raised as :class:`DatabaseError` (one line,
-        chained); library errors pass through unchanged. A connection the Store opened
-        itself is reopened if it was lost (e.g. the server restarted).
+        chained); library errors pass through unchanged.
         """
-        with self._lock:
-            if self._owned is not None and (self._owned.broken or self._owned.closed):
-                self._owned = self._target = db.connect(self._dsn)
-            with db.borrow(self._target) as conn:
-                try:
-                    with conn.transaction():
-                        yield conn
-                except psycopg.Error as e:
-                    raise DatabaseError(f"{type(e).__name__}: {db.one_line(e)}") from e
+        with self.connection() as conn:
+            try:
+                with conn.transaction():
+                    yield conn
+            except psycopg.Error as e:
+                raise DatabaseError(f"{type(e).__name__}: {db.one_line(e)}") from e
+
+    @contextlib.contextmanager
+    def worker_connection(self) -> Iterator[psycopg.Connection]:
+        """A connection in autocommit mode at READ COMMITTED, as queue draining needs
+        (:mod:`jointembed_pg.sync.drain`): each step its own transaction; the
+        connection's modes are restored afterwards.
+
+        Raises:
+            DatabaseError: the Store's connection is inside an open transaction.
+        """
+        with self.connection() as conn:
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                raise DatabaseError("syncing an attached table needs an idle connection: commit or roll "
+                                    "back the transaction of the connection given to Store first")
+            saved = conn.autocommit, conn.isolation_level
+            conn.autocommit, conn.isolation_level = True, psycopg.IsolationLevel.READ_COMMITTED
+            try:
+                yield conn
+            finally:
+                if not conn.broken and not conn.closed \
+                        and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+                    conn.autocommit, conn.isolation_level = saved
 
     def close(self) -> None:
-        """Close the connection this Store opened (not one it was given)."""
+        """Close the pool this Store opened (later operations raise :class:`DatabaseError`).
+
+        A connection, pool or engine the Store was given is left open and usable (a
+        no-op then). Idempotent."""
         with self._lock:
-            if self._owned is not None:
-                self._owned.close()
-                self._dsn = None
-                self._owned = None
+            if not self._closed and self._finalizer is not None:
+                self._finalizer()
+                self._closed = True
 
     def __enter__(self) -> "Store":
         return self
@@ -139,15 +207,22 @@ class Store:
         return self.vector_version >= (0, 8)
 
     # -- collections -----------------------------------------------------------------
-    def collection(self, name: str, *, model_id: str | None = None, dim: int | None = None,
-                   create: bool = False, storage: str | None = None) -> "Collection":
-        """Open (or with ``create=True`` create) the collection ``name``.
+    def collection(self, name: str, *, bundle: Any = None, model_id: str | None = None,
+                   dim: int | None = None, create: bool | None = None,
+                   storage: str | None = None) -> "Collection":
+        """Open (or create) the collection ``name``, checking its model once, here.
 
         ``model_id`` / ``dim`` / ``storage``, when given, must equal the stored ones;
         ``model_id`` and ``dim`` are required to create. Any name is allowed (stored as data;
         the table name is derived from the id).
 
         Args:
+            bundle: a :class:`~jointembed_pg.model.bundle.Bundle`: its ``model_id`` and ``dim``
+                are checked against the collection's (or used to create it), and the
+                returned collection keeps it for :meth:`Collection.add_images`,
+                :meth:`~Collection.add_texts` and :meth:`~Collection.search`.
+            create: create the collection when it does not exist; default (``None``):
+                ``True`` when a ``bundle`` is given, else ``False``.
             storage: type of the embedding column of a new collection: ``"vector"``
                 (default; float32, HNSW up to 2000 dimensions) or ``"halfvec"`` (float16,
                 half the bytes, HNSW up to 4000 dimensions, pgvector >= 0.7).
@@ -157,10 +232,18 @@ class Store:
                 collection's (checked before anything is written).
             DatabaseError: no such collection and ``create`` is false; ``halfvec`` on
                 pgvector < 0.7.
-            ArgumentError: invalid name or dim (also a ValueError).
+            ArgumentError: invalid name or dim, or ``model_id``/``dim`` contradicting
+                ``bundle`` (also a ValueError).
             ValueError: invalid name, ``create`` without ``model_id``/``dim``, unknown
                 storage, or more dimensions than an HNSW index of that storage takes.
         """
+        if bundle is not None:
+            if model_id is not None and model_id != bundle.model_id or dim is not None and dim != bundle.dim:
+                raise ArgumentError(f"model_id/dim ({model_id!r}, {dim!r}) contradict the bundle's "
+                                    f"({bundle.model_id!r}, {bundle.dim}); pass one or the other")
+            model_id, dim = bundle.model_id, int(bundle.dim)
+        if create is None:
+            create = bundle is not None
         if not isinstance(name, str) or not 1 <= len(name) <= 200 or "\x00" in name:
             raise ArgumentError(f"collection name must be 1..200 characters without NUL, got {name!r}")
         if dim is not None and (int(dim) != dim or not 1 <= dim <= 16000):
@@ -170,7 +253,7 @@ class Store:
         if row is None:
             if not create:
                 raise DatabaseError(f"no collection named {name!r} (index something into it first: "
-                                    "`jointembed index images|texts ... --collection NAME`)")
+                                    "`jointembed index image|text ... --collection NAME`)")
             if model_id is None or dim is None:
                 raise ValueError(f"creating collection {name!r} needs model_id and dim")
             indexing.check_storage(storage or "vector", dim, self.vector_version)
@@ -183,7 +266,7 @@ class Store:
         if storage is not None and storage != info.storage:
             indexing.check_storage(storage, info.dim)
             raise ModelMismatchError(f"collection {name!r} stores its embeddings as {info.storage}, not {storage}")
-        return Collection(self, info)
+        return Collection(self, info, bundle=bundle)
 
     def collections(self) -> list[CollectionInfo]:
         """All collections, by name."""
@@ -208,6 +291,56 @@ class Store:
         }
 
 
+    # -- attached tables ---------------------------------------------------------------
+    def attach(self, table: Any, *, key: str, text: str | None = None, image: str | None = None,
+               bundle: Any, image_source: str = "path", image_root: str | None = None,
+               schema: str | None = None) -> Any:
+        """Keep the embeddings of your own table in sync: side table, queue and triggers
+        (the table is never altered; docs/SYNC.md), every existing row enqueued.
+
+        Args:
+            table: ``"schema.table"``, ``"table"`` (found on the ``search_path``) or
+                ``(schema, table)``; plain names, never SQL (rule:
+                :func:`jointembed_pg.search.attached.split_table`).
+            key: the unique key column (primary key or unique index on it alone).
+            text / image: the columns to embed (at least one).
+            bundle: the model the table is embedded with.
+            image_source: how the image column is read: ``"path"``, ``"url"`` or ``"bytea"``.
+            image_root: base directory of relative image paths (paths must stay inside it).
+        Returns:
+            an :class:`jointembed_pg.search.attached.Attached` with ``sync()``, ``status()``,
+            ``search()``, ``reembed()``, ``detach()``.
+        Raises:
+            ArgumentError: a bad table argument or no bundle. InputError: neither column,
+            an unknown image source. DatabaseError: no such table or column, key not
+            unique, already attached (nothing is created then).
+        """
+        from .attached import Attached
+
+        return Attached.create(self, table, bundle=bundle, key=key, text=text, image=image,
+                               image_source=image_source, image_root=image_root, schema=schema)
+
+    def attachment(self, table: Any, *, bundle: Any = None, schema: str | None = None) -> Any:
+        """The existing attachment of ``table`` (same naming rule as :meth:`attach`) as an
+        :class:`jointembed_pg.search.attached.Attached`; ``bundle`` (needed for ``sync()`` and text
+        or image ``search()``) is checked against the table's model here, once.
+
+        Raises:
+            DatabaseError: not attached. ModelMismatchError: ``bundle`` is another model.
+        """
+        from .attached import Attached
+
+        return Attached.open(self, table, bundle=bundle, schema=schema)
+
+
+def _close_pool(pool: Any) -> None:
+    """Close a Store's own pool (its finalizer); never from one of the pool's threads."""
+    try:
+        pool.close()
+    except RuntimeError:  # called on a pool thread after all: the workers still stop
+        pass
+
+
 def _check_model(info: CollectionInfo, model_id: str | None, dim: int | None) -> None:
     if model_id is not None and model_id != info.model_id:
         raise ModelMismatchError(f"collection {info.name!r} holds embeddings of model {info.model_id!r}, "
@@ -221,11 +354,14 @@ class Collection:
 
     Attributes:
         store: the owning :class:`Store`. info: its :class:`CollectionInfo`.
+        bundle: the model bundle it was opened with (``None``: vectors only).
         table_ident: ``psycopg.sql.Identifier("jointembed", "items_<id>")`` for your own SQL.
     """
 
-    def __init__(self, store: Store, info: CollectionInfo):
+    def __init__(self, store: Store, info: CollectionInfo, *, bundle: Any = None):
         self.store, self.info = store, info
+        #: the model bundle given to :meth:`Store.collection` (checked there), or None
+        self.bundle = bundle
         self.table_ident = sql.Identifier("jointembed", info.items_table)
         self.last_builds: list[indexing.BuildReport] = []   # what the last ensure_index built
 
@@ -439,3 +575,181 @@ class Collection:
 
     def _check_bundle(self, bundle: Any) -> None:
         _check_model(self.info, bundle.model_id, bundle.dim)
+
+    # -- the high-level API: a collection opened with a bundle --------------------------
+    def _need_bundle(self, what: str) -> Any:
+        if self.bundle is None:
+            raise ArgumentError(f"{what} needs a model bundle: open the collection with "
+                                f"store.collection({self.name!r}, bundle=Bundle.load(...))")
+        return self.bundle
+
+    def add_images(self, sources: Any, keys: Sequence[str] | None = None, *, batch_size: int | None = None,
+                   decode_threads: int = 2, progress: bool = False, limits: Any = None,
+                   index: bool = True) -> Any:
+        """Embed image files into the collection with its bundle (the ingest pipeline of
+        ``jointembed index image``: decoder processes under per-item limits, content hashes
+        skip unchanged files, one transaction per batch).
+
+        Args:
+            sources: image paths (``str`` / ``pathlib.Path``; one path alone is a list of
+                one). Without ``keys`` a directory is scanned recursively for image files,
+                as by the CLI, and each item's key is its resolved absolute path.
+            keys: one key per source (``str``, at most 2,048 UTF-8 bytes), instead of the
+                paths; each source is then one file (a directory fails as an item).
+            batch_size: images per encoder batch and write (default 32).
+            decode_threads: decoder processes (and threads feeding them).
+            limits: per-item limits (default :meth:`jointembed_pg.limits.Limits.from_env`).
+            index: build the collection's HNSW indexes after writing, unless they exist
+                (:meth:`ensure_index`).
+        Returns:
+            :class:`jointembed_pg.ingest.pipeline.IngestReport`: ``written``, ``unchanged`` and
+            ``failed`` (``[Failure(key, error)]``): a missing, unreadable, non-regular
+            (FIFO, device, directory with ``keys``), oversized, corrupt or hanging file, a
+            source that is not a path, an unstorable key -- each fails alone, with its
+            reason; the rest is stored.
+        Raises:
+            ArgumentError: no bundle, or ``keys`` of another length than ``sources``.
+            DatabaseError: a write failed (batches already committed stay; rerun to resume).
+        """
+        from ..ingest import pipeline as ingest
+
+        bundle = self._need_bundle("add_images")
+        records, ignored = _image_records(sources, keys)
+        report = ingest.index_images(self, bundle, records, batch_size=batch_size or ingest.IMAGE_BATCH,
+                                     decode_threads=decode_threads, progress=progress, ignored=ignored,
+                                     limits=limits)
+        if index and report.written:
+            self.ensure_index()
+        return report
+
+    def add_texts(self, texts: Any, keys: Sequence[str] | None = None, *, batch_size: int | None = None,
+                  progress: bool = False, limits: Any = None, index: bool = True) -> Any:
+        """Embed captions into the collection with its bundle (the pipeline of
+        ``jointembed index text``).
+
+        Args:
+            texts: captions (``str``; one ``str`` alone is a list of one).
+            keys: one id per text (``str``); default: ``"sha256:<hex>"`` of the text's UTF-8
+                bytes, so adding the same text again is the same item (identical texts in
+                one call are one item).
+            batch_size: captions per encoder batch and write (default 256).
+            index: build the HNSW indexes after writing, unless they exist.
+        Returns:
+            :class:`jointembed_pg.ingest.pipeline.IngestReport`; each text that is not a ``str``,
+            blank, holds a NUL, is over the length limit, consists only of word pieces the
+            model does not know, or repeats a key, is in ``failed`` with its reason; the
+            rest is stored.
+        Raises:
+            ArgumentError: no bundle, or ``keys`` of another length than ``texts``.
+            DatabaseError: a write failed.
+        """
+        from ..ingest import pipeline as ingest
+
+        bundle = self._need_bundle("add_texts")
+        records = _text_records(texts, keys)
+        report = ingest.index_texts(self, bundle, records, batch_size=batch_size or ingest.TEXT_BATCH,
+                                    progress=progress, limits=limits)
+        if index and report.written:
+            self.ensure_index()
+        return report
+
+    def search(self, query: Any, k: int = 10, target: Any = search.CROSS_MODAL, *, image: bool | None = None,
+               **options: Any) -> list[Hit]:
+        """The ``k`` items nearest to a text, an image or a vector (L2 distance, closest first).
+
+        What ``query`` is follows its Python type, never the file system
+        (:func:`jointembed_pg.search.knn.query_kind`): a ``str`` is a text (a caption is never
+        taken for a file name), unless ``image=True`` makes it the path of an image; a
+        ``pathlib.Path`` or ``bytes`` is an image; a ``numpy`` ``(D,) float32`` array is a
+        query vector. Texts and images are embedded with the collection's bundle.
+
+        Args:
+            k: number of hits (fewer only if fewer items match).
+            target: ``"image"``, ``"text"`` or ``None`` (both); default: the other kind
+                than the query's (a text searches images, an image texts, a vector images).
+            image: ``True``: ``query`` is an image (a ``str`` is its path); ``False``: it
+                must be a text.
+            options: as :meth:`search_vector` (``ef_search``, ``exact``, ``where``,
+                ``params``, ``with_embedding``).
+        Returns:
+            ``list[Hit]``, the same as :meth:`search_vector` with the embedded query.
+        Raises:
+            ArgumentError: a query of another type, or a text/image query without a bundle.
+            InputError: empty/unreadable text, an unreadable image (its path named).
+            ModelMismatchError: a vector of another dimension.
+            ValueError: bad ``k`` / ``target`` / options.
+        """
+        vec, kind = search.embed_query(self.bundle, query, self.dim, image=image)
+        return self.search_vector(vec, target=search.resolve_target(target, kind), k=k, **options)
+
+
+def _image_records(sources: Any, keys: Sequence[Any] | None) -> tuple[list, list]:
+    """``(records, ignored)`` for :meth:`Collection.add_images`: a
+    :class:`~jointembed_pg.ingest.readers.PathRecord` per item, with ``error`` set for a source
+    that is not a usable path (so it fails alone)."""
+    import os
+
+    from ..ingest.readers import PathRecord, printable, scan_images
+
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+        keys = [keys] if isinstance(keys, str) else keys
+    elif isinstance(sources, (bytes, bytearray, memoryview)):
+        raise ArgumentError("add_images takes file paths (str or pathlib.Path), not image bytes")
+    sources = list(sources)
+    if keys is not None:
+        keys = list(keys)
+        if len(keys) != len(sources):
+            raise ArgumentError(f"add_images: {len(keys)} keys for {len(sources)} sources")
+
+    def problem(i: int, src: Any) -> str | None:
+        if not isinstance(src, (str, os.PathLike)):
+            return f"images[{i}]: expected a file path (str or pathlib.Path), got {type(src).__name__}"
+        path = os.fspath(src)
+        if not isinstance(path, str):
+            return f"images[{i}]: expected a text path, got {type(path).__name__}"
+        if not path or "\x00" in path:
+            return f"images[{i}]: {printable(path, 200)!r}: an empty path or one with a NUL byte"
+        return None
+
+    records, paths = [], []
+    for i, src in enumerate(sources):
+        err = problem(i, src)
+        key = keys[i] if keys is not None else None
+        if err is not None:
+            records.append(PathRecord(key if isinstance(key, str) and key else f"images[{i}]", Path(), err))
+        elif keys is None:
+            paths.append(os.fspath(src))
+        else:
+            records.append(PathRecord(key, Path(os.fspath(src)).expanduser().absolute()))
+    if keys is not None:
+        return records, []
+    scan = scan_images(paths)
+    return records + scan.records, scan.ignored
+
+
+def _text_records(texts: Any, keys: Sequence[Any] | None) -> list:
+    """:class:`~jointembed_pg.ingest.readers.TextRecord` per text for :meth:`Collection.add_texts`
+    (texts that are no ``str`` keep a positional key, ``texts[i]``, and fail in ingest)."""
+    from ..ingest.pipeline import sha256
+    from ..ingest.readers import TextRecord
+
+    if isinstance(texts, str):
+        texts = [texts]
+        keys = [keys] if isinstance(keys, str) else keys
+    texts = list(texts)
+    if keys is not None:
+        keys = list(keys)
+        if len(keys) != len(texts):
+            raise ArgumentError(f"add_texts: {len(keys)} keys for {len(texts)} texts")
+        return [TextRecord(k, t) for k, t in zip(keys, texts)]
+    out, seen = [], set()
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            out.append(TextRecord(f"texts[{i}]", t))
+            continue
+        key = "sha256:" + sha256(t.encode("utf-8", "surrogatepass"))
+        if key not in seen:  # the same text twice is one item
+            seen.add(key)
+            out.append(TextRecord(key, t))
+    return out

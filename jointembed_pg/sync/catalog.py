@@ -20,6 +20,7 @@ name), never parsed as SQL: they are passed as parameters and quoted with
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ from ..errors import DatabaseError, InputError, ModelMismatchError
 from ..ingest.sources import SOURCES, ImageSource
 
 MODALITIES = ("image", "text")
+#: Marks an argument that was not given (the deprecated ``modality=`` of :func:`search_attached`).
+_UNSET: Any = object()
 #: Latest errors shown by :func:`status`.
 STATUS_ERRORS = 5
 
@@ -263,16 +266,18 @@ def status(conn, table: str | None = None, schema: str | None = None,
         return [_call(c, "SELECT jointembed.sync_status(%s, %s)", [a.id, errors])[0] for a in atts]
 
 
-def search_attached(conn, table: str, vector, k: int = 10, modality: str | None = "image", *,
-                    schema: str | None = None, model_id: str | None = None) -> list[tuple[Any, float]]:
+def search_attached(conn, table: str, vector, k: int = 10, target: str | None = "image", *,
+                    schema: str | None = None, model_id: str | None = None,
+                    modality: Any = _UNSET) -> list[tuple[Any, float]]:
     """The ``k`` rows of an attached table nearest to ``vector``.
 
     Args:
         vector: ``(D,)`` float32 query embedding from the table's active model.
         k: number of results (>= 1).
-        modality: ``"image"`` / ``"text"``: which embeddings of the rows to search;
+        target: ``"image"`` / ``"text"``: which embeddings of the rows to search;
             None: both (a row may then appear twice).
         model_id: if given, refuse unless it is the active model.
+        modality: deprecated spelling of ``target`` (DeprecationWarning).
     Returns:
         ``[(key, distance), ...]`` nearest first: ``key`` is the user's key value with
         its own type (e.g. ``int``), ``distance`` the L2 distance (float, >= 0).
@@ -281,10 +286,14 @@ def search_attached(conn, table: str, vector, k: int = 10, modality: str | None 
             ``model_id`` is not the active model.
         DatabaseError: the table is not attached.
     """
+    if modality is not _UNSET:
+        warnings.warn("search_attached(modality=...) is deprecated: use target=", DeprecationWarning, stacklevel=2)
+        target = modality
+    modality = target
     if k < 1:
         raise InputError(f"k must be >= 1, got {k}")
     if modality is not None and modality not in MODALITIES:
-        raise InputError(f"modality must be 'image', 'text' or None, got {modality!r}")
+        raise InputError(f"target must be 'image', 'text' or None, got {modality!r}")
     q = np.asarray(vector, dtype=np.float32).reshape(-1)
     with db.borrow(conn) as c:
         att = find(c, table, schema)

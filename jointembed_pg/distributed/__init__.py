@@ -39,7 +39,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from .. import errors
-from . import pipeline as ingest, readers
+from ..ingest import pipeline as ingest, readers
 from ..errors import JointEmbedError, ModelMismatchError
 from ..limits import Limits
 
@@ -131,7 +131,7 @@ def prepare_job(dsn: str | None, collection: str, bundle_dir: str | Path) -> Job
 
 
 class IngestWorker:
-    """A Ray Data callable class: one loaded bundle and one connection per actor.
+    """A Ray Data callable class: one loaded bundle and a Store (at most 2 connections) per actor.
 
     ``__call__`` takes a numpy batch of partitions ``{"keys", "values", "errors": (P,)
     object}`` (each element a sequence: str keys; image paths or captions; ``None`` or
@@ -152,7 +152,7 @@ class IngestWorker:
         if self.bundle.model_id != job.model_id:
             raise ModelMismatchError(f"{job.bundle_dir} on this worker holds model {self.bundle.model_id!r}, "
                                      f"the job's is {job.model_id!r}: the nodes see different bundle files")
-        self.store = Store(job.dsn)
+        self.store = Store(job.dsn, max_size=2)   # the ingest writer thread + this one
         self.collection = self.store.collection(job.collection, model_id=job.model_id, dim=job.dim)
         self.limits = job.limits
 
