@@ -5,8 +5,10 @@ items whose content hash is already stored for the collection's model (so a reru
 a crash resumes instead of starting over), embed the rest in batches with the bundle's
 ONNX encoders, and upsert each batch in one transaction. Images are read, hashed and
 decoded in decoder processes (:class:`jointembed_pg.sandbox.ImageLoader`: per-item time
-and memory limits, a crash or hang fails that item only), fed by a thread pool ahead of
-the encoder; writes run on a writer thread behind it, so the encoder stays busy.
+and memory limits, a crash or hang fails that item only), fed by a thread pool at most
+:data:`AHEAD_BATCHES` batches ahead of the encoder (:func:`decode_ahead`, a bounded queue);
+writes run on a writer thread behind it, so the encoder stays busy. How many decoders and
+onnxruntime threads share the cores: :mod:`jointembed_pg.threads`.
 Every key and caption is checked before it reaches a batch (:func:`readers.check_key`,
 :func:`readers.clean_text`), so one unstorable item (a NUL, a file name that is not
 UTF-8, an overlong key) fails alone instead of failing its batch's transaction.
