@@ -25,6 +25,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="measure nothing: re-render the report from a --json file of an earlier run")
     p.add_argument("--bundle", type=Path, help="model bundle (default: the tests' bundle, built if needed)")
     p.add_argument("--data-dir", type=Path, help="Flickr8K directory (default: ../shared/data/flickr8k)")
+    p.add_argument("--int8-bundle", type=Path,
+                   help="int8 variant of the bundle (default: <bundle>-int8, built there when missing)")
     p.add_argument("--checkpoint", type=Path, help="weights of the naive PyTorch path (default: committed)")
     p.add_argument("--million", action="store_true",
                    help="build HNSW at 1M vectors and sweep it even when it does not fit --budget-min")
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cfg = config_from(args)
     try:
-        results = runner.run(cfg, dsn=args.dsn, bundle_path=args.bundle, data_dir=args.data_dir,
+        results = runner.run(cfg, dsn=args.dsn, bundle_path=args.bundle, data_dir=args.data_dir, int8_path=args.int8_bundle,
                              checkpoint=args.checkpoint)
     except env.Unavailable as e:
         print(f"benchmarks: cannot run: {e}", file=sys.stderr)

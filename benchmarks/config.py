@@ -49,6 +49,10 @@ class BenchConfig:
         noise: expected noise norm of synthetic vectors, as a fraction of the median
             nearest-neighbour distance among the real embeddings.
         noise_shape: ``"cov"`` (shaped like the real embeddings' covariance) or ``"iso"``.
+        split_images: images per thread split / fp32 session option (issue 19's rows).
+        variant_rounds: rounds of those interleaved comparisons (every variant once per round).
+        prefill: synthetic vectors already stored (with HNSW) when ingest into an indexed
+            collection is measured; prefill_ingest: captions written into it per variant.
     """
 
     quick: bool = False
@@ -75,6 +79,10 @@ class BenchConfig:
     peak_n: int = 2048
     threads: int = 2
     seed: int = 0
+    split_images: int = 320
+    variant_rounds: int = 2
+    prefill: int = 100_000
+    prefill_ingest: int = 2000
     notes: dict = field(default_factory=dict)
 
     @classmethod
@@ -83,7 +91,8 @@ class BenchConfig:
         base = cls(quick=True, n_images=48, n_captions=192, ingest_parts=2, naive_images=6, naive_captions=24,
                    sizes=(2_000,), million=False, million_load=False, n_queries=30,
                    ef_values=(10, 40), index=IndexSetting(8, 32, 1), index_size=2_000,
-                   index_sweep=(IndexSetting(8, 32, 0),), maintenance_work_mem="256MB", peak_n=512)
+                   index_sweep=(IndexSetting(8, 32, 0),), maintenance_work_mem="256MB", peak_n=512,
+                   split_images=16, variant_rounds=1, prefill=2_000, prefill_ingest=96)
         return replace(base, **kw)
 
     def to_dict(self) -> dict:

@@ -10,7 +10,10 @@ import numpy as np
 
 from jointembed_pg.model.bundle import Bundle
 
-from . import data, env, ingest_bench, limit, machine, naive, query_bench, scale, synth
+from jointembed_pg.model.threads import ThreadBudget
+from jointembed_pg.search import bulk
+
+from . import data, env, ingest_bench, ingest_variants, limit, machine, naive, query_bench, scale, synth
 from .config import DEFAULT_CHECKPOINT, BenchConfig
 
 
@@ -120,26 +123,74 @@ def _million_decision(r: Run, cfg: BenchConfig) -> bool:
     return build
 
 
+def _int8_bundle(r: Run, fp32: Bundle, path: Path | None, flickr: Path, budget: ThreadBudget) -> Bundle | None:
+    """The int8 variant (``path``, else ``<fp32 dir>-int8``, built there when missing)."""
+    path = path or bulk.int8_dir(fp32.path)
+    if not (path / "manifest.json").is_file():
+        try:
+            from jointembed_export.int8 import build_int8_bundle
+        except ImportError as e:
+            r.skip("int8 rows", f"no int8 bundle at {path} and the exporter cannot be imported ({e})")
+            return None
+        build_int8_bundle(fp32.path, path, data_dir=flickr, evaluate=False)
+    b = Bundle.load(path, intra_op_threads=budget.intra_op, session_config=budget.session_config())
+    if b.meta.precision != "int8":
+        r.skip("int8 rows", f"{path} is not an int8 bundle")
+        return None
+    return b
+
+
+def _variants(r: Run, database, bundle: Bundle, cfg: BenchConfig, inputs, budget: ThreadBudget,
+              txt_emb: np.ndarray) -> None:
+    """Issue 19's rows: thread splits, fp32 session options, writes into an indexed collection."""
+    imgs = inputs.images[:cfg.split_images]
+    with r.section("thread splits"):
+        r.results["thread_splits"] = ingest_variants.thread_splits(database, bundle.path, imgs, cfg.variant_rounds)
+    with r.section("fp32 options"):
+        from jointembed_pg import preprocess
+
+        pixels = np.stack([preprocess.load(p, bundle.image_spec) for p in imgs])
+        r.results["fp32_options"] = ingest_variants.fp32_options(bundle.path, pixels, cfg.variant_rounds, budget)
+        del pixels
+    with r.section(f"indexed collection {cfg.prefill:,}"):
+        rng = np.random.default_rng(cfg.seed)
+        noise = synth.noise_model(txt_emb, cfg.noise * synth.median_nn_distance(txt_emb, rng), cfg.noise_shape)
+        stored = synth.generate(txt_emb, cfg.prefill, noise, bundle.normalized, rng)
+        caps = inputs.captions[:cfg.prefill_ingest]
+        from jointembed_pg import ingest
+
+        rows = [ingest.Row("text", k, None, t, ingest.sha256(t.encode()), e)
+                for (k, t), e in zip(caps, txt_emb[:len(caps)])]
+        r.results["indexed_collection"] = ingest_variants.indexed_collection(
+            database, bundle, caps, rows, stored, cfg.variant_rounds, synth.copy_load)
+
+
 def run(cfg: BenchConfig, *, dsn: str | None, bundle_path: Path | None, data_dir: Path | None,
-        checkpoint: Path | None) -> dict:
+        checkpoint: Path | None, int8_path: Path | None = None) -> dict:
     """All sections, in order. Raises :class:`env.Unavailable` when a prerequisite is missing."""
     r = Run(cfg)
     with r.section("setup"):
-        bundle = Bundle.load(env.resolve_bundle(bundle_path))
+        budget = ThreadBudget.auto()  # the product's default, as the CLI uses it
+        bundle = Bundle.load(env.resolve_bundle(bundle_path), intra_op_threads=budget.intra_op,
+                             session_config=budget.session_config())
         flickr = env.flickr8k_dir(data_dir)
+        int8 = _int8_bundle(r, bundle, int8_path, flickr, budget)
         inputs = data.load(flickr, cfg.n_images, cfg.n_captions, cfg.n_queries)
         database = env.Database.open(dsn)
     r.results["bundle"] = _bundle_facts(bundle)
+    r.results["int8_bundle"] = _bundle_facts(int8) if int8 is not None else None
+    r.results["budget"] = {"decode": budget.decode, "intra_op": budget.intra_op, "spinning": budget.spinning}
     r.results["data_dir"] = str(flickr)
     try:
         r.results["postgres"] = machine.postgres(database.conn)
         r.results["postgres"]["embedded"] = dsn is None
         with r.section("ingest images"):
             r.results["ingest_images"], img_emb = ingest_bench.run_images(database, bundle, inputs.images,
-                                                                           cfg.ingest_parts)
+                                                                           cfg.ingest_parts, int8, budget.decode)
         with r.section("ingest captions"):
             r.results["ingest_captions"], txt_emb = ingest_bench.run_texts(database, bundle, inputs.captions,
-                                                                          inputs.token_file, cfg.ingest_parts)
+                                                                          inputs.token_file, cfg.ingest_parts, int8)
+        _variants(r, database, bundle, cfg, inputs, budget, txt_emb)
         with r.section("limit"):
             r.results["limit"] = limit.measure(bundle.path / "image.onnx", r.results["ingest_images"]["encode_per_s"],
                                                cfg.threads, cfg.peak_n, 2 if cfg.quick else limit.PEAK_REPEATS)

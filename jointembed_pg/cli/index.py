@@ -6,8 +6,11 @@ from pathlib import Path
 
 import click
 
+from ..errors import ModelMismatchError
+from ..model.threads import ThreadBudget
 from .options import (AliasGroup, _errors, _finish, _index_log, _progress, bundle_option, collection_option,
-                      dsn_option, json_option, memory_cap_option, progress_option, storage_option)
+                      defer_index_option, dsn_option, int8_option, json_option, memory_cap_option, progress_option,
+                      storage_option, threads_option)
 
 
 @click.command()
@@ -34,9 +37,19 @@ def index():
     """Embed images or captions into a collection."""
 
 
-def _open_collection(obj, dsn, bundle_name, name, storage=None):
-    bundle = obj.bundle(bundle_name)
-    return bundle, obj.collection(dsn, name, bundle=bundle, create=True, storage=storage)
+def _open_collection(obj, dsn, bundle_name, name, storage=None, *, threads=None, int8=False, defer_index=False):
+    from ..search import bulk
+
+    bundle = obj.bundle(bundle_name, budget=ThreadBudget.auto(threads), int8=int8)
+    try:
+        coll = obj.collection(dsn, name, bundle=bundle, create=True, storage=storage)
+    except ModelMismatchError:
+        coll = obj.collection(dsn, name, create=False)
+        bulk.check_same_model(coll, bundle)  # the message says why precisions never mix
+        raise
+    if defer_index:
+        bulk.drop_indexes(coll)
+    return bundle, coll
 
 
 @index.command("image")
@@ -47,18 +60,23 @@ def _open_collection(obj, dsn, bundle_name, name, storage=None):
 @click.option("--batch-size", default=32, show_default=True, help="Images per encoder batch.")
 @storage_option
 @memory_cap_option
+@threads_option
+@int8_option
+@defer_index_option
 @json_option
 @progress_option
 @click.pass_obj
-def index_images_cmd(obj, paths, collection, dsn, bundle_name, batch_size, storage, memory_cap, as_json, progress):
+def index_images_cmd(obj, paths, collection, dsn, bundle_name, batch_size, storage, memory_cap, threads, int8,
+                    defer_index, as_json, progress):
     """Embed image files or directories (recursively) into COLLECTION."""
     from ..ingest import pipeline as ingest, readers
 
     with _errors():
-        bundle, coll = _open_collection(obj, dsn, bundle_name, collection, storage)
+        bundle, coll = _open_collection(obj, dsn, bundle_name, collection, storage, threads=threads, int8=int8,
+                                        defer_index=defer_index)
         scan = readers.scan_images(paths)
         report = ingest.index_images(coll, bundle, scan.records, batch_size=batch_size, progress=_progress(progress),
-                                     ignored=scan.ignored)
+                                     ignored=scan.ignored, decode_threads=ThreadBudget.auto(threads).decode)
         coll.ensure_index(memory_cap=memory_cap, progress=_index_log(progress))
     _finish(report, as_json)
 
@@ -71,16 +89,21 @@ def index_images_cmd(obj, paths, collection, dsn, bundle_name, batch_size, stora
 @click.option("--batch-size", default=256, show_default=True, help="Captions per encoder batch.")
 @storage_option
 @memory_cap_option
+@threads_option
+@int8_option
+@defer_index_option
 @json_option
 @progress_option
 @click.pass_obj
-def index_texts_cmd(obj, file, collection, dsn, bundle_name, batch_size, storage, memory_cap, as_json, progress):
+def index_texts_cmd(obj, file, collection, dsn, bundle_name, batch_size, storage, memory_cap, threads, int8,
+                    defer_index, as_json, progress):
     """Embed the captions of FILE: CSV (id,text), JSON lines (id, text) or a Flickr8K token file."""
     from ..ingest import pipeline as ingest, readers
 
     with _errors():
         records = list(readers.read_texts(file))
-        bundle, coll = _open_collection(obj, dsn, bundle_name, collection, storage)
+        bundle, coll = _open_collection(obj, dsn, bundle_name, collection, storage, threads=threads, int8=int8,
+                                        defer_index=defer_index)
         report = ingest.index_texts(coll, bundle, records, batch_size=batch_size, progress=_progress(progress))
         coll.ensure_index(memory_cap=memory_cap, progress=_index_log(progress))
     _finish(report, as_json)

@@ -11,7 +11,8 @@ from contextlib import contextmanager
 
 import click
 
-from .options import EXIT_PARTIAL, _errors, _progress, bundle_option, dsn_option, json_option, progress_option
+from .options import EXIT_PARTIAL, _errors, _progress, bundle_option, dsn_option, json_option, progress_option, threads_option
+from ..model.threads import ThreadBudget
 
 table_option = click.option("--table", required=True, metavar="TABLE",
                             help="The table's name as stored (no SQL quoting).")
@@ -30,10 +31,11 @@ def _cli_errors(dsn):
         yield
 
 
-def _config(batch_size: int, max_attempts: int | None = None, retry_base: float | None = None):
+def _config(batch_size: int, max_attempts: int | None = None, retry_base: float | None = None,
+            threads: int | None = None):
     from ..sync.drain import SyncConfig
 
-    kw = {"batch_size": batch_size}
+    kw = {"batch_size": batch_size, "load_threads": ThreadBudget.auto(threads).decode}
     if max_attempts is not None:
         kw["max_attempts"] = max_attempts
     if retry_base is not None:
@@ -115,18 +117,19 @@ def _print_report(rep, as_json):
 @click.option("--batch-size", default=32, show_default=True, help="Queue rows per batch.")
 @click.option("--retry-failed", is_flag=True, help="First make given-up rows ready again.")
 @click.option("--rescan", is_flag=True, help="First enqueue every row (e.g. image files changed in place).")
+@threads_option
 @json_option
 @progress_option
 @click.pass_obj
-def sync_cmd(obj, table, schema, dsn, bundle_name, batch_size, retry_failed, rescan, as_json, progress):
+def sync_cmd(obj, table, schema, dsn, bundle_name, batch_size, retry_failed, rescan, threads, as_json, progress):
     """Drain TABLE's queue once and exit (exit code 3 when some rows failed)."""
     from ..sync import catalog as sync
     from ..sync.drain import sync_table
 
     with _cli_errors(dsn):
-        bundle = obj.bundle(bundle_name)
+        bundle = obj.bundle(bundle_name, budget=ThreadBudget.auto(threads))
         with _connect(dsn) as conn:
-            rep = sync_table(conn, table, bundle, schema=schema, cfg=_config(batch_size),
+            rep = sync_table(conn, table, bundle, schema=schema, cfg=_config(batch_size, threads=threads),
                              progress=_progress(progress), retry_failed=retry_failed,
                              rescan=rescan)
             claimed = sync.status(conn, table, schema)[0].get("claimed", 0)
@@ -148,8 +151,9 @@ def sync_cmd(obj, table, schema, dsn, bundle_name, batch_size, retry_failed, res
 @click.option("--batch-size", default=32, show_default=True, help="Queue rows per batch.")
 @click.option("--poll", "poll_s", default=5.0, show_default=True, help="Seconds between polls without NOTIFY.")
 @click.option("--until-idle", is_flag=True, help="Exit once every queue is drained.")
+@threads_option
 @click.pass_obj
-def worker_cmd(obj, tables, schema, dsn, bundle_name, batch_size, poll_s, until_idle):
+def worker_cmd(obj, tables, schema, dsn, bundle_name, batch_size, poll_s, until_idle, threads):
     """Embed queued rows continuously (LISTEN/NOTIFY + polling); JSON log lines on stderr.
 
     Stops gracefully on SIGTERM / SIGINT (the batch in hand is finished). Run as many
@@ -158,9 +162,9 @@ def worker_cmd(obj, tables, schema, dsn, bundle_name, batch_size, poll_s, until_
     from ..sync.worker import Worker
 
     with _cli_errors(dsn):
-        bundle = obj.bundle(bundle_name)
+        bundle = obj.bundle(bundle_name, budget=ThreadBudget.auto(threads))
         worker = Worker(dsn, bundle, tables=[(t, schema) for t in tables] or None,
-                        cfg=_config(batch_size), poll_s=poll_s)
+                        cfg=_config(batch_size, threads=threads), poll_s=poll_s)
         worker.run(until_idle=until_idle)
 
 

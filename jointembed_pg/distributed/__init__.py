@@ -1,7 +1,7 @@
 """Distributed backfill on Ray Data: the single-machine ingest, run per partition on a worker pool.
 
 The work (image paths or captions) is cut, in order, into partitions of
-``BATCHES_PER_CALL * batch_size`` items, and becomes a Ray Dataset of one row per
+``batches_per_call(modality) * batch_size`` items (whole caption sort windows), and becomes a Ray Dataset of one row per
 partition (``keys``, ``values``: the resolved paths, or the captions). ``map_batches``
 hands partitions to a pool of :class:`IngestWorker` actors. Each actor loads the ONNX
 bundle once and opens one database connection, then calls
@@ -49,6 +49,13 @@ RAY_EXTRA = "pip install 'jointembed-pg[ray]'  (or: pip install 'ray[data]')"
 #: ahead and writes behind within it, and commits each encoder batch in its own transaction.
 BATCHES_PER_CALL = 4
 MODALITIES = ("image", "text")
+
+
+def batches_per_call(modality: str) -> int:
+    """Encoder batches per ingest call: :data:`BATCHES_PER_CALL` for images, one caption
+    sort window (:data:`ingest.TEXT_SORT_WINDOW`) for captions, so that a call holds whole
+    windows and captions are batched exactly as on a single machine."""
+    return ingest.TEXT_SORT_WINDOW if modality == "text" else BATCHES_PER_CALL
 
 
 @dataclass(frozen=True)
@@ -247,7 +254,7 @@ def _run(modality: str, dsn: str | None, collection: str, bundle_dir: str | Path
     items = _work_items(modality, records, report)
     job = prepare_job(dsn, collection, bundle_dir)
     if items:
-        parts = partitions(items, cfg.batch_size * BATCHES_PER_CALL)
+        parts = partitions(items, cfg.batch_size * batches_per_call(modality))
         with ray_session(ray, cfg):
             ds = ray.data.from_items(parts, override_num_blocks=len(parts))
             _execute(ds, job, modality, cfg, report, rows_per_call=1, total=len(items))
@@ -279,12 +286,13 @@ def run_dataset(ds: Any, job: Job, modality: str, cfg: RayConfig, report: ingest
 
     For use inside your own Ray pipeline (``ray.init`` done, ``job`` from
     :func:`prepare_job`): ``ds`` has the columns ``key`` (resolved path, or caption id) and
-    ``value`` (the path, or the caption); Ray batches it by ``BATCHES_PER_CALL *
+    ``value`` (the path, or the caption); Ray batches it by ``batches_per_call(modality) *
     cfg.batch_size`` rows per ingest call. Caption batches are then composed as Ray cuts
     them, so caption embeddings can differ from a single-machine run's in the last float
     bits (images are not affected); :func:`index_texts_ray` keeps the boundaries.
     """
-    return _execute(ds, job, modality, cfg, report, rows_per_call=cfg.batch_size * BATCHES_PER_CALL, total=total)
+    return _execute(ds, job, modality, cfg, report, rows_per_call=cfg.batch_size * batches_per_call(modality),
+                    total=total)
 
 
 def _execute(ds: Any, job: Job, modality: str, cfg: RayConfig, report: ingest.IngestReport, *,

@@ -5,14 +5,17 @@ items whose content hash is already stored for the collection's model (so a reru
 a crash resumes instead of starting over), embed the rest in batches with the bundle's
 ONNX encoders, and upsert each batch in one transaction. Images are read, hashed and
 decoded in decoder processes (:class:`jointembed_pg.ingest.sandbox.ImageLoader`: per-item time
-and memory limits, a crash or hang fails that item only), fed by a thread pool ahead of
-the encoder; writes run on a writer thread behind it, so the encoder stays busy.
+and memory limits, a crash or hang fails that item only), fed by a thread pool at most
+:data:`AHEAD_BATCHES` batches ahead of the encoder (:func:`decode_ahead`, a bounded queue);
+writes run on a writer thread behind it, so the encoder stays busy. How many decoders and
+onnxruntime threads share the cores: :mod:`jointembed_pg.model.threads`.
 Every key and caption is checked before it reaches a batch (:func:`readers.check_key`,
 :func:`readers.clean_text`), so one unstorable item (a NUL, a file name that is not
 UTF-8, an overlong key) fails alone instead of failing its batch's transaction.
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import threading
 import time
@@ -26,11 +29,18 @@ from ..errors import InputError, ItemError, JointEmbedError
 from ..limits import Limits
 from .readers import Ignored, PathRecord, TextRecord, check_key, clean_text, ignored_summary, printable
 from .sandbox import ImageJob, ImageLoader, shared_loader
+from ..model.threads import ThreadBudget
 
 T = TypeVar("T")
 
 IMAGE_BATCH = 32
 TEXT_BATCH = 256
+#: Captions are sorted by token length within windows of this many batches
+#: (:meth:`Bundle.encode_texts_by_length`).
+TEXT_SORT_WINDOW = 8
+#: Images decoded ahead of the encoder, in batches (bounds the pixels held in memory:
+#: ``AHEAD_BATCHES * batch_size * 3*S*S*4`` bytes, ~40 MB at 32 x 224 px).
+AHEAD_BATCHES = 2
 
 
 @dataclass(frozen=True)
@@ -107,6 +117,28 @@ def _chunks(items: Iterable[T], n: int) -> Iterator[list[T]]:
         yield buf
 
 
+def decode_ahead(pool: ThreadPoolExecutor, fn: Callable[[T], object], items: Iterable[T],
+                 depth: int) -> Iterator[tuple[T, Future]]:
+    """Submit ``fn(item)`` to ``pool`` at most ``depth`` items ahead of the consumer.
+
+    Yields ``(item, future)`` in the order of ``items``, every item exactly once: a failing
+    ``fn`` fails only its own future (the consumer reads the error from ``future.result()``).
+    Items are submitted lazily, so at most ``depth`` results are held (a bounded queue).
+
+    Raises:
+        ValueError: ``depth < 1``.
+    """
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
+    window: collections.deque[tuple[T, Future]] = collections.deque()
+    for item in items:
+        window.append((item, pool.submit(fn, item)))
+        if len(window) >= depth:
+            yield window.popleft()
+    while window:
+        yield window.popleft()
+
+
 def _load_image(loader: ImageLoader, rec: PathRecord, known: dict,
                 stop=None) -> tuple[PathRecord, str, np.ndarray | None]:
     """Read, hash and (unless ``known`` already holds that hash for the key) decode one file."""
@@ -149,7 +181,7 @@ def _progress(total: int | None, desc: str, enabled: bool):
 
 
 def index_images(collection, bundle, records: Sequence[PathRecord], *, batch_size: int = IMAGE_BATCH,
-                 decode_threads: int = 2, progress: bool = True, ignored: Sequence[Ignored] = (),
+                 decode_threads: int | None = None, progress: bool = True, ignored: Sequence[Ignored] = (),
                  limits: Limits | None = None, loader: ImageLoader | None = None) -> IngestReport:
     """Embed image files into ``collection`` (modality ``image``, key = resolved path).
 
@@ -157,7 +189,9 @@ def index_images(collection, bundle, records: Sequence[PathRecord], *, batch_siz
         collection: a :class:`jointembed_pg.search.store.Collection` (its model must be ``bundle``'s).
         bundle: a :class:`jointembed_pg.model.bundle.Bundle`; images become ``(D,) float32``.
         records: image paths (from :func:`readers.scan_images`).
-        decode_threads: decoder processes (and feeding threads).
+        decode_threads: decoder processes (and feeding threads); default
+            :meth:`ThreadBudget.auto` ``.decode``. They decode up to
+            :data:`AHEAD_BATCHES` batches ahead of the encoder.
         ignored: files the folder scan did not take as images (copied into the report).
         limits: per-item limits (default :meth:`Limits.from_env`).
         loader: the :class:`ImageLoader` to use (default: the process's shared one).
@@ -169,14 +203,15 @@ def index_images(collection, bundle, records: Sequence[PathRecord], *, batch_siz
         batch is committed; a rerun resumes).
     """
     report, t0 = IngestReport("image", total=len(records), ignored=list(ignored)), time.perf_counter()
+    decode_threads = decode_threads or ThreadBudget.auto().decode
     known = collection.content_hashes("image", [r.key for r in records if not r.error and _storable(r.key)])
     writer, bar = _Writer(collection.upsert), _progress(len(records), "images", progress)
     loader = loader or shared_loader(bundle.image_spec, limits, workers=decode_threads)
     halt = threading.Event()  # set on the way out: loads still running stop at once
     pool = ThreadPoolExecutor(max(1, decode_threads), thread_name_prefix="jointembed-decode")
     try:
-        futures = (pool.submit(_load_image, loader, r, known, halt.is_set) for r in records)
-        for chunk in _chunks(zip(records, futures), batch_size):
+        load = lambda r: _load_image(loader, r, known, halt.is_set)  # noqa: E731
+        for chunk in _chunks(decode_ahead(pool, load, records, AHEAD_BATCHES * batch_size), batch_size):
             loaded = []
             for rec, fut in chunk:
                 try:
@@ -224,7 +259,9 @@ def index_texts(collection, bundle, records: Iterable[TextRecord], *, batch_size
     """Embed captions into ``collection`` (modality ``text``, key = the record's id).
 
     Records with ``error`` set (bad lines) and captions the encoder refuses are reported
-    in ``failed``; the rest is written. Same contract as :func:`index_images`.
+    in ``failed``; the rest is written. Same contract as :func:`index_images`. Captions are
+    embedded in windows of :data:`TEXT_SORT_WINDOW` batches, sorted by token length inside
+    each window (:meth:`Bundle.encode_texts_by_length`; same embeddings, less padding).
     """
     records = list(records)
     report, t0 = IngestReport("text", total=len(records)), time.perf_counter()
@@ -248,11 +285,11 @@ def index_texts(collection, bundle, records: Iterable[TextRecord], *, batch_size
     writer, bar = _Writer(collection.upsert), _progress(len(records), "texts", progress)
     bar.update(len(records) - len(good))
     try:
-        for chunk in _chunks(good, batch_size):
+        for chunk in _chunks(good, batch_size * TEXT_SORT_WINDOW):
             hashed = [(r, sha256(r.text.encode("utf-8"))) for r in chunk]
             fresh = [(r, h) for r, h in hashed if known.get(r.key) != h]
             report.unchanged += len(chunk) - len(fresh)
-            rows = _embed_texts(bundle, fresh, report)
+            rows = _embed_texts(bundle, fresh, report, batch_size)
             writer.submit(rows)
             report.written += len(rows)
             bar.update(len(chunk))
@@ -264,15 +301,22 @@ def index_texts(collection, bundle, records: Iterable[TextRecord], *, batch_size
     return report
 
 
-def _embed_texts(bundle, items, report: IngestReport) -> list[Row]:
-    if not items:
-        return []
-    try:
-        emb = bundle.encode_texts([r.text for r, _ in items])
-    except InputError as e:
-        if len(items) == 1:
-            key = items[0][0].key  # name the user's item (its id), not its place in our batch
-            report.failed.append(Failure(key, e.for_item(key) if isinstance(e, ItemError) else str(e)))
-            return []
-        return [row for it in items for row in _embed_texts(bundle, [it], report)]
-    return [Row("text", r.key, None, r.text, h, e) for (r, h), e in zip(items, emb)]
+def _embed_texts(bundle, items, report: IngestReport, batch_size: int = TEXT_BATCH) -> list[Row]:
+    """Embed ``(record, hash)`` pairs; a caption the encoder refuses goes to ``report.failed``
+    and the others are embedded without it (refusals come from tokenising, before encoding)."""
+    pending, done = list(items), []
+    while pending:
+        try:
+            emb = bundle.encode_texts_by_length([r.text for r, _ in pending], batch_size=batch_size)
+            return done + [Row("text", r.key, None, r.text, h, e) for (r, h), e in zip(pending, emb)]
+        except InputError as e:
+            bad = getattr(e, "index", None)
+            if len(pending) == 1 or not (isinstance(bad, int) and 0 <= bad < len(pending)):
+                if len(pending) == 1:
+                    key = pending[0][0].key  # name the user's item (its id), not its place in our batch
+                    report.failed.append(Failure(key, e.for_item(key) if isinstance(e, ItemError) else str(e)))
+                    return done
+                return done + [row for it in pending for row in _embed_texts(bundle, [it], report, 1)]
+            done += _embed_texts(bundle, [pending[bad]], report, 1)  # records the refused item
+            pending = pending[:bad] + pending[bad + 1:]
+    return done

@@ -197,3 +197,26 @@ class TextTokenizer:
             f"the last {total - kept} tokens were dropped ({text[:40]!r}...)"
         )
         warnings.warn(msg, TruncationWarning, stacklevel=4)
+
+
+def length_sorted_batches(mask: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Split rows into batches of similar token length (fewer padded positions to compute).
+
+    Args:
+        mask: ``(N, L) int64`` attention mask (1 = token, 0 = padding), as from
+            :meth:`TextTokenizer.encode`.
+        batch_size: rows per batch, >= 1.
+
+    Returns:
+        index arrays (``int64``) into the N rows: the rows sorted by token count (stable,
+        so equal lengths keep their order), cut into consecutive batches of ``batch_size``.
+        Every row appears in exactly one batch; the caller puts the results back in place
+        with these indices.
+
+    Raises:
+        ValueError: ``batch_size < 1``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = np.argsort(mask.sum(axis=1), kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
