@@ -69,7 +69,7 @@ class TrainConfig:
     quant_subspaces: int = 1  #: M; > 1 selects the product quantizer (M x codebook_size codewords)
     quant_straight_through: bool = False  #: product quantizer: hard codewords forward, soft grads (training)
     # partial fine-tuning on cached intermediate activations (mode "partial", training/partial.py)
-    image_unfrozen_blocks: int = 0  #: last MBConv blocks of EfficientNet-Lite0 trained (0..2; >= 1 adds the conv head)
+    image_unfrozen_blocks: int = 0  #: EfficientNet-Lite0 units trained: 0 none, 1 conv head, 2 + block 15, 3 + block 14
     text_unfrozen_layers: int = 0  #: last transformer layers of MiniLM trained (0..2)
     finetune_epochs: float = 0.0  #: stage 2 (after `epochs` of heads-only training): passes over the train captions
     backbone_lr: float = 2e-5  #: stage-2 AdamW peak lr of the unfrozen backbone weights

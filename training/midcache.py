@@ -60,22 +60,33 @@ def image_top_from(net: torch.nn.Module, x: torch.Tensor, start: int) -> torch.T
 
 
 def image_mid(paths: Sequence[Path], cache_dir: Path = DEFAULT_CACHE_DIR, *, spec: ImageSpec = ImageSpec(),
-              cut: int = IMAGE_CUT, batch_size: int = 32, progress: bool = True) -> np.ndarray:
-    """Cached ``(N, C, h, w) float32`` input of block ``cut`` for the centre view of ``paths``."""
+              cut: int = IMAGE_CUT, batch_size: int = 32, progress: bool = True, shards: int = 2,
+              only_shard: int | None = None) -> np.ndarray:
+    """Cached ``(N, C, h, w) float32`` input of block ``cut`` for the centre view of ``paths``.
+
+    Computed in ``shards`` contiguous parts, each cached on its own (``only_shard`` computes
+    just one: two processes can share the work); the whole array is cached too."""
     key = _key("image_mid", [str(p) for p in paths], {"spec": spec.to_dict(), "view": "center", "cut": cut})
     out = Path(cache_dir) / f"imgmid{cut}_{key}.npy"
 
-    def compute() -> np.ndarray:
-        net = backbones.load_image_backbone().net.eval()
-        chunks = []
-        with torch.inference_mode():
-            for lo in tqdm(range(0, len(paths), batch_size), desc=f"image block-{cut} inputs",
-                           disable=not progress, mininterval=30):
-                batch = np.stack([load_view(p, spec, "center") for p in paths[lo:lo + batch_size]])
-                chunks.append(image_stem_to(net, torch.from_numpy(batch), cut).numpy())
-        return np.concatenate(chunks)
+    def shard(i: int) -> np.ndarray:
+        lo_i, hi_i = len(paths) * i // shards, len(paths) * (i + 1) // shards
 
-    return _cached(out, compute)
+        def compute() -> np.ndarray:
+            net = backbones.load_image_backbone().net.eval()
+            chunks = []
+            with torch.inference_mode():
+                for lo in tqdm(range(lo_i, hi_i, batch_size), desc=f"image block-{cut} inputs {i + 1}/{shards}",
+                               disable=not progress, mininterval=30):
+                    batch = np.stack([load_view(p, spec, "center") for p in paths[lo:min(hi_i, lo + batch_size)]])
+                    chunks.append(image_stem_to(net, torch.from_numpy(batch), cut).numpy())
+            return np.concatenate(chunks)
+
+        return _cached(out.with_name(f"{out.stem}_s{i}of{shards}.npy"), compute)
+
+    if only_shard is not None:
+        return shard(only_shard)
+    return _cached(out, lambda: np.concatenate([shard(i) for i in range(shards)]))
 
 
 def bert_mask(bert: torch.nn.Module, mask: torch.Tensor, hidden: torch.Tensor):
@@ -146,6 +157,9 @@ def main() -> None:  # python -m jointembed_train.midcache DATA_DIR: build both 
     torch.set_num_threads(int(os.environ.get("JE_THREADS", "1")))
     corpus = load_flickr8k(sys.argv[1])
     t = time.time()
+    if sys.argv[2].startswith("shard"):  # shardI: only part I of 2
+        a = image_mid(corpus.image_paths, only_shard=int(sys.argv[2][5:]))
+        print("image shard", a.shape, f"{time.time() - t:.0f} s", flush=True)
     if sys.argv[2] in ("image", "both"):
         a = image_mid(corpus.image_paths)
         print("image", a.shape, f"{a.nbytes / 1e6:.0f} MB", f"{time.time() - t:.0f} s", flush=True)

@@ -5,8 +5,8 @@ Two stages on the intermediate caches of :mod:`jointembed_train.midcache`:
 1. ``epochs`` of heads-only training (+ quantizer, + center loss if enabled) on pooled
    features of the frozen network (computed once from the caches and cached too);
 2. ``finetune_epochs`` passes over the training captions in which the last
-   ``image_unfrozen_blocks`` MBConv blocks (+ the 1x1 conv head and its BN affine) of
-   EfficientNet-Lite0 and the last ``text_unfrozen_layers`` transformer layers of MiniLM
+   ``image_unfrozen_blocks`` units of EfficientNet-Lite0 (1 = the 1x1 conv head and its BN
+   affine; 2 = + MBConv block 15; 3 = + block 14, see :func:`image_start`) and the last ``text_unfrozen_layers`` transformer layers of MiniLM
    train together with the heads, with AdamW peak lr ``backbone_lr`` for the backbone
    weights and ``finetune_head_lr`` for the heads (linear warm-up 10 %, cosine to 0).
    This is "linear probe, then fine-tune" (LP-FT, Kumar et al., ICLR 2022), which keeps
@@ -49,14 +49,21 @@ from .topics import DEFAULT_TOPIC, split_images
 N_BLOCKS, N_LAYERS = 16, 6
 
 
+def image_start(k_img: int) -> int:
+    """First trained MBConv block for ``k_img`` unfrozen image units: unit 1 is the 1x1 conv
+    head (+ its BN affine), each further unit one more MBConv block from the top
+    (k_img = 1: none, 16; 2: block 15; 3: blocks 14-15)."""
+    return N_BLOCKS - max(0, k_img - 1)
+
+
 class Tops(nn.Module):
     """The trainable backbone tops: ``image_top(x)`` and ``text_top(h, mask)`` -> pooled features."""
 
     def __init__(self, image_net: nn.Module, bert: nn.Module, k_img: int, k_txt: int):
         super().__init__()
-        if not (0 <= k_img <= N_BLOCKS - IMAGE_CUT and 0 <= k_txt <= N_LAYERS - TEXT_CUT):
-            raise ValueError(f"unfrozen blocks {k_img} / layers {k_txt}: at most "
-                             f"{N_BLOCKS - IMAGE_CUT} / {N_LAYERS - TEXT_CUT} are cached")
+        if not (0 <= k_img <= N_BLOCKS - IMAGE_CUT + 1 and 0 <= k_txt <= N_LAYERS - TEXT_CUT):
+            raise ValueError(f"unfrozen image units {k_img} / text layers {k_txt}: at most "
+                             f"{N_BLOCKS - IMAGE_CUT + 1} / {N_LAYERS - TEXT_CUT} are cached")
         self.k_img, self.k_txt = k_img, k_txt
         self.net, self.bert = image_net, bert
         for p in list(image_net.parameters()) + list(bert.parameters()):
@@ -68,7 +75,7 @@ class Tops(nn.Module):
         """``(ImageBackbone/TextBackbone state-dict key, parameter)`` of every unfrozen tensor."""
         out = []
         if self.k_img:
-            mods = {f"net._blocks.{i}": self.net._blocks[i] for i in range(N_BLOCKS - self.k_img, N_BLOCKS)}
+            mods = {f"net._blocks.{i}": self.net._blocks[i] for i in range(image_start(self.k_img), N_BLOCKS)}
             mods.update({"net._conv_head": self.net._conv_head, "net._bn1": self.net._bn1})
             out += [(f"{m}.{n}", p) for m, mod in mods.items() for n, p in mod.named_parameters()]
         for i in range(N_LAYERS - self.k_txt, N_LAYERS):
@@ -80,7 +87,7 @@ class Tops(nn.Module):
         img, txt = {}, {}
         if self.k_img:
             sd = {f"net.{k}": v for k, v in self.net.state_dict().items()}
-            keep = tuple([f"net._blocks.{i}." for i in range(N_BLOCKS - self.k_img, N_BLOCKS)]
+            keep = tuple([f"net._blocks.{i}." for i in range(image_start(self.k_img), N_BLOCKS)]
                          + ["net._conv_head.", "net._bn1."])
             img = {k: v.detach().cpu().clone() for k, v in sd.items() if k.startswith(keep)}
         if self.k_txt:
@@ -90,8 +97,8 @@ class Tops(nn.Module):
         return {"image": img, "text": txt}
 
     def image_top(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C, 7, 7)`` input of block ``16 - k_img`` -> ``(B, 1280)``."""
-        return image_top_from(self.net, x, N_BLOCKS - self.k_img)
+        """``(B, C, 7, 7)`` input of block :func:`image_start` -> ``(B, 1280)``."""
+        return image_top_from(self.net, x, image_start(self.k_img))
 
     def text_top(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``(B, L, 384)`` input of layer ``6 - k_txt`` -> ``(B, 384)`` masked mean."""
@@ -113,25 +120,31 @@ class Inputs:
 
     def __init__(self, corpus: Corpus, cache_dir: Path, k_img: int, k_txt: int, net: nn.Module,
                  bert: nn.Module, progress: bool):
+        self.img_base = self.txt_states = None
+        self.txt_pooled, self.txt_states, self.txt_offsets = text_inputs(corpus, cache_dir, k_txt, bert, progress)
         mid = image_mid(corpus.image_paths, cache_dir, progress=progress)
-        states, offsets = text_mid(corpus.captions, cache_dir, progress=progress)
-        tag = Path(cache_dir) / f"partial_{_digest(mid, states)}"
+        tag = Path(cache_dir) / f"partial_{_digest(mid)}"
         self.img_pooled = torch.from_numpy(_cached(Path(f"{tag}_img_pooled.npy"), lambda: _img_forward(
             net, mid, IMAGE_CUT, None)))
-        self.txt_pooled = torch.from_numpy(_cached(Path(f"{tag}_txt_pooled.npy"), lambda: _txt_forward(
-            bert, states, offsets, TEXT_CUT, None)))
-        self.img_base = self.txt_states = None
         if k_img:
-            start = N_BLOCKS - k_img
+            start = image_start(k_img)
             base = mid if start == IMAGE_CUT else _cached(
                 Path(f"{tag}_img_in{start}.npy"), lambda: _img_forward(net, mid, IMAGE_CUT, start))
             self.img_base = torch.from_numpy(base)
-        if k_txt:
-            start = N_LAYERS - k_txt
-            base = states if start == TEXT_CUT else _cached(
-                Path(f"{tag}_txt_in{start}.npy"), lambda: _txt_forward(bert, states, offsets, TEXT_CUT, start))
-            self.txt_states = torch.from_numpy(base)
-        self.txt_offsets = torch.from_numpy(offsets)
+
+
+def text_inputs(corpus: Corpus, cache_dir: Path, k_txt: int, bert: nn.Module, progress: bool = False):
+    """``(pooled (M,384), packed input of layer 6 - k_txt or None, offsets (M+1,))`` as tensors."""
+    states, offsets = text_mid(corpus.captions, cache_dir, progress=progress)
+    tag = Path(cache_dir) / f"partial_{_digest(states)}"
+    pooled = _cached(Path(f"{tag}_txt_pooled.npy"), lambda: _txt_forward(bert, states, offsets, TEXT_CUT, None))
+    base = None
+    if k_txt:
+        start = N_LAYERS - k_txt
+        base = states if start == TEXT_CUT else _cached(
+            Path(f"{tag}_txt_in{start}.npy"), lambda: _txt_forward(bert, states, offsets, TEXT_CUT, start))
+        base = torch.from_numpy(base)
+    return torch.from_numpy(pooled), base, torch.from_numpy(offsets)
 
 
 def _digest(*arrays: np.ndarray) -> str:
@@ -339,8 +352,11 @@ def train_partial(cfg: TrainConfig, corpus: Corpus, out: Path, cache_dir: Path =
         opt = torch.optim.AdamW([{"params": head_params, "lr": cfg.finetune_head_lr, "base": cfg.finetune_head_lr},
                                  {"params": bb, "lr": cfg.backbone_lr, "base": cfg.backbone_lr}],
                                 weight_decay=cfg.weight_decay)
-        best["rsum"] = -1.0  # stage-2 points compete only with the stage-1 best (re-evaluated on the new path)
-        consider("stage2 start")
+        # the stage-2 path with the still-pretrained tops computes what stage 1 did, so the
+        # stage-1 best competes with the stage-2 points as it is (no re-evaluation)
+        best["at"] = "stage2 start (= " + best["at"] + ")"
+        model.heads.train()
+        tops.train()
         warm2 = max(1, total2 // 10)
         evals = {int(round(total2 * (i + 1) / max(1, cfg.finetune_evals))) for i in range(cfg.finetune_evals)}
         s2 = 0
