@@ -53,11 +53,11 @@ def file_entries(bundle_dir: Path) -> dict[str, FileEntry]:
 
 
 def quantizer_info(config: dict[str, Any]) -> dict[str, Any] | None:
-    """``{K, tau_end, beta}`` of the training config's quantizer, or ``None`` if disabled."""
+    """``{K, M, tau_end, beta}`` (M subspaces of K codewords each) of the training config's quantizer, or ``None`` if disabled."""
     if not config.get("quantizer"):
         return None
-    return {"K": int(config["codebook_size"]), "tau_end": float(config["tau_end"]),
-            "beta": float(config["quant_beta"])}
+    return {"K": int(config["codebook_size"]), "M": int(config.get("quant_subspaces", 1)),
+            "tau_end": float(config["tau_end"]), "beta": float(config["quant_beta"])}
 
 
 def max_tokens(config: dict[str, Any]) -> int:

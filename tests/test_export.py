@@ -53,8 +53,8 @@ def test_manifest_fields(bundle_dir: Path):
     assert m["outputs"] == {"image": ["embedding"], "text": ["embedding"]}
     q = m["quantizer"]
     if m["training"]["quantizer"]:
-        assert q == {"K": m["training"]["codebook_size"], "tau_end": m["training"]["tau_end"],
-                     "beta": m["training"]["quant_beta"]}
+        assert q == {"K": m["training"]["codebook_size"], "M": m["training"].get("quant_subspaces", 1),
+                     "tau_end": m["training"]["tau_end"], "beta": m["training"]["quant_beta"]}
     else:
         assert q is None
     assert set(m["metrics"]) >= {"dev", "test"}

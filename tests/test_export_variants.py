@@ -27,7 +27,7 @@ def test_quantizer_and_mlp_head_export(tmp_path: Path):
                            tmp_path / "q.pt")
     out = build_bundle(ckpt, tmp_path / "bundle", data_dir=None)  # synthetic parity inputs
     m = json.loads((out / "manifest.json").read_text())
-    assert m["quantizer"] == {"K": 64, "tau_end": 0.05, "beta": 0.5}
+    assert m["quantizer"] == {"K": 64, "M": 1, "tau_end": 0.05, "beta": 0.5}
     assert m["dim"] == 32 and m["normalized"] is True
     assert m["parity"]["inputs"] == "synthetic"
     assert max(m["parity"]["image_max_abs_diff"], m["parity"]["text_max_abs_diff"]) <= PARITY_ATOL

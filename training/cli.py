@@ -62,8 +62,13 @@ def cmd_train(a: argparse.Namespace) -> None:
         over["seed"] = a.seed
     cfg = cfg.replace(**over) if over else cfg
     corpus = load_corpus(cfg.dataset, a.data_dir, a.karpathy_json)
-    ck = train(cfg, corpus, a.out, a.cache_dir, a.device, a.resume, progress=not a.quiet)
-    print(json.dumps({"best_epoch": ck.info["best_epoch"], **ck.metrics}, indent=1))
+    if cfg.mode == "partial":
+        from .partial import train_partial
+
+        ck = train_partial(cfg, corpus, a.out, a.cache_dir, progress=not a.quiet)
+    else:
+        ck = train(cfg, corpus, a.out, a.cache_dir, a.device, a.resume, progress=not a.quiet)
+    print(json.dumps({"selection": ck.info.get("best_epoch", ck.info.get("selection")), **ck.metrics}, indent=1))
     if a.ship:
         save(ck, a.ship)
         print(f"wrote {a.ship}")

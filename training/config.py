@@ -66,6 +66,16 @@ class TrainConfig:
     quant_beta: float = 1.0  #: e = z + beta (q(z) - z); 1.0 = pure q(z)
     lambda_commit: float = 0.0
     quant_init: str = "random"  #: random (unit sphere) | data (initial embeddings of train items)
+    quant_subspaces: int = 1  #: M; > 1 selects the product quantizer (M x codebook_size codewords)
+    quant_straight_through: bool = False  #: product quantizer: hard codewords forward, soft grads (training)
+    # partial fine-tuning on cached intermediate activations (mode "partial", training/partial.py)
+    image_unfrozen_blocks: int = 0  #: EfficientNet-Lite0 units trained: 0 none, 1 conv head, 2 + block 15, 3 + block 14
+    text_unfrozen_layers: int = 0  #: last transformer layers of MiniLM trained (0..2)
+    finetune_epochs: float = 0.0  #: stage 2 (after `epochs` of heads-only training): passes over the train captions
+    backbone_lr: float = 2e-5  #: stage-2 AdamW peak lr of the unfrozen backbone weights
+    finetune_head_lr: float = 2e-4  #: stage-2 AdamW peak lr of the heads (+ quantizer)
+    finetune_evals: int = 3  #: dev evaluations during stage 2 (best dev state kept)
+    holdout_topic: str = ""  #: leave-topic-out: drop train images whose captions name this topic (training/topics.py)
     extra: dict[str, Any] = field(default_factory=dict)  #: free-form notes (not used by code)
 
     def __post_init__(self) -> None:

@@ -41,13 +41,22 @@ def _finetuned(ckpt: Checkpoint, which: str) -> dict | None:
     return (ckpt.info.get("finetuned_backbones") or {}).get(which)
 
 
+def _load_finetuned(bb: nn.Module, state: dict, which: str) -> None:
+    """Load fine-tuned tensors over the pretrained ones: all of them (finetune mode) or only
+    the unfrozen top (partial mode). Raises ValueError for a key the backbone lacks."""
+    _, unexpected = bb.load_state_dict(state, strict=False)
+    if unexpected:
+        raise ValueError(f"checkpoint's fine-tuned {which} backbone has unknown tensors {unexpected[:3]}")
+
+
 def image_encoder(ckpt: Checkpoint) -> ImageEncoder:
     """The image encoder of ``ckpt`` in eval mode (loads the EfficientNet-Lite0 weights;
-    finetuned backbone weights from the checkpoint replace them when present)."""
+    finetuned backbone weights from the checkpoint replace them when present: the whole
+    backbone (finetune mode) or its unfrozen top blocks (partial mode))."""
     heads = ckpt.build_heads()
     bb = backbones.load_image_backbone(grid=ckpt.config.image_pool != "mean")
     if _finetuned(ckpt, "image") is not None:
-        bb.load_state_dict(_finetuned(ckpt, "image"))
+        _load_finetuned(bb, _finetuned(ckpt, "image"), "image")
     return ImageEncoder(bb, heads.image_head, heads.post).eval()
 
 
@@ -56,5 +65,5 @@ def text_encoder(ckpt: Checkpoint) -> TextEncoder:
     heads = ckpt.build_heads()
     bb = None if ckpt.config.text_encoder == "gru" else backbones.load_text_backbone()
     if bb is not None and _finetuned(ckpt, "text") is not None:
-        bb.load_state_dict(_finetuned(ckpt, "text"))
+        _load_finetuned(bb, _finetuned(ckpt, "text"), "text")
     return TextEncoder(bb, heads.text_head, heads.post).eval()

@@ -12,7 +12,7 @@ from torch import nn
 from .backbones import IMAGE_FEATURE_DIM, TEXT_FEATURE_DIM
 from .config import TrainConfig
 from .heads import EmbeddingPost, make_image_head, make_text_head
-from .quantizer import SoftQuantizer
+from .quantizer import ProductQuantizer, SoftQuantizer
 
 VOCAB_SIZE = 30522  #: all-MiniLM-L6-v2 (BERT uncased) word-piece vocabulary
 
@@ -25,7 +25,10 @@ class JointHeads(nn.Module):
         self.image_head = make_image_head(cfg, IMAGE_FEATURE_DIM)
         self.text_head = make_text_head(cfg, TEXT_FEATURE_DIM, VOCAB_SIZE)
         quant = None
-        if cfg.quantizer:
+        if cfg.quantizer and cfg.quant_subspaces > 1:
+            quant = ProductQuantizer(cfg.quant_subspaces, cfg.codebook_size, cfg.embed_dim, cfg.quant_beta,
+                                     cfg.tau_start, cfg.quant_straight_through)
+        elif cfg.quantizer:
             quant = SoftQuantizer(cfg.codebook_size, cfg.embed_dim, cfg.quant_beta, cfg.tau_start,
                                   unit_init=cfg.normalize)
         self.post = EmbeddingPost(cfg.normalize, quant)
