@@ -147,7 +147,7 @@ def _variants(r: Run, database, bundle: Bundle, cfg: BenchConfig, inputs, budget
     with r.section("thread splits"):
         r.results["thread_splits"] = ingest_variants.thread_splits(database, bundle.path, imgs, cfg.variant_rounds)
     with r.section("fp32 options"):
-        from jointembed_pg import preprocess
+        from jointembed_pg.model import preprocess
 
         pixels = np.stack([preprocess.load(p, bundle.image_spec) for p in imgs])
         r.results["fp32_options"] = ingest_variants.fp32_options(bundle.path, pixels, cfg.variant_rounds, budget)
@@ -157,7 +157,7 @@ def _variants(r: Run, database, bundle: Bundle, cfg: BenchConfig, inputs, budget
         noise = synth.noise_model(txt_emb, cfg.noise * synth.median_nn_distance(txt_emb, rng), cfg.noise_shape)
         stored = synth.generate(txt_emb, cfg.prefill, noise, bundle.normalized, rng)
         caps = inputs.captions[:cfg.prefill_ingest]
-        from jointembed_pg import ingest
+        from jointembed_pg.ingest import pipeline as ingest
 
         rows = [ingest.Row("text", k, None, t, ingest.sha256(t.encode()), e)
                 for (k, t), e in zip(caps, txt_emb[:len(caps)])]

@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 
 from jointembed_export.build import build_bundle  # noqa: E402
 from jointembed_export.parity import PARITY_ATOL, load_pixels, torch_image, torch_text  # noqa: E402
-from jointembed_pg.bundle import Bundle  # noqa: E402
+from jointembed_pg.model.bundle import Bundle  # noqa: E402
 from jointembed_train import backbones, checkpoint, encoders, midcache  # noqa: E402
 from jointembed_train.config import TrainConfig  # noqa: E402
 from jointembed_train.data import Corpus, load_flickr8k  # noqa: E402

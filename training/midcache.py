@@ -5,7 +5,7 @@ are then trained on the cached activations:
 
 * image: the input of EfficientNet-Lite0 MBConv block ``IMAGE_CUT`` (= 14 of 16), i.e.
   ``(N, 192, 7, 7) float32`` for 224-px inputs, centre view only (the runtime pixels,
-  :func:`jointembed_pg.preprocess.load`). Training blocks 14, 15 (+ the 1x1 conv head)
+  :func:`jointembed_pg.model.preprocess.load`). Training blocks 14, 15 (+ the 1x1 conv head)
   from it is exactly the full network's computation (no augmentation approximation).
 * text: MiniLM hidden states below layer ``TEXT_CUT`` (= 4 of 6), i.e. the output of
   layer 3, for the runtime tokenisation (:func:`jointembed_train.features.tokenize`,
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from jointembed_pg.preprocess import ImageSpec
+from jointembed_pg.model.preprocess import ImageSpec
 
 from . import backbones
 from .features import DEFAULT_CACHE_DIR, _cached, _key, load_view, tokenize
