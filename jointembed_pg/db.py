@@ -30,6 +30,12 @@ from psycopg.types import TypeInfo
 
 from .server import embedded
 from . import migrations, settings
+
+# psycopg_pool logs each failed reconnection as a warning; our callers get one DatabaseError
+# instead (with libpq's reason), so keep those records off stderr unless the app logs them.
+import logging as _logging  # noqa: E402
+
+_logging.getLogger("psycopg.pool").addHandler(_logging.NullHandler())
 from .errors import DatabaseError, ambiguous_url, libpq_message, redact_dsn, register_dsn, scrub
 
 #: Seconds to wait for a server before giving up (unless the DSN sets connect_timeout).
@@ -143,7 +149,7 @@ def configure_connection(conn: psycopg.Connection) -> None:
 
 
 def open_pool(dsn: str | None = None, *, min_size: int = 1, max_size: int = 4,
-              connect_timeout: int = DEFAULT_CONNECT_TIMEOUT, timeout: float = 30.0,
+              connect_timeout: int = DEFAULT_CONNECT_TIMEOUT, timeout: float = 15.0,
               migrate: bool = True) -> psycopg_pool.ConnectionPool:
     """A ``psycopg_pool.ConnectionPool`` of connections ready for jointembed.
 
@@ -292,11 +298,23 @@ def pool_connection(pool: psycopg_pool.ConnectionPool) -> Iterator[psycopg.Conne
     cm = pool.connection()
     try:
         conn = cm.__enter__()
-    except (psycopg_pool.PoolClosed, psycopg_pool.PoolTimeout) as e:
+    except psycopg_pool.PoolTimeout as e:
+        reason = _why_unreachable(pool)   # libpq's reason (server down, login refused), if that is it
+        raise DatabaseError(reason or f"connection pool {pool.name!r}: {one_line(e)}") from e
+    except psycopg_pool.PoolClosed as e:
         raise DatabaseError(f"connection pool {pool.name!r}: {one_line(e)}") from e
     with contextlib.ExitStack() as stack:
         stack.push(cm)
         yield conn
+
+
+def _why_unreachable(pool: psycopg_pool.ConnectionPool) -> str | None:
+    """One line saying why a new connection to the pool's server fails, or None if it works."""
+    try:
+        psycopg.connect(pool.conninfo, **{"connect_timeout": DEFAULT_CONNECT_TIMEOUT, **pool.kwargs}).close()
+    except psycopg.Error as e:
+        return f"cannot connect to PostgreSQL at {redact(pool.conninfo)}: {one_line(e, pool.conninfo)}"
+    return None
 
 
 def _driver(conn: Any, kind: str) -> psycopg.Connection:
