@@ -15,6 +15,8 @@ replaced, not handed out).
 """
 from __future__ import annotations
 
+import logging
+
 import contextlib
 import re
 from typing import Any, Iterator
@@ -30,13 +32,11 @@ from psycopg.types import TypeInfo
 
 from .server import embedded
 from . import migrations, settings
+from .errors import DatabaseError, ambiguous_url, libpq_message, redact_dsn, register_dsn, scrub
 
 # psycopg_pool logs each failed reconnection as a warning; our callers get one DatabaseError
 # instead (with libpq's reason), so keep those records off stderr unless the app logs them.
-import logging as _logging  # noqa: E402
-
-_logging.getLogger("psycopg.pool").addHandler(_logging.NullHandler())
-from .errors import DatabaseError, ambiguous_url, libpq_message, redact_dsn, register_dsn, scrub
+logging.getLogger("psycopg.pool").addHandler(logging.NullHandler())
 
 #: Seconds to wait for a server before giving up (unless the DSN sets connect_timeout).
 DEFAULT_CONNECT_TIMEOUT = 5
