@@ -15,9 +15,8 @@ replaced, not handed out).
 """
 from __future__ import annotations
 
-import logging
-
 import contextlib
+import logging
 import re
 from typing import Any, Iterator
 
