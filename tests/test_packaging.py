@@ -99,7 +99,7 @@ def _dist_names(reqs: list[str]) -> set[str]:
     return {re.split(r"[\[<>=!~; ]", r, maxsplit=1)[0].lower().replace("_", "-") for r in reqs}
 
 
-@pytest.mark.parametrize("package, extras", [("jointembed_pg", ("ray", "embedded")), ("jointembed_train", ("training",)),
+@pytest.mark.parametrize("package, extras", [("jointembed_pg", ("ray", "embedded", "sqlalchemy")), ("jointembed_train", ("training",)),
                                              ("jointembed_export", ("training", "export"))])
 def test_extras_declare_every_import(package, extras):
     """Each third-party module imported by a package comes from a declared distribution."""
