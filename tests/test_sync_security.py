@@ -73,10 +73,10 @@ def test_worker_role_can_change_no_catalog_row_nor_escalate(conn, pg_dsn, bundle
         f"SELECT key, modality, 'h', model_id, embedding FROM {side} LIMIT 1",
         "CREATE TABLE jointembed.evil (x int)",
         "CREATE FUNCTION jointembed.evil() RETURNS int LANGUAGE sql AS 'SELECT 1'",
-        f"SELECT jointembed.sync_begin_version({att.id}, 'evil', 3)",
-        f"SELECT jointembed.sync_abort_version({att.id})",
-        f"SELECT jointembed.sync_activate_version({att.id}, 1)",
-        f"SELECT jointembed.sync_drop_retired({att.id})",
+        f"SELECT jointembed._sync_begin_version({att.id}, 'evil', 3)",
+        f"SELECT jointembed._sync_abort_version({att.id})",
+        f"SELECT jointembed._sync_activate_version({att.id}, 1)",
+        f"SELECT jointembed._sync_drop_retired({att.id})",
         f"SELECT jointembed.detach({att.id})",
         "SELECT jointembed.attach('public', 'photos', 'id', NULL, 'caption', NULL, NULL, 'm', 3)",
         f"SELECT jointembed.grant_usage('{ROLE}', true)",
@@ -203,11 +203,11 @@ def test_killed_reembed_resumes_at_once_and_finishes_an_interrupted_drop(conn, p
     new = Projected(bundle, 32, "projected-32")
     # a reembed that is killed after claiming part of the new version's queue (10-min lease)
     victim = db.connect(pg_dsn, autocommit=True)
-    ver = victim.execute("SELECT version FROM jointembed.sync_begin_version(%s, %s, %s)",
+    ver = victim.execute("SELECT version FROM jointembed._sync_begin_version(%s, %s, %s)",
                          [att.id, new.model_id, new.dim]).fetchone()[0]
     import uuid
 
-    assert victim.execute("SELECT jointembed.sync_claim(%s, %s, %s, 5, '10 minutes')",
+    assert victim.execute("SELECT jointembed._sync_claim(%s, %s, %s, 5, '10 minutes')",
                           [att.id, ver, uuid.uuid4()]).fetchone()[0] == 5
     conn.execute("SELECT pg_terminate_backend(%s)", [victim.info.backend_pid])
     victim.close()
@@ -217,10 +217,10 @@ def test_killed_reembed_resumes_at_once_and_finishes_an_interrupted_drop(conn, p
     observe(f"resumed and switched in {time.monotonic() - t0:.1f} s with 5 rows claimed by the killed session")
     # a crash between the switch and the drop of the retired side table...
     newer = Projected(bundle, 40, "projected-40")
-    v3 = conn.execute("SELECT version FROM jointembed.sync_begin_version(%s, %s, %s)",
+    v3 = conn.execute("SELECT version FROM jointembed._sync_begin_version(%s, %s, %s)",
                       [att.id, newer.model_id, newer.dim]).fetchone()[0]
     sync_table(conn, "photos", newer)
-    conn.execute("SELECT jointembed.sync_activate_version(%s, %s)", [att.id, v3])
+    conn.execute("SELECT jointembed._sync_activate_version(%s, %s)", [att.id, v3])
     assert conn.execute("SELECT to_regclass(%s)", [f"jointembed.a{att.id}_v{ver}"]).fetchone()[0] is not None
     assert sync.status(conn, "photos")[0]["retired"] == 1
     # ...is finished by the next run (which has nothing else to do)
@@ -346,11 +346,11 @@ def test_grants_survive_a_definitions_upgrade_that_recreates_functions(conn, pg_
     conn.execute("SELECT jointembed.grant_usage(%s)", [ROLE])
     # an upgrade that drops and re-creates a queue function (a signature change) and
     # re-applies every definition: the function comes back without grants...
-    conn.execute("DROP FUNCTION jointembed.sync_complete(integer, integer, uuid, bigint[], text[], vector[])")
+    conn.execute("DROP FUNCTION jointembed._sync_complete(integer, integer, uuid, bigint[], text[], vector[])")
     conn.execute("UPDATE jointembed.definitions SET sha256 = 'outdated'")
     assert migrations.apply(conn) == []
     # ...and the recorded role gets its rights back; PUBLIC still has none
     with db.connect(wdsn, autocommit=True) as w:
         assert sync_table(w, "photos", bundle).written == 3
-    assert conn.execute("SELECT has_function_privilege('public', 'jointembed.sync_claim(integer, integer, uuid, "
+    assert conn.execute("SELECT has_function_privilege('public', 'jointembed._sync_claim(integer, integer, uuid, "
                         "integer, interval)', 'EXECUTE')").fetchone()[0] is False

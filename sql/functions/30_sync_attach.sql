@@ -443,7 +443,8 @@ $fn$;
 
 -- Schema of the first table named p_table on the search_path (NULL if none). The name is
 -- a plain name, never parsed as SQL.
-CREATE OR REPLACE FUNCTION jointembed.sync_find_schema(p_table text)
+DROP FUNCTION IF EXISTS jointembed.sync_find_schema(text);  -- renamed _sync_find_schema (worker-only)
+CREATE OR REPLACE FUNCTION jointembed._sync_find_schema(p_table text)
 RETURNS text
 LANGUAGE sql STABLE AS $fn$
     SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
