@@ -28,7 +28,7 @@ DECLARE
     f    regprocedure;
     t    regclass;
     s    text;
-    reader_fns text[] := ARRAY['find_attachment', 'list_attachments', '_sync_find_schema', 'sync_versions',
+    reader_fns text[] := ARRAY['find_attachment', 'list_attachments', 'sync_versions',
                            '_sync_version_for', 'sync_status', '_sync_claim', '_sync_fetch', '_sync_complete',
                            '_sync_fail', '_sync_release'];
     writer_fns text[] := ARRAY['sync_rescan', 'sync_retry_failed'];
