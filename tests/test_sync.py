@@ -324,7 +324,7 @@ def test_crashed_workers_claims_return_after_the_lease(conn, bundle, flickr8k_di
     make_photos(conn, rows)
     att = _attach(conn, bundle, images, image_column=None)
     # a worker claims everything and dies without a word
-    assert conn.execute("SELECT jointembed.sync_claim(%s, 1, %s, 100, '1 second')",
+    assert conn.execute("SELECT jointembed._sync_claim(%s, 1, %s, 100, '1 second')",
                         [att.id, uuid.uuid4()]).fetchone()[0] == 4
     assert sync_table(conn, "photos", bundle).batches == 0       # leased: nothing to take
     time.sleep(1.1)

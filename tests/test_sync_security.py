@@ -73,10 +73,10 @@ def test_worker_role_can_change_no_catalog_row_nor_escalate(conn, pg_dsn, bundle
         f"SELECT key, modality, 'h', model_id, embedding FROM {side} LIMIT 1",
         "CREATE TABLE jointembed.evil (x int)",
         "CREATE FUNCTION jointembed.evil() RETURNS int LANGUAGE sql AS 'SELECT 1'",
-        f"SELECT jointembed.sync_begin_version({att.id}, 'evil', 3)",
-        f"SELECT jointembed.sync_abort_version({att.id})",
-        f"SELECT jointembed.sync_activate_version({att.id}, 1)",
-        f"SELECT jointembed.sync_drop_retired({att.id})",
+        f"SELECT jointembed._sync_begin_version({att.id}, 'evil', 3)",
+        f"SELECT jointembed._sync_abort_version({att.id})",
+        f"SELECT jointembed._sync_activate_version({att.id}, 1)",
+        f"SELECT jointembed._sync_drop_retired({att.id})",
         f"SELECT jointembed.detach({att.id})",
         "SELECT jointembed.attach('public', 'photos', 'id', NULL, 'caption', NULL, NULL, 'm', 3)",
         f"SELECT jointembed.grant_usage('{ROLE}', true)",
@@ -203,11 +203,11 @@ def test_killed_reembed_resumes_at_once_and_finishes_an_interrupted_drop(conn, p
     new = Projected(bundle, 32, "projected-32")
     # a reembed that is killed after claiming part of the new version's queue (10-min lease)
     victim = db.connect(pg_dsn, autocommit=True)
-    ver = victim.execute("SELECT version FROM jointembed.sync_begin_version(%s, %s, %s)",
+    ver = victim.execute("SELECT version FROM jointembed._sync_begin_version(%s, %s, %s)",
                          [att.id, new.model_id, new.dim]).fetchone()[0]
     import uuid
 
-    assert victim.execute("SELECT jointembed.sync_claim(%s, %s, %s, 5, '10 minutes')",
+    assert victim.execute("SELECT jointembed._sync_claim(%s, %s, %s, 5, '10 minutes')",
                           [att.id, ver, uuid.uuid4()]).fetchone()[0] == 5
     conn.execute("SELECT pg_terminate_backend(%s)", [victim.info.backend_pid])
     victim.close()
@@ -217,10 +217,10 @@ def test_killed_reembed_resumes_at_once_and_finishes_an_interrupted_drop(conn, p
     observe(f"resumed and switched in {time.monotonic() - t0:.1f} s with 5 rows claimed by the killed session")
     # a crash between the switch and the drop of the retired side table...
     newer = Projected(bundle, 40, "projected-40")
-    v3 = conn.execute("SELECT version FROM jointembed.sync_begin_version(%s, %s, %s)",
+    v3 = conn.execute("SELECT version FROM jointembed._sync_begin_version(%s, %s, %s)",
                       [att.id, newer.model_id, newer.dim]).fetchone()[0]
     sync_table(conn, "photos", newer)
-    conn.execute("SELECT jointembed.sync_activate_version(%s, %s)", [att.id, v3])
+    conn.execute("SELECT jointembed._sync_activate_version(%s, %s)", [att.id, v3])
     assert conn.execute("SELECT to_regclass(%s)", [f"jointembed.a{att.id}_v{ver}"]).fetchone()[0] is not None
     assert sync.status(conn, "photos")[0]["retired"] == 1
     # ...is finished by the next run (which has nothing else to do)
@@ -346,11 +346,64 @@ def test_grants_survive_a_definitions_upgrade_that_recreates_functions(conn, pg_
     conn.execute("SELECT jointembed.grant_usage(%s)", [ROLE])
     # an upgrade that drops and re-creates a queue function (a signature change) and
     # re-applies every definition: the function comes back without grants...
-    conn.execute("DROP FUNCTION jointembed.sync_complete(integer, integer, uuid, bigint[], text[], vector[])")
+    conn.execute("DROP FUNCTION jointembed._sync_complete(integer, integer, uuid, bigint[], text[], vector[])")
     conn.execute("UPDATE jointembed.definitions SET sha256 = 'outdated'")
     assert migrations.apply(conn) == []
     # ...and the recorded role gets its rights back; PUBLIC still has none
     with db.connect(wdsn, autocommit=True) as w:
         assert sync_table(w, "photos", bundle).written == 3
-    assert conn.execute("SELECT has_function_privilege('public', 'jointembed.sync_claim(integer, integer, uuid, "
+    assert conn.execute("SELECT has_function_privilege('public', 'jointembed._sync_claim(integer, integer, uuid, "
                         "integer, interval)', 'EXECUTE')").fetchone()[0] is False
+
+
+#: queue / look-up functions only a sync worker calls (grant_usage, reader or writer)
+WORKER_FNS = ["_sync_claim", "_sync_fetch", "_sync_complete", "_sync_fail", "_sync_release", "_sync_version_for"]
+#: reembed internals: the owner alone
+OWNER_FNS = ["_sync_begin_version", "_sync_abort_version", "_sync_activate_version", "_sync_drop_retired"]
+#: the names they had before the underscore prefix (and the dead sync_find_schema)
+OLD_FNS = {"sync_claim": "integer, integer, uuid, integer, interval", "sync_fetch": "integer, integer, uuid",
+           "sync_complete": "integer, integer, uuid, bigint[], text[], vector[]",
+           "sync_fail": "integer, integer, uuid, bigint[], text[], boolean[], float8, float8, integer",
+           "sync_release": "integer, uuid", "sync_version_for": "integer, text, integer",
+           "sync_begin_version": "integer, text, integer", "sync_abort_version": "integer",
+           "sync_activate_version": "integer, integer", "sync_drop_retired": "integer", "sync_find_schema": "text"}
+
+
+def _can_execute(conn, role: str, names: list[str]) -> dict[str, bool]:
+    rows = conn.execute("SELECT p.proname, has_function_privilege(%s, p.oid, 'EXECUTE') FROM pg_proc p "
+                        "WHERE p.pronamespace = 'jointembed'::regnamespace AND p.proname = ANY (%s)",
+                        [role, names]).fetchall()
+    assert sorted(r[0] for r in rows) == sorted(names)  # one function per name, all present
+    return dict(rows)
+
+
+def test_upgrade_drops_old_worker_function_names_and_grants_the_prefixed_ones(conn, pg_dsn):
+    from jointembed_pg import migrations
+
+    migrations.apply(conn)
+    # a database from before the rename: the old public names exist
+    for name, args in OLD_FNS.items():
+        params = ", ".join(f"a{i} {t}" for i, t in enumerate(args.split(", ")))
+        conn.execute(f"CREATE FUNCTION jointembed.{name}({params}) RETURNS integer LANGUAGE sql AS 'SELECT 0'")
+    _role_dsn(pg_dsn, conn)
+    conn.execute("SELECT jointembed.grant_usage(%s)", [ROLE])
+    conn.execute("UPDATE jointembed.definitions SET sha256 = 'outdated'")
+    migrations.apply(conn)
+    left = conn.execute("SELECT proname FROM pg_proc WHERE pronamespace = 'jointembed'::regnamespace "
+                        "AND proname = ANY (%s)", [list(OLD_FNS)]).fetchall()
+    assert left == []
+    # every prefixed function pins its search_path
+    unpinned = conn.execute("SELECT proname FROM pg_proc WHERE pronamespace = 'jointembed'::regnamespace "
+                            "AND proname = ANY (%s) AND NOT EXISTS (SELECT 1 FROM unnest(proconfig) s "
+                            "WHERE s LIKE 'search\\_path=%%')", [WORKER_FNS + OWNER_FNS]).fetchall()
+    assert unpinned == []
+    # PUBLIC: none; a reader/worker (re-granted by the re-apply): the worker set, never the
+    # owner set nor the writer functions; a writer: also sync_rescan / sync_retry_failed
+    assert set(_can_execute(conn, "public", WORKER_FNS + OWNER_FNS).values()) == {False}
+    assert set(_can_execute(conn, ROLE, WORKER_FNS).values()) == {True}
+    assert set(_can_execute(conn, ROLE, OWNER_FNS + ["sync_rescan", "sync_retry_failed"]).values()) == {False}
+    conn.execute("SELECT jointembed.grant_usage(%s, writer => true)", [ROLE])
+    assert set(_can_execute(conn, ROLE, WORKER_FNS + ["sync_rescan", "sync_retry_failed"]).values()) == {True}
+    assert set(_can_execute(conn, ROLE, OWNER_FNS).values()) == {False}
+    conn.execute("SELECT jointembed.grant_usage(%s, writer => false)", [ROLE])
+    assert set(_can_execute(conn, ROLE, ["sync_rescan", "sync_retry_failed"]).values()) == {False}

@@ -223,7 +223,7 @@ def version_for(conn, attachment: Attachment, bundle) -> Version:
             the message names both models. Raised before any write.
     """
     with db.borrow(conn) as c:
-        row = _call(c, "SELECT * FROM jointembed.sync_version_for(%s, %s, %s)",
+        row = _call(c, "SELECT * FROM jointembed._sync_version_for(%s, %s, %s)",
                     [attachment.id, bundle.model_id, int(bundle.dim)])
     if row is None:
         raise ModelMismatchError(

@@ -3,15 +3,15 @@
 One *batch* (:func:`process_batch`):
 
 1. **claim** up to ``batch_size`` ready queue rows of one model version with
-   ``FOR UPDATE SKIP LOCKED`` and a lease (``jointembed.sync_claim``, its own short
+   ``FOR UPDATE SKIP LOCKED`` and a lease (``jointembed._sync_claim``, its own short
    transaction), so any number of workers share a queue and each row goes to one of
    them; a crashed worker's rows return when the lease runs out;
-2. **read** the user's current content of those rows (``jointembed.sync_fetch``);
+2. **read** the user's current content of those rows (``jointembed._sync_fetch``);
 3. **embed** what changed: a row whose content hash equals the stored one is only
    dequeued; images are read (:mod:`jointembed_pg.ingest.sources`) and decoded in decoder
    processes with a per-item deadline and memory cap (:mod:`jointembed_pg.ingest.sandbox`);
 4. **write** the embeddings and delete the queue rows, and record the failures, in one
-   transaction (``sync_complete`` / ``sync_fail``), retried on serialization failures
+   transaction (``_sync_complete`` / ``_sync_fail``), retried on serialization failures
    and deadlocks. A row deleted since is removed from the side table instead; a row
    with a newer queued change is left to that change (see sql/functions/40_sync_queue.sql).
 
@@ -170,7 +170,7 @@ class _Item:
 
 def _prepare(row, att: Attachment, reader: ImageSource, loader: ImageLoader,
              stop: Callable[[], bool] | None = None) -> _Item:
-    """Turn one ``sync_fetch`` row into an item: content, hash, pixels, or an error.
+    """Turn one ``_sync_fetch`` row into an item: content, hash, pixels, or an error.
 
     Any failure on the row's value is the row's own (recorded, counted as an attempt);
     only :class:`Interrupted` (a stop request) propagates.
@@ -238,20 +238,20 @@ def process_batch(conn: psycopg.Connection, target: Target, bundle, cfg: SyncCon
         raise ModelMismatchError(f"version {ver.version} of table {att.qualified} is model {ver.model_id} "
                                  f"(dim {ver.dim}), but the bundle is {bundle.model_id} (dim {bundle.dim})")
     token = uuid.uuid4()
-    claimed = with_retries(lambda: _call(conn, "SELECT jointembed.sync_claim(%s, %s, %s, %s, %s)",
+    claimed = with_retries(lambda: _call(conn, "SELECT jointembed._sync_claim(%s, %s, %s, %s, %s)",
                                          [att.id, ver.version, token, cfg.batch_size,
                                           f"{cfg.lease_s} seconds"])[0])
     result = BatchResult(claimed=claimed)
     if not claimed:
         return result
     try:
-        rows = _call(conn, "SELECT * FROM jointembed.sync_fetch(%s, %s, %s)", [att.id, ver.version, token],
+        rows = _call(conn, "SELECT * FROM jointembed._sync_fetch(%s, %s, %s)", [att.id, ver.version, token],
                      fetch="all")
         loader = loader or shared_loader(bundle.image_spec, cfg.limits, workers=cfg.load_threads)
         _embed_and_write(conn, target, bundle, cfg, token, rows, result, pool, loader, stop)
     except BaseException:
         try:
-            _call(conn, "SELECT jointembed.sync_release(%s, %s)", [att.id, token])
+            _call(conn, "SELECT jointembed._sync_release(%s, %s)", [att.id, token])
         except Exception:  # noqa: BLE001 - the lease returns them anyway
             pass
         raise
@@ -283,7 +283,7 @@ def _embed_and_write(conn, target: Target, bundle, cfg: SyncConfig, token, rows,
         raise ModelMismatchError(f"the bundle {bundle.model_id} returned embeddings of shape {bad}, "
                                  f"but table {att.qualified} stores vector({ver.dim})")
 
-    # one sync_complete call per batch: embeddings, unchanged rows (hash only), gone rows
+    # one _sync_complete call per batch: embeddings, unchanged rows (hash only), gone rows
     finished = ([(it.qid, it.digest, e) for it, e in done] + [(it.qid, it.digest, None) for it in same]
                 + [(qid, None, None) for qid in gone])
 
@@ -293,12 +293,12 @@ def _embed_and_write(conn, target: Target, bundle, cfg: SyncConfig, token, rows,
             if finished:
                 hashes = [h for _, h, _ in finished]
                 embs = [e for _, _, e in finished]
-                n = conn.execute("SELECT jointembed.sync_complete(%s, %s, %s, %s, %s, %s)",
+                n = conn.execute("SELECT jointembed._sync_complete(%s, %s, %s, %s, %s, %s)",
                                  [att.id, ver.version, token, [q for q, _, _ in finished],
                                   hashes if any(h is not None for h in hashes) else None,
                                   embs if any(e is not None for e in embs) else None]).fetchone()[0]
             if failed:
-                conn.execute("SELECT jointembed.sync_fail(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                conn.execute("SELECT jointembed._sync_fail(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
                              [att.id, ver.version, token, [it.qid for it in failed],
                               [it.error for it in failed], [it.final for it in failed],
                               cfg.retry_base_s, cfg.retry_max_s, cfg.max_attempts])

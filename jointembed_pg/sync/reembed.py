@@ -1,12 +1,12 @@
 """Switching an attached table to another model (``jointembed reembed``).
 
-1. ``jointembed.sync_begin_version`` creates a side table for the new model (its own
+1. ``jointembed._sync_begin_version`` creates a side table for the new model (its own
    dimension) beside the active one and enqueues every row for it. Triggers enqueue
    changes for both versions from then on, so workers of the old model keep the
    searchable side table fresh meanwhile.
 2. The queue of the new version is drained with the new bundle (other workers started
    with the new bundle help: they serve a version being built).
-3. ``jointembed.sync_activate_version`` switches searches over in one transaction once
+3. ``jointembed._sync_activate_version`` switches searches over in one transaction once
    no row of the new version is waiting (rows that failed carry over and keep retrying);
    if rows arrived meanwhile, they are drained and the switch is tried again.
 4. The old side table is dropped in a later transaction (and by the next ``reembed``
@@ -80,12 +80,12 @@ def reembed(conn, table: str, bundle, *, schema: str | None = None, cfg: SyncCon
     t0 = time.perf_counter()
     att = find(conn, table, schema)
     # a run that crashed after the switch left the retired side table behind: finish it
-    _call(conn, "SELECT jointembed.sync_drop_retired(%s)", [att.id])
+    _call(conn, "SELECT jointembed._sync_drop_retired(%s)", [att.id])
     report = ReembedReport(att.qualified, att.model_id, bundle.model_id, att.dim, int(bundle.dim), False)
     if att.model_id == bundle.model_id and att.dim == int(bundle.dim):
         report.seconds = time.perf_counter() - t0
         return report
-    ver = _row(Version, _call(conn, "SELECT * FROM jointembed.sync_begin_version(%s, %s, %s)",
+    ver = _row(Version, _call(conn, "SELECT * FROM jointembed._sync_begin_version(%s, %s, %s)",
                               [att.id, bundle.model_id, int(bundle.dim)]))
     target = Target(att, ver)
     report.sync = drain(conn, target, bundle, cfg, progress=progress)
@@ -101,7 +101,7 @@ def reembed(conn, table: str, bundle, *, schema: str | None = None, cfg: SyncCon
                 raise DatabaseError(_not_switched(att.qualified, st))
             time.sleep(SWITCH_POLL_S)    # rows held by other running workers, or in backoff
         report.switched = True
-        _call(conn, "SELECT jointembed.sync_drop_retired(%s)", [att.id])
+        _call(conn, "SELECT jointembed._sync_drop_retired(%s)", [att.id])
         _merge(report.sync, drain(conn, target, bundle, cfg, progress=False))
     report.seconds = time.perf_counter() - t0
     return report
@@ -128,7 +128,7 @@ def _not_switched(table: str, st: dict) -> str:
 def _try_activate(conn, attachment_id: int, version: int) -> bool:
     try:
         with conn.transaction():
-            conn.execute("SELECT jointembed.sync_activate_version(%s, %s)", [attachment_id, version])
+            conn.execute("SELECT jointembed._sync_activate_version(%s, %s)", [attachment_id, version])
         return True
     except psycopg.errors.ObjectNotInPrerequisiteState:
         return False  # rows still waiting for the new model: drain them first
@@ -147,7 +147,7 @@ def abort(conn, table: str, schema: str | None = None) -> bool:
     """Abandon a reembed in progress (drop the new side table). False if there was none."""
     with db.borrow(conn) as c:
         att = find(c, table, schema)
-        return bool(_call(c, "SELECT jointembed.sync_abort_version(%s)", [att.id])[0])
+        return bool(_call(c, "SELECT jointembed._sync_abort_version(%s)", [att.id])[0])
 
 
 def building(conn, table: str, schema: str | None = None) -> Version | None:

@@ -441,15 +441,11 @@ LANGUAGE sql STABLE AS $fn$
     ORDER BY a.schema_name
 $fn$;
 
--- Schema of the first table named p_table on the search_path (NULL if none). The name is
--- a plain name, never parsed as SQL.
-CREATE OR REPLACE FUNCTION jointembed.sync_find_schema(p_table text)
-RETURNS text
-LANGUAGE sql STABLE AS $fn$
-    SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.relname = p_table AND c.relkind IN ('r', 'p') AND n.nspname = ANY (current_schemas(false))
-    ORDER BY array_position(current_schemas(false), n.nspname) LIMIT 1
-$fn$;
+-- sync_find_schema / _sync_find_schema are gone: with its search_path pinned
+-- (95_search_path.sql) it could not see the caller's path; the CLI looks the schema up
+-- with a plain query (jointembed_pg/sync/catalog.py, _FIND_SCHEMA_SQL).
+DROP FUNCTION IF EXISTS jointembed.sync_find_schema(text);
+DROP FUNCTION IF EXISTS jointembed._sync_find_schema(text);
 
 -- Every attachment, by schema and table name.
 CREATE OR REPLACE FUNCTION jointembed.list_attachments()

@@ -104,7 +104,8 @@ $fn$;
 -- (FOR UPDATE SKIP LOCKED); a claim whose lease ran out or whose session is gone is
 -- claimable again. Applies pending TRUNCATE events first. Returns the events claimed.
 -- Call in its own transaction.
-CREATE OR REPLACE FUNCTION jointembed.sync_claim(p_id integer, p_version integer, p_token uuid,
+DROP FUNCTION IF EXISTS jointembed.sync_claim(integer, integer, uuid, integer, interval);  -- renamed _sync_claim (worker-only)
+CREATE OR REPLACE FUNCTION jointembed._sync_claim(p_id integer, p_version integer, p_token uuid,
                                                  p_limit integer, p_lease interval)
 RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, jointembed, pg_temp AS $fn$
@@ -117,7 +118,7 @@ DECLARE
 BEGIN
     IF p_token IS NULL OR p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 10000
        OR p_lease IS NULL OR p_lease NOT BETWEEN interval '1 second' AND interval '1 day' THEN
-        RAISE EXCEPTION 'jointembed.sync_claim: need a token, 1 <= limit <= 10000 and a lease of 1 s to 1 day'
+        RAISE EXCEPTION 'jointembed._sync_claim: need a token, 1 <= limit <= 10000 and a lease of 1 s to 1 day'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     lk := jointembed._sync_session_lock();
@@ -149,10 +150,11 @@ END
 $fn$;
 
 -- The claimed rows with the user's current content, one per (key, modality): id is the
--- newest claimed event of the row (pass it to sync_complete / sync_fail). text_value: the
+-- newest claimed event of the row (pass it to _sync_complete / _sync_fail). text_value: the
 -- text column; image_ref: a path / URL (image_source path|url); image_data: bytea content.
 -- present = false: the user's row is gone. stored_hash: content hash already stored.
-CREATE OR REPLACE FUNCTION jointembed.sync_fetch(p_id integer, p_version integer, p_token uuid)
+DROP FUNCTION IF EXISTS jointembed.sync_fetch(integer, integer, uuid);  -- renamed _sync_fetch (worker-only)
+CREATE OR REPLACE FUNCTION jointembed._sync_fetch(p_id integer, p_version integer, p_token uuid)
 RETURNS TABLE (id bigint, key text, modality text, present boolean, text_value text,
                image_ref text, image_data bytea, stored_hash text, attempts integer)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, jointembed, pg_temp AS $fn$
@@ -196,14 +198,15 @@ BEGIN
 END
 $fn$;
 
--- Finish claimed rows (p_ids: the ids sync_fetch returned), atomically, and delete all
+-- Finish claimed rows (p_ids: the ids _sync_fetch returned), atomically, and delete all
 -- their claimed events. Per row: p_embeddings[i] set: store it with p_hashes[i], unless
 -- the user's row is gone, a newer event of it is queued (that one will be embedded) or
 -- a newer embedding is stored; embedding NULL and hash set: the stored embedding is
 -- current (same content hash); both NULL: the user's row was gone: remove its embedding
 -- if the row is still gone. Only claims of the calling session count. Returns the
 -- number of embeddings written.
-CREATE OR REPLACE FUNCTION jointembed.sync_complete(p_id integer, p_version integer, p_token uuid,
+DROP FUNCTION IF EXISTS jointembed.sync_complete(integer, integer, uuid, bigint[], text[], vector[]);  -- renamed _sync_complete (worker-only)
+CREATE OR REPLACE FUNCTION jointembed._sync_complete(p_id integer, p_version integer, p_token uuid,
                                                     p_ids bigint[], p_hashes text[], p_embeddings vector[])
 RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, jointembed, pg_temp AS $fn$
@@ -217,7 +220,7 @@ BEGIN
        OR cardinality(p_ids) <> coalesce(cardinality(p_hashes), cardinality(p_ids))
        OR cardinality(p_ids) <> coalesce(cardinality(p_embeddings), cardinality(p_ids))
        OR EXISTS (SELECT 1 FROM unnest(p_hashes) h WHERE length(h) > 200) THEN
-        RAISE EXCEPTION 'jointembed.sync_complete: need a token and matching arrays of at most 10000 ids'
+        RAISE EXCEPTION 'jointembed._sync_complete: need a token and matching arrays of at most 10000 ids'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM jointembed._sync_lock_rows(a, v.version, p_token, p_ids);
@@ -266,13 +269,14 @@ BEGIN
 END
 $fn$;
 
--- Record failures of claimed rows (p_ids: ids from sync_fetch): attempts + 1, last_error,
+-- Record failures of claimed rows (p_ids: ids from _sync_fetch): attempts + 1, last_error,
 -- next attempt after p_backoff_s * 2^(attempts - 1) seconds (at most p_max_backoff_s);
 -- given up (next_attempt_at = 'infinity') after p_max_attempts or when p_final. The
 -- row's other claimed events are dropped (this one stands for them), and its stale
 -- embedding is removed (it no longer describes the row's content) unless a newer one
 -- is stored. Returns the number of rows recorded.
-CREATE OR REPLACE FUNCTION jointembed.sync_fail(p_id integer, p_version integer, p_token uuid,
+DROP FUNCTION IF EXISTS jointembed.sync_fail(integer, integer, uuid, bigint[], text[], boolean[], float8, float8, integer);  -- renamed _sync_fail (worker-only)
+CREATE OR REPLACE FUNCTION jointembed._sync_fail(p_id integer, p_version integer, p_token uuid,
                                                 p_ids bigint[], p_errors text[], p_final boolean[],
                                                 p_backoff_s float8, p_max_backoff_s float8,
                                                 p_max_attempts integer)
@@ -289,7 +293,7 @@ BEGIN
        OR p_backoff_s IS NULL OR p_backoff_s NOT BETWEEN 0 AND 86400
        OR p_max_backoff_s IS NULL OR p_max_backoff_s NOT BETWEEN 0 AND 30 * 86400
        OR p_max_attempts IS NULL OR p_max_attempts < 1 THEN
-        RAISE EXCEPTION 'jointembed.sync_fail: invalid arguments' USING ERRCODE = 'invalid_parameter_value';
+        RAISE EXCEPTION 'jointembed._sync_fail: invalid arguments' USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM jointembed._sync_lock_rows(a, v.version, p_token, p_ids);
     EXECUTE format($q$
@@ -325,7 +329,8 @@ END
 $fn$;
 
 -- Give back this session's claim p_token without doing the work (a worker stopping).
-CREATE OR REPLACE FUNCTION jointembed.sync_release(p_id integer, p_token uuid)
+DROP FUNCTION IF EXISTS jointembed.sync_release(integer, uuid);  -- renamed _sync_release (worker-only)
+CREATE OR REPLACE FUNCTION jointembed._sync_release(p_id integer, p_token uuid)
 RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, jointembed, pg_temp AS $fn$
 DECLARE

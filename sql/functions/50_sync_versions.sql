@@ -1,7 +1,8 @@
 -- Attached user tables: model versions (reembed: begin, activate, abort, drop retired).
 
 -- The live version (active or building) whose model is (p_model_id, p_dim), or none.
-CREATE OR REPLACE FUNCTION jointembed.sync_version_for(p_id integer, p_model_id text, p_dim integer)
+DROP FUNCTION IF EXISTS jointembed.sync_version_for(integer, text, integer);  -- renamed _sync_version_for (worker-only)
+CREATE OR REPLACE FUNCTION jointembed._sync_version_for(p_id integer, p_model_id text, p_dim integer)
 RETURNS SETOF jointembed.attachment_versions
 LANGUAGE sql STABLE AS $fn$
     SELECT * FROM jointembed.attachment_versions v
@@ -12,7 +13,8 @@ $fn$;
 -- Start building a new version for another model (reembed): a new side table beside the
 -- active one, every row enqueued for it. Resumes a building version of the same model;
 -- refuses while another model is being built. Returns the building version.
-CREATE OR REPLACE FUNCTION jointembed.sync_begin_version(p_id integer, p_model_id text, p_dim integer)
+DROP FUNCTION IF EXISTS jointembed.sync_begin_version(integer, text, integer);  -- renamed _sync_begin_version (worker-only)
+CREATE OR REPLACE FUNCTION jointembed._sync_begin_version(p_id integer, p_model_id text, p_dim integer)
 RETURNS jointembed.attachment_versions
 LANGUAGE plpgsql AS $fn$
 DECLARE
@@ -43,7 +45,8 @@ END
 $fn$;
 
 -- Abandon a building version (its side table and queue rows). Returns false if none.
-CREATE OR REPLACE FUNCTION jointembed.sync_abort_version(p_id integer)
+DROP FUNCTION IF EXISTS jointembed.sync_abort_version(integer);  -- renamed _sync_abort_version (worker-only)
+CREATE OR REPLACE FUNCTION jointembed._sync_abort_version(p_id integer)
 RETURNS boolean
 LANGUAGE plpgsql AS $fn$
 DECLARE
@@ -67,7 +70,8 @@ $fn$;
 -- retired (its queue rows dropped; its side table is returned for the caller to drop
 -- in a later transaction, so searches already running on it finish). Refuses while rows
 -- of the building version were never attempted (failed rows carry over and keep retrying).
-CREATE OR REPLACE FUNCTION jointembed.sync_activate_version(p_id integer, p_version integer)
+DROP FUNCTION IF EXISTS jointembed.sync_activate_version(integer, integer);  -- renamed _sync_activate_version (worker-only)
+CREATE OR REPLACE FUNCTION jointembed._sync_activate_version(p_id integer, p_version integer)
 RETURNS text
 LANGUAGE plpgsql AS $fn$
 DECLARE
@@ -102,9 +106,10 @@ BEGIN
 END
 $fn$;
 
--- Drop the side table of a retired version (after sync_activate_version committed; a
+-- Drop the side table of a retired version (after _sync_activate_version committed; a
 -- later reembed calls it again, so a crash between the two leaves nothing behind for long).
-CREATE OR REPLACE FUNCTION jointembed.sync_drop_retired(p_id integer)
+DROP FUNCTION IF EXISTS jointembed.sync_drop_retired(integer);  -- renamed _sync_drop_retired (worker-only)
+CREATE OR REPLACE FUNCTION jointembed._sync_drop_retired(p_id integer)
 RETURNS integer
 LANGUAGE plpgsql AS $fn$
 DECLARE

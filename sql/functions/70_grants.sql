@@ -8,7 +8,7 @@
 --     privileges, the side tables and queues the owner creates later): search
 --     collections and attached tables, read status;
 --   * EXECUTE on the look-up functions and the queue functions a sync worker calls
---     (sync_claim, sync_fetch, sync_complete, sync_fail, sync_release, sync_status):
+--     (_sync_claim, _sync_fetch, _sync_complete, _sync_fail, _sync_release, sync_status):
 --     `jointembed sync`, `jointembed worker`, `jointembed status`. Those functions are
 --     SECURITY DEFINER; the role itself has no INSERT / UPDATE / DELETE on any table.
 -- writer => true, in addition:
@@ -28,9 +28,9 @@ DECLARE
     f    regprocedure;
     t    regclass;
     s    text;
-    reader_fns text[] := ARRAY['find_attachment', 'list_attachments', 'sync_find_schema', 'sync_versions',
-                           'sync_version_for', 'sync_status', 'sync_claim', 'sync_fetch', 'sync_complete',
-                           'sync_fail', 'sync_release'];
+    reader_fns text[] := ARRAY['find_attachment', 'list_attachments', 'sync_versions',
+                           '_sync_version_for', 'sync_status', '_sync_claim', '_sync_fetch', '_sync_complete',
+                           '_sync_fail', '_sync_release'];
     writer_fns text[] := ARRAY['sync_rescan', 'sync_retry_failed'];
 BEGIN
     SELECT x.rolname INTO r FROM pg_roles x WHERE x.rolname = grant_usage.role;
