@@ -47,6 +47,8 @@ def split_table(table: Any, schema: str | None = None) -> tuple[str | None, str]
     if not isinstance(table, str) or not table:
         raise ArgumentError(f"table must be a non-empty str or a (schema, table) tuple, got {table!r}")
     if schema is not None:
+        if not isinstance(schema, str) or not schema:
+            raise ArgumentError(f"schema must be a non-empty str, got {schema!r}")
         return schema, table
     parts = table.split(".")
     if len(parts) == 1:
@@ -194,6 +196,7 @@ class Attached:
             bundle is not the active model (during a reembed, until the switch), or a
             vector of another dimension. DatabaseError: not attached.
         """
+        k = search.check_int(k, "k")
         with self._conn() as conn:
             dim = self.bundle.dim if self.bundle is not None else \
                 sync.active_version(conn, sync.find(conn, self.table, self.schema)).dim
