@@ -250,3 +250,32 @@ def test_int8_bundle_missing_is_bundle_error(bundle_dir, tmp_path):
     (tmp_path / "b-int8").write_text("not a dir")
     with pytest.raises(BundleError):
         bulk.load_bundle(d, int8=True)
+
+
+def test_two_stores_on_one_connection_never_share_a_transaction(pg_dsn):
+    """Two Stores given the same connection serialise on it: one Store's rolled-back
+    transaction never takes another thread's committed write with it."""
+    with psycopg.connect(pg_dsn) as conn:
+        s1, s2 = Store(conn), Store(conn)
+        c1 = s1.collection("c", model_id="m", dim=D, create=True)
+        conn.commit()
+        c2 = s2.collection("c")
+        v = _vecs(2)
+        inside, done = threading.Event(), threading.Event()
+
+        def other():
+            inside.wait(30)
+            c2.upsert([("image", "b", None, None, None, v[1])])   # "committed" when it returns
+            done.set()
+        t = threading.Thread(target=other)
+        t.start()
+        with pytest.raises(RuntimeError):
+            with s1.transaction():
+                c1.upsert([("image", "a", None, None, None, v[0])])
+                inside.set()
+                done.wait(2)                       # without one lock per connection, b joins this transaction
+                raise RuntimeError("roll back")
+        t.join(30)
+        assert done.is_set()
+        conn.commit()
+        assert c1.existing_keys("image", ["a", "b"]) == {"b"}

@@ -79,7 +79,8 @@ class Store:
               server restart is replaced) and closes it in :meth:`close`;
             * a ``psycopg_pool.ConnectionPool``: a connection is borrowed per operation;
             * a ``psycopg.Connection`` or SQLAlchemy ``Connection``: used as is (work joins
-              its open transaction, if any; operations are serialised by a lock);
+              its open transaction, if any; operations are serialised by a lock per
+              connection, shared by all Stores given it);
             * a SQLAlchemy ``Engine`` (``postgresql+psycopg``): a pooled connection per
               operation.
 
@@ -98,7 +99,6 @@ class Store:
     """
 
     def __init__(self, target: Any = None, *, exact_below: int | None = None, max_size: int = 4):
-        self._lock = threading.RLock()   # serialises work on one given connection only
         self._closed = False
         self._held = threading.local()   # the connection this thread holds, reused by nested calls
         self._own_pool = target is None or isinstance(target, str)
@@ -107,6 +107,9 @@ class Store:
         #: one connection for all threads (psycopg or SQLAlchemy Connection): used under the lock
         self._one_connection = not (self._own_pool or isinstance(target, psycopg_pool.ConnectionPool)
                                     or type(target).__name__ == "Engine")
+        # serialises work on one given connection; shared by every Store given that same
+        # connection (else two Stores' threads would interleave statements in one transaction)
+        self._lock = _connection_lock(target) if self._one_connection else threading.RLock()
         # a Store dropped without close() (or alive at exit) closes its own pool from the
         # dropping thread, not from a pool thread in psycopg_pool's __del__ (which cannot join itself)
         self._finalizer = weakref.finalize(self, _close_pool, self._target) if self._own_pool else None
@@ -331,6 +334,19 @@ class Store:
         from .attached import Attached
 
         return Attached.open(self, table, bundle=bundle, schema=schema)
+
+
+_CONNECTION_LOCKS: "weakref.WeakKeyDictionary[Any, threading.RLock]" = weakref.WeakKeyDictionary()
+_CONNECTION_LOCKS_GUARD = threading.Lock()
+
+
+def _connection_lock(conn: Any) -> threading.RLock:
+    """The one lock of a given connection, whichever Store uses it."""
+    try:
+        with _CONNECTION_LOCKS_GUARD:
+            return _CONNECTION_LOCKS.setdefault(conn, threading.RLock())
+    except TypeError:  # not weak-referenceable (not a connection: borrow() refuses it later)
+        return threading.RLock()
 
 
 def _close_pool(pool: Any) -> None:
