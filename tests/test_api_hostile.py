@@ -279,3 +279,27 @@ def test_two_stores_on_one_connection_never_share_a_transaction(pg_dsn):
         assert done.is_set()
         conn.commit()
         assert c1.existing_keys("image", ["a", "b"]) == {"b"}
+
+
+def test_add_with_hostile_keys_fails_alone(store, bundle, flickr8k_dir, tmp_path):
+    c = store.collection("h", bundle=bundle)
+    rep = c.add_texts(["a dog", "a cat", "a bird", "a fish", "a cow"],
+                      keys=[1, "x\x00y", "k" * 5000, "", "good"], index=False)
+    assert rep.written == 1 and len(rep.failed) == 4, rep
+    img = sorted((flickr8k_dir / "images").glob("*.jpg"))[0]
+    rep = c.add_images([img, img, img, img], keys=[None, "a\x00", "k" * 5000, "ok"], index=False)
+    assert rep.written == 1 and len(rep.failed) == 3, rep
+    assert c.count() == 2
+
+
+def test_closed_or_foreign_targets(pg_dsn):
+    conn = psycopg.connect(pg_dsn)
+    store = Store(conn)
+    conn.close()
+    with pytest.raises(DatabaseError):
+        store.collection("c", model_id="m", dim=D, create=True)
+    with pytest.raises(DatabaseError):
+        Store(conn)
+    for bad in (42, b"postgresql://x", object()):
+        with pytest.raises(TypeError):
+            Store(bad)
