@@ -303,3 +303,17 @@ def test_closed_or_foreign_targets(pg_dsn):
     for bad in (42, b"postgresql://x", object()):
         with pytest.raises(TypeError):
             Store(bad)
+
+
+def test_names_with_control_characters_stay_one_line(pg_dsn, bundle):
+    name = "ta\nble\r\x1b[31m"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(psycopg.sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(
+            psycopg.sql.Identifier("public", name)))
+    with Store(pg_dsn) as store:
+        with pytest.raises(DatabaseError) as ei:
+            store.attachment(name, schema="we\nird")
+        assert "\n" not in str(ei.value) and "\x1b" not in str(ei.value)
+        att = store.attach(("public", name), key="id", text="body", bundle=bundle)
+        assert "\n" not in repr(att) and "\x1b" not in repr(att) and att.table == name
+        att.detach()
