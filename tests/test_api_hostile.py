@@ -317,3 +317,22 @@ def test_names_with_control_characters_stay_one_line(pg_dsn, bundle):
         att = store.attach(("public", name), key="id", text="body", bundle=bundle)
         assert "\n" not in repr(att) and "\x1b" not in repr(att) and att.table == name
         att.detach()
+
+
+def test_image_query_symlink_to_device_and_huge_sparse_file(store, bundle, tmp_path):
+    c = store.collection("img", bundle=bundle)
+    link = tmp_path / "zero.jpg"
+    link.symlink_to("/dev/zero")
+    sparse = tmp_path / "huge.jpg"
+    with open(sparse, "wb") as f:
+        f.truncate(20 * 2 ** 30)                    # 20 GiB of holes: never read whole
+    for q in (link, sparse, str(sparse)):
+        out = _timeout(lambda: c.search(q, k=1, image=True), 60)
+        assert isinstance(out.get("e"), InputError), (q, out)
+
+
+@pytest.mark.parametrize("dim", [True, 8.0, "8", 0, 16001, -8])
+def test_bad_dim_refused(store, dim):
+    with pytest.raises(ArgumentError):
+        store.collection("d", model_id="m", dim=dim, create=True)
+    assert store.collections() == []

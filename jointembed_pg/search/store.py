@@ -249,8 +249,8 @@ class Store:
             create = bundle is not None
         if not isinstance(name, str) or not 1 <= len(name) <= 200 or "\x00" in name:
             raise ArgumentError(f"collection name must be 1..200 characters without NUL, got {name!r}")
-        if dim is not None and (int(dim) != dim or not 1 <= dim <= 16000):
-            raise ArgumentError(f"dim must be an integer in 1..16000, got {dim!r}")
+        if dim is not None:
+            dim = search.check_int(dim, "dim", 1, 16000)   # no bool / float / str
         with self.transaction() as conn:
             row = conn.execute(query("collection_get"), {"name": name}).fetchone()
         if row is None:
