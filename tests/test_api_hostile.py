@@ -336,3 +336,11 @@ def test_bad_dim_refused(store, dim):
     with pytest.raises(ArgumentError):
         store.collection("d", model_id="m", dim=dim, create=True)
     assert store.collections() == []
+
+
+@pytest.mark.parametrize("where", [None, {"key": ["k1", "k2", "k3"]}])
+def test_huge_k_through_the_index(coll, where):
+    coll.ensure_index()
+    hits = coll.search(_vecs(1)[0], k=2 ** 31 - 1, where=where)
+    assert len(hits) == (10 if where is None else 3)
+    assert [h.key for h in hits] == [h.key for h in coll.search(_vecs(1)[0], k=50, exact=True, where=where)]
