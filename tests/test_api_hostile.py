@@ -344,3 +344,16 @@ def test_huge_k_through_the_index(coll, where):
     hits = coll.search(_vecs(1)[0], k=2 ** 31 - 1, where=where)
     assert len(hits) == (10 if where is None else 3)
     assert [h.key for h in hits] == [h.key for h in coll.search(_vecs(1)[0], k=50, exact=True, where=where)]
+
+
+def test_lone_surrogates_are_refused_cleanly(store, bundle, coll):
+    with pytest.raises((ArgumentError, DatabaseError)):
+        store.collection("bad\udc80", model_id="m", dim=D, create=True)
+    with pytest.raises((ArgumentError, DatabaseError)):
+        store.attachment("t\udc80", schema="s")
+    with pytest.raises((ArgumentError, InputError, DatabaseError)):
+        store.collection("img", bundle=bundle).search("a dog \udc80", k=1)
+    rep = store.collection("img", bundle=bundle).add_texts(["fine text", "bad \udc80", "ok"],
+                                                           keys=["a", "b", "c\udc80"], index=False)
+    assert rep.written == 1 and len(rep.failed) == 2, rep
+    assert coll.search(_vecs(1)[0], k=1)

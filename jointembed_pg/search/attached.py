@@ -39,6 +39,9 @@ def split_table(table: Any, schema: str | None = None) -> tuple[str | None, str]
         ArgumentError: not a str or a 2-tuple of str, empty names, several dots in a
             string without ``schema=``, or a tuple together with ``schema=``.
     """
+    for part in (table if isinstance(table, tuple) else (table,)) + (schema,):
+        if isinstance(part, str) and ("\x00" in part or not search.utf8_ok(part)):
+            raise ArgumentError(f"table and schema names hold no NUL or lone surrogates, got {part!r}")
     if isinstance(table, tuple):
         if schema is not None or len(table) != 2 or not all(isinstance(p, str) and p for p in table):
             raise ArgumentError(f"a table tuple is (schema, table) of two non-empty str, without schema=; "

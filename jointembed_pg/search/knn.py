@@ -78,6 +78,15 @@ def check_vector(vector: Any, dim: int) -> np.ndarray:
     return v
 
 
+def utf8_ok(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8 (no lone surrogates, which the server cannot store)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 #: Largest ``k`` (and ``ef_search``/``exact_below``): the SQL functions take ``int4``.
 MAX_K = 2 ** 31 - 1
 

@@ -247,8 +247,9 @@ class Store:
             model_id, dim = bundle.model_id, int(bundle.dim)
         if create is None:
             create = bundle is not None
-        if not isinstance(name, str) or not 1 <= len(name) <= 200 or "\x00" in name:
-            raise ArgumentError(f"collection name must be 1..200 characters without NUL, got {name!r}")
+        if not isinstance(name, str) or not 1 <= len(name) <= 200 or "\x00" in name or not search.utf8_ok(name):
+            raise ArgumentError(f"collection name must be 1..200 characters without NUL or lone "
+                                f"surrogates, got {name!r}")
         if dim is not None:
             dim = search.check_int(dim, "dim", 1, 16000)   # no bool / float / str
         with self.transaction() as conn:
