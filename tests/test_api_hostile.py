@@ -357,3 +357,11 @@ def test_lone_surrogates_are_refused_cleanly(store, bundle, coll):
                                                            keys=["a", "b", "c\udc80"], index=False)
     assert rep.written == 1 and len(rep.failed) == 2, rep
     assert coll.search(_vecs(1)[0], k=1)
+
+
+@pytest.mark.parametrize("emb", [np.zeros(D, np.complex64) + 1j, np.array(["1"] * D), np.full(D, 1e39),
+                                 np.array([None] * D)])
+def test_upsert_refuses_unreal_embeddings(coll, emb):
+    with pytest.raises(InputError):
+        coll.upsert([("image", "bad", None, None, None, emb)])
+    assert coll.count() == 10

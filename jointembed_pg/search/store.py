@@ -432,7 +432,13 @@ class Collection:
             raise InputError(f"item {key!r}: modality must be 'image' or 'text', got {modality!r}")
         if not isinstance(key, str) or not key:
             raise InputError(f"item key must be a non-empty string, got {key!r}")
-        e = np.asarray(emb, dtype=np.float32)
+        if hasattr(emb, "to_numpy"):  # pgvector.Vector
+            emb = emb.to_numpy()
+        e = np.asarray(emb)
+        if e.dtype.kind not in "iuf":  # complex (imaginary part dropped), str ("1" parsed), bool, object
+            raise InputError(f"item {key!r}: embedding must hold real numbers, got dtype {e.dtype}")
+        with np.errstate(over="ignore"):  # beyond float32's range -> inf, refused below
+            e = e.astype(np.float32)
         if e.shape != (self.dim,):
             raise InputError(f"item {key!r}: embedding shape {e.shape}, collection {self.name!r} needs ({self.dim},)")
         if not np.isfinite(e).all():
