@@ -365,3 +365,35 @@ def test_upsert_refuses_unreal_embeddings(coll, emb):
     with pytest.raises(InputError):
         coll.upsert([("image", "bad", None, None, None, emb)])
     assert coll.count() == 10
+
+
+def test_attached_without_bundle_and_bad_reembed_argument(pg_dsn, bundle):
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY, body text)")
+        conn.execute("INSERT INTO t VALUES (1, 'a dog on a beach')")
+    with Store(pg_dsn) as store:
+        att = store.attach("t", key="id", text="body", bundle=bundle)
+        att.sync()
+        bare = store.attachment("public.t")
+        with pytest.raises(ArgumentError):
+            bare.sync()
+        with pytest.raises(ArgumentError):
+            bare.search("a dog")
+        v = bundle.encode_texts("a dog on a beach")
+        assert bare.search(v, k=1, target="text")[0][0] == 1
+        with pytest.raises((ArgumentError, InputError)):
+            bare.search(np.full(bundle.dim, np.nan, np.float32))
+        for bad in (None, "default", 42):
+            with pytest.raises(ArgumentError):
+                att.reembed(bad)
+        assert att.bundle is bundle
+        att.detach()
+
+
+@pytest.mark.parametrize("bad", ["default", 42, Path("/nonexistent")])
+def test_collection_and_attach_refuse_a_bundle_that_is_not_loaded(store, bad):
+    with pytest.raises(ArgumentError):
+        store.collection("c", bundle=bad)
+    with pytest.raises(ArgumentError):
+        store.attach("t", key="id", text="body", bundle=bad)
+    assert store.collections() == []

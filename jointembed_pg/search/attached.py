@@ -113,8 +113,7 @@ class Attached:
             not unique, already attached (nothing is created then).
         """
         schema, name = split_table(table, schema)
-        if bundle is None:
-            raise ArgumentError("attach needs bundle=Bundle.load(...): the model the table is embedded with")
+        search.check_bundle(bundle, "attach (the model the table is embedded with)")
         with _db_errors(), store.connection() as conn:
             att = sync.attach(conn, name, bundle, key=key, image_column=image, text_column=text,
                               image_source=image_source, image_root=image_root, schema=schema)
@@ -130,6 +129,8 @@ class Attached:
             ModelMismatchError: ``bundle`` is not a model of the table.
         """
         schema, name = split_table(table, schema)
+        if bundle is not None:
+            search.check_bundle(bundle, "attachment")
         with _db_errors(), store.connection() as conn:
             att = sync.find(conn, name, schema)
             if bundle is not None:
@@ -222,6 +223,7 @@ class Attached:
             DatabaseError: not attached, another model's build in progress, or the new
             embeddings still incomplete after the wait (rerun to resume).
         """
+        search.check_bundle(bundle, "reembed")
         cfg = cfg or sync_worker.SyncConfig(batch_size=batch_size)
         with _db_errors(), self.store.worker_connection() as conn:
             report = sync_reembed.reembed(conn, self.table, bundle, schema=self.schema, cfg=cfg,

@@ -78,6 +78,18 @@ def check_vector(vector: Any, dim: int) -> np.ndarray:
     return v
 
 
+def check_bundle(bundle: Any, what: str) -> Any:
+    """``bundle`` if it is a model bundle (has ``model_id``, ``dim``, ``encode_texts``,
+    ``encode_images``).
+
+    Raises:
+        ArgumentError: ``None``, a name or path (load it: ``Bundle.load(name)``), anything else.
+    """
+    if not all(hasattr(bundle, a) for a in ("model_id", "dim", "encode_texts", "encode_images")):
+        raise ArgumentError(f"{what} needs a loaded model bundle (Bundle.load(...)), got {type(bundle).__name__}")
+    return bundle
+
+
 def utf8_ok(text: str) -> bool:
     """Whether ``text`` encodes as UTF-8 (no lone surrogates, which the server cannot store)."""
     try:

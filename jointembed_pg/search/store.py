@@ -241,6 +241,7 @@ class Store:
                 storage, or more dimensions than an HNSW index of that storage takes.
         """
         if bundle is not None:
+            search.check_bundle(bundle, "collection")
             if model_id is not None and model_id != bundle.model_id or dim is not None and dim != bundle.dim:
                 raise ArgumentError(f"model_id/dim ({model_id!r}, {dim!r}) contradict the bundle's "
                                     f"({bundle.model_id!r}, {bundle.dim}); pass one or the other")
