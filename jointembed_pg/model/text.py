@@ -97,6 +97,11 @@ def validate_texts(texts: Sequence[str], *, start: int = 0) -> list[str]:
             raise ItemError(f"texts[{i}]", f"expected str, got {type(t).__name__}", i)
         if not t.strip():
             raise ItemError(f"texts[{i}]", f"empty or whitespace-only text {t!r}", i)
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as e:  # lone surrogates: the tokenizer raises a bare TypeError
+            raise ItemError(f"texts[{i}]", f"not valid Unicode (lone surrogate at {e.start}): "
+                            f"{t[:40]!r}", i) from None
     return out
 
 

@@ -39,6 +39,9 @@ def split_table(table: Any, schema: str | None = None) -> tuple[str | None, str]
         ArgumentError: not a str or a 2-tuple of str, empty names, several dots in a
             string without ``schema=``, or a tuple together with ``schema=``.
     """
+    for part in (table if isinstance(table, tuple) else (table,)) + (schema,):
+        if isinstance(part, str) and ("\x00" in part or not search.utf8_ok(part)):
+            raise ArgumentError(f"table and schema names hold no NUL or lone surrogates, got {part!r}")
     if isinstance(table, tuple):
         if schema is not None or len(table) != 2 or not all(isinstance(p, str) and p for p in table):
             raise ArgumentError(f"a table tuple is (schema, table) of two non-empty str, without schema=; "
@@ -47,6 +50,8 @@ def split_table(table: Any, schema: str | None = None) -> tuple[str | None, str]
     if not isinstance(table, str) or not table:
         raise ArgumentError(f"table must be a non-empty str or a (schema, table) tuple, got {table!r}")
     if schema is not None:
+        if not isinstance(schema, str) or not schema:
+            raise ArgumentError(f"schema must be a non-empty str, got {schema!r}")
         return schema, table
     parts = table.split(".")
     if len(parts) == 1:
@@ -108,8 +113,7 @@ class Attached:
             not unique, already attached (nothing is created then).
         """
         schema, name = split_table(table, schema)
-        if bundle is None:
-            raise ArgumentError("attach needs bundle=Bundle.load(...): the model the table is embedded with")
+        search.check_bundle(bundle, "attach (the model the table is embedded with)")
         with _db_errors(), store.connection() as conn:
             att = sync.attach(conn, name, bundle, key=key, image_column=image, text_column=text,
                               image_source=image_source, image_root=image_root, schema=schema)
@@ -125,6 +129,8 @@ class Attached:
             ModelMismatchError: ``bundle`` is not a model of the table.
         """
         schema, name = split_table(table, schema)
+        if bundle is not None:
+            search.check_bundle(bundle, "attachment")
         with _db_errors(), store.connection() as conn:
             att = sync.find(conn, name, schema)
             if bundle is not None:
@@ -194,6 +200,7 @@ class Attached:
             bundle is not the active model (during a reembed, until the switch), or a
             vector of another dimension. DatabaseError: not attached.
         """
+        k = search.check_int(k, "k")
         with self._conn() as conn:
             dim = self.bundle.dim if self.bundle is not None else \
                 sync.active_version(conn, sync.find(conn, self.table, self.schema)).dim
@@ -216,6 +223,7 @@ class Attached:
             DatabaseError: not attached, another model's build in progress, or the new
             embeddings still incomplete after the wait (rerun to resume).
         """
+        search.check_bundle(bundle, "reembed")
         cfg = cfg or sync_worker.SyncConfig(batch_size=batch_size)
         with _db_errors(), self.store.worker_connection() as conn:
             report = sync_reembed.reembed(conn, self.table, bundle, schema=self.schema, cfg=cfg,

@@ -81,7 +81,7 @@ def drop_indexes(collection, modalities: tuple[str, ...] = ("image", "text")) ->
     Returns:
         names of the indexes that existed and were dropped.
     Raises:
-        psycopg.Error: the database refused (e.g. no privilege on the table).
+        DatabaseError: the database refused (e.g. no privilege on the table).
     """
     dropped = []
     with collection.store.transaction() as conn:

@@ -18,6 +18,7 @@ target modality and merges the results.
 """
 from __future__ import annotations
 
+import operator
 import os
 import re
 from dataclasses import dataclass, field
@@ -63,7 +64,11 @@ def check_vector(vector: Any, dim: int) -> np.ndarray:
     """
     if hasattr(vector, "to_numpy"):  # pgvector.Vector
         vector = vector.to_numpy()
-    v = np.asarray(vector, dtype=np.float32)
+    v = np.asarray(vector)
+    if v.dtype.kind not in "iuf":  # complex (imaginary part dropped), str ("1" parsed), bool, object
+        raise InputError(f"query vector must hold real numbers, got dtype {v.dtype}")
+    with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf: refused below
+        v = v.astype(np.float32)
     if v.ndim != 1:
         raise InputError(f"query vector must be 1-D (D,), got shape {v.shape}")
     if v.shape[0] != dim:
@@ -71,6 +76,45 @@ def check_vector(vector: Any, dim: int) -> np.ndarray:
     if not np.isfinite(v).all():
         raise InputError("query vector contains NaN or infinite values")
     return v
+
+
+def check_bundle(bundle: Any, what: str) -> Any:
+    """``bundle`` if it is a model bundle (has ``model_id``, ``dim``, ``encode_texts``,
+    ``encode_images``).
+
+    Raises:
+        ArgumentError: ``None``, a name or path (load it: ``Bundle.load(name)``), anything else.
+    """
+    if not all(hasattr(bundle, a) for a in ("model_id", "dim", "encode_texts", "encode_images")):
+        raise ArgumentError(f"{what} needs a loaded model bundle (Bundle.load(...)), got {type(bundle).__name__}")
+    return bundle
+
+
+def utf8_ok(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8 (no lone surrogates, which the server cannot store)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+#: Largest ``k`` (and ``ef_search``/``exact_below``): the SQL functions take ``int4``.
+MAX_K = 2 ** 31 - 1
+
+
+def check_int(value: Any, name: str, lo: int = 1, hi: int = MAX_K) -> int:
+    """``value`` as a Python ``int`` in ``lo..hi`` (numpy integers accepted).
+
+    Raises:
+        ArgumentError (a ValueError): a bool, float, str or other non-integer, or out of range.
+    """
+    if isinstance(value, (bool, np.bool_)) or not hasattr(value, "__index__"):
+        raise ArgumentError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    value = operator.index(value)
+    if not lo <= value <= hi:
+        raise ArgumentError(f"{name} must be in {lo}..{hi}, got {value}")
+    return value
 
 
 def check_target(target: str | None) -> tuple[str, ...]:
@@ -303,12 +347,11 @@ def run(conn: psycopg.Connection, items: sql.Composable, q: np.ndarray, *, targe
     Raises:
         ValueError: ``k < 1``, ``ef_search`` outside 1..1000, or a bad filter.
     """
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    if ef_search is not None and not 1 <= ef_search <= MAX_EF_SEARCH:
-        raise ValueError(f"ef_search must be in 1..{MAX_EF_SEARCH}, got {ef_search}")
-    if exact_below is not None and exact_below < 0:
-        raise ValueError(f"exact_below must be >= 0, got {exact_below}")
+    k = check_int(k, "k")
+    if ef_search is not None:
+        ef_search = check_int(ef_search, "ef_search", 1, MAX_EF_SEARCH)
+    if exact_below is not None:
+        exact_below = check_int(exact_below, "exact_below", 0)
     filter_sql, args = filter_for_knn(conn, where, params)
     stmt = query("knn").format(items=items, extra=sql.SQL(", (r.item).embedding") if with_embedding else sql.SQL(""))
     hits: list[Hit] = []

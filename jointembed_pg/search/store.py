@@ -79,7 +79,8 @@ class Store:
               server restart is replaced) and closes it in :meth:`close`;
             * a ``psycopg_pool.ConnectionPool``: a connection is borrowed per operation;
             * a ``psycopg.Connection`` or SQLAlchemy ``Connection``: used as is (work joins
-              its open transaction, if any; operations are serialised by a lock);
+              its open transaction, if any; operations are serialised by a lock per
+              connection, shared by all Stores given it);
             * a SQLAlchemy ``Engine`` (``postgresql+psycopg``): a pooled connection per
               operation.
 
@@ -98,7 +99,6 @@ class Store:
     """
 
     def __init__(self, target: Any = None, *, exact_below: int | None = None, max_size: int = 4):
-        self._lock = threading.RLock()   # serialises work on one given connection only
         self._closed = False
         self._held = threading.local()   # the connection this thread holds, reused by nested calls
         self._own_pool = target is None or isinstance(target, str)
@@ -107,6 +107,9 @@ class Store:
         #: one connection for all threads (psycopg or SQLAlchemy Connection): used under the lock
         self._one_connection = not (self._own_pool or isinstance(target, psycopg_pool.ConnectionPool)
                                     or type(target).__name__ == "Engine")
+        # serialises work on one given connection; shared by every Store given that same
+        # connection (else two Stores' threads would interleave statements in one transaction)
+        self._lock = _connection_lock(target) if self._one_connection else threading.RLock()
         # a Store dropped without close() (or alive at exit) closes its own pool from the
         # dropping thread, not from a pool thread in psycopg_pool's __del__ (which cannot join itself)
         self._finalizer = weakref.finalize(self, _close_pool, self._target) if self._own_pool else None
@@ -238,16 +241,18 @@ class Store:
                 storage, or more dimensions than an HNSW index of that storage takes.
         """
         if bundle is not None:
+            search.check_bundle(bundle, "collection")
             if model_id is not None and model_id != bundle.model_id or dim is not None and dim != bundle.dim:
                 raise ArgumentError(f"model_id/dim ({model_id!r}, {dim!r}) contradict the bundle's "
                                     f"({bundle.model_id!r}, {bundle.dim}); pass one or the other")
             model_id, dim = bundle.model_id, int(bundle.dim)
         if create is None:
             create = bundle is not None
-        if not isinstance(name, str) or not 1 <= len(name) <= 200 or "\x00" in name:
-            raise ArgumentError(f"collection name must be 1..200 characters without NUL, got {name!r}")
-        if dim is not None and (int(dim) != dim or not 1 <= dim <= 16000):
-            raise ArgumentError(f"dim must be an integer in 1..16000, got {dim!r}")
+        if not isinstance(name, str) or not 1 <= len(name) <= 200 or "\x00" in name or not search.utf8_ok(name):
+            raise ArgumentError(f"collection name must be 1..200 characters without NUL or lone "
+                                f"surrogates, got {name!r}")
+        if dim is not None:
+            dim = search.check_int(dim, "dim", 1, 16000)   # no bool / float / str
         with self.transaction() as conn:
             row = conn.execute(query("collection_get"), {"name": name}).fetchone()
         if row is None:
@@ -333,6 +338,19 @@ class Store:
         return Attached.open(self, table, bundle=bundle, schema=schema)
 
 
+_CONNECTION_LOCKS: "weakref.WeakKeyDictionary[Any, threading.RLock]" = weakref.WeakKeyDictionary()
+_CONNECTION_LOCKS_GUARD = threading.Lock()
+
+
+def _connection_lock(conn: Any) -> threading.RLock:
+    """The one lock of a given connection, whichever Store uses it."""
+    try:
+        with _CONNECTION_LOCKS_GUARD:
+            return _CONNECTION_LOCKS.setdefault(conn, threading.RLock())
+    except TypeError:  # not weak-referenceable (not a connection: borrow() refuses it later)
+        return threading.RLock()
+
+
 def _close_pool(pool: Any) -> None:
     """Close a Store's own pool (its finalizer); never from one of the pool's threads."""
     try:
@@ -415,7 +433,13 @@ class Collection:
             raise InputError(f"item {key!r}: modality must be 'image' or 'text', got {modality!r}")
         if not isinstance(key, str) or not key:
             raise InputError(f"item key must be a non-empty string, got {key!r}")
-        e = np.asarray(emb, dtype=np.float32)
+        if hasattr(emb, "to_numpy"):  # pgvector.Vector
+            emb = emb.to_numpy()
+        e = np.asarray(emb)
+        if e.dtype.kind not in "iuf":  # complex (imaginary part dropped), str ("1" parsed), bool, object
+            raise InputError(f"item {key!r}: embedding must hold real numbers, got dtype {e.dtype}")
+        with np.errstate(over="ignore"):  # beyond float32's range -> inf, refused below
+            e = e.astype(np.float32)
         if e.shape != (self.dim,):
             raise InputError(f"item {key!r}: embedding shape {e.shape}, collection {self.name!r} needs ({self.dim},)")
         if not np.isfinite(e).all():

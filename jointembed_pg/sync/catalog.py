@@ -97,8 +97,12 @@ class Version:
 
 
 def _quote(name: str) -> str:
+    """A name as SQL would print it, for messages only; control characters escaped
+    (a name holding a newline never breaks a one-line message or a log record)."""
     if name.isidentifier() and name == name.lower() and name.isascii():
         return name
+    if not name.isprintable():
+        name = name.encode("unicode_escape").decode("ascii")
     return '"' + name.replace('"', '""') + '"'
 
 

@@ -155,7 +155,7 @@ BEGIN
             old_max := current_setting('hnsw.max_scan_tuples', true);
             PERFORM set_config('hnsw.iterative_scan', 'strict_order', true);
             PERFORM set_config('hnsw.max_scan_tuples',
-                               greatest(coalesce(old_max::bigint, 20000), 100::bigint * p_k)::text, true);
+                               least(greatest(coalesce(old_max::bigint, 20000), 100::bigint * p_k), 2147483647)::text, true);
             PERFORM set_config('hnsw.ef_search', ef::text, true);
             EXECUTE ann_q INTO got USING p_query, p_k, args;
             have := coalesce(cardinality(got.items), 0);
