@@ -52,20 +52,26 @@ def _open_collection(obj, dsn, bundle_name, name, storage=None, *, threads=None,
     return bundle, coll
 
 
+def _stack(*options):
+    """One decorator applying ``options`` in the listed order (as if stacked top to bottom)."""
+    def deco(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+    return deco
+
+
+#: Where ``index image`` and ``index text`` write, and how they load (same options, same order).
+_target_options = _stack(collection_option, dsn_option, bundle_option)
+_load_options = _stack(storage_option, memory_cap_option, threads_option, int8_option, defer_index_option,
+                       json_option, progress_option, click.pass_obj)
+
+
 @index.command("image")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@collection_option
-@dsn_option
-@bundle_option
+@_target_options
 @click.option("--batch-size", default=32, show_default=True, help="Images per encoder batch.")
-@storage_option
-@memory_cap_option
-@threads_option
-@int8_option
-@defer_index_option
-@json_option
-@progress_option
-@click.pass_obj
+@_load_options
 def index_images_cmd(obj, paths, collection, dsn, bundle_name, batch_size, storage, memory_cap, threads, int8,
                     defer_index, as_json, progress):
     """Embed image files or directories (recursively) into COLLECTION."""
@@ -83,18 +89,9 @@ def index_images_cmd(obj, paths, collection, dsn, bundle_name, batch_size, stora
 
 @index.command("text")
 @click.argument("file", type=click.Path(path_type=Path))
-@collection_option
-@dsn_option
-@bundle_option
+@_target_options
 @click.option("--batch-size", default=256, show_default=True, help="Captions per encoder batch.")
-@storage_option
-@memory_cap_option
-@threads_option
-@int8_option
-@defer_index_option
-@json_option
-@progress_option
-@click.pass_obj
+@_load_options
 def index_texts_cmd(obj, file, collection, dsn, bundle_name, batch_size, storage, memory_cap, threads, int8,
                     defer_index, as_json, progress):
     """Embed the captions of FILE: CSV (id,text), JSON lines (id, text) or a Flickr8K token file."""
