@@ -89,7 +89,9 @@ EOF
 
 step "jointembed model build"
 "$je" model build --data-dir "$data"
-"$je" model info | grep -q "model_id: je-" || { echo "wheel_check: model info shows no model_id" >&2; exit 1; }
+# capture first: `| grep -q` closes the pipe early and, under pipefail, races the writer
+info="$("$je" model info)"
+grep -q "model_id: je-" <<<"$info" || { echo "wheel_check: model info shows no model_id" >&2; exit 1; }
 
 # 20 real test images and their captions (Flickr8K token format)
 head -n 20 "$data/Flickr_8k.testImages.txt" | tr -d '\r' | sed "s|^|$data/images/|" >"$work/images.txt"

@@ -112,6 +112,31 @@ def test_collections_list_drop_and_misspelt_name(flickr8k_dir, bundle_dir, pg_ds
     assert json.loads(run(["collections", "list", "--dsn", pg_dsn, "--json"], check_rc=0).stdout) == []
 
 
+def _run_with_stdout_closed(args):
+    """Run the CLI with a stdout pipe whose reader is already gone (`jointembed ... | head -0`)."""
+    import subprocess
+
+    r, w = os.pipe()
+    os.close(r)
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    try:
+        return subprocess.run([sys.executable, "-m", "jointembed_pg", *map(str, args)], stdout=w,
+                              stderr=subprocess.PIPE, text=True, env=env, timeout=300)
+    finally:
+        os.close(w)
+
+
+def test_a_closed_stdout_ends_quietly_not_with_an_error_line(flickr8k_dir, bundle_dir, pg_dsn):
+    """`jointembed collections list | head -1`: the reader leaving is not our error (exit 1 with
+    nothing on stderr, click's EPIPE rule); it used to print `Error: [Errno 32] Broken pipe`."""
+    run(["index", "image", *_images(flickr8k_dir, 1), "--collection", "photos", *_args(pg_dsn, bundle_dir)],
+        check_rc=0)
+    for args in (["collections", "list", "--dsn", pg_dsn], ["model", "info", bundle_dir],
+                 ["search", "text", "a dog", "--collection", "photos", *_args(pg_dsn, bundle_dir)]):
+        p = _run_with_stdout_closed(args)
+        assert (p.returncode, p.stderr) == (1, ""), (args, p.returncode, p.stderr)
+
+
 def test_collections_drop_asks_on_a_terminal(monkeypatch, flickr8k_dir, bundle_dir, pg_dsn):
     from click.testing import CliRunner
 

@@ -1,7 +1,9 @@
 """The ``jointembed`` command line (click): the root group :data:`cli` and the entry point :func:`main`.
 
 Exit codes: 0 success; 1 error (one line on stderr, no traceback); 2 bad usage;
-3 the job finished but some items failed (they are listed in the end-of-run report).
+3 the job finished but some items failed (they are listed in the end-of-run report);
+130/143 interrupted/terminated. A reader that closes our stdout early (``| head -1``) ends
+the command quietly with 1 (click's EPIPE rule), never with an ``Error:`` line.
 Which exceptions are "errors" (one line) and which are bugs (traceback):
 :data:`.options.USER_ERRORS`. No password reaches stdout/stderr (:func:`_guard_secrets`).
 

@@ -195,6 +195,8 @@ def _errors():
     """Turn :data:`USER_ERRORS` into one-line ``Error: ...`` messages with exit code 1."""
     try:
         yield
+    except BrokenPipeError:  # the reader went away (`| head`): not an error of ours, see cli.main
+        raise
     except USER_ERRORS as e:
         raise click.ClickException(user_error_message(e)) from e
 
