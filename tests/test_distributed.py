@@ -88,6 +88,30 @@ def test_worker_errors_come_out_as_our_errors():
     assert distributed.worker_error(ValueError("plain")) == (JointEmbedError, "ValueError: plain")
 
 
+def test_the_job_dsn_password_never_leaves_in_repr_errors_or_worker_output(capsys):
+    """Ray logs actor arguments and worker output, and re-raises worker messages in the
+    driver; none of them may carry the DSN's password (library callers have no CLI scrub)."""
+    import sys
+
+    secret = "Ray-w0rker-s3cret"
+    dsn = f"postgresql://app:{secret}@db.internal:5432/photos"
+    job = distributed.Job(dsn, "photos", "/models/default", "je-1", 256)
+    assert secret not in repr(job) and "db.internal" not in repr(job)
+    died = RuntimeError("The actor died because of an error raised in its creation task\n"
+                        f"jointembed_pg.errors.DatabaseError: cannot use {dsn}")
+    err = distributed.job_error(died, job, "image")
+    assert type(err).__name__ == "DatabaseError" and secret not in str(err) and "***" in str(err)
+    saved = sys.stdout, sys.stderr
+    try:
+        distributed.guard_secrets(dsn)  # what every IngestWorker does first in its process
+        print(f"worker says {dsn}")
+        print(f"password={secret}", file=sys.stderr)
+    finally:
+        sys.stdout, sys.stderr = saved
+    out, err_text = capsys.readouterr()
+    assert secret not in out + err_text and out.startswith("worker says postgresql://app:***@")
+
+
 def test_cli_command_is_registered():
     from click.testing import CliRunner
 

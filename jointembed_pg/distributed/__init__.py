@@ -95,7 +95,8 @@ class Job:
     (a shared file system, or the same path baked into the image).
     """
 
-    dsn: str
+    #: never in ``repr`` (Ray prints task and actor arguments in its logs and errors)
+    dsn: str = field(repr=False)
     collection: str
     bundle_dir: str
     model_id: str
@@ -152,6 +153,7 @@ class IngestWorker:
         from ..model.bundle import Bundle
         from ..search.store import Store
 
+        guard_secrets(job.dsn)
         if modality not in MODALITIES:
             raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
         self.modality, self.batch_size = modality, batch_size
@@ -306,11 +308,32 @@ def _execute(ds: Any, job: Job, modality: str, cfg: RayConfig, report: ingest.In
         for summary in out.iter_batches(batch_size=None, batch_format="numpy"):
             bar.update(merge_summary(report, summary))
     except Exception as e:  # Ray wraps worker errors in its own exception types
-        kind, message = worker_error(e)
-        raise kind(f"distributed {modality} job failed: {message}") from e
+        raise job_error(e, job, modality) from e
     finally:
         bar.close()
     return report
+
+
+def guard_secrets(dsn: str) -> None:
+    """In a worker process (a Ray actor, possibly on another node): register the job DSN's
+    password and mask it in everything the process writes to stdout/stderr, which Ray
+    keeps in its log files and may stream to the driver (the CLI does the same in the
+    driver, :func:`jointembed_pg.cli._guard_secrets`)."""
+    import sys
+
+    errors.register_dsn(dsn)
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, errors.ScrubbingStream):
+            setattr(sys, name, errors.ScrubbingStream(stream))
+
+
+def job_error(e: BaseException, job: Job, modality: str) -> JointEmbedError:
+    """The error a failed job raises in the driver: the worker's own error class and
+    message (:func:`worker_error`), with the job DSN's password masked, whatever the
+    worker's message quoted (a library caller has no scrubbing stream)."""
+    kind, message = worker_error(e)
+    return kind(errors.scrub(f"distributed {modality} job failed: {message}", job.dsn))
 
 
 def _actor_pool(workers: int):
