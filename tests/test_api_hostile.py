@@ -252,11 +252,25 @@ def test_int8_bundle_missing_is_bundle_error(bundle_dir, tmp_path):
         bulk.load_bundle(d, int8=True)
 
 
-def test_two_stores_on_one_connection_never_share_a_transaction(pg_dsn):
+@pytest.mark.parametrize("given", ["same psycopg connection", "SQLAlchemy Connection and its driver connection"])
+def test_two_stores_on_one_connection_never_share_a_transaction(pg_dsn, given):
     """Two Stores given the same connection serialise on it: one Store's rolled-back
-    transaction never takes another thread's committed write with it."""
-    with psycopg.connect(pg_dsn) as conn:
-        s1, s2 = Store(conn), Store(conn)
+    transaction never takes another thread's committed write with it. A SQLAlchemy
+    Connection and the psycopg connection under it are one connection too."""
+    import contextlib
+
+    with contextlib.ExitStack() as stack:
+        if given.startswith("same"):
+            conn = stack.enter_context(psycopg.connect(pg_dsn))
+            s1, s2 = Store(conn), Store(conn)
+        else:
+            from jointembed_pg.search.sqla import create_engine
+
+            engine = create_engine(pg_dsn)
+            stack.callback(engine.dispose)
+            sa_conn = stack.enter_context(engine.connect())
+            conn = sa_conn.connection.driver_connection
+            s1, s2 = Store(sa_conn), Store(conn)
         c1 = s1.collection("c", model_id="m", dim=D, create=True)
         conn.commit()
         c2 = s2.collection("c")

@@ -343,7 +343,13 @@ _CONNECTION_LOCKS_GUARD = threading.Lock()
 
 
 def _connection_lock(conn: Any) -> threading.RLock:
-    """The one lock of a given connection, whichever Store uses it."""
+    """The one lock of a given connection, whichever Store uses it: a SQLAlchemy
+    ``Connection`` shares the lock of the psycopg connection under it."""
+    if type(conn).__module__ + "." + type(conn).__name__ == "sqlalchemy.engine.base.Connection":
+        try:
+            conn = conn.connection.driver_connection
+        except Exception:  # closed or invalidated: borrow() reports it on first use
+            pass
     try:
         with _CONNECTION_LOCKS_GUARD:
             return _CONNECTION_LOCKS.setdefault(conn, threading.RLock())
