@@ -26,8 +26,9 @@ A row that fails (NULL value, a key or value over its size cap, missing file, ba
 URL error, a timeout, a crash of its decoder process, any unexpected error on its value)
 is recorded with its error as one attempt and retried with exponential backoff up to
 ``max_attempts`` (NULL and oversized values, undecodable bytea and decoder crashes are
-not retried); it never blocks the rest of the queue. A stop request (``stop()``, SIGTERM of a worker) interrupts the batch in hand
-within a fraction of a second and releases its claim without counting an attempt.
+not retried); it never blocks the rest of the queue. A stop request (``stop()``, SIGTERM
+of a worker) interrupts the batch in hand within a fraction of a second and releases its
+claim without counting an attempt.
 The long-running loop (LISTEN/NOTIFY, signals, JSON logs) is :mod:`jointembed_pg.sync.worker`.
 """
 from __future__ import annotations
