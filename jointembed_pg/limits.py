@@ -15,13 +15,18 @@ time per image item         30 s (read + hash + decode)      JOINTEMBED_ITEM_TIM
 decoder address space       1024 MiB above its start size    JOINTEMBED_DECODE_MEMORY_MB
 caption length              131,072 characters               JOINTEMBED_MAX_TEXT_CHARS
 item key length             2,048 bytes (UTF-8)              JOINTEMBED_MAX_KEY_BYTES
+image path / URL value      8,192 characters                 JOINTEMBED_MAX_REF_CHARS
 ==========================  ===============================  ==========================
 
 Why these values: Pillow holds an RGB(A) image at 4 bytes per pixel and decoding plus
 the alpha/EXIF steps keep at most two full-size copies alive (``preprocess.decode``), so
 40 megapixels cost at most ~320 MB (plus the encoded file), which keeps a decoder
 process under 512 MB peak RSS (``tests/test_hostile_corpus.py`` measures it). The key
-bound keeps ``(modality, key)`` under PostgreSQL's B-tree entry limit (2704 bytes).
+bound keeps ``(modality, key)`` under PostgreSQL's B-tree entry limit (2704 bytes). The
+path / URL bound (an attached table's image column, ``image_source`` path or url) is twice
+Linux's ``PATH_MAX`` (4096 bytes) and above the 8 KiB request line most HTTP servers accept.
+Values read back from attached tables are checked against these limits in SQL, before
+they leave the server (:mod:`jointembed_pg.sync.caps`).
 """
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ ITEM_TIMEOUT_S = 30.0
 DECODE_MEMORY_MB = 1024
 MAX_TEXT_CHARS = 131_072
 MAX_KEY_BYTES = 2048
+MAX_REF_CHARS = 8192
 
 _ENV = settings.LIMIT_ENV
 
@@ -54,6 +60,7 @@ class Limits:
             (``RLIMIT_AS``; beyond it an allocation fails and the item fails).
         max_text_chars: longest caption embedded, characters.
         max_key_bytes: longest item key (a path or an id), UTF-8 bytes.
+        max_ref_chars: longest image path / URL value of an attached table, characters.
     """
 
     max_file_bytes: int = MAX_FILE_BYTES
@@ -62,6 +69,7 @@ class Limits:
     memory_mb: int = DECODE_MEMORY_MB
     max_text_chars: int = MAX_TEXT_CHARS
     max_key_bytes: int = MAX_KEY_BYTES
+    max_ref_chars: int = MAX_REF_CHARS
 
     def __post_init__(self):
         for f in fields(self):

@@ -95,6 +95,7 @@ bounded by one set of limits (`jointembed_pg/limits.py`; environment variables o
 | decoder process address space | start-up size + {memory_mb} MiB (`RLIMIT_AS`) | `JOINTEMBED_DECODE_MEMORY_MB` |
 | caption | {max_text_chars:,} characters | `JOINTEMBED_MAX_TEXT_CHARS` |
 | item key (path or id) | {max_key_bytes:,} UTF-8 bytes | `JOINTEMBED_MAX_KEY_BYTES` |
+| image path / URL of an attached table | {max_ref_chars:,} characters | `JOINTEMBED_MAX_REF_CHARS` |
 
 Only regular files are read (`jointembed_pg/files.py`: `stat`, then `open(O_NONBLOCK)`
 and `fstat` of the opened descriptor); below an `--image-root` the real path must stay

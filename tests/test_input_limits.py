@@ -77,6 +77,7 @@ def test_scan_and_decoder_agree_and_ignored_files_are_counted(tmp_path):
 def test_limits_from_env():
     lim = Limits.from_env({"JOINTEMBED_MAX_PIXELS": "1000", "JOINTEMBED_ITEM_TIMEOUT_S": "2.5"})
     assert (lim.max_pixels, lim.timeout_s, lim.max_file_bytes) == (1000, 2.5, Limits().max_file_bytes)
+    assert (Limits().max_ref_chars, Limits.from_env({"JOINTEMBED_MAX_REF_CHARS": "300"}).max_ref_chars) == (8192, 300)
     with pytest.raises(InputError, match="JOINTEMBED_MAX_PIXELS"):
         Limits.from_env({"JOINTEMBED_MAX_PIXELS": "lots"})
     with pytest.raises(InputError, match="positive"):

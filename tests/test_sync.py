@@ -419,3 +419,127 @@ def test_image_sources_url_path_and_limits(tmp_path, flickr8k_dir):
             path.read(value)
     with pytest.raises(InputError, match="image source"):
         ImageSource("ftp")
+
+
+def _fetch_claimed(conn, att, caps):
+    """Claim every ready row of ``att`` (version 1) and return ``_sync_fetch``'s rows under ``caps``,
+    then release the claim: what a worker would receive over the wire."""
+    import uuid
+
+    from jointembed_pg.sync.caps import Fetched
+
+    token = uuid.uuid4()
+    conn.execute("SELECT jointembed._sync_claim(%s, 1, %s, 1000, '60 seconds')", [att.id, token])
+    rows = conn.execute("SELECT * FROM jointembed._sync_fetch(%s, 1, %s, %s::integer, %s::integer, %s::integer, "
+                        "%s::bigint)", [att.id, token, *caps.sql_args()]).fetchall()
+    conn.execute("SELECT jointembed._sync_release(%s, %s)", [att.id, token])
+    return {(r[1], r[2]): Fetched(*r) for r in rows}
+
+
+def test_oversized_values_never_leave_the_server_and_fail_only_their_row(conn, bundle, flickr8k_dir,
+                                                                         tmp_path, monkeypatch):
+    from jointembed_pg.limits import Limits
+    from jointembed_pg.sync.caps import FetchCaps
+
+    # modest caps through the ordinary settings (environment variables)
+    monkeypatch.setenv("JOINTEMBED_MAX_FILE_BYTES", str(1 << 20))     # 1 MiB
+    monkeypatch.setenv("JOINTEMBED_MAX_TEXT_CHARS", "1000")
+    limits = Limits.from_env()
+    rows = flickr_rows(str(flickr8k_dir), 4)
+    jpeg = [(flickr8k_dir / "images" / image).read_bytes() for _, _, image in rows]
+    big_image = jpeg[0] + b"\0" * (3 * (1 << 20))                      # a valid JPEG, padded past 1 MiB
+    long_key = "k" * 10_000                                            # over the 2048-byte key cap
+    conn.execute("CREATE TABLE blobs (id text PRIMARY KEY, img bytea, caption text)")
+    good = [(f"b{i}", jpeg[i], rows[i][1]) for i in range(3)]
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO blobs VALUES (%s, %s, %s)",
+                        [good[0], ("big", big_image, rows[3][1]), good[1], ("long", jpeg[3], "é" * 5000),
+                         (long_key, jpeg[3], "a key too long"), good[2]])
+    att = sync.attach(conn, "blobs", bundle, key="id", image_column="img", text_column="caption",
+                      image_source="bytea")
+    caps = FetchCaps.of(att, limits)
+    assert (caps.image_bytes, caps.text_chars, caps.key_bytes) == (1 << 20, 1000, 2048)
+
+    # what _sync_fetch sends: oversized values are NULL with their size; the rest whole
+    got = _fetch_claimed(conn, att, caps)
+    assert len(got) == 12
+    big = got[("big", "image")]
+    assert big.present and big.image_data is None and big.value_size == len(big_image)
+    assert got[("big", "text")].text_value == rows[3][1]               # its caption is fine
+    text = got[("long", "text")]
+    assert text.text_value is None and text.value_size == 5000         # characters, not bytes
+    assert bytes(got[("long", "image")].image_data) == jpeg[3]
+    short = got[("k" * 64, "image")]                                   # the key's first 64 characters only
+    assert (short.key_bytes, short.image_data, short.text_value) == (10_000, None, None)
+    assert got[("k" * 64, "text")].text_value is None
+    for key, image, caption in good:                                   # good rows round-trip exactly
+        assert bytes(got[(key, "image")].image_data) == image and got[(key, "image")].value_size == len(image)
+        assert got[(key, "text")].text_value == caption and got[(key, "text")].key_bytes == len(key)
+        assert got[(key, "image")].text_value is None                  # only the row's own modality
+
+    # the worker: the good rows are embedded in the same batch, the bad ones failed with their size
+    rep = sync_table(conn, "blobs", bundle)
+    assert rep.batches == 1 and rep.written == 8
+    errors = {(f["key"], f["modality"]): f["error"] for f in rep.failed}
+    assert set(errors) == {("big", "image"), ("long", "text"), ("k" * 64, "image"), ("k" * 64, "text")}
+    assert "image bytea is 3,1" in errors[("big", "image")] and "over the 1,048,576-byte limit" in \
+        errors[("big", "image")]
+    assert f"{len(big_image):,} bytes" in errors[("big", "image")]
+    assert "text is 5,000 characters, over the 1,000-character limit (JOINTEMBED_MAX_TEXT_CHARS)" in \
+        errors[("long", "text")]
+    assert "key is 10,000 bytes as text, over the 2,048-byte limit (JOINTEMBED_MAX_KEY_BYTES)" in \
+        errors[("k" * 64, "image")]
+    assert set(side_rows(conn, att.id)) == {(k, m) for k in ("b0", "b1", "b2", "big", "long")
+                                            for m in ("image", "text")} - {("big", "image"), ("long", "text")}
+    st = sync.status(conn, "blobs", errors=10)[0]
+    assert (st["done"], st["failed"], st["gave_up"], st["pending"]) == (8, 4, 4, 0)
+    for e in st["errors"]:                                             # one attempt each, not retried
+        assert (e["attempts"], e["next_attempt_at"]) == (1, None)
+    assert {e["key"] for e in st["errors"]} == {"big", "long", "k" * 64 + "..."}  # status never ships the key whole
+    # fixing the value re-enqueues the row, which is then embedded
+    conn.execute("UPDATE blobs SET img = %s WHERE id = 'big'", [jpeg[0]])
+    assert sync_table(conn, "blobs", bundle).written == 1
+
+
+def test_oversized_image_paths_are_not_fetched(conn, bundle, flickr8k_dir, images):
+    from jointembed_pg.limits import Limits
+    from jointembed_pg.sync.caps import FetchCaps
+
+    rows = flickr_rows(str(flickr8k_dir), 3)
+    make_photos(conn, rows)
+    conn.execute("UPDATE photos SET image_path = repeat('a/', 5000) WHERE id = 2")  # 10,000 characters
+    att = _attach(conn, bundle, images)
+    got = _fetch_claimed(conn, att, FetchCaps.of(att, Limits()))
+    assert (got[("2", "image")].image_ref, got[("2", "image")].value_size) == (None, 10_000)
+    assert got[("1", "image")].image_ref == rows[0][2] and got[("1", "image")].value_size == len(rows[0][2])
+    rep = sync_table(conn, "photos", bundle)
+    assert rep.written == 5 and [(f["key"], f["modality"]) for f in rep.failed] == [("2", "image")]
+    assert "image path is 10,000 characters, over the 8,192-character limit (JOINTEMBED_MAX_REF_CHARS)" in \
+        rep.failed[0]["error"]
+
+
+def test_claims_shrink_so_a_batch_of_values_at_their_caps_fits_batch_bytes(conn, bundle, flickr8k_dir):
+    from jointembed_pg.limits import Limits
+    from jointembed_pg.sync.caps import ROW_OVERHEAD, FetchCaps
+    from jointembed_pg.sync.drain import Target, process_batch
+
+    rows = flickr_rows(str(flickr8k_dir), 5)
+    conn.execute("CREATE TABLE blobs (id int PRIMARY KEY, img bytea)")
+    for i, (_, _, image) in enumerate(rows):
+        conn.execute("INSERT INTO blobs VALUES (%s, %s)", [i, (flickr8k_dir / "images" / image).read_bytes()])
+    att = sync.attach(conn, "blobs", bundle, key="id", image_column="img", image_source="bytea")
+    limits = Limits(max_file_bytes=1 << 20)
+    caps = FetchCaps.of(att, limits)
+    row = caps.row_bytes(att)
+    assert row == (1 << 20) + 2048 + ROW_OVERHEAD                        # bytea cap + key cap + overhead
+    # 32 rows of up to 1 MiB would be 32 MiB: a 2.5 MiB budget claims 2 rows per batch
+    cfg = SyncConfig(batch_size=32, batch_bytes=int(2.5 * (1 << 20)), limits=limits)
+    assert caps.claim_limit(att, cfg.batch_size, cfg.batch_bytes) == 2
+    target = Target.resolve(conn, "blobs", bundle)
+    res = process_batch(conn, target, bundle, cfg)
+    assert (res.claimed, res.written) == (2, 2)
+    # a budget below one row still makes progress, one row at a time
+    assert caps.claim_limit(att, 32, 10) == 1
+    assert process_batch(conn, target, bundle, SyncConfig(batch_bytes=10, limits=limits)).claimed == 1
+    # the defaults: a bytea table (20 MiB cap) claims 12 rows per batch
+    assert FetchCaps.of(att, Limits()).claim_limit(att, 32, SyncConfig().batch_bytes) == 12

@@ -6,7 +6,10 @@ One *batch* (:func:`process_batch`):
    ``FOR UPDATE SKIP LOCKED`` and a lease (``jointembed._sync_claim``, its own short
    transaction), so any number of workers share a queue and each row goes to one of
    them; a crashed worker's rows return when the lease runs out;
-2. **read** the user's current content of those rows (``jointembed._sync_fetch``);
+2. **read** the user's current content of those rows (``jointembed._sync_fetch``), each
+   value capped on the server (:mod:`jointembed_pg.sync.caps`: an oversized key, text,
+   path / URL or ``bytea`` comes back as NULL and its size, never whole, and its row
+   fails); the claim size is bounded so one batch's values fit ``batch_bytes``;
 3. **embed** what changed: a row whose content hash equals the stored one is only
    dequeued; images are read (:mod:`jointembed_pg.ingest.sources`) and decoded in decoder
    processes with a per-item deadline and memory cap (:mod:`jointembed_pg.ingest.sandbox`);
@@ -19,12 +22,13 @@ The queue holds change *events* appended by the user's triggers (several per row
 collapsed by the claim); claims are tied to this session, so a killed worker's rows are
 claimable again at once.
 
-A row that fails (NULL value, missing file, bad image, URL error, a timeout, a crash of
-its decoder process, any unexpected error on its value) is recorded with its error as
-one attempt and retried with exponential backoff up to ``max_attempts`` (NULL values,
-undecodable bytea and decoder crashes are not retried); it never blocks the rest of the
-queue. A stop request (``stop()``, SIGTERM of a worker) interrupts the batch in hand
-within a fraction of a second and releases its claim without counting an attempt.
+A row that fails (NULL value, a key or value over its size cap, missing file, bad image,
+URL error, a timeout, a crash of its decoder process, any unexpected error on its value)
+is recorded with its error as one attempt and retried with exponential backoff up to
+``max_attempts`` (NULL and oversized values, undecodable bytea and decoder crashes are
+not retried); it never blocks the rest of the queue. A stop request (``stop()``, SIGTERM
+of a worker) interrupts the batch in hand within a fraction of a second and releases its
+claim without counting an attempt.
 The long-running loop (LISTEN/NOTIFY, signals, JSON logs) is :mod:`jointembed_pg.sync.worker`.
 """
 from __future__ import annotations
@@ -47,6 +51,7 @@ from ..limits import Limits
 from ..ingest.readers import clean_text, printable
 from ..ingest.sandbox import ImageJob, ImageLoader, Interrupted, shared_loader
 from ..ingest.sources import ImageSource, is_retryable
+from .caps import BATCH_BYTES, Fetched, FetchCaps
 from .catalog import Attachment, Version, _call, find, version_for
 
 #: Transient errors retried around a transaction (then re-raised).
@@ -60,7 +65,10 @@ class SyncConfig:
     """Knobs of queue draining. Times in seconds.
 
     Attributes:
-        batch_size: queue rows claimed per batch (images + texts).
+        batch_size: queue rows claimed per batch (images + texts), at most.
+        batch_bytes: most bytes the values of one claimed batch may take at their caps:
+            fewer than ``batch_size`` rows are claimed when ``batch_size`` rows at
+            their caps could exceed it (:meth:`FetchCaps.claim_limit`).
         lease_s: how long a claim is kept before others may take it (must exceed the
             time to embed one batch).
         retry_base_s / retry_max_s: backoff after a failure: ``base * 2^(attempts-1)``,
@@ -71,6 +79,7 @@ class SyncConfig:
     """
 
     batch_size: int = 32
+    batch_bytes: int = BATCH_BYTES
     lease_s: float = 600.0
     retry_base_s: float = 30.0
     retry_max_s: float = 3600.0
@@ -168,16 +177,22 @@ class _Item:
     final: bool = False                  # error not worth retrying
 
 
-def _prepare(row, att: Attachment, reader: ImageSource, loader: ImageLoader,
+def _prepare(row: Fetched, att: Attachment, reader: ImageSource, loader: ImageLoader, caps: FetchCaps,
              stop: Callable[[], bool] | None = None) -> _Item:
     """Turn one ``_sync_fetch`` row into an item: content, hash, pixels, or an error.
 
     Any failure on the row's value is the row's own (recorded, counted as an attempt);
-    only :class:`Interrupted` (a stop request) propagates.
+    a key or value over its cap (not fetched) fails without retry. Only
+    :class:`Interrupted` (a stop request) propagates.
     """
-    qid, key, modality, _present, text, image_ref, image_data, stored, _attempts = row
+    qid, key, modality, text, image_ref, image_data, stored = (
+        row.id, row.key, row.modality, row.text_value, row.image_ref, row.image_data, row.stored_hash)
     item = _Item(qid, key, modality)
     where = f"{att.qualified}[{printable(key, 200)}]"
+    refused = caps.refusal(att, row, where)
+    if refused is not None:
+        item.error, item.final = printable(refused), True
+        return item
     try:
         if modality == "text":
             if text is None:
@@ -238,17 +253,19 @@ def process_batch(conn: psycopg.Connection, target: Target, bundle, cfg: SyncCon
         raise ModelMismatchError(f"version {ver.version} of table {att.qualified} is model {ver.model_id} "
                                  f"(dim {ver.dim}), but the bundle is {bundle.model_id} (dim {bundle.dim})")
     token = uuid.uuid4()
+    loader = loader or shared_loader(bundle.image_spec, cfg.limits, workers=cfg.load_threads)
+    caps = FetchCaps.of(att, loader.limits)
+    limit = caps.claim_limit(att, cfg.batch_size, cfg.batch_bytes)
     claimed = with_retries(lambda: _call(conn, "SELECT jointembed._sync_claim(%s, %s, %s, %s, %s)",
-                                         [att.id, ver.version, token, cfg.batch_size,
-                                          f"{cfg.lease_s} seconds"])[0])
+                                         [att.id, ver.version, token, limit, f"{cfg.lease_s} seconds"])[0])
     result = BatchResult(claimed=claimed)
     if not claimed:
         return result
     try:
-        rows = _call(conn, "SELECT * FROM jointembed._sync_fetch(%s, %s, %s)", [att.id, ver.version, token],
-                     fetch="all")
-        loader = loader or shared_loader(bundle.image_spec, cfg.limits, workers=cfg.load_threads)
-        _embed_and_write(conn, target, bundle, cfg, token, rows, result, pool, loader, stop)
+        rows = [Fetched(*r) for r in _call(
+            conn, "SELECT * FROM jointembed._sync_fetch(%s, %s, %s, %s::integer, %s::integer, %s::integer, "
+            "%s::bigint)", [att.id, ver.version, token, *caps.sql_args()], fetch="all")]
+        _embed_and_write(conn, target, bundle, cfg, token, rows, result, pool, loader, caps, stop)
     except BaseException:
         try:
             _call(conn, "SELECT jointembed._sync_release(%s, %s)", [att.id, token])
@@ -258,16 +275,16 @@ def process_batch(conn: psycopg.Connection, target: Target, bundle, cfg: SyncCon
     return result
 
 
-def _embed_and_write(conn, target: Target, bundle, cfg: SyncConfig, token, rows, result: BatchResult,
-                     pool: ThreadPoolExecutor | None, loader: ImageLoader,
+def _embed_and_write(conn, target: Target, bundle, cfg: SyncConfig, token, rows: list[Fetched],
+                     result: BatchResult, pool: ThreadPoolExecutor | None, loader: ImageLoader, caps: FetchCaps,
                      stop: Callable[[], bool] | None = None) -> None:
     att, ver = target.attachment, target.version
     reader = att.image_reader()
-    present = [r for r in rows if r[3]]
-    gone = [r[0] for r in rows if not r[3]]
-    prep = (lambda r: _prepare(r, att, reader, loader, stop))
+    present = [r for r in rows if r.present]
+    gone = [r.id for r in rows if not r.present]
+    prep = (lambda r: _prepare(r, att, reader, loader, caps, stop))
     items = list(pool.map(prep, present)) if pool else [prep(r) for r in present]
-    stored = {r[0]: r[7] for r in rows}
+    stored = {r.id: r.stored_hash for r in rows}
     same = [it for it in items if it.error is None and it.digest == stored.get(it.qid)]
     fresh = [it for it in items if it.error is None and it.digest != stored.get(it.qid)]
     texts = [it for it in fresh if it.modality == "text"]

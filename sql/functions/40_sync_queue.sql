@@ -150,26 +150,54 @@ END
 $fn$;
 
 -- The claimed rows with the user's current content, one per (key, modality): id is the
--- newest claimed event of the row (pass it to _sync_complete / _sync_fail). text_value: the
--- text column; image_ref: a path / URL (image_source path|url); image_data: bytea content.
--- present = false: the user's row is gone. stored_hash: content hash already stored.
+-- newest claimed event of the row (pass it to _sync_complete / _sync_fail). Only the
+-- row's own modality's value is returned: text_value (text rows: the text column as
+-- text), image_ref (image rows, image_source path|url: the column as text) or image_data
+-- (image rows, image_source bytea). present = false: the user's row is gone.
+-- stored_hash: content hash already stored.
+-- Caps (the worker's per-item limits, docs/SYNC.md "Size caps"): every value is measured
+-- here and returned only when within its cap, so an oversized value never crosses the
+-- wire: key_bytes = octet_length(key::text), value_size = char_length of the text /
+-- path / URL, octet_length of the bytea (NULL: the value is NULL or the row is gone).
+-- A key over p_max_key_bytes comes back as its first 64 characters (for messages) with
+-- no value; a value over its cap comes back NULL. The worker fails those rows.
 DROP FUNCTION IF EXISTS jointembed.sync_fetch(integer, integer, uuid);  -- renamed _sync_fetch (worker-only)
-CREATE OR REPLACE FUNCTION jointembed._sync_fetch(p_id integer, p_version integer, p_token uuid)
+DROP FUNCTION IF EXISTS jointembed._sync_fetch(integer, integer, uuid);  -- now takes the size caps
+CREATE OR REPLACE FUNCTION jointembed._sync_fetch(p_id integer, p_version integer, p_token uuid,
+                                                 p_max_key_bytes integer, p_max_text_chars integer,
+                                                 p_max_ref_chars integer, p_max_image_bytes bigint)
 RETURNS TABLE (id bigint, key text, modality text, present boolean, text_value text,
-               image_ref text, image_data bytea, stored_hash text, attempts integer)
+               image_ref text, image_data bytea, stored_hash text, attempts integer,
+               key_bytes integer, value_size bigint)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, jointembed, pg_temp AS $fn$
 DECLARE
     a jointembed.attachments := jointembed._sync_get(p_id);
     v jointembed.attachment_versions := jointembed._sync_version(a, p_version);
 BEGIN
+    IF p_token IS NULL OR p_max_key_bytes IS NULL OR p_max_key_bytes < 1 OR p_max_text_chars IS NULL
+       OR p_max_text_chars < 1 OR p_max_ref_chars IS NULL OR p_max_ref_chars < 1
+       OR p_max_image_bytes IS NULL OR p_max_image_bytes < 1 THEN
+        RAISE EXCEPTION 'jointembed._sync_fetch: need a token and caps >= 1'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- OFFSET 0 keeps each subquery from being flattened, so a cast (k, t) is computed
+    -- once per row and the caps test the very value returned
     RETURN QUERY EXECUTE format($q$
-        SELECT q.id, q.key::text, q.modality, u.ctid IS NOT NULL,
-               %4$s, %5$s, %6$s, s.content_hash, q.attempts
-        FROM (SELECT DISTINCT ON (r.key, r.modality) r.id, r.key, r.modality, r.attempts
-              FROM jointembed.%1$I r
-              WHERE r.claim = $1 AND r.version = $2 AND r.claim_pid = pg_backend_pid()
-              ORDER BY r.key, r.modality, r.id DESC) q
-        LEFT JOIN %2$s u ON u.%3$I %8$s q.key
+        SELECT q.id, CASE WHEN q.kb <= $3 THEN q.k ELSE left(q.k, 64) END, q.modality, coalesce(u.present, false),
+               CASE WHEN q.kb <= $3 AND q.modality = 'text' AND u.n <= $4 THEN u.t END,
+               CASE WHEN q.kb <= $3 AND q.modality = 'image' AND u.n <= $5 THEN u.t END,
+               CASE WHEN q.kb <= $3 AND q.modality = 'image' AND u.n <= $6 THEN u.b END,
+               s.content_hash, q.attempts, q.kb, u.n
+        FROM (SELECT r.*, octet_length(r.k)::integer AS kb
+              FROM (SELECT DISTINCT ON (r.key, r.modality) r.id, r.key, r.key::text AS k, r.modality, r.attempts
+                    FROM jointembed.%1$I r
+                    WHERE r.claim = $1 AND r.version = $2 AND r.claim_pid = pg_backend_pid()
+                    ORDER BY r.key, r.modality, r.id DESC) r OFFSET 0) q
+        LEFT JOIN LATERAL (
+            SELECT true AS present, x.t, x.b, coalesce(octet_length(x.b)::bigint, char_length(x.t)::bigint) AS n
+            FROM (SELECT CASE WHEN q.modality = 'text' THEN %4$s ELSE %5$s END AS t,
+                         CASE WHEN q.modality = 'image' THEN %6$s END AS b
+                  FROM %2$s u WHERE u.%3$I %8$s q.key OFFSET 0) x) u ON true
         LEFT JOIN jointembed.%7$I s ON s.key %8$s q.key AND s.modality = q.modality
         ORDER BY q.id$q$,
         jointembed._sync_queue_name(a.id), jointembed._sync_rel(a), a.key_column,
@@ -178,7 +206,7 @@ BEGIN
              ELSE format('u.%I::text', a.image_column) END,
         CASE WHEN a.image_source = 'bytea' THEN format('u.%I', a.image_column) ELSE 'NULL::bytea' END,
         jointembed._sync_side_name(a.id, v.version), jointembed._sync_key_eq(a))
-        USING p_token, v.version;
+        USING p_token, v.version, p_max_key_bytes, p_max_text_chars, p_max_ref_chars, p_max_image_bytes;
 END
 $fn$;
 
@@ -443,7 +471,9 @@ $fn$;
 -- (pending / done / failed ...), 'missing' (rows with neither embedding nor queued
 -- event, see _sync_missing; 'missing_exact' says whether counted or estimated),
 -- 'building' (a reembed in progress, or null), 'retired' (side tables of an old model
--- not dropped yet) and the p_errors latest errors of the active version.
+-- not dropped yet) and the p_errors latest errors of the active version (a key longer
+-- than 8192 bytes as text shows as its first 64 characters and '...'; last_error is
+-- at most 2000 characters, see _sync_fail), so the JSON stays small whatever the keys.
 DROP FUNCTION IF EXISTS jointembed.sync_status(integer, integer);
 CREATE OR REPLACE FUNCTION jointembed.sync_status(p_id integer, p_errors integer DEFAULT 5,
                                                   p_exact_rows bigint DEFAULT 200000)
@@ -466,11 +496,13 @@ BEGIN
     WHERE x.attachment_id = p_id AND x.state = 'building';
     EXECUTE format($q$
         SELECT coalesce(jsonb_agg(e ORDER BY e.failed_at DESC), '[]'::jsonb) FROM (
-            SELECT q.key::text AS key, q.modality, q.attempts, q.last_error AS error,
+            SELECT CASE WHEN octet_length(q.k) <= 8192 THEN q.k ELSE left(q.k, 64) || '...' END AS key,
+                   q.modality, q.attempts, q.last_error AS error,
                    q.failed_at, CASE WHEN q.next_attempt_at = 'infinity' THEN NULL
                                      ELSE q.next_attempt_at END AS next_attempt_at
-            FROM jointembed.%I q WHERE q.version = $1 AND q.last_error IS NOT NULL
-            ORDER BY q.failed_at DESC LIMIT $2) e$q$, jointembed._sync_queue_name(a.id))
+            FROM (SELECT r.*, r.key::text AS k FROM jointembed.%I r
+                  WHERE r.version = $1 AND r.last_error IS NOT NULL
+                  ORDER BY r.failed_at DESC LIMIT $2 OFFSET 0) q) e$q$, jointembed._sync_queue_name(a.id))
         INTO err USING act.version, p_errors;
     RETURN jsonb_build_object('id', a.id, 'schema', a.schema_name, 'table', a.table_name,
                               'key_column', a.key_column, 'image_column', a.image_column,
