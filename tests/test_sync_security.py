@@ -643,3 +643,52 @@ def test_ssrf_dns_answers_checked_and_connection_pinned(server, jpeg, monkeypatc
     assert ImageSource("url", timeout_s=5).read("http://rebind.example/a.jpg") == jpeg.read_bytes()
     assert calls["rebind.example"] == 1
     assert connects == [(public, 80)] and server.hits == [("/a.jpg", "rebind.example")]
+
+
+@scenario("Attached url-sourced table holding one good URL (its server allowed with --allow-url-host) and hostile "
+          "ones: localhost / 127.0.0.1 spellings, [::1], cloud metadata, credentials, a redirect to localhost",
+          "the good row embedded and found; every hostile row failed (given up) with its reason, no request of "
+          "theirs reaches the server, no credential printed; sync goes on (exit 3)", "security")
+def test_ssrf_sync_embeds_the_allowed_url_and_fails_hostile_rows(conn, pg_dsn, bundle, bundle_dir, jpeg, server,
+                                                                  observe):
+    import json
+
+    from click.testing import CliRunner
+
+    from jointembed_pg.cli import cli
+
+    port, allow = server.port, f"127.0.0.1:{server.port}"
+    rows = {1: f"{server.base}/a.jpg",
+            2: f"http://localhost:{port}/a.jpg",
+            3: f"http://2130706433:{port}/a.jpg",
+            4: f"http://[::1]:{port}/a.jpg",
+            5: f"http://u:{SECRET}@127.0.0.1:{port}/a.jpg",
+            6: "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+            7: server.redirect(f"http://localhost:{port}/a.jpg"),
+            8: f"http://127.0.0.1/a.jpg?sig={SECRET}",
+            9: "http://localhost/a.jpg"}
+    conn.execute("CREATE TABLE pics (id int PRIMARY KEY, url text)")
+    for key, url in rows.items():
+        conn.execute("INSERT INTO pics VALUES (%s, %s)", [key, url])
+    runner, base = CliRunner(), ["--dsn", pg_dsn, "--bundle", str(bundle_dir)]
+    r = runner.invoke(cli, ["attach", "--table", "pics", "--key", "id", "--image-column", "url",
+                            "--image-source", "url", *base])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(cli, ["sync", "--table", "pics", "--allow-url-host", allow, "--json", *base])
+    assert r.exit_code == 3, r.output                       # some rows failed, the run went on
+    rep = json.loads(r.output.strip().splitlines()[-1])
+    failed = {int(f["key"]): f["error"] for f in rep["failed"]}
+    assert rep["written"] == 1 and sorted(failed) == [2, 3, 4, 5, 6, 7, 8, 9], rep
+    for key, err in failed.items():
+        assert "refused" in err and f"pics[{key}]" in err, err
+    assert f"port {port}" in failed[2] and "redirect 1" in failed[7] and "link-local" in failed[6]
+    assert "resolves to a non-public address (loopback)" in failed[9]
+    assert all(SECRET not in out for out in (r.output, *failed.values()))
+    st = json.loads(runner.invoke(cli, ["status", "--table", "pics", "--json", "--dsn", pg_dsn]).output)
+    assert (st["done"], st["failed"], st["gave_up"], st["pending"]) == (1, 8, 8, 0), st
+    # only the good row's image and row 7's first hop reached the server, all as 127.0.0.1:PORT
+    assert sorted(server.hits) == [("/a.jpg", allow), ("/redirect/0", allow)], server.hits
+    img = bundle.encode_images([jpeg])[0]
+    assert sync.search_attached(conn, "pics", img, k=1, target="image")[0][0] == 1
+    observe(f"written {rep['written']}, failed {len(failed)} (all given up); server hits {sorted(server.hits)}; "
+            f"e.g. {failed[9]!r}; {failed[6]!r}")
