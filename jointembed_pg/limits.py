@@ -20,7 +20,7 @@ non-public URL hosts        none (public addresses only)     JOINTEMBED_URL_ALLO
 
 ``JOINTEMBED_URL_ALLOW_HOSTS`` is a comma- or space-separated list of ``HOST`` /
 ``HOST:PORT`` entries (trusted internal image servers an attached table's URLs may reach;
-:mod:`jointembed_pg.ingest.urls`); ``jointembed sync/worker/reembed --allow-url-host`` adds to it.
+:mod:`jointembed_pg.urls`); ``jointembed sync/worker/reembed --allow-url-host`` adds to it.
 
 Why these values: Pillow holds an RGB(A) image at 4 bytes per pixel and decoding plus
 the alpha/EXIF steps keep at most two full-size copies alive (``preprocess.decode``), so
@@ -61,7 +61,7 @@ class Limits:
         max_key_bytes: longest item key (a path or an id), UTF-8 bytes.
         url_allow_hosts: ``HOST`` / ``HOST:PORT`` entries that image URLs may reach
             although they are not public addresses, or on another port than 80/443
-            (:func:`jointembed_pg.ingest.urls.parse_allow`); default none.
+            (:func:`jointembed_pg.urls.parse_allow`); default none.
     """
 
     max_file_bytes: int = MAX_FILE_BYTES
@@ -73,7 +73,7 @@ class Limits:
     url_allow_hosts: tuple[str, ...] = ()
 
     def __post_init__(self):
-        from .ingest.urls import parse_allow
+        from .urls import parse_allow
 
         hosts = (self.url_allow_hosts,) if isinstance(self.url_allow_hosts, str) else self.url_allow_hosts
         object.__setattr__(self, "url_allow_hosts", tuple(sorted({str(h).strip() for h in hosts} - {""})))

@@ -554,7 +554,8 @@ SSRF_PAYLOADS = [
     # loopback in every IPv4 spelling the C resolver accepts
     "http://127.0.0.1/", "http://127.255.255.254/", "http://2130706433/", "http://0x7f000001/",
     "http://0x7f.0.0.1/", "http://0177.0.0.1/", "http://017700000001/", "http://127.1/", "http://127.0.1/",
-    "http://0/", "http://0.0.0.0/", "http://[::]/", "http://localhost:5432/",
+    "http://0/", "http://0.0.0.0/", "http://[::]/", "http://localhost:5432/", "http://127.0.0.1./",
+    "http://\uff11\uff12\uff17.\uff10.\uff10.\uff11/", "http://0x7f.1/",
     # IPv6 loopback and IPv4 embedded in IPv6
     "http://[::1]/", "http://[0:0:0:0:0:0:0:1]/", "http://[::ffff:127.0.0.1]/", "http://[::ffff:7f00:1]/",
     "http://[::ffff:169.254.169.254]/", "http://[::127.0.0.1]/", "http://[64:ff9b::a9fe:a9fe]/",

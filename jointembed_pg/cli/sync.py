@@ -66,7 +66,8 @@ def _connect(dsn):
 @click.option("--image-column", default=None, metavar="COL", help="Column naming or holding the image.")
 @click.option("--text-column", default=None, metavar="COL", help="Column holding the text to embed.")
 @click.option("--image-source", type=click.Choice(["path", "url", "bytea"]), default="path", show_default=True,
-              help="How the image column is read: file path, http(s) URL, or the bytes themselves.")
+              help="How the image column is read: file path, http(s) URL (public addresses only, unless "
+                   "`sync`/`worker --allow-url-host`), or the bytes themselves.")
 @click.option("--image-root", default=None, metavar="DIR", help="Base directory of relative image paths.")
 @schema_option
 @dsn_option

@@ -11,7 +11,7 @@ An attached table names its images in one column, read in one of three ways
   directory) and may name any regular file the worker can read.
 * ``url``: an ``http://`` or ``https://`` URL fetched under a timeout, a byte limit and a
   bounded number of redirects. The URL and every redirect hop are checked against
-  server-side request forgery (:mod:`jointembed_pg.ingest.urls`): no credentials, ports
+  server-side request forgery (:mod:`jointembed_pg.urls`): no credentials, ports
   80/443, the host resolved once and refused if any address is loopback, private,
   link-local, reserved or otherwise not public, and the connection pinned to the checked
   addresses. Trusted internal servers are named by an allow list (``allow_hosts``:
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from . import urls
+from .. import urls
 from .. import files
 from ..errors import InputError
 from ..files import refuse as _error
@@ -60,7 +60,7 @@ class ImageSource:
         max_bytes: largest image accepted, bytes.
         max_redirects: redirects followed per URL.
         allow_hosts: trusted ``HOST`` / ``HOST:PORT`` entries that URLs may reach although
-            they are not public (:func:`jointembed_pg.ingest.urls.parse_allow`).
+            they are not public (:func:`jointembed_pg.urls.parse_allow`).
     """
 
     kind: str = "path"
@@ -149,7 +149,7 @@ def fetch_url(url: str, *, timeout_s: float = URL_TIMEOUT_S, max_bytes: int = UR
               allow_hosts: Iterable[str] = ()) -> bytes:
     """GET an http(s) URL and return its body (at most ``max_bytes``), safe against SSRF.
 
-    The URL and every redirect hop pass :func:`jointembed_pg.ingest.urls.check` (scheme,
+    The URL and every redirect hop pass :func:`jointembed_pg.urls.check` (scheme,
     no credentials, port, host syntax; the host resolved once and refused if any address
     is not public, unless ``allow_hosts`` names it); the connection goes to exactly the
     checked addresses. Redirects are followed here, not by :mod:`urllib`. No proxy from

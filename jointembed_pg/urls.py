@@ -42,8 +42,8 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Iterable
 
-from ..errors import InputError
-from ..files import refuse
+from .errors import InputError
+from .files import refuse
 
 SCHEMES = ("http", "https")
 #: Ports fetched without an allow entry naming them.
@@ -128,18 +128,17 @@ def _host_key(host: str, bracketed: bool) -> str:
             return str(ipaddress.IPv6Address(host))
         except ValueError:
             raise _BadHost("invalid IPv6 address") from None
-    name = host.lower()
-    name = name[:-1] if name.endswith(".") else name
+    name = host[:-1] if host.endswith(".") else host
+    try:  # IDNA first: it maps e.g. full-width digits to ASCII ones
+        name = name.encode("idna").decode("ascii").lower() if name else ""
+    except UnicodeError:
+        raise _BadHost("invalid host name") from None
     if name and all(_NUMERIC_LABEL.match(lab) for lab in name.split(".")):
         try:
             return str(ipaddress.IPv4Address(name))
         except ValueError:
             raise _BadHost("numeric host that is not a canonical dotted-quad IPv4 address (such as "
                            "127.1, 0x7f000001, 2130706433 or 0177.0.0.1)") from None
-    try:
-        name = name.encode("idna").decode("ascii")
-    except UnicodeError:
-        raise _BadHost("invalid host name") from None
     if not name or len(name) > _MAX_HOST_CHARS or not all(_LABEL.match(lab) for lab in name.split(".")):
         raise _BadHost("invalid host name")
     return name
@@ -332,13 +331,22 @@ class PinnedHTTPConnection(http.client.HTTPConnection):
         self.sock = _connect(self._addrs, self.timeout)
 
 
+_TLS: list[ssl.SSLContext] = []
+
+
+def _tls_context() -> ssl.SSLContext:
+    """One shared client context: system CAs, certificate and host name verified."""
+    if not _TLS:
+        _TLS.append(ssl.create_default_context())
+    return _TLS[0]
+
+
 class PinnedHTTPSConnection(http.client.HTTPSConnection):
     """An HTTPS connection to ``target.addrs`` only; SNI, the certificate check
     (system CAs, host name verified) and ``Host`` use ``target.host``."""
 
     def __init__(self, target: Target, timeout: float, context: ssl.SSLContext | None = None):
-        super().__init__(target.host, target.port, timeout=timeout,
-                         context=context or ssl.create_default_context())
+        super().__init__(target.host, target.port, timeout=timeout, context=context or _tls_context())
         self._addrs = target.addrs
 
     def connect(self) -> None:
