@@ -7,10 +7,10 @@ request forgery): ``http://169.254.169.254/`` (cloud metadata), ``http://localho
 URL redirecting to one, or a name whose DNS answer changes between the check and the
 connection (DNS rebinding). Every URL (and every redirect hop) passes :func:`check`:
 
-1. the text: at most :data:`URL_MAX_CHARS` characters, no whitespace, control characters
-   or backslashes (parsers disagree on them), scheme ``http``/``https``, no user-info
-   (``user:password@`` is refused and never shown), a port of 80 or 443 unless an allow
-   entry names the host with that port;
+1. the text (surrounding ASCII whitespace removed): at most :data:`URL_MAX_CHARS`
+   characters, no whitespace, control characters or backslashes (parsers disagree on
+   them), scheme ``http``/``https``, no user-info (``user:password@`` is refused and
+   never shown), a port of 80 or 443 unless an allow entry names the host with that port;
 2. the host: a DNS name (IDNA-encoded), a canonical dotted-quad IPv4 address or a
    bracketed IPv6 address; other numeric spellings (``127.1``, ``0x7f000001``,
    ``2130706433``, ``0177.0.0.1``) are refused, whatever they would resolve to;
@@ -228,18 +228,20 @@ def check(url: str, allow: frozenset[tuple[str, int | None]] = frozenset(), wher
     Args:
         url: the untrusted URL.
         allow: :func:`parse_allow` entries.
-        where / what: name the row and the URL (``"redirect 1"``) in messages.
+        where / what: name the row and the URL in messages (``what``: ``"URL"``, or e.g.
+            ``"redirect 1 (HTTP 302 from http://a.example/x) to"``).
     Returns:
         The :class:`Target` to connect to (only its ``addrs``).
     Raises:
         InputError: refused (``retry`` False), or the name does not resolve (``retry`` True).
     """
     def no(reason: str, show: str | None = None, retry: bool = False) -> InputError:
-        return refuse(f"{where}: {what} {show + ' ' if show else ''}refused: {reason}" if not retry
-                      else f"{where}: {what} {show}: {reason}", retry=retry)
+        subject = f"{what} {show}" if show else (what if what == "URL" else f"{what} a URL")
+        return refuse(f"{where}: {subject}{'' if retry else ' refused'}: {reason}", retry=retry)
 
     if not isinstance(url, str):
         raise no(f"expected text, got {type(url).__name__}")
+    url = url.strip(" \t\r\n\f\v")  # surrounding ASCII whitespace only (a pasted newline)
     if len(url) > URL_MAX_CHARS:
         raise no(f"{len(url)} characters, over the {URL_MAX_CHARS}-character limit")
     if _BAD_CHARS.search(url):
@@ -250,8 +252,8 @@ def check(url: str, allow: frozenset[tuple[str, int | None]] = frozenset(), wher
         raise no("not a valid URL") from None
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES:
-        label = _ascii(scheme[:20]) if scheme else "relative"
-        raise no(f"only http/https URLs are fetched, got a {label}: URL")
+        got = f"{_ascii(scheme[:20])}:" if scheme else "a relative URL"
+        raise no(f"only http/https URLs are fetched, not {got}")
     if "@" in parts.netloc:
         raise no("credentials (user:password@) in URLs are not accepted (and not shown)")
     show = shown(url)

@@ -693,3 +693,39 @@ def test_ssrf_sync_embeds_the_allowed_url_and_fails_hostile_rows(conn, pg_dsn, b
     assert sync.search_attached(conn, "pics", img, k=1, target="image")[0][0] == 1
     observe(f"written {rep['written']}, failed {len(failed)} (all given up); server hits {sorted(server.hits)}; "
             f"e.g. {failed[9]!r}; {failed[6]!r}")
+
+
+def test_ssrf_https_pinned_connection_keeps_sni_and_certificate_check_on_the_name(server, jpeg, tmp_path,
+                                                                                   monkeypatch):
+    """The pinned HTTPS connection goes to the checked address, while SNI, the certificate's
+    host name check and ``Host`` use the URL's name (a certificate for another name fails)."""
+    import shutil
+    import ssl
+    import subprocess
+
+    from jointembed_pg import urls
+    from jointembed_pg.errors import InputError
+    from jointembed_pg.ingest.sources import ImageSource, is_retryable
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=images.test", "-addext", "subjectAltName=DNS:images.test", "-keyout", str(key),
+                    "-out", str(cert)], check=True, capture_output=True)
+    names: list[str | None] = []
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    ctx.sni_callback = lambda sock, name, _ctx: names.append(name)
+    server.srv.socket = ctx.wrap_socket(server.srv.socket, server_side=True)
+    client = ssl.create_default_context(cafile=str(cert))
+    monkeypatch.setattr(urls, "_tls_context", lambda: client)
+    _fake_dns(monkeypatch, {"images.test": [["127.0.0.1"]], "other.test": [["127.0.0.1"]]})
+    port = server.port
+    allow = (f"images.test:{port}", f"other.test:{port}")
+    data = ImageSource("url", timeout_s=5, allow_hosts=allow).read(f"https://images.test:{port}/a.jpg")
+    assert data == jpeg.read_bytes()
+    assert names == ["images.test"] and server.hits == [("/a.jpg", f"images.test:{port}")]
+    with pytest.raises(InputError, match="certificate") as ei:
+        ImageSource("url", timeout_s=5, allow_hosts=allow).read(f"https://other.test:{port}/a.jpg")
+    assert is_retryable(ei.value) and len(server.hits) == 1

@@ -168,6 +168,7 @@ def fetch_url(url: str, *, timeout_s: float = URL_TIMEOUT_S, max_bytes: int = UR
     current, what = url, "URL"
     for hop in range(max_redirects + 1):
         target = urls.check(current, allow, where, what)
+        current = current.strip(" \t\r\n\f\v")  # as checked: the base of a relative redirect
         status, reason, location, data = _get(target, timeout_s, max_bytes, where)
         if status in _REDIRECTS and location is not None:
             if hop == max_redirects:
