@@ -7,7 +7,10 @@
 * a killed ``reembed`` resumes at once (claims die with their session), and a crash
   after the switch leaves no retired side table behind the next run;
 * rows that arrive without row triggers are reported by ``status`` and fixed by
-  ``sync --rescan``.
+  ``sync --rescan``;
+* ``url`` image sources refuse server-side request forgery (loopback/private/metadata
+  addresses in every spelling, credentials, odd ports, redirects to them, DNS rebinding)
+  unless ``--allow-url-host`` names a trusted server (``test_ssrf_*``).
 """
 from __future__ import annotations
 
