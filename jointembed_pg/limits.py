@@ -16,7 +16,12 @@ decoder address space       1024 MiB above its start size    JOINTEMBED_DECODE_M
 caption length              131,072 characters               JOINTEMBED_MAX_TEXT_CHARS
 item key length             2,048 bytes (UTF-8)              JOINTEMBED_MAX_KEY_BYTES
 image path / URL value      8,192 characters                 JOINTEMBED_MAX_REF_CHARS
+non-public URL hosts        none (public addresses only)     JOINTEMBED_URL_ALLOW_HOSTS
 ==========================  ===============================  ==========================
+
+``JOINTEMBED_URL_ALLOW_HOSTS`` is a comma- or space-separated list of ``HOST`` /
+``HOST:PORT`` entries (trusted internal image servers an attached table's URLs may reach;
+:mod:`jointembed_pg.urls`); ``jointembed sync/worker/reembed --allow-url-host`` adds to it.
 
 Why these values: Pillow holds an RGB(A) image at 4 bytes per pixel and decoding plus
 the alpha/EXIF steps keep at most two full-size copies alive (``preprocess.decode``), so
@@ -61,6 +66,9 @@ class Limits:
         max_text_chars: longest caption embedded, characters.
         max_key_bytes: longest item key (a path or an id), UTF-8 bytes.
         max_ref_chars: longest image path / URL value of an attached table, characters.
+        url_allow_hosts: ``HOST`` / ``HOST:PORT`` entries that image URLs may reach
+            although they are not public addresses, or on another port than 80/443
+            (:func:`jointembed_pg.urls.parse_allow`); default none.
     """
 
     max_file_bytes: int = MAX_FILE_BYTES
@@ -70,9 +78,17 @@ class Limits:
     max_text_chars: int = MAX_TEXT_CHARS
     max_key_bytes: int = MAX_KEY_BYTES
     max_ref_chars: int = MAX_REF_CHARS
+    url_allow_hosts: tuple[str, ...] = ()
 
     def __post_init__(self):
+        from .urls import parse_allow
+
+        hosts = (self.url_allow_hosts,) if isinstance(self.url_allow_hosts, str) else self.url_allow_hosts
+        object.__setattr__(self, "url_allow_hosts", tuple(sorted({str(h).strip() for h in hosts} - {""})))
+        parse_allow(self.url_allow_hosts)  # InputError on a bad entry
         for f in fields(self):
+            if f.name == "url_allow_hosts":
+                continue
             v = getattr(self, f.name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
                 raise InputError(f"limit {f.name} must be a positive number, got {v!r}")
@@ -83,13 +99,16 @@ class Limits:
         through :mod:`jointembed_pg.settings` (from ``environ``, default ``os.environ``).
 
         Raises:
-            InputError: a variable is not a positive number.
+            InputError: a variable is not a positive number, or not a list of hosts.
         """
         raw_limits = settings.Settings.from_env(environ).limits
         kw: dict = {}
         for f in fields(cls):
             raw = raw_limits.get(f.name)
             if raw is None:
+                continue
+            if f.name == "url_allow_hosts":
+                kw[f.name] = tuple(raw.replace(",", " ").split())
                 continue
             try:
                 kw[f.name] = float(raw) if f.name == "timeout_s" else int(raw)

@@ -19,6 +19,8 @@ variable                     meaning (default)
 ``JOINTEMBED_INDEX_MEMORY``  most ``maintenance_work_mem`` of an HNSW build (1GB)
 ``JOINTEMBED_MAX_*`` ...     per-item input limits: the table of :mod:`jointembed_pg.limits`
                              (:data:`LIMIT_ENV`; parsed and checked by ``Limits.from_env``)
+``JOINTEMBED_URL_ALLOW_HOSTS``  trusted non-public hosts image URLs may reach (none);
+                             also in :data:`LIMIT_ENV` / ``Limits.url_allow_hosts``
 ===========================  =========================================================
 
 An invalid value is an :class:`~jointembed_pg.errors.ArgumentError` (one line in the CLI),
@@ -57,6 +59,7 @@ LIMIT_ENV = {
     "max_text_chars": "JOINTEMBED_MAX_TEXT_CHARS",
     "max_key_bytes": "JOINTEMBED_MAX_KEY_BYTES",
     "max_ref_chars": "JOINTEMBED_MAX_REF_CHARS",
+    "url_allow_hosts": "JOINTEMBED_URL_ALLOW_HOSTS",
 }
 PROGRESS_INTERVAL_ENV = "JOINTEMBED_PROGRESS_INTERVAL"
 INDEX_MEMORY_ENV = "JOINTEMBED_INDEX_MEMORY"

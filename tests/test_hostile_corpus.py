@@ -391,7 +391,8 @@ def drip_table(pg_dsn, bundle_dir, flickr8k_dir):
     args = ["--dsn", pg_dsn, "--bundle", bundle_dir]
     p = cli(["attach", "--table", "drip", "--key", "id", "--image-column", "url", "--image-source", "url", *args])
     assert p.returncode == 0, p.stderr
-    yield args
+    # the local server is not public: sync/worker may reach it only when told (SSRF guard)
+    yield [*args, "--allow-url-host", f"127.0.0.1:{srv.server_address[1]}"]
     srv.shutdown()
 
 

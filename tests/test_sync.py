@@ -396,8 +396,8 @@ def test_image_sources_url_path_and_limits(tmp_path, flickr8k_dir):
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(tmp_path)))
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{srv.server_address[1]}"
-    try:
-        url = ImageSource("url", timeout_s=5)
+    try:  # a local test server is not public: allowed explicitly (tests/test_sync_security.py: SSRF)
+        url = ImageSource("url", timeout_s=5, allow_hosts=(f"127.0.0.1:{srv.server_address[1]}", "127.0.0.1:9"))
         assert url.read(f"{base}/a.jpg") == image.read_bytes()
         cases = [(f"{base}/nope.jpg", "HTTP 404", False), (f"{base}/boom", "HTTP 503", True),
                  (f"{base}/to-file", "not allowed|refused", False), (f"{base}/loop", "HTTP 302", False),
@@ -408,7 +408,7 @@ def test_image_sources_url_path_and_limits(tmp_path, flickr8k_dir):
                 url.read(value, "t[1].url")
             assert is_retryable(ei.value) is retry and "t[1].url" in str(ei.value)
         with pytest.raises(InputError, match="limit"):
-            ImageSource("url", max_bytes=100).read(f"{base}/a.jpg")
+            ImageSource("url", max_bytes=100).read(f"{base}/a.jpg", allow_hosts=url.allow_hosts)
     finally:
         srv.shutdown()
     path = ImageSource("path", str(tmp_path))

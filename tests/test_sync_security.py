@@ -7,7 +7,10 @@
 * a killed ``reembed`` resumes at once (claims die with their session), and a crash
   after the switch leaves no retired side table behind the next run;
 * rows that arrive without row triggers are reported by ``status`` and fixed by
-  ``sync --rescan``.
+  ``sync --rescan``;
+* ``url`` image sources refuse server-side request forgery (loopback/private/metadata
+  addresses in every spelling, credentials, odd ports, redirects to them, DNS rebinding)
+  unless ``--allow-url-host`` names a trusted server (``test_ssrf_*``).
 """
 from __future__ import annotations
 
@@ -407,3 +410,325 @@ def test_upgrade_drops_old_worker_function_names_and_grants_the_prefixed_ones(co
     assert set(_can_execute(conn, ROLE, OWNER_FNS).values()) == {False}
     conn.execute("SELECT jointembed.grant_usage(%s, writer => false)", [ROLE])
     assert set(_can_execute(conn, ROLE, ["sync_rescan", "sync_retry_failed"]).values()) == {False}
+
+
+# -- server-side request forgery: `--image-source url` -------------------------------------
+# Row values of a url-sourced table are written by the application's users. A real local
+# HTTP server on 127.0.0.1 (serving a real Flickr8K JPEG) stands for an internal service:
+# by default nothing may reach it; an explicit allow entry makes it a trusted image server.
+
+SECRET = "hunter2-s3cret"
+
+
+class _Server:
+    """``http.server`` on 127.0.0.1 in a thread; ``hits``: ``(path, Host header)`` seen;
+    ``/redirect/<n>`` answers 302 to ``targets[n]``, anything else is served from ``root``."""
+
+    def __init__(self, root):
+        import http.server
+        from functools import partial
+
+        self.hits: list[tuple[str, str]] = []
+        self.targets: list[str] = []
+        server = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                server.hits.append((self.path, self.headers.get("Host", "")))
+                if self.path.startswith("/redirect/"):
+                    self.send_response(302)
+                    self.send_header("Location", server.targets[int(self.path.rsplit("/", 1)[1])])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                super().do_GET()
+
+            def log_message(self, *args):
+                pass
+
+        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(root)))
+        self.port = self.srv.server_address[1]
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.srv.serve_forever, daemon=True)
+        self.thread.start()
+
+    def redirect(self, target: str) -> str:
+        self.targets.append(target)
+        return f"{self.base}/redirect/{len(self.targets) - 1}"
+
+    def close(self):
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+@pytest.fixture
+def jpeg(flickr8k_dir, tmp_path):
+    image = sorted((flickr8k_dir / "images").glob("*.jpg"))[3]
+    (tmp_path / "a.jpg").write_bytes(image.read_bytes())
+    return tmp_path / "a.jpg"
+
+
+@pytest.fixture
+def server(jpeg):
+    srv = _Server(jpeg.parent)
+    yield srv
+    srv.close()
+
+
+@pytest.fixture
+def connects(monkeypatch):
+    """Every TCP connect of this process, recorded (``(host, port)``) and then made."""
+    import socket
+
+    seen: list[tuple] = []
+    real = socket.socket.connect
+
+    def connect(self, address):
+        seen.append(tuple(address[:2]))
+        return real(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    return seen
+
+
+def _refused(value, **kw):
+    from jointembed_pg.errors import InputError
+    from jointembed_pg.ingest.sources import ImageSource, is_retryable
+
+    with pytest.raises(InputError) as ei:
+        ImageSource("url", timeout_s=5, **kw).read(value, "pics[7].url")
+    msg = str(ei.value)
+    assert is_retryable(ei.value) is False, (value, msg)
+    assert msg.startswith("pics[7].url: ") and "refused" in msg, (value, msg)
+    assert SECRET not in msg, (value, msg)
+    return msg
+
+
+def test_ssrf_loopback_url_refused_by_default_without_any_connection(server, connects):
+    for value in (f"{server.base}/a.jpg", f"http://localhost:{server.port}/a.jpg", "http://127.0.0.1/a.jpg",
+                  "http://localhost/a.jpg", f"http://127.0.0.1:{server.port}/a.jpg?token={SECRET}"):
+        _refused(value)
+    # a host-only entry allows that host on 80/443, not on another port
+    msg = _refused(f"{server.base}/a.jpg", allow_hosts=("127.0.0.1",))
+    assert f"port {server.port}" in msg
+    assert server.hits == [] and connects == []
+
+
+def test_ssrf_opt_in_host_is_fetched_and_decodes(server, jpeg, connects):
+    import io
+
+    from PIL import Image
+
+    from jointembed_pg.ingest.sources import ImageSource
+    from jointembed_pg.limits import Limits
+
+    allow = f"127.0.0.1:{server.port}"
+    data = ImageSource("url", timeout_s=5, allow_hosts=(allow,)).read(f"{server.base}/a.jpg")
+    assert data == jpeg.read_bytes()
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        assert im.size == Image.open(jpeg).size and im.format == "JPEG"
+    # the same entry through the worker's limits ($JOINTEMBED_URL_ALLOW_HOSTS, read per call)
+    lim = Limits.from_env({"JOINTEMBED_URL_ALLOW_HOSTS": f"images.internal, {allow}"})
+    assert lim.url_allow_hosts == (allow, "images.internal")
+    assert ImageSource("url", timeout_s=5).read(f"{server.base}/a.jpg", allow_hosts=lim.url_allow_hosts) == data
+    assert server.hits == [("/a.jpg", allow)] * 2 and connects == [("127.0.0.1", server.port)] * 2
+
+
+def test_ssrf_redirect_from_allowed_server_to_forbidden_address_refused_at_the_hop(server, connects):
+    allow = (f"127.0.0.1:{server.port}",)
+    targets = [f"http://localhost:{server.port}/a.jpg", "http://169.254.169.254/latest/meta-data/iam/",
+               f"http://[::1]:{server.port}/a.jpg", f"http://2130706433:{server.port}/a.jpg",
+               f"http://u:{SECRET}@127.0.0.1:{server.port}/a.jpg", "file:///etc/passwd", "http://10.0.0.5/admin",
+               server.redirect(f"http://localhost:{server.port}/a.jpg")]   # a second hop
+    for target in targets:
+        msg = _refused(server.redirect(target), allow_hosts=allow)
+        assert "redirect" in msg, msg
+    # only the allowed server's redirects were asked for; the image behind them never
+    assert server.hits and all(p.startswith("/redirect/") and h == allow[0] for p, h in server.hits)
+    assert set(connects) == {("127.0.0.1", server.port)}
+    # a redirect to an allowed target is followed
+    from jointembed_pg.ingest.sources import ImageSource
+
+    assert ImageSource("url", allow_hosts=allow).read(server.redirect(f"{server.base}/a.jpg"))[:2] == b"\xff\xd8"
+
+
+SSRF_PAYLOADS = [
+    # loopback in every IPv4 spelling the C resolver accepts
+    "http://127.0.0.1/", "http://127.255.255.254/", "http://2130706433/", "http://0x7f000001/",
+    "http://0x7f.0.0.1/", "http://0177.0.0.1/", "http://017700000001/", "http://127.1/", "http://127.0.1/",
+    "http://0/", "http://0.0.0.0/", "http://[::]/", "http://localhost:5432/", "http://127.0.0.1./",
+    "http://\uff11\uff12\uff17.\uff10.\uff10.\uff11/", "http://0x7f.1/",
+    # IPv6 loopback and IPv4 embedded in IPv6
+    "http://[::1]/", "http://[0:0:0:0:0:0:0:1]/", "http://[::ffff:127.0.0.1]/", "http://[::ffff:7f00:1]/",
+    "http://[::ffff:169.254.169.254]/", "http://[::127.0.0.1]/", "http://[64:ff9b::a9fe:a9fe]/",
+    "http://[64:ff9b::7f00:1]/", "http://[2002:7f00:1::1]/", "http://[2002:a00:5::]/",
+    # metadata, private, shared, link-local, ULA, multicast, broadcast, reserved, documentation
+    "http://169.254.169.254/latest/meta-data/iam/security-credentials/", "http://169.254.0.1/",
+    "http://10.0.0.5/admin", "http://10.255.255.255/", "http://172.16.0.1/", "http://172.31.255.254/",
+    "http://192.168.1.1/", "http://100.64.0.1/", "http://100.127.255.254/", "http://198.18.0.1/",
+    "http://192.0.2.1/", "http://192.0.0.8/", "http://240.0.0.1/", "http://255.255.255.255/",
+    "http://224.0.0.1/", "http://239.255.255.250/", "http://[fc00::1]/", "http://[fd12:3456::1]/",
+    "http://[fe80::1]/", "http://[fe80::1%25lo]/", "http://[fec0::1]/", "http://[ff02::1]/",
+    "http://[2001:db8::1]/", "http://[2001::1]/", "http://[100::1]/",
+    # ports other than 80/443 (public host: refused before any DNS)
+    "http://example.com:8080/a.jpg", "https://example.com:6379/", "http://example.com:0/",
+    # credentials in the URL (never shown)
+    f"http://user:{SECRET}@example.com/a.jpg", f"https://{SECRET}@example.com/", f"http://:{SECRET}@example.com/",
+    f"http://example.com:{SECRET}@127.0.0.1/", f"http://a@b:{SECRET}@example.com/",
+    # schemes
+    "file:///etc/passwd", "ftp://example.com/a.jpg", "gopher://127.0.0.1:6379/_INFO", "dict://127.0.0.1:11211/",
+    "data:image/png;base64,AAAA", "jar:http://example.com/a!/b", "//example.com/a.jpg", "/etc/passwd",
+    # parser confusion and malformed hosts
+    "http://example.com\\@127.0.0.1/", "http://127.0.0.1\t/", "http://exa\nmple.com/", "http://example.com /",
+    "http://[::1/", "http://-bad-.com/", "http://example..com/", "http://:80/", "http:///a.jpg",
+    "http://example.com:99999/",
+    # over-long
+    "http://" + "a" * 3000 + ".com/", "http://example.com/" + "a" * 5000,
+]
+
+
+@pytest.mark.parametrize("value", SSRF_PAYLOADS, ids=[p[:40] for p in SSRF_PAYLOADS])
+def test_ssrf_payloads_refused_before_any_connection(value, connects, monkeypatch):
+    import socket
+
+    looked_up = []
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: looked_up.append(a) or [])
+    msg = _refused(value)
+    secret_query = _refused(value.rstrip("/") + f"/x?token={SECRET}") if value.startswith("http://1") else ""
+    assert "token" not in secret_query
+    assert connects == [] and looked_up == [], msg
+
+
+def _fake_dns(monkeypatch, answers: dict[str, list[list[str]]]):
+    """``socket.getaddrinfo`` answering ``answers[host][call]`` (the last one repeats) for
+    the names given; calls are counted per name."""
+    import socket
+
+    real, calls = socket.getaddrinfo, {}
+
+    def getaddrinfo(host, port, family=0, type=0, proto=0, flags=0):
+        if host not in answers:
+            return real(host, port, family, type, proto, flags)
+        n = calls[host] = calls.get(host, 0) + 1
+        ips = answers[host][min(n, len(answers[host])) - 1]
+        return [(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM, 6, "",
+                 (ip, port, 0, 0) if ":" in ip else (ip, port)) for ip in ips]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return calls
+
+
+def test_ssrf_dns_answers_checked_and_connection_pinned(server, jpeg, monkeypatch):
+    import _socket
+    import socket
+
+    public = "93.184.216.34"
+    calls = _fake_dns(monkeypatch, {"rebind.example": [[public], ["127.0.0.1"]],
+                                    "internal.example": [["127.0.0.1"]],
+                                    "mixed.example": [[public, "10.0.0.7"]],
+                                    "mapped.example": [["::ffff:127.0.0.1"]]})
+    # "the internet": the public address is served by the local server
+    connects: list[tuple] = []
+
+    def route(self, address):
+        connects.append(tuple(address[:2]))
+        return _socket.socket.connect(self, ("127.0.0.1", server.port) if address[0] == public else address)
+
+    monkeypatch.setattr(socket.socket, "connect", route)
+    for name in ("internal.example", "mixed.example", "mapped.example"):
+        assert "non-public address" in _refused(f"http://{name}/a.jpg")
+    assert connects == [] and server.hits == []
+
+    from jointembed_pg.ingest.sources import ImageSource
+
+    # checked once (public), then connected to exactly that address: the second,
+    # rebound answer (127.0.0.1) is never asked for nor used; Host stays the name
+    assert ImageSource("url", timeout_s=5).read("http://rebind.example/a.jpg") == jpeg.read_bytes()
+    assert calls["rebind.example"] == 1
+    assert connects == [(public, 80)] and server.hits == [("/a.jpg", "rebind.example")]
+
+
+@scenario("Attached url-sourced table holding one good URL (its server allowed with --allow-url-host) and hostile "
+          "ones: localhost / 127.0.0.1 spellings, [::1], cloud metadata, credentials, a redirect to localhost",
+          "the good row embedded and found; every hostile row failed (given up) with its reason, no request of "
+          "theirs reaches the server, no credential printed; sync goes on (exit 3)", "security")
+def test_ssrf_sync_embeds_the_allowed_url_and_fails_hostile_rows(conn, pg_dsn, bundle, bundle_dir, jpeg, server,
+                                                                  observe):
+    import json
+
+    from click.testing import CliRunner
+
+    from jointembed_pg.cli import cli
+
+    port, allow = server.port, f"127.0.0.1:{server.port}"
+    rows = {1: f"{server.base}/a.jpg",
+            2: f"http://localhost:{port}/a.jpg",
+            3: f"http://2130706433:{port}/a.jpg",
+            4: f"http://[::1]:{port}/a.jpg",
+            5: f"http://u:{SECRET}@127.0.0.1:{port}/a.jpg",
+            6: "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+            7: server.redirect(f"http://localhost:{port}/a.jpg"),
+            8: f"http://127.0.0.1/a.jpg?sig={SECRET}",
+            9: "http://localhost/a.jpg"}
+    conn.execute("CREATE TABLE pics (id int PRIMARY KEY, url text)")
+    for key, url in rows.items():
+        conn.execute("INSERT INTO pics VALUES (%s, %s)", [key, url])
+    runner, base = CliRunner(), ["--dsn", pg_dsn, "--bundle", str(bundle_dir)]
+    r = runner.invoke(cli, ["attach", "--table", "pics", "--key", "id", "--image-column", "url",
+                            "--image-source", "url", *base])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(cli, ["sync", "--table", "pics", "--allow-url-host", allow, "--json", *base])
+    assert r.exit_code == 3, r.output                       # some rows failed, the run went on
+    rep = json.loads(r.output.strip().splitlines()[-1])
+    failed = {int(f["key"]): f["error"] for f in rep["failed"]}
+    assert rep["written"] == 1 and sorted(failed) == [2, 3, 4, 5, 6, 7, 8, 9], rep
+    for key, err in failed.items():
+        assert "refused" in err and f"pics[{key}]" in err, err
+    assert f"port {port}" in failed[2] and "redirect 1" in failed[7] and "link-local" in failed[6]
+    assert "resolves to a non-public address (loopback)" in failed[9]
+    assert all(SECRET not in out for out in (r.output, *failed.values()))
+    st = json.loads(runner.invoke(cli, ["status", "--table", "pics", "--json", "--dsn", pg_dsn]).output)
+    assert (st["done"], st["failed"], st["gave_up"], st["pending"]) == (1, 8, 8, 0), st
+    # only the good row's image and row 7's first hop reached the server, all as 127.0.0.1:PORT
+    assert sorted(server.hits) == [("/a.jpg", allow), ("/redirect/0", allow)], server.hits
+    img = bundle.encode_images([jpeg])[0]
+    assert sync.search_attached(conn, "pics", img, k=1, target="image")[0][0] == 1
+    observe(f"written {rep['written']}, failed {len(failed)} (all given up); server hits {sorted(server.hits)}; "
+            f"e.g. {failed[9]!r}; {failed[6]!r}")
+
+
+def test_ssrf_https_pinned_connection_keeps_sni_and_certificate_check_on_the_name(server, jpeg, tmp_path,
+                                                                                   monkeypatch):
+    """The pinned HTTPS connection goes to the checked address, while SNI, the certificate's
+    host name check and ``Host`` use the URL's name (a certificate for another name fails)."""
+    import shutil
+    import ssl
+    import subprocess
+
+    from jointembed_pg import urls
+    from jointembed_pg.errors import InputError
+    from jointembed_pg.ingest.sources import ImageSource, is_retryable
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=images.test", "-addext", "subjectAltName=DNS:images.test", "-keyout", str(key),
+                    "-out", str(cert)], check=True, capture_output=True)
+    names: list[str | None] = []
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    ctx.sni_callback = lambda sock, name, _ctx: names.append(name)
+    server.srv.socket = ctx.wrap_socket(server.srv.socket, server_side=True)
+    client = ssl.create_default_context(cafile=str(cert))
+    monkeypatch.setattr(urls, "_tls_context", lambda: client)
+    _fake_dns(monkeypatch, {"images.test": [["127.0.0.1"]], "other.test": [["127.0.0.1"]]})
+    port = server.port
+    allow = (f"images.test:{port}", f"other.test:{port}")
+    data = ImageSource("url", timeout_s=5, allow_hosts=allow).read(f"https://images.test:{port}/a.jpg")
+    assert data == jpeg.read_bytes()
+    assert names == ["images.test"] and server.hits == [("/a.jpg", f"images.test:{port}")]
+    with pytest.raises(InputError, match="certificate") as ei:
+        ImageSource("url", timeout_s=5, allow_hosts=allow).read(f"https://other.test:{port}/a.jpg")
+    assert is_retryable(ei.value) and len(server.hits) == 1

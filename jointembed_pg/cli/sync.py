@@ -18,6 +18,11 @@ table_option = click.option("--table", required=True, metavar="TABLE",
                             help="The table's name as stored (no SQL quoting).")
 schema_option = click.option("--schema", default=None, metavar="SCHEMA",
                              help="The table's schema (default: the first on the search_path).")
+allow_url_host_option = click.option(
+    "--allow-url-host", "allow_url_hosts", multiple=True, metavar="HOST[:PORT]",
+    help="Trusted image server that `url` image columns may reach although it is not a public address "
+         "(or on a port other than 80/443); repeatable; adds to $JOINTEMBED_URL_ALLOW_HOSTS. Default: "
+         "URLs reaching loopback, private, link-local or other non-public addresses are refused.")
 
 
 @contextmanager
@@ -32,10 +37,16 @@ def _cli_errors(dsn):
 
 
 def _config(batch_size: int, max_attempts: int | None = None, retry_base: float | None = None,
-            threads: int | None = None):
+            threads: int | None = None, allow_url_hosts: tuple[str, ...] = ()):
+    from dataclasses import replace
+
+    from ..limits import Limits
     from ..sync.drain import SyncConfig
 
     kw = {"batch_size": batch_size, "load_threads": ThreadBudget.auto(threads).decode}
+    if allow_url_hosts:
+        env = Limits.from_env()
+        kw["limits"] = replace(env, url_allow_hosts=(*env.url_allow_hosts, *allow_url_hosts))
     if max_attempts is not None:
         kw["max_attempts"] = max_attempts
     if retry_base is not None:
@@ -55,7 +66,8 @@ def _connect(dsn):
 @click.option("--image-column", default=None, metavar="COL", help="Column naming or holding the image.")
 @click.option("--text-column", default=None, metavar="COL", help="Column holding the text to embed.")
 @click.option("--image-source", type=click.Choice(["path", "url", "bytea"]), default="path", show_default=True,
-              help="How the image column is read: file path, http(s) URL, or the bytes themselves.")
+              help="How the image column is read: file path, http(s) URL (public addresses only, unless "
+                   "`sync`/`worker --allow-url-host`), or the bytes themselves.")
 @click.option("--image-root", default=None, metavar="DIR", help="Base directory of relative image paths.")
 @schema_option
 @dsn_option
@@ -117,11 +129,13 @@ def _print_report(rep, as_json):
 @click.option("--batch-size", default=32, show_default=True, help="Queue rows per batch.")
 @click.option("--retry-failed", is_flag=True, help="First make given-up rows ready again.")
 @click.option("--rescan", is_flag=True, help="First enqueue every row (e.g. image files changed in place).")
+@allow_url_host_option
 @threads_option
 @json_option
 @progress_option
 @click.pass_obj
-def sync_cmd(obj, table, schema, dsn, bundle_name, batch_size, retry_failed, rescan, threads, as_json, progress):
+def sync_cmd(obj, table, schema, dsn, bundle_name, batch_size, retry_failed, rescan, allow_url_hosts, threads,
+             as_json, progress):
     """Drain TABLE's queue once and exit (exit code 3 when some rows failed)."""
     from ..sync import catalog as sync
     from ..sync.drain import sync_table
@@ -129,7 +143,8 @@ def sync_cmd(obj, table, schema, dsn, bundle_name, batch_size, retry_failed, res
     with _cli_errors(dsn):
         bundle = obj.bundle(bundle_name, budget=ThreadBudget.auto(threads))
         with _connect(dsn) as conn:
-            rep = sync_table(conn, table, bundle, schema=schema, cfg=_config(batch_size, threads=threads),
+            rep = sync_table(conn, table, bundle, schema=schema,
+                             cfg=_config(batch_size, threads=threads, allow_url_hosts=allow_url_hosts),
                              progress=_progress(progress), retry_failed=retry_failed,
                              rescan=rescan)
             claimed = sync.status(conn, table, schema)[0].get("claimed", 0)
@@ -151,9 +166,10 @@ def sync_cmd(obj, table, schema, dsn, bundle_name, batch_size, retry_failed, res
 @click.option("--batch-size", default=32, show_default=True, help="Queue rows per batch.")
 @click.option("--poll", "poll_s", default=5.0, show_default=True, help="Seconds between polls without NOTIFY.")
 @click.option("--until-idle", is_flag=True, help="Exit once every queue is drained.")
+@allow_url_host_option
 @threads_option
 @click.pass_obj
-def worker_cmd(obj, tables, schema, dsn, bundle_name, batch_size, poll_s, until_idle, threads):
+def worker_cmd(obj, tables, schema, dsn, bundle_name, batch_size, poll_s, until_idle, allow_url_hosts, threads):
     """Embed queued rows continuously (LISTEN/NOTIFY + polling); JSON log lines on stderr.
 
     Stops gracefully on SIGTERM / SIGINT (the batch in hand is finished). Run as many
@@ -164,7 +180,7 @@ def worker_cmd(obj, tables, schema, dsn, bundle_name, batch_size, poll_s, until_
     with _cli_errors(dsn):
         bundle = obj.bundle(bundle_name, budget=ThreadBudget.auto(threads))
         worker = Worker(dsn, bundle, tables=[(t, schema) for t in tables] or None,
-                        cfg=_config(batch_size, threads=threads), poll_s=poll_s)
+                        cfg=_config(batch_size, threads=threads, allow_url_hosts=allow_url_hosts), poll_s=poll_s)
         worker.run(until_idle=until_idle)
 
 
@@ -217,10 +233,11 @@ def _qualified(st: dict) -> str:
 @bundle_option
 @click.option("--batch-size", default=32, show_default=True, help="Queue rows per batch.")
 @click.option("--abort", "abort_", is_flag=True, help="Abandon a reembed in progress instead.")
+@allow_url_host_option
 @json_option
 @progress_option
 @click.pass_obj
-def reembed_cmd(obj, table, schema, dsn, bundle_name, batch_size, abort_, as_json, progress):
+def reembed_cmd(obj, table, schema, dsn, bundle_name, batch_size, abort_, allow_url_hosts, as_json, progress):
     """Re-embed TABLE with another model, then switch searches to it atomically.
 
     The old embeddings stay searchable until the new ones are complete. Restart
@@ -236,7 +253,8 @@ def reembed_cmd(obj, table, schema, dsn, bundle_name, batch_size, abort_, as_jso
             return
         bundle = obj.bundle(bundle_name)
         with _connect(dsn) as conn:
-            rep = sync_reembed.reembed(conn, table, bundle, schema=schema, cfg=_config(batch_size),
+            rep = sync_reembed.reembed(conn, table, bundle, schema=schema,
+                                       cfg=_config(batch_size, allow_url_hosts=allow_url_hosts),
                                        progress=_progress(progress))
     if as_json:
         click.echo(json.dumps(rep.to_dict(), default=str))

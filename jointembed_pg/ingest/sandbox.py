@@ -107,7 +107,8 @@ def load_item(job: ImageJob, spec, limits: Limits) -> Loaded:
     if job.path is not None:
         data = files.read_regular(job.path, limits.max_file_bytes, job.where)
     else:
-        data = job.source.read(job.value, job.where, limits.max_file_bytes)  # type: ignore[union-attr]
+        data = job.source.read(job.value, job.where, limits.max_file_bytes,  # type: ignore[union-attr]
+                               allow_hosts=limits.url_allow_hosts)
     digest = hashlib.sha256(data).hexdigest()
     if job.known is not None and digest == job.known:
         return Loaded(digest, None)
