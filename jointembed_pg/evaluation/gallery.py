@@ -2,7 +2,12 @@
 
 Used by ``jointembed search --html`` and the demo job. Images become ~160 px JPEG
 thumbnails embedded as base64 ``data:`` URIs (Pillow), each linked (``file://``) to the
-full image; all text is ``html.escape``d. A header names the collection, the model and
+full image; all text is ``html.escape``d, and a Content-Security-Policy lets the page
+load nothing but its own inline style and ``data:`` images (no script runs, nothing
+remote is fetched). An image path is read back from the database, so it is untrusted:
+it is opened like any input image (:func:`jointembed_pg.model.preprocess.decode`: a
+regular file only -- never a FIFO or a device --, at most ``Limits.max_file_bytes`` and
+``Limits.max_pixels``), and one that fails shows as a grey box. A header names the collection, the model and
 the item counts and explains the numbers (L2 distance: lower is closer); hits that are
 correct by the dataset's ground truth (a query's ``relevant`` keys) are framed green
 with a check mark; every hit shows its item id for ``jointembed search item ID``.
@@ -12,10 +17,13 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 THUMB_PX = 160
+#: The page needs nothing but its inline style and its ``data:`` thumbnails.
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 section{margin-bottom:2em;border-bottom:1px solid #ddd;padding-bottom:1em}
@@ -45,17 +53,24 @@ LEGEND_MATCH = ('<span class="ok">&#10003; green frame</span>: a correct match b
 LEGEND_ID = "<span class='id'>[id N]</span>: the item id; <code>jointembed search item N</code> finds more like it."
 
 
-def thumbnail_data_uri(path: str | Path, size: int = THUMB_PX) -> str | None:
-    """A ``data:image/jpeg;base64,...`` thumbnail (longer side ``size`` px), or ``None`` if unreadable."""
-    from PIL import Image, UnidentifiedImageError
+def thumbnail_data_uri(path: str | Path, size: int = THUMB_PX, *, limits=None) -> str | None:
+    """A ``data:image/jpeg;base64,...`` thumbnail (longer side ``size`` px) of the image file
+    at ``path``, or ``None`` if it is not a readable image within ``limits`` (default
+    :meth:`Limits.from_env`): missing, not a regular file (FIFO, device, socket), over the
+    file-size or pixel limit (decompression bomb), corrupt."""
+    from ..errors import InputError
+    from ..model import preprocess
 
+    if isinstance(path, (bytes, bytearray)):  # a path given as bytes, never image data here
+        path = os.fsdecode(bytes(path))
+    if not isinstance(path, (str, os.PathLike)):
+        return None
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            im.thumbnail((size, size))
-            buf = io.BytesIO()
-            im.save(buf, format="JPEG", quality=80)
-    except (OSError, UnidentifiedImageError, ValueError):
+        im = preprocess.decode(path, limits=limits)
+        im.thumbnail((size, size))
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=80)
+    except (InputError, OSError, ValueError):
         return None
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
@@ -130,7 +145,8 @@ def render(queries: Iterable[Mapping[str, Any]], title: str = "jointembed search
     """The HTML page as a string (see :func:`write_gallery`)."""
     queries = list(queries)
     truths = [frozenset(map(str, q["relevant"])) if q.get("relevant") is not None else None for q in queries]
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+    out = [f"<!doctype html><html><head><meta charset='utf-8'>"
+           f"<meta http-equiv='Content-Security-Policy' content=\"{CSP}\"><title>{html.escape(title)}</title>",
            f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
            _header(header, any(t is not None for t in truths))]
     for q, relevant in zip(queries, truths):
