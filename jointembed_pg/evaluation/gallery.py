@@ -84,8 +84,8 @@ def _get(obj: Any, name: str, default: Any = None) -> Any:
 def _file_uri(path: Any) -> str | None:
     """``file://`` URI of a local image path (absolute), or None for bytes / odd values."""
     try:
-        return Path(str(path)).expanduser().resolve().as_uri()
-    except (OSError, ValueError):
+        return Path(os.path.realpath(Path(str(path)).expanduser())).as_uri()  # a symlink loop does not raise
+    except (OSError, ValueError, RuntimeError):
         return None
 
 

@@ -12,6 +12,7 @@ and :func:`split_names`), the exporter's parity/int8 data and the benchmarks.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,7 +115,7 @@ def load_split(data_dir: str | Path, split: str) -> Flickr8kSplit:
         if rec.error is None and image in index:
             captions.append((rec.key, rec.text))
             ids.append(index[image])
-    paths = [(root / IMAGES / n).resolve() for n in names]
+    paths = [Path(os.path.realpath(root / IMAGES / n)) for n in names]  # a symlink loop is "missing"
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise InputError(f"{len(missing)} images of the {split} split are missing under {root / IMAGES}, "

@@ -132,7 +132,9 @@ def scan_images(paths: Iterable[str | Path]) -> ImageScan:
     images = image_extensions()
 
     def add(f: Path, error: str | None = None):
-        key = str(f.resolve()) if error is None else str(f)
+        # realpath, not Path.resolve(): a symlink loop (a.jpg -> b.jpg -> a.jpg) is an item
+        # that fails when read ("too many levels of symbolic links"), not a RuntimeError
+        key = os.path.realpath(f) if error is None else str(f)
         if key not in seen:
             seen.add(key)
             scan.records.append(PathRecord(key, Path(key), error))

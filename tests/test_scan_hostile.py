@@ -1,0 +1,39 @@
+"""Symlink loops among image paths (``a.jpg -> b.jpg -> a.jpg``, ``self.jpg -> self.jpg``):
+in a scanned folder, named on the command line, or in a Flickr8K layout given to
+``jointembed eval --data-dir``, each is an item that fails (or a missing image) with its
+reason; the run goes on. (``Path.resolve()`` raised ``RuntimeError: Symlink loop`` and
+ended the run with a traceback.) Real images, real PostgreSQL, the real bundle."""
+from __future__ import annotations
+
+import json
+import shutil
+
+from test_reliability_support import cli, flickr_images, one_line_error
+
+
+def test_symlink_loops_fail_alone(pg_dsn, bundle_dir, flickr8k_dir, tmp_path):
+    d = tmp_path / "photos"
+    d.mkdir()
+    shutil.copy(flickr_images(flickr8k_dir, 1, start=80)[0], d / "good.jpg")
+    (d / "self.jpg").symlink_to("self.jpg")
+    (d / "a.jpg").symlink_to("b.jpg")
+    (d / "b.jpg").symlink_to("a.jpg")
+    p = cli(["index", "image", d, d / "a.jpg", "--json", "--no-progress", "--dsn", pg_dsn, "--bundle", bundle_dir])
+    assert p.returncode == 3 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    rep = json.loads(p.stdout)
+    assert rep["written"] == 1 and rep["total"] == 4  # a.jpg named twice is one item
+    assert sorted(f["key"].rsplit("/", 1)[1] for f in rep["failed"]) == ["a.jpg", "b.jpg", "self.jpg"]
+    assert all("symbolic links" in f["error"] for f in rep["failed"]), rep["failed"]
+
+
+def test_eval_data_dir_with_a_looping_image_is_one_line(pg_dsn, bundle_dir, flickr8k_dir, tmp_path):
+    root = tmp_path / "f8k"
+    (root / "images").mkdir(parents=True)
+    names = (flickr8k_dir / "Flickr_8k.testImages.txt").read_text().split()[:2]
+    (root / "Flickr8k.token.txt").symlink_to(flickr8k_dir / "Flickr8k.token.txt")
+    (root / "Flickr_8k.testImages.txt").write_text("\n".join(names) + "\n")
+    (root / "images" / names[0]).symlink_to(flickr8k_dir / "images" / names[0])
+    (root / "images" / names[1]).symlink_to(names[1])  # loops onto itself
+    p = cli(["eval", "--data-dir", root, "--dsn", pg_dsn, "--bundle", bundle_dir, "--no-progress"])
+    line = one_line_error(p)
+    assert "1 images of the test split are missing" in line and names[1] in line, line
