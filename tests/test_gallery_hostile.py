@@ -70,3 +70,29 @@ def test_html_escapes_breakout_values_and_allows_nothing_active(pg_dsn, bundle_d
     assert csp and "default-src 'none'" in csp.group(1) and "script-src" not in csp.group(1)
     assert text.index("Content-Security-Policy") < text.index("<style>")
     assert not re.search(r'(?:src|href)="(?!data:image/|file://)', text)
+
+
+def test_html_output_path_is_written_only_as_a_regular_file(pg_dsn, bundle_dir, tmp_path):
+    """``--html PATH``: a FIFO (the open blocked forever), a symlink planted at PATH (the
+    write went to its target) and a device are refused with one line; a file is written."""
+    from test_reliability_support import one_line_error
+
+    caps = tmp_path / "caps.jsonl"
+    caps.write_text('{"id": "a", "text": "a dog runs on the beach"}\n', encoding="utf-8")
+    args = ["--dsn", pg_dsn, "--bundle", bundle_dir, "--collection", "o"]
+    assert cli(["index", "text", caps, "--no-progress", *args]).returncode == 0
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    fifo, link = tmp_path / "out.fifo", tmp_path / "link.html"
+    os.mkfifo(fifo)
+    link.symlink_to(victim)
+    for path, needle in ((fifo, "FIFO"), (link, "symlink"), ("/dev/null", "character device")):
+        p = cli(["search", "text", "a dog", "--target", "text", "-k", "1", "--html", path, *args], timeout=60)
+        assert needle in one_line_error(p)
+    assert victim.read_text() == "keep me" and link.is_symlink()
+    page = tmp_path / "ok.html"
+    page.write_text("old, longer content " * 1000)
+    p = cli(["search", "text", "a dog", "--target", "text", "-k", "1", "--html", page, *args])
+    assert p.returncode == 0, p.stderr
+    text = page.read_text(encoding="utf-8")
+    assert text.startswith("<!doctype html>") and text.endswith("</html>") and "old, longer" not in text

@@ -185,8 +185,14 @@ def write_gallery(path: str | Path, queries: Iterable[Mapping[str, Any]], *,
 
     Returns:
         ``path`` as a Path.
+
+    Raises:
+        InputError: ``path`` is a symlink, a FIFO, a device or a directory
+            (:func:`jointembed_pg.files.write_regular`), or cannot be written.
     """
+    from .. import files
+
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(queries, title, header=header), encoding="utf-8")
+    files.write_regular(out, render(queries, title, header=header).encode("utf-8"), "HTML page")
     return out
