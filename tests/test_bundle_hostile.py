@@ -89,3 +89,28 @@ def test_manifest_that_is_not_a_small_regular_file(kind, bundle_dir, tmp_path):
     p = _cli(["model", "info", b], timeout=60)
     line = one_line_error(p)
     assert "manifest.json" in line and {"fifo": "FIFO", "dev-zero": "character device", "huge": "-byte limit"}[kind] in line
+
+
+def test_tokenizer_ids_beyond_the_encoder_are_one_line(pg_dsn, bundle_dir, tmp_path):
+    """A tokenizer.json (its sha256 and size in the manifest) that maps a word to an id the
+    text encoder has no embedding for: onnxruntime's Gather fails at run time. That is a
+    one-line BundleError naming text.onnx, not a traceback."""
+    import hashlib
+
+    tok = json.loads((bundle_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    tok["model"]["vocab"]["dog"] = 10 ** 6
+    data = json.dumps(tok).encode("utf-8")
+
+    def edit(m):
+        m["files"]["tokenizer.json"] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+    b = _bundle(bundle_dir, tmp_path / "b", edit)
+    (b / "tokenizer.json").unlink()
+    (b / "tokenizer.json").write_bytes(data)
+    caps = tmp_path / "caps.jsonl"
+    caps.write_text('{"id": "c", "text": "a cat sleeps"}\n')  # no 'dog': indexes fine
+    common = ["--bundle", b, "--dsn", pg_dsn, "--collection", "t"]
+    assert _cli(["index", "text", caps, "--no-progress", *common]).returncode == 0
+    p = _cli(["search", "text", "a dog on the beach", "--target", "text", *common])
+    line = one_line_error(p)
+    assert "text.onnx: onnxruntime cannot run it" in line and "\x1b" not in p.stderr, p.stderr
