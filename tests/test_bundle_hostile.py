@@ -21,7 +21,7 @@ MB = 1 << 20
 
 def _bundle(src, dst, edit):
     """``dst``: links to ``src``'s files, the manifest edited in place by ``edit(manifest)``."""
-    dst.mkdir()
+    dst.mkdir(parents=True)
     for name in ("image.onnx", "text.onnx", "tokenizer.json"):
         (dst / name).symlink_to((src / name).resolve())
     m = copy.deepcopy(json.loads((src / "manifest.json").read_text()))
@@ -114,3 +114,27 @@ def test_tokenizer_ids_beyond_the_encoder_are_one_line(pg_dsn, bundle_dir, tmp_p
     p = _cli(["search", "text", "a dog on the beach", "--target", "text", *common])
     line = one_line_error(p)
     assert "text.onnx: onnxruntime cannot run it" in line and "\x1b" not in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("extra", [
+    {"metrics": {"test": "high"}},                              # .get on a str
+    {"metrics": {"test": {"rsum": "400"}}, "parity": {"image_max_abs_diff": "tiny", "text_max_abs_diff": [1]}},
+    {"int8": {"rsum_int8": "x"}},                               # format of a str
+    {"int8": {"rsum_int8": 390.1}},                             # no rsum_fp32 / rsum_delta / method
+    {"int8": 5},                                                # 'in' on an int
+], ids=["test-str", "numbers-as-str", "int8-str", "int8-partial", "int8-int"])
+def test_informational_manifest_fields_of_any_type_are_shown(extra, bundle_dir, tmp_path):
+    """metrics / parity / int8 are written by the exporter and kept unchecked; ``model info``
+    and ``model list`` show whatever a hand-edited manifest holds, never a traceback, and
+    one odd bundle does not stop the listing of the others."""
+    home = tmp_path / "home"
+    _bundle(bundle_dir, home / "bundles" / "odd", lambda m: m.update(extra))
+    (home / "bundles" / "good").mkdir()
+    for f in bundle_dir.iterdir():
+        (home / "bundles" / "good" / f.name).symlink_to(f.resolve())
+    env = cli_env(home)
+    for args in (["model", "info", home / "bundles" / "odd"], ["model", "list"]):
+        p = subprocess.run([sys.executable, "-c", _CLI, *map(str, args)], cwd=REPO, capture_output=True, text=True,
+                           env=env, timeout=120)
+        assert p.returncode == 0 and "Traceback" not in p.stderr, (args, p.stderr[-2000:])
+    assert [ln.split()[0] for ln in p.stdout.splitlines()[1:]] == ["good", "odd"], p.stdout
