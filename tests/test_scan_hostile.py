@@ -37,3 +37,37 @@ def test_eval_data_dir_with_a_looping_image_is_one_line(pg_dsn, bundle_dir, flic
     p = cli(["eval", "--data-dir", root, "--dsn", pg_dsn, "--bundle", bundle_dir, "--no-progress"])
     line = one_line_error(p)
     assert "1 images of the test split are missing" in line and names[1] in line, line
+
+
+def test_tree_deeper_than_the_recursion_limit(pg_dsn, bundle_dir, flickr8k_dir, tmp_path):
+    """A folder nested 1100 levels deep (Python < 3.12's recursive os.walk raised
+    RecursionError and ended the run): scanned to the bottom, its image indexed."""
+    import os
+
+    root = tmp_path / "deep"
+    root.mkdir()
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        for depth in range(1, 1101):
+            os.mkdir("d", dir_fd=fd)
+            new = os.open("d", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = new
+            if depth == 300:
+                with open(os.open("photo.jpg", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "wb") as f:
+                    f.write(flickr_images(flickr8k_dir, 1, start=90)[0].read_bytes())
+        with open(os.open("notes.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "w") as f:
+            f.write("x")
+    finally:
+        os.close(fd)
+    try:
+        p = cli(["index", "image", root, "--json", "--no-progress", "--dsn", pg_dsn, "--bundle", bundle_dir])
+    finally:  # bottom-up, without recursion (pytest's own clean-up of tmp_path would recurse too deep)
+        for depth in range(1100, 0, -1):
+            d = os.path.join(root, *["d"] * depth)
+            for name in os.listdir(d):
+                os.unlink(os.path.join(d, name))
+            os.rmdir(d)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    rep = json.loads(p.stdout)
+    assert rep["written"] == 1 and [i["kind"] for i in rep["ignored"]] == [".txt"], rep

@@ -153,7 +153,7 @@ def scan_images(paths: Iterable[str | Path]) -> ImageScan:
         def onerror(e: OSError, errors=errors):
             errors.append((Path(e.filename), f"{e.filename}: cannot list directory ({e.strerror or e})"))
 
-        for top, dirs, names in os.walk(path, onerror=onerror, followlinks=False):
+        for top, dirs, names in _walk(str(path), onerror):
             for d in dirs:
                 if os.path.islink(os.path.join(top, d)):
                     scan.ignored.append(Ignored(os.path.join(top, d), "symlink to a directory (not followed)"))
@@ -168,6 +168,38 @@ def scan_images(paths: Iterable[str | Path]) -> ImageScan:
         for d, err in errors:
             add(d, err)
     return scan
+
+
+def _walk(top: str, onerror) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk(top, onerror=onerror, followlinks=False)`` without recursion.
+
+    Python before 3.12 walks recursively, so a tree deeper than the recursion limit
+    (~1000 levels: a few ``mkdir`` in a loop) ended a scan with ``RecursionError``; this
+    one keeps its own stack. ``dirs`` holds the subdirectories and symlinks to directories
+    (as ``os.walk``); symlinks are not descended into. ``onerror`` gets each ``OSError``
+    of a directory that cannot be listed (a path over ``PATH_MAX`` included).
+    """
+    stack = [top]
+    while stack:
+        current = stack.pop()
+        try:
+            with os.scandir(current) as it:
+                entries = list(it)
+        except OSError as e:
+            onerror(e)
+            continue
+        dirs, names = [], []
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            (dirs if is_dir else names).append(entry.name)
+        yield current, dirs, names
+        for d in reversed(dirs):
+            sub = os.path.join(current, d)
+            if not os.path.islink(sub):
+                stack.append(sub)
 
 
 def iter_image_paths(paths: Iterable[str | Path]) -> Iterator[PathRecord]:
