@@ -96,3 +96,21 @@ def test_html_output_path_is_written_only_as_a_regular_file(pg_dsn, bundle_dir, 
     assert p.returncode == 0, p.stderr
     text = page.read_text(encoding="utf-8")
     assert text.startswith("<!doctype html>") and text.endswith("</html>") and "old, longer" not in text
+
+
+def test_html_for_a_query_image_whose_name_is_not_utf8(pg_dsn, bundle_dir, flickr8k_dir, tmp_path):
+    """``search image <name with byte 0xff> --html``: the page (UTF-8) shows the byte as
+    ``\\xff`` and links the file by its percent-encoded name (a lone surrogate made the
+    write raise UnicodeEncodeError: a traceback)."""
+    caps = tmp_path / "caps.jsonl"
+    caps.write_text('{"id": "a", "text": "a dog runs on the beach"}\n', encoding="utf-8")
+    args = ["--dsn", pg_dsn, "--bundle", bundle_dir, "--collection", "u"]
+    assert cli(["index", "text", caps, "--no-progress", *args]).returncode == 0
+    name = os.fsdecode(b"photo\xff.jpg")
+    shutil.copy(flickr_images(flickr8k_dir, 1, start=100)[0], tmp_path / name)
+    page = tmp_path / "u.html"
+    p = cli(["search", "image", tmp_path / name, "--target", "text", "-k", "1", "--html", page, *args])
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    text = page.read_text(encoding="utf-8")
+    assert 'alt="' in text and "photo\\xff.jpg" in text and "photo%FF.jpg" in text
+    assert len(re.findall(r'src="data:image/jpeg;base64,', text)) == 1

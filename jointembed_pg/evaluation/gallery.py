@@ -2,7 +2,8 @@
 
 Used by ``jointembed search --html`` and the demo job. Images become ~160 px JPEG
 thumbnails embedded as base64 ``data:`` URIs (Pillow), each linked (``file://``) to the
-full image; all text is ``html.escape``d, and a Content-Security-Policy lets the page
+full image; every value is escaped for HTML text and attributes (:func:`_h`; a file
+name that is not UTF-8 shows its bytes as ``\\xNN``), and a Content-Security-Policy lets the page
 load nothing but its own inline style and ``data:`` images (no script runs, nothing
 remote is fetched). An image path is read back from the database, so it is untrusted:
 it is opened like any input image (:func:`jointembed_pg.model.preprocess.decode`: a
@@ -75,6 +76,14 @@ def thumbnail_data_uri(path: str | Path, size: int = THUMB_PX, *, limits=None) -
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _h(value: Any) -> str:
+    """``str(value)`` escaped for HTML text and quoted attributes (``& < > " '``); lone
+    surrogates (a file name that is not UTF-8, read with ``surrogateescape``) become
+    ``\\xNN`` for their bytes, so the page can always be written as UTF-8."""
+    text = str(value).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return html.escape(text, quote=True)
+
+
 def _get(obj: Any, name: str, default: Any = None) -> Any:
     if isinstance(obj, Mapping):
         return obj.get(name, default)
@@ -94,13 +103,13 @@ def _figure(image_path: Any, text: str | None, caption: str, css: str = "") -> s
     if image_path:
         uri = thumbnail_data_uri(image_path)
         if uri:
-            img = f'<img src="{uri}" alt="{html.escape(str(image_path))}">'
+            img = f'<img src="{uri}" alt="{_h(image_path)}">'
             link = _file_uri(image_path)
-            parts.append(f'<a href="{html.escape(link)}" title="open the full image">{img}</a>' if link else img)
+            parts.append(f'<a href="{_h(link)}" title="open the full image">{img}</a>' if link else img)
         else:
-            parts.append(f'<div class="missing">{html.escape(Path(str(image_path)).name)}</div>')
+            parts.append(f'<div class="missing">{_h(Path(str(image_path)).name)}</div>')
     if text:
-        parts.append(f"<div>{html.escape(text)}</div>")
+        parts.append(f"<div>{_h(text)}</div>")
     parts.append(f"<figcaption>{caption}</figcaption></figure>")
     return "".join(parts)
 
@@ -118,7 +127,7 @@ def _hit_html(rank: int, hit: Any, relevant: frozenset[str] | None) -> str:
     label = ((f'<span class="ok" title="correct by ground truth">&#10003;</span> ' if match else "")
              + f'#{rank} <span class="d">L2 {dist_s}</span> '
              + (f'<span class="id">[id {int(item_id)}]</span> ' if item_id is not None else "")
-             + f'<span class="k" title="{html.escape(key)}">{html.escape(short)}</span>')
+             + f'<span class="k" title="{_h(key)}">{_h(short)}</span>')
     return _figure(image, text, label, "match" if match else "")
 
 
@@ -134,7 +143,7 @@ def _header(header: Mapping[str, Any] | None, any_truth: bool) -> str:
             rows.append(("Items", ", ".join(f"{n} {kind}s" for kind, n in counts.items())))
         for k, v in (header.get("extra") or {}).items():
             rows.append((str(k), str(v)))
-    dl = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in rows)
+    dl = "".join(f"<dt>{_h(k)}</dt><dd>{_h(v)}</dd>" for k, v in rows)
     legend = LEGEND + (LEGEND_MATCH if any_truth else "") + LEGEND_ID
     return (f'<header class="summary">{f"<dl>{dl}</dl>" if dl else ""}'
             f'<p class="legend">{legend}</p></header>')
@@ -146,11 +155,11 @@ def render(queries: Iterable[Mapping[str, Any]], title: str = "jointembed search
     queries = list(queries)
     truths = [frozenset(map(str, q["relevant"])) if q.get("relevant") is not None else None for q in queries]
     out = [f"<!doctype html><html><head><meta charset='utf-8'>"
-           f"<meta http-equiv='Content-Security-Policy' content=\"{CSP}\"><title>{html.escape(title)}</title>",
-           f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+           f"<meta http-equiv='Content-Security-Policy' content=\"{CSP}\"><title>{_h(title)}</title>",
+           f"<style>{_CSS}</style></head><body><h1>{_h(title)}</h1>",
            _header(header, any(t is not None for t in truths))]
     for q, relevant in zip(queries, truths):
-        label = html.escape(str(q.get("query_label", q.get("label", "query"))))
+        label = _h(str(q.get("query_label", q.get("label", "query"))))
         hits = list(q.get("hits", []))
         if relevant is not None:
             n = sum(str(_get(h, "key", "")) in relevant for h in hits)
