@@ -71,3 +71,19 @@ def test_tree_deeper_than_the_recursion_limit(pg_dsn, bundle_dir, flickr8k_dir, 
     assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr[-2000:]
     rep = json.loads(p.stdout)
     assert rep["written"] == 1 and [i["kind"] for i in rep["ignored"]] == [".txt"], rep
+
+
+def test_eval_split_file_that_is_a_fifo_or_dev_zero(pg_dsn, bundle_dir, flickr8k_dir, tmp_path):
+    """``eval --data-dir`` whose split file is a FIFO (read_bytes blocked forever) or a
+    symlink to /dev/zero (read until memory ran out): one line naming it, at once."""
+    import os
+
+    for kind in ("fifo", "zero"):
+        root = tmp_path / kind
+        (root / "images").mkdir(parents=True)
+        (root / "Flickr8k.token.txt").symlink_to(flickr8k_dir / "Flickr8k.token.txt")
+        split = root / "Flickr_8k.testImages.txt"
+        os.mkfifo(split) if kind == "fifo" else split.symlink_to("/dev/zero")
+        p = cli(["eval", "--data-dir", root, "--dsn", pg_dsn, "--bundle", bundle_dir, "--no-progress"], timeout=60)
+        line = one_line_error(p)
+        assert "Flickr_8k.testImages.txt" in line and ("FIFO" if kind == "fifo" else "character device") in line
