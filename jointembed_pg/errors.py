@@ -245,12 +245,12 @@ def terminal_safe(text: str) -> str:
     """``text`` with every character of :data:`_TERMINAL_UNSAFE` written as ``\\uXXXX``.
 
     The escape is JSON's own, so a ``--json`` line stays valid JSON and decodes to the
-    same string; TAB, LF and CR pass (use :func:`printable` for a one-line value).
+    same string; TAB, LF and CR pass (use :func:`terminal_line` for a one-line value).
     """
     return _TERMINAL_UNSAFE.sub(_u_escape, text) if text else text
 
 
-def printable(value: object) -> str:
+def terminal_line(value: object) -> str:
     """``str(value)`` fit for one line of human output: :func:`terminal_safe` plus TAB,
     LF and CR escaped (a caption or file name holding a newline cannot fake a line)."""
     return _LINE_UNSAFE.sub(_u_escape, str(value))

@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from ..errors import printable
+from ..errors import terminal_line
 from .options import AliasGroup, _errors, dsn_option, json_option
 
 
@@ -38,7 +38,7 @@ def list_cmd(obj, dsn, as_json):
     if not rows:
         click.echo("no collections yet (create one with `jointembed index image|text ... --collection NAME`)")
         return
-    shown = [(printable(r["name"]), printable(r["model_id"])) for r in rows]  # one line each, no controls
+    shown = [(terminal_line(r["name"]), terminal_line(r["model_id"])) for r in rows]  # one line each, no controls
     width = max(len(name) for name, _ in shown)
     click.echo(f"{'name':<{width}}  {'model_id':<16} {'dim':>5} {'images':>8} {'texts':>8}  created")
     for r, (name, model_id) in zip(rows, shown):
@@ -63,7 +63,8 @@ def drop_cmd(obj, name, yes, dsn):
     """
     with _errors():
         coll = obj.collection(dsn, name)  # a misspelt name gets "did you mean"
-        what = f"collection {printable(name)!r} ({coll.count('image')} images, {coll.count('text')} texts, model {coll.model_id})"
+        what = (f"collection {terminal_line(name)!r} ({coll.count('image')} images, {coll.count('text')} texts, "
+                f"model {coll.model_id})")
         if not yes:
             if not _interactive():
                 raise click.ClickException(f"not dropping {what}: no terminal to confirm on; pass --yes")
