@@ -87,3 +87,17 @@ def test_eval_split_file_that_is_a_fifo_or_dev_zero(pg_dsn, bundle_dir, flickr8k
         p = cli(["eval", "--data-dir", root, "--dsn", pg_dsn, "--bundle", bundle_dir, "--no-progress"], timeout=60)
         line = one_line_error(p)
         assert "Flickr_8k.testImages.txt" in line and ("FIFO" if kind == "fifo" else "character device") in line
+
+
+def test_path_arguments_too_long_fail_alone(pg_dsn, bundle_dir, flickr8k_dir, tmp_path):
+    """A path argument whose name is over NAME_MAX or whose length is over PATH_MAX made
+    Path.exists() raise (Python < 3.12) and the whole run end with one error line, the
+    good images not indexed. Each is now a failed item; the rest is indexed."""
+    good = flickr_images(flickr8k_dir, 1, start=110)[0]
+    long_name, long_path = tmp_path / ("x" * 300 + ".jpg"), tmp_path / ("x/" * 3000 + "y.jpg")
+    p = cli(["index", "image", good, long_name, long_path, "--json", "--no-progress", "--dsn", pg_dsn,
+             "--bundle", bundle_dir])
+    assert p.returncode == 3, p.stderr[-2000:]
+    rep = json.loads(p.stdout)
+    assert rep["written"] == 1 and len(rep["failed"]) == 2, rep
+    assert all("too long" in f["error"] for f in rep["failed"]), rep["failed"]

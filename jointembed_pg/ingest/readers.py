@@ -125,8 +125,8 @@ def scan_images(paths: Iterable[str | Path]) -> ImageScan:
     other files are ignored by kind. Symlinks to files are followed; symlinks to
     directories are not (no loops) and are reported as ignored. A subdirectory that
     cannot be listed becomes a failed item. The key of an image is its resolved absolute
-    path; a file reached twice is one item. A path that does not exist is an item with
-    ``error`` set.
+    path; a file reached twice is one item. A path that does not exist or cannot be
+    looked at (too long, a parent without search permission) is an item with ``error`` set.
     """
     scan, seen = ImageScan(), set()  # the same file named twice (or via ../) is one item
     images = image_extensions()
@@ -140,11 +140,20 @@ def scan_images(paths: Iterable[str | Path]) -> ImageScan:
             scan.records.append(PathRecord(key, Path(key), error))
 
     for p in paths:
-        path = Path(p).expanduser()
-        if not path.exists() and not path.is_symlink():
+        path = Path(p)
+        try:
+            # before Python 3.12 exists()/is_dir() raise on ENAMETOOLONG or EACCES (a path
+            # too long, a parent we may not search): that path fails, the others go on
+            path = path.expanduser()
+            is_dir = path.is_dir()
+            missing = not is_dir and not path.exists() and not path.is_symlink()
+        except (OSError, ValueError, RuntimeError) as e:  # ValueError: NUL; RuntimeError: no home for ~
+            add(path, f"{path}: cannot use this path ({getattr(e, 'strerror', None) or e})")
+            continue
+        if missing:
             add(path, f"{path}: no such file or directory")
             continue
-        if not path.is_dir():
+        if not is_dir:
             add(path)
             continue
         found: list[Path] = []
