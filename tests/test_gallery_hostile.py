@@ -114,3 +114,15 @@ def test_html_for_a_query_image_whose_name_is_not_utf8(pg_dsn, bundle_dir, flick
     text = page.read_text(encoding="utf-8")
     assert 'alt="' in text and "photo\\xff.jpg" in text and "photo%FF.jpg" in text
     assert len(re.findall(r'src="data:image/jpeg;base64,', text)) == 1
+
+
+def test_bidi_override_in_a_query_label_is_isolated(tmp_path):
+    """A query label holding U+202E (right-to-left override) sits in its own <bdi>, so the
+    ground-truth score shown after it in the same heading is not displayed reversed."""
+    from jointembed_pg.evaluation.gallery import write_gallery
+    from jointembed_pg.search.knn import Hit
+
+    hits = [Hit(1, "k#0", "text", 0.5, None, "a dog")]
+    page = write_gallery(tmp_path / "b.html", [{"label": "text: a \u202etac", "hits": hits, "relevant": ["k#0"]}])
+    text = page.read_text(encoding="utf-8")
+    assert '<h2><bdi>text: a \u202etac</bdi> <span class="score">(1 of 1 correct)</span></h2>' in text

@@ -159,7 +159,9 @@ def render(queries: Iterable[Mapping[str, Any]], title: str = "jointembed search
            f"<style>{_CSS}</style></head><body><h1>{_h(title)}</h1>",
            _header(header, any(t is not None for t in truths))]
     for q, relevant in zip(queries, truths):
-        label = _h(str(q.get("query_label", q.get("label", "query"))))
+        # <bdi>: a bidi override in the query (U+202E) cannot reorder the score after it
+        label = f'<bdi>{_h(q.get("query_label", q.get("label", "query")))}</bdi>'
+
         hits = list(q.get("hits", []))
         if relevant is not None:
             n = sum(str(_get(h, "key", "")) in relevant for h in hits)
