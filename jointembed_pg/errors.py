@@ -222,18 +222,59 @@ def libpq_message(err: BaseException) -> str:
     return _re.sub(r'".*"', '"***"', text)
 
 
+#: Characters a terminal may act on, never written raw by the CLI: C0 controls except TAB,
+#: LF and CR (ESC starts CSI/OSC sequences: colours, ``ESC[2J`` clear screen, ``ESC]52``
+#: clipboard writes, window titles), DEL, the C1 controls (U+0080-U+009F; U+009B is a
+#: one-character CSI on some terminals), the bidirectional overrides and isolates that
+#: reorder what is shown (U+061C, U+200E/F, U+202A-U+202E, U+2066-U+2069, "Trojan
+#: Source") and lone surrogates (file names that are not UTF-8; a strict stream would
+#: raise on them).
+_TERMINAL_UNSAFE = _re.compile("[\x00-\x08\x0b-\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f"
+                               "\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+#: What tqdm writes on its own to move between stacked bars (cursor up): let through.
+_CURSOR_UP_ONLY = _re.compile(r"(?:\x1b\[A)+")
+#: A value shown on one line also escapes TAB, LF and CR.
+_LINE_UNSAFE = _re.compile(f"[\t\n\r{_TERMINAL_UNSAFE.pattern[1:-1]}]")
+
+
+def _u_escape(m: "_re.Match[str]") -> str:
+    return f"\\u{ord(m.group()):04x}"
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with every character of :data:`_TERMINAL_UNSAFE` written as ``\\uXXXX``.
+
+    The escape is JSON's own, so a ``--json`` line stays valid JSON and decodes to the
+    same string; TAB, LF and CR pass (use :func:`terminal_line` for a one-line value).
+    """
+    return _TERMINAL_UNSAFE.sub(_u_escape, text) if text else text
+
+
+def terminal_line(value: object) -> str:
+    """``str(value)`` fit for one line of human output: :func:`terminal_safe` plus TAB,
+    LF and CR escaped (a caption or file name holding a newline cannot fake a line)."""
+    return _LINE_UNSAFE.sub(_u_escape, str(value))
+
+
 class ScrubbingStream:
-    """A text stream that masks every registered secret in what is written through it.
+    """A text stream that masks every registered secret in what is written through it and
+    escapes terminal control characters (:func:`terminal_safe`).
 
     The CLI wraps ``sys.stdout`` and ``sys.stderr`` in it, so that no message, log line,
-    ``--json`` document, warning or traceback of the process shows a password.
+    ``--json`` document, warning or traceback of the process shows a password, and no
+    value read from a file name, a caption file or the database (``ESC]52`` clipboard
+    writes, ``ESC[2J``, bidi overrides) reaches the terminal raw. The one exception is a
+    write made only of cursor-up sequences (tqdm moving between its stacked bars).
     """
 
     def __init__(self, stream):
         self._stream = stream
 
     def write(self, s: str) -> int:
-        self._stream.write(scrub(s))
+        text = scrub(s)
+        if not _CURSOR_UP_ONLY.fullmatch(text):
+            text = terminal_safe(text)
+        self._stream.write(text)
         return len(s)
 
     def writelines(self, lines) -> None:

@@ -157,6 +157,42 @@ def read_regular(path: str | os.PathLike, max_bytes: int, where: str = "<file>",
     return data
 
 
+def write_regular(path: str | os.PathLike, data: bytes, where: str = "<output>") -> None:
+    """Create or overwrite the regular file ``path`` with ``data`` (an output the user named,
+    e.g. ``--html``), never writing through anything else.
+
+    ``os.open`` with ``O_NOFOLLOW | O_NONBLOCK``: a symlink as the last path component is
+    refused (a link planted in a shared directory cannot redirect the write), and a FIFO
+    without a reader fails at once instead of blocking forever; a FIFO with a reader, a
+    device or a directory is refused (``fstat``) before anything is written or truncated.
+
+    Raises:
+        InputError: ``path`` is a symlink, a FIFO, a device, a socket or a directory, or
+            cannot be written (the reason from the operating system).
+    """
+    flags = (os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+             | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP or (e.errno == errno.EMLINK and os.path.islink(path)):
+            raise refuse(f"{where}: {path} is a symlink; refused (write to the file itself)") from e
+        if e.errno == errno.ENXIO:
+            raise refuse(f"{where}: {path} is a FIFO (named pipe), not a regular file") from e
+        raise refuse(f"{where}: {path}: cannot write ({e.strerror or e})") from e
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise refuse(f"{where}: {path} is {kind_of(st.st_mode)}, not a regular file (refused before writing)")
+        os.set_blocking(fd, True)
+        os.ftruncate(fd, 0)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
 def display(path: str | os.PathLike) -> str:
     """``path`` as printable text: bytes that are not UTF-8 shown as ``\\xNN``."""
     raw = os.fsencode(Path(path))

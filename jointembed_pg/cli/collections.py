@@ -9,6 +9,7 @@ import sys
 
 import click
 
+from ..errors import terminal_line
 from .options import AliasGroup, _errors, dsn_option, json_option
 
 
@@ -37,10 +38,11 @@ def list_cmd(obj, dsn, as_json):
     if not rows:
         click.echo("no collections yet (create one with `jointembed index image|text ... --collection NAME`)")
         return
-    width = max(len(r["name"]) for r in rows)
+    shown = [(terminal_line(r["name"]), terminal_line(r["model_id"])) for r in rows]  # one line each, no controls
+    width = max(len(name) for name, _ in shown)
     click.echo(f"{'name':<{width}}  {'model_id':<16} {'dim':>5} {'images':>8} {'texts':>8}  created")
-    for r in rows:
-        click.echo(f"{r['name']:<{width}}  {r['model_id']:<16} {r['dim']:>5} {r['image']:>8} {r['text']:>8}  "
+    for r, (name, model_id) in zip(rows, shown):
+        click.echo(f"{name:<{width}}  {model_id:<16} {r['dim']:>5} {r['image']:>8} {r['text']:>8}  "
                    f"{r['created_at']}")
 
 
@@ -61,7 +63,8 @@ def drop_cmd(obj, name, yes, dsn):
     """
     with _errors():
         coll = obj.collection(dsn, name)  # a misspelt name gets "did you mean"
-        what = f"collection {name!r} ({coll.count('image')} images, {coll.count('text')} texts, model {coll.model_id})"
+        what = (f"collection {terminal_line(name)!r} ({coll.count('image')} images, {coll.count('text')} texts, "
+                f"model {coll.model_id})")
         if not yes:
             if not _interactive():
                 raise click.ClickException(f"not dropping {what}: no terminal to confirm on; pass --yes")

@@ -15,7 +15,7 @@ import click
 
 from .. import paths
 from .options import _errors, _progress, bundle_option, dsn_option, json_option, progress_option, quiet_stdout
-from ..errors import InputError
+from ..errors import InputError, terminal_line
 from ..progress import heartbeat
 
 DEMO_SENTENCES = (
@@ -172,12 +172,12 @@ def _report(reports, queries, html_path, name, counts, steps, as_json):
         click.echo(f"{r.modality}s: {r.written} written, {r.unchanged} unchanged, {len(r.failed)} failed "
                    f"({r.seconds:.1f} s)")
     for q in queries:
-        click.echo(q["label"])
+        click.echo(terminal_line(q["label"]))
         relevant = q.get("relevant")
         for rank, h in enumerate(q["hits"], 1):
             what = h.text if h.modality == "text" else Path(h.source or h.key).name
             mark = (" ✓" if h.key in relevant else "") if relevant else ""
-            click.echo(f"  {rank}. {h.distance:.4f}  [id {h.id}]  {what}{mark}")
+            click.echo(f"  {rank}. {h.distance:.4f}  [id {h.id}]  {terminal_line(what)}{mark}")
     click.echo(f"\ncollection: {name} ({counts['image']} images, {counts['text']} texts)")
     click.echo(f"gallery: {html_path.resolve()}  (✓ = correct by the Flickr8K ground truth; L2 distance, lower = closer)")
     click.echo("next, try:")

@@ -71,28 +71,47 @@ def _stamp(bundle_dir: Path):
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
+# The manifest's informational parts (metrics, parity, int8) are not checked by the
+# Manifest model (kept as the exporter wrote them): shown here, they are read as untrusted
+# JSON -- a string where a number was written, a list where an object was -- never assumed.
+def _obj(value) -> dict:
+    """``value`` if it is a JSON object, else ``{}``."""
+    return value if isinstance(value, dict) else {}
+
+
+def _num(value) -> float | None:
+    """``value`` as a float if it is a JSON number (not a bool), else None."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _fmt(value, spec: str) -> str:
+    """A JSON number formatted with ``spec``, else ``"?"``."""
+    v = _num(value)
+    return "?" if v is None else format(v, spec)
+
+
 def _quality_line(m: dict) -> str:
     """fp32: the recorded parity; int8: the measured test rsum against fp32."""
-    q = m.get("int8")
-    if q and "rsum_int8" in q:
-        return f"Flickr8K test rsum {q['rsum_int8']:.2f} (fp32 {q['rsum_fp32']:.2f}, {q['rsum_delta']:+.2f})"
-    return "parity " + _parity_line(m.get("parity") or {})
+    q = _obj(m.get("int8"))
+    if "rsum_int8" in q:
+        return (f"Flickr8K test rsum {_fmt(q['rsum_int8'], '.2f')} (fp32 {_fmt(q.get('rsum_fp32'), '.2f')}, "
+                f"{_fmt(q.get('rsum_delta'), '+.2f')})")
+    return "parity " + _parity_line(_obj(m.get("parity")))
 
 
 def _parity_line(p: dict) -> str:
     if not p:
         return "not recorded"
     keys = [k for k in ("image_max_abs_diff", "text_max_abs_diff") if k in p]
-    return ", ".join(f"{k.split('_')[0]} {p[k]:.2g}" for k in keys) + f" ({p.get('inputs', '?')})"
+    return ", ".join(f"{k.split('_')[0]} {_fmt(p[k], '.2g')}" for k in keys) + f" ({p.get('inputs', '?')})"
 
 
 def _test_rsum(m: dict) -> float | None:
     """Flickr8K test rsum: measured against fp32 for int8 bundles, from training otherwise."""
-    q = m.get("int8") or {}
+    q = _obj(m.get("int8"))
     if "rsum_int8" in q:
-        return float(q["rsum_int8"])
-    rsum = ((m.get("metrics") or {}).get("test") or {}).get("rsum")
-    return float(rsum) if isinstance(rsum, (int, float)) else None
+        return _num(q["rsum_int8"])
+    return _num(_obj(_obj(m.get("metrics")).get("test")).get("rsum"))
 
 
 @model.command("list")
@@ -140,13 +159,13 @@ def info_cmd(bundle: str | None, as_json: bool) -> None:
         click.echo(json.dumps(b.manifest, indent=2, sort_keys=True))
         return
     m = b.manifest
-    test = (m.get("metrics") or {}).get("test") or {}
+    test = _obj(_obj(m.get("metrics")).get("test"))
     rows = [("path", b.path), ("model_id", b.model_id), ("dim", b.dim), ("distance", m["distance"]),
             ("normalized", m["normalized"]), ("precision", m["precision"]), ("quantizer", m.get("quantizer")),
             ("max_tokens", b.max_tokens), ("image size", b.image_spec.size),
             ("test rsum (training)", test.get("rsum", "n/a")), ("quality", _quality_line(m))]
-    if m.get("int8"):
-        rows.append(("int8 method", m["int8"]["method"]))
+    if _obj(m.get("int8")):
+        rows.append(("int8 method", _obj(m.get("int8")).get("method", "?")))
     rows += [(f"file {n}", f"{m['files'][n]['bytes']} bytes, sha256 {m['files'][n]['sha256'][:12]}")
              for n in BUNDLE_FILES]
     for k, v in rows:

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 import click
 import psycopg
 
-from ..errors import InputError, JointEmbedError
+from ..errors import InputError, JointEmbedError, terminal_line
 from ..model.threads import THREADS_ENV
 
 EXIT_PARTIAL = 3
@@ -209,7 +209,7 @@ def _finish(report, as_json):
         click.echo(f"{report.modality}s: {report.written} written, {report.unchanged} unchanged, "
                    f"{len(report.failed)} failed, {report.total} total in {report.seconds:.1f} s", err=True)
         for f in report.failed[:20]:
-            click.echo(f"  failed: {f.error}", err=True)
+            click.echo(f"  failed: {terminal_line(f.error)}", err=True)
         if len(report.failed) > 20:
             click.echo(f"  ... and {len(report.failed) - 20} more (use --json for all)", err=True)
         if getattr(report, "ignored", None):

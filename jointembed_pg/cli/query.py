@@ -9,7 +9,7 @@ import click
 from .. import paths
 from .options import (AliasGroup, KindChoice, _errors, _progress, bundle_option, collection_option, dsn_option,
                   json_option, progress_option)
-from ..errors import InputError, ItemError
+from ..errors import InputError, ItemError, terminal_line
 
 
 @click.group(cls=AliasGroup)
@@ -36,8 +36,9 @@ def _search_options(default_target):
 
 
 def _print_hits(label, hits, as_json, warnings=()):
-    """Hits as text (rank, L2 distance, ``[id N]``, caption or path) or one JSON object per
-    hit (``id, key, modality, distance, source, text, warnings``)."""
+    """Hits as text (rank, L2 distance, ``[id N]``, caption or path; each value on one line,
+    control characters escaped by :func:`~jointembed_pg.errors.terminal_line`) or one JSON
+    object per hit (``id, key, modality, distance, source, text, warnings``)."""
     for w in warnings:
         click.echo(f"warning: {w}", err=True)
     if as_json:
@@ -45,12 +46,13 @@ def _print_hits(label, hits, as_json, warnings=()):
             click.echo(json.dumps({"id": h.id, "key": h.key, "modality": h.modality, "distance": float(h.distance),
                                    "source": h.source, "text": h.text, "warnings": list(warnings)}))
         return
-    click.echo(f"{label}" if len(label) <= 200 else f"{label[:197]}...")
+    label = label if len(label) <= 200 else f"{label[:197]}..."
+    click.echo(terminal_line(label))
     if not hits:
         click.echo("  (no results)")
     for rank, h in enumerate(hits, 1):
         what = h.text if h.modality == "text" else (h.source or h.key)
-        click.echo(f"  {rank:>3}. {h.distance:.4f}  [id {h.id}]  {what}")
+        click.echo(f"  {rank:>3}. {h.distance:.4f}  [id {h.id}]  {terminal_line(what)}")
 
 
 def _run_search(obj, coll, vec, label, query_image, query_text, k, target, ef_search, exact, html, as_json,

@@ -2,7 +2,13 @@
 
 Used by ``jointembed search --html`` and the demo job. Images become ~160 px JPEG
 thumbnails embedded as base64 ``data:`` URIs (Pillow), each linked (``file://``) to the
-full image; all text is ``html.escape``d. A header names the collection, the model and
+full image; every value is escaped for HTML text and attributes (:func:`_h`; a file
+name that is not UTF-8 shows its bytes as ``\\xNN``), and a Content-Security-Policy lets the page
+load nothing but its own inline style and ``data:`` images (no script runs, nothing
+remote is fetched). An image path is read back from the database, so it is untrusted:
+it is opened like any input image (:func:`jointembed_pg.model.preprocess.decode`: a
+regular file only -- never a FIFO or a device --, at most ``Limits.max_file_bytes`` and
+``Limits.max_pixels``), and one that fails shows as a grey box. A header names the collection, the model and
 the item counts and explains the numbers (L2 distance: lower is closer); hits that are
 correct by the dataset's ground truth (a query's ``relevant`` keys) are framed green
 with a check mark; every hit shows its item id for ``jointembed search item ID``.
@@ -12,10 +18,13 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 THUMB_PX = 160
+#: The page needs nothing but its inline style and its ``data:`` thumbnails.
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 section{margin-bottom:2em;border-bottom:1px solid #ddd;padding-bottom:1em}
@@ -45,19 +54,34 @@ LEGEND_MATCH = ('<span class="ok">&#10003; green frame</span>: a correct match b
 LEGEND_ID = "<span class='id'>[id N]</span>: the item id; <code>jointembed search item N</code> finds more like it."
 
 
-def thumbnail_data_uri(path: str | Path, size: int = THUMB_PX) -> str | None:
-    """A ``data:image/jpeg;base64,...`` thumbnail (longer side ``size`` px), or ``None`` if unreadable."""
-    from PIL import Image, UnidentifiedImageError
+def thumbnail_data_uri(path: str | Path, size: int = THUMB_PX, *, limits=None) -> str | None:
+    """A ``data:image/jpeg;base64,...`` thumbnail (longer side ``size`` px) of the image file
+    at ``path``, or ``None`` if it is not a readable image within ``limits`` (default
+    :meth:`Limits.from_env`): missing, not a regular file (FIFO, device, socket), over the
+    file-size or pixel limit (decompression bomb), corrupt."""
+    from ..errors import InputError
+    from ..model import preprocess
 
+    if isinstance(path, (bytes, bytearray)):  # a path given as bytes, never image data here
+        path = os.fsdecode(bytes(path))
+    if not isinstance(path, (str, os.PathLike)):
+        return None
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            im.thumbnail((size, size))
-            buf = io.BytesIO()
-            im.save(buf, format="JPEG", quality=80)
-    except (OSError, UnidentifiedImageError, ValueError):
+        im = preprocess.decode(path, limits=limits)
+        im.thumbnail((size, size))
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=80)
+    except (InputError, OSError, ValueError):
         return None
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _h(value: Any) -> str:
+    """``str(value)`` escaped for HTML text and quoted attributes (``& < > " '``); lone
+    surrogates (a file name that is not UTF-8, read with ``surrogateescape``) become
+    ``\\xNN`` for their bytes, so the page can always be written as UTF-8."""
+    text = str(value).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return html.escape(text, quote=True)
 
 
 def _get(obj: Any, name: str, default: Any = None) -> Any:
@@ -69,8 +93,8 @@ def _get(obj: Any, name: str, default: Any = None) -> Any:
 def _file_uri(path: Any) -> str | None:
     """``file://`` URI of a local image path (absolute), or None for bytes / odd values."""
     try:
-        return Path(str(path)).expanduser().resolve().as_uri()
-    except (OSError, ValueError):
+        return Path(os.path.realpath(Path(str(path)).expanduser())).as_uri()  # a symlink loop does not raise
+    except (OSError, ValueError, RuntimeError):
         return None
 
 
@@ -79,13 +103,13 @@ def _figure(image_path: Any, text: str | None, caption: str, css: str = "") -> s
     if image_path:
         uri = thumbnail_data_uri(image_path)
         if uri:
-            img = f'<img src="{uri}" alt="{html.escape(str(image_path))}">'
+            img = f'<img src="{uri}" alt="{_h(image_path)}">'
             link = _file_uri(image_path)
-            parts.append(f'<a href="{html.escape(link)}" title="open the full image">{img}</a>' if link else img)
+            parts.append(f'<a href="{_h(link)}" title="open the full image">{img}</a>' if link else img)
         else:
-            parts.append(f'<div class="missing">{html.escape(Path(str(image_path)).name)}</div>')
+            parts.append(f'<div class="missing">{_h(Path(str(image_path)).name)}</div>')
     if text:
-        parts.append(f"<div>{html.escape(text)}</div>")
+        parts.append(f"<div>{_h(text)}</div>")
     parts.append(f"<figcaption>{caption}</figcaption></figure>")
     return "".join(parts)
 
@@ -103,7 +127,7 @@ def _hit_html(rank: int, hit: Any, relevant: frozenset[str] | None) -> str:
     label = ((f'<span class="ok" title="correct by ground truth">&#10003;</span> ' if match else "")
              + f'#{rank} <span class="d">L2 {dist_s}</span> '
              + (f'<span class="id">[id {int(item_id)}]</span> ' if item_id is not None else "")
-             + f'<span class="k" title="{html.escape(key)}">{html.escape(short)}</span>')
+             + f'<span class="k" title="{_h(key)}">{_h(short)}</span>')
     return _figure(image, text, label, "match" if match else "")
 
 
@@ -119,7 +143,7 @@ def _header(header: Mapping[str, Any] | None, any_truth: bool) -> str:
             rows.append(("Items", ", ".join(f"{n} {kind}s" for kind, n in counts.items())))
         for k, v in (header.get("extra") or {}).items():
             rows.append((str(k), str(v)))
-    dl = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in rows)
+    dl = "".join(f"<dt>{_h(k)}</dt><dd>{_h(v)}</dd>" for k, v in rows)
     legend = LEGEND + (LEGEND_MATCH if any_truth else "") + LEGEND_ID
     return (f'<header class="summary">{f"<dl>{dl}</dl>" if dl else ""}'
             f'<p class="legend">{legend}</p></header>')
@@ -130,11 +154,14 @@ def render(queries: Iterable[Mapping[str, Any]], title: str = "jointembed search
     """The HTML page as a string (see :func:`write_gallery`)."""
     queries = list(queries)
     truths = [frozenset(map(str, q["relevant"])) if q.get("relevant") is not None else None for q in queries]
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-           f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+    out = [f"<!doctype html><html><head><meta charset='utf-8'>"
+           f"<meta http-equiv='Content-Security-Policy' content=\"{CSP}\"><title>{_h(title)}</title>",
+           f"<style>{_CSS}</style></head><body><h1>{_h(title)}</h1>",
            _header(header, any(t is not None for t in truths))]
     for q, relevant in zip(queries, truths):
-        label = html.escape(str(q.get("query_label", q.get("label", "query"))))
+        # <bdi>: a bidi override in the query (U+202E) cannot reorder the score after it
+        label = f'<bdi>{_h(q.get("query_label", q.get("label", "query")))}</bdi>'
+
         hits = list(q.get("hits", []))
         if relevant is not None:
             n = sum(str(_get(h, "key", "")) in relevant for h in hits)
@@ -169,8 +196,14 @@ def write_gallery(path: str | Path, queries: Iterable[Mapping[str, Any]], *,
 
     Returns:
         ``path`` as a Path.
+
+    Raises:
+        InputError: ``path`` is a symlink, a FIFO, a device or a directory
+            (:func:`jointembed_pg.files.write_regular`), or cannot be written.
     """
+    from .. import files
+
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(queries, title, header=header), encoding="utf-8")
+    files.write_regular(out, render(queries, title, header=header).encode("utf-8"), "HTML page")
     return out

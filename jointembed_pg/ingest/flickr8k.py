@@ -12,9 +12,11 @@ and :func:`split_names`), the exporter's parity/int8 data and the benchmarks.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import files
 from ..errors import InputError
 from .readers import read_texts
 
@@ -25,6 +27,8 @@ SPLIT_FILES = {
     "test": "Flickr_8k.testImages.txt",
 }
 IMAGES = "images"
+#: Largest split file read (bytes); Flickr8K's train list is 150 KB.
+MAX_SPLIT_FILE_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -79,9 +83,9 @@ def split_names(data_dir: str | Path, split: str) -> list[str]:
     if split not in SPLIT_FILES:
         raise InputError(f"unknown split {split!r}; choose one of {', '.join(SPLIT_FILES)}")
     path = Path(data_dir).expanduser() / SPLIT_FILES[split]
-    try:
-        lines = path.read_bytes().decode("utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
+    try:  # a regular file of bounded size: a FIFO or /dev/zero in a --data-dir cannot hang or fill memory
+        lines = files.read_regular(path, MAX_SPLIT_FILE_BYTES, "split file").decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError as e:
         raise InputError(f"{path}: cannot read the split file ({e})") from e
     names = [n.strip() for n in lines if n.strip()]
     for lineno, n in enumerate(names, 1):
@@ -114,7 +118,7 @@ def load_split(data_dir: str | Path, split: str) -> Flickr8kSplit:
         if rec.error is None and image in index:
             captions.append((rec.key, rec.text))
             ids.append(index[image])
-    paths = [(root / IMAGES / n).resolve() for n in names]
+    paths = [Path(os.path.realpath(root / IMAGES / n)) for n in names]  # a symlink loop is "missing"
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise InputError(f"{len(missing)} images of the {split} split are missing under {root / IMAGES}, "

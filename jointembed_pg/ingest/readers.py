@@ -8,7 +8,9 @@ Caption files (``jointembed index text FILE``) come in three formats, chosen by 
 
 Readers never stop at a bad line: each one yields a :class:`TextRecord` with ``error``
 set (invalid UTF-8, a NUL byte or a lone surrogate, a missing field, an empty or overlong
-caption, a line over the line limit, a CSV syntax error), so the batch job records it and
+caption, an empty or whitespace-only id, a line over the line limit, a JSON line Python
+cannot parse -- bad syntax, nesting too deep, an integer over 4300 digits --, a CSV row
+that breaks the quoting rules, named by its line numbers), so the batch job records it and
 goes on. Caption files are opened as regular files only (:mod:`jointembed_pg.files`) and
 read line by line, so a device, a FIFO or a huge line cannot hang or exhaust the reader.
 
@@ -123,24 +125,35 @@ def scan_images(paths: Iterable[str | Path]) -> ImageScan:
     other files are ignored by kind. Symlinks to files are followed; symlinks to
     directories are not (no loops) and are reported as ignored. A subdirectory that
     cannot be listed becomes a failed item. The key of an image is its resolved absolute
-    path; a file reached twice is one item. A path that does not exist is an item with
-    ``error`` set.
+    path; a file reached twice is one item. A path that does not exist or cannot be
+    looked at (too long, a parent without search permission) is an item with ``error`` set.
     """
     scan, seen = ImageScan(), set()  # the same file named twice (or via ../) is one item
     images = image_extensions()
 
     def add(f: Path, error: str | None = None):
-        key = str(f.resolve()) if error is None else str(f)
+        # realpath, not Path.resolve(): a symlink loop (a.jpg -> b.jpg -> a.jpg) is an item
+        # that fails when read ("too many levels of symbolic links"), not a RuntimeError
+        key = os.path.realpath(f) if error is None else str(f)
         if key not in seen:
             seen.add(key)
             scan.records.append(PathRecord(key, Path(key), error))
 
     for p in paths:
-        path = Path(p).expanduser()
-        if not path.exists() and not path.is_symlink():
+        path = Path(p)
+        try:
+            # before Python 3.12 exists()/is_dir() raise on ENAMETOOLONG or EACCES (a path
+            # too long, a parent we may not search): that path fails, the others go on
+            path = path.expanduser()
+            is_dir = path.is_dir()
+            missing = not is_dir and not path.exists() and not path.is_symlink()
+        except (OSError, ValueError, RuntimeError) as e:  # ValueError: NUL; RuntimeError: no home for ~
+            add(path, f"{path}: cannot use this path ({getattr(e, 'strerror', None) or e})")
+            continue
+        if missing:
             add(path, f"{path}: no such file or directory")
             continue
-        if not path.is_dir():
+        if not is_dir:
             add(path)
             continue
         found: list[Path] = []
@@ -149,7 +162,7 @@ def scan_images(paths: Iterable[str | Path]) -> ImageScan:
         def onerror(e: OSError, errors=errors):
             errors.append((Path(e.filename), f"{e.filename}: cannot list directory ({e.strerror or e})"))
 
-        for top, dirs, names in os.walk(path, onerror=onerror, followlinks=False):
+        for top, dirs, names in _walk(str(path), onerror):
             for d in dirs:
                 if os.path.islink(os.path.join(top, d)):
                     scan.ignored.append(Ignored(os.path.join(top, d), "symlink to a directory (not followed)"))
@@ -164,6 +177,38 @@ def scan_images(paths: Iterable[str | Path]) -> ImageScan:
         for d, err in errors:
             add(d, err)
     return scan
+
+
+def _walk(top: str, onerror) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk(top, onerror=onerror, followlinks=False)`` without recursion.
+
+    Python before 3.12 walks recursively, so a tree deeper than the recursion limit
+    (~1000 levels: a few ``mkdir`` in a loop) ended a scan with ``RecursionError``; this
+    one keeps its own stack. ``dirs`` holds the subdirectories and symlinks to directories
+    (as ``os.walk``); symlinks are not descended into. ``onerror`` gets each ``OSError``
+    of a directory that cannot be listed (a path over ``PATH_MAX`` included).
+    """
+    stack = [top]
+    while stack:
+        current = stack.pop()
+        try:
+            with os.scandir(current) as it:
+                entries = list(it)
+        except OSError as e:
+            onerror(e)
+            continue
+        dirs, names = [], []
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            (dirs if is_dir else names).append(entry.name)
+        yield current, dirs, names
+        for d in reversed(dirs):
+            sub = os.path.join(current, d)
+            if not os.path.islink(sub):
+                stack.append(sub)
 
 
 def iter_image_paths(paths: Iterable[str | Path]) -> Iterator[PathRecord]:
@@ -197,11 +242,13 @@ def check_key(key: str, what: str = "key", max_bytes: int = MAX_KEY_BYTES) -> st
     """Validate an item key (a resolved path or a caption id): storable, at most ``max_bytes``.
 
     Raises:
-        InputError: not text, empty, a NUL or lone surrogate (e.g. a file name that is not
-            valid UTF-8), or longer than ``max_bytes`` UTF-8 bytes.
+        InputError: not text, empty or whitespace only (in every caption format and the
+            API alike), a NUL or lone surrogate (e.g. a file name that is not valid UTF-8),
+            or longer than ``max_bytes`` UTF-8 bytes.
     """
-    if not isinstance(key, str) or not key:
-        raise InputError(f"{what}: empty key")
+    if not isinstance(key, str) or not key.strip():
+        raise InputError(f"{what}: empty key" + (f" ({key!r}: whitespace only)" if isinstance(key, str) and key
+                                                  else ""))
     check_text(key, f"{printable(key)}: {what}")
     n = len(key.encode("utf-8"))
     if n > max_bytes:
@@ -315,8 +362,12 @@ def _read_jsonl(path: Path, lines) -> Iterator[TextRecord]:
         where = f"{printable(path.name, 200)}:{lineno}"
         try:
             obj = json.loads(line)
-        except (json.JSONDecodeError, RecursionError) as e:
-            yield TextRecord(where, "", f"{where}: invalid JSON ({getattr(e, 'msg', 'nested too deeply')})")
+        except (ValueError, RecursionError) as e:
+            # JSONDecodeError is a ValueError; so is an integer of more than
+            # sys.get_int_max_str_digits() digits (4300), anywhere in the object
+            why = e.msg if isinstance(e, json.JSONDecodeError) else (
+                "nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0])
+            yield TextRecord(where, "", f"{where}: invalid JSON ({why})")
             continue
         if not isinstance(obj, dict) or "id" not in obj or "text" not in obj:
             yield TextRecord(where, "", f"{where}: needs the fields 'id' and 'text'")
@@ -332,9 +383,11 @@ def _read_jsonl(path: Path, lines) -> Iterator[TextRecord]:
 
 def _read_csv(path: Path, lines) -> Iterator[TextRecord]:
     pending: list[TextRecord] = []
+    fetched = [0]  # the last line handed to the csv reader (its line_num skips a row that fails)
 
     def text_lines():
         for lineno, raw in lines:
+            fetched[0] = lineno
             line = _decode(path, lineno, raw)
             if isinstance(line, TextRecord):
                 pending.append(line)
@@ -343,7 +396,9 @@ def _read_csv(path: Path, lines) -> Iterator[TextRecord]:
 
     if csv.field_size_limit() < MAX_LINE_BYTES:
         csv.field_size_limit(MAX_LINE_BYTES)  # one caption per field; the line cap bounds it
-    reader = csv.DictReader(text_lines())
+    # strict: a row that breaks the quoting rules (a quote closed mid-field, a quoted field
+    # still open at the end of the file) is a bad row, not silently glued to its neighbours
+    reader = csv.DictReader(text_lines(), strict=True)
     try:
         fieldnames = reader.fieldnames
     except csv.Error as e:
@@ -353,6 +408,7 @@ def _read_csv(path: Path, lines) -> Iterator[TextRecord]:
     if not fieldnames or not {"id", "text"} <= set(fieldnames):
         raise InputError(f"{path}: CSV needs a header with 'id' and 'text' columns, found {fieldnames}")
     name = printable(path.name, 200)
+    done = fetched[0]  # the last line of the previous row
     while True:
         try:
             row = next(reader)
@@ -361,8 +417,11 @@ def _read_csv(path: Path, lines) -> Iterator[TextRecord]:
         except csv.Error as e:
             yield from pending
             pending.clear()
-            yield TextRecord(f"{name}:{reader.line_num}", "", f"{name}:{reader.line_num}: bad CSV row ({e})")
+            lines_of_row = f"{done + 1}" if fetched[0] <= done + 1 else f"{done + 1}-{fetched[0]}"
+            done = fetched[0]
+            yield TextRecord(f"{name}:{lines_of_row}", "", f"{name}:{lines_of_row}: bad CSV row ({e})")
             continue
+        done = fetched[0]
         yield from pending
         pending.clear()
         n = reader.line_num

@@ -47,6 +47,18 @@ from .text import TRUNCATION, TextTokenizer, length_sorted_batches, validate_tex
 X64_QUANT_PRECISION = ("session.x64quantprecision", "1")
 #: Rows per onnxruntime call in the ``encode_*`` methods (bounds memory).
 DEFAULT_BATCH = 32
+#: Largest ``manifest.json`` read (bytes); the exporter writes a few KiB.
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+#: onnxruntime's own log (C++, straight to file descriptor 2): fatal only. Its errors reach
+#: the caller as exceptions (one line, :class:`BundleError`); the log would repeat them,
+#: coloured with ANSI codes, and print node names of an untrusted graph raw to the terminal.
+ORT_LOG_SEVERITY = 4
+
+
+def _first_line(e: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, at most ``limit`` characters."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -94,14 +106,25 @@ def available_bundles() -> list[str]:
 
 
 def read_manifest(bundle_dir: Path) -> dict[str, Any]:
-    """Parse ``<bundle_dir>/manifest.json``. Raises BundleError if missing or not JSON."""
+    """Parse ``<bundle_dir>/manifest.json``, a regular file of at most :data:`MAX_MANIFEST_BYTES`
+    (:func:`jointembed_pg.files.read_regular`: a FIFO, ``/dev/zero`` or a huge file is
+    refused before reading, so it cannot hang the loader or exhaust memory).
+
+    Raises:
+        BundleError: missing, not a regular file, too large, not UTF-8, not JSON (also
+            nested too deeply or holding an integer over 4300 digits), not an object.
+    """
+    from .. import files
+
     path = Path(bundle_dir) / MANIFEST
+    if not path.exists() and not path.is_symlink():
+        raise BundleError(f"{path}: missing")
     try:
-        m = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise BundleError(f"{path}: missing") from e
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"{path}: not valid JSON ({e})") from e
+        m = json.loads(files.read_regular(path, MAX_MANIFEST_BYTES, "model bundle").decode("utf-8"))
+    except InputError as e:
+        raise BundleError(str(e)) from e
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
+        raise BundleError(f"{path}: not valid JSON ({_first_line(e)})") from e
     if not isinstance(m, dict):
         raise BundleError(f"{path}: expected a JSON object, got {type(m).__name__}")
     return m
@@ -221,6 +244,7 @@ class Bundle:
 
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = ORT_LOG_SEVERITY
         opts.add_session_config_entry(*X64_QUANT_PRECISION)
         for key, value in self.session_config.items():
             opts.add_session_config_entry(key, value)
@@ -233,10 +257,46 @@ class Bundle:
         names = [i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()]
         if names != (INPUTS[encoder], OUTPUTS[encoder]):
             raise BundleError(f"{path}: graph inputs/outputs are {names}, expected {INPUTS[encoder]} -> {OUTPUTS[encoder]}")
+        self._check_graph(sess, path, encoder)
         return sess
 
+    def _check_graph(self, sess, path: Path, encoder: str) -> None:
+        """Refuse a graph that cannot take what the manifest says it feeds it, when the
+        session is made rather than at the first item of a batch job.
+
+        Image: the graph's fixed input sides must be ``(3, S, S)`` with S =
+        ``preprocess.image.size``. Text: one caption of ``preprocess.text.max_tokens``
+        tokens is encoded (a manifest asking for more positions than the encoder has
+        would otherwise fail only on the first long caption).
+
+        Raises:
+            BundleError: naming the file and the manifest field.
+        """
+        if encoder == "image":
+            want = (3, self.image_spec.size, self.image_spec.size)
+            have = tuple(sess.get_inputs()[0].shape[1:])
+            if len(have) != 3 or any(isinstance(h, int) and h != w for h, w in zip(have, want)):
+                raise BundleError(f"{path}: the graph takes pixels of shape (N, {', '.join(map(str, have))}), "
+                                  f"manifest field 'preprocess.image.size' says (N, 3, {want[1]}, {want[2]})")
+            return
+        ids = np.zeros((1, self.max_tokens), np.int64)
+        try:
+            out = sess.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
+        except Exception as e:  # onnxruntime's own error types
+            raise BundleError(f"{path}: cannot encode a caption of {self.max_tokens} tokens (manifest field "
+                              f"'preprocess.text.max_tokens'): {_first_line(e)}") from e
+        if out.ndim != 2 or out.shape[1] != self.dim:
+            raise BundleError(f"{path}: output shape {out.shape}, manifest dim is {self.dim}")
+
     def _run(self, encoder: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        out = self._session(encoder).run(None, feeds)[0]
+        try:
+            out = self._session(encoder).run(None, feeds)[0]
+        except BundleError:
+            raise
+        except Exception as e:  # onnxruntime's own error types: the graph and the manifest disagree
+            shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in feeds.items())
+            raise BundleError(f"{self.path / (encoder + '.onnx')}: onnxruntime cannot run it on {shapes}: "
+                              f"{_first_line(e)}") from e
         if out.ndim != 2 or out.shape[1] != self.dim:
             raise BundleError(f"{self.path / (encoder + '.onnx')}: output shape {out.shape}, manifest dim is {self.dim}")
         return np.ascontiguousarray(out, dtype=np.float32)

@@ -30,6 +30,9 @@ PRECISIONS = ("fp32", "int8")
 DISTANCES = ("l2",)
 #: Shortest caption limit that leaves room for [CLS] x [SEP].
 MIN_MAX_TOKENS = 3
+#: Longest caption limit accepted (BERT-family encoders take 512; the text encoder is
+#: also probed with a caption of ``max_tokens`` when its session is created).
+MAX_MAX_TOKENS = 8192
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 #: Dataclass field -> its dotted path in the JSON (where the two differ).
@@ -113,6 +116,8 @@ class Manifest:
                     raise BundleError(f"field '{kind}.{enc}' is {list(got)}, this runtime needs {want[enc]}")
         if _typed(_JSON_PATH["max_tokens"], self.max_tokens, int) < MIN_MAX_TOKENS:
             raise BundleError(f"field 'preprocess.text.max_tokens' must be >= {MIN_MAX_TOKENS}")
+        if self.max_tokens > MAX_MAX_TOKENS:
+            raise BundleError(f"field 'preprocess.text.max_tokens' must be <= {MAX_MAX_TOKENS}, got {self.max_tokens}")
         if _typed(_JSON_PATH["truncation"], self.truncation, str) != TRUNCATION:
             raise BundleError(f"field 'preprocess.text.truncation' must be {TRUNCATION!r}")
         _typed(_JSON_PATH["image"], self.image, ImageSpec)

@@ -12,6 +12,8 @@ Pipeline (immich-style, each step a function):
 from __future__ import annotations
 
 import io
+import math
+from numbers import Real
 from os import PathLike
 from struct import error as struct_error
 import warnings
@@ -42,6 +44,9 @@ LITE_MEAN = (127.0 / 255.0,) * 3
 LITE_STD = (128.0 / 255.0,) * 3
 
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+#: Largest encoder input side accepted from a manifest, pixels: a (3, S, S) float32 input
+#: is 12 * S^2 bytes (200 MB at 4096), decoded and resized per image.
+MAX_IMAGE_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,11 @@ class ImageSpec:
         interpolation: ``"bicubic"`` or ``"bilinear"`` (Pillow filters).
         crop: ``"center"``: central ``size`` x ``size`` crop after resizing.
         mean, std: per-channel RGB normalisation on ``[0, 1]`` values.
+
+    Raises:
+        ValueError: ``size`` is not an int in ``1..MAX_IMAGE_SIZE``, or ``mean`` / ``std``
+            are not three finite numbers (``std`` > 0): a manifest that would make every
+            image fail (a division by zero, NaN pixels, a shape error) or exhaust memory.
     """
 
     size: int = 224
@@ -64,6 +74,17 @@ class ImageSpec:
     std: tuple[float, float, float] = LITE_STD
     layout: str = field(default="NCHW")
 
+    def __post_init__(self):
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or not 1 <= self.size <= MAX_IMAGE_SIZE:
+            raise ValueError(f"size must be an integer in 1..{MAX_IMAGE_SIZE}, got {self.size!r}")
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            if (not isinstance(v, (tuple, list)) or len(v) != 3
+                    or not all(isinstance(x, Real) and not isinstance(x, bool) and math.isfinite(x) for x in v)):
+                raise ValueError(f"{name} must be three finite numbers (R, G, B), got {v!r}")
+        if not all(x > 0 for x in self.std):
+            raise ValueError(f"std must be positive, got {self.std!r}")
+
     def to_dict(self) -> dict[str, Any]:
         """The manifest form of this spec (JSON-serialisable)."""
         d = asdict(self)
@@ -73,13 +94,19 @@ class ImageSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ImageSpec":
         """Build from a manifest's ``preprocess.image``; raises ValueError on unknown rules."""
+        def rgb(name):
+            v = d[name]
+            if not isinstance(v, (list, tuple)) or not all(isinstance(x, Real) and not isinstance(x, bool) for x in v):
+                raise ValueError(f"{name} must be three finite numbers (R, G, B), got {v!r}")
+            return tuple(float(x) for x in v)
+
         spec = cls(
-            size=int(d["size"]),
+            size=d["size"],  # an int, not "224" nor 224.7 (checked by __post_init__)
             resize=d.get("resize", "shorter_side"),
             interpolation=d.get("interpolation", "bicubic"),
             crop=d.get("crop", "center"),
-            mean=tuple(float(x) for x in d["mean"]),  # type: ignore[arg-type]
-            std=tuple(float(x) for x in d["std"]),  # type: ignore[arg-type]
+            mean=rgb("mean"),  # type: ignore[arg-type]
+            std=rgb("std"),  # type: ignore[arg-type]
             layout=d.get("layout", "NCHW"),
         )
         if spec.resize != "shorter_side" or spec.crop != "center" or spec.layout != "NCHW":
