@@ -98,3 +98,23 @@ def test_partial_mode_refuses_other_backbones():
 
     with pytest.raises(ValueError, match="only efficientnet-lite0 at 224"):
         train_partial(TrainConfig(mode="partial", image_backbone=LITE2), corpus=None, out=Path("unused"))
+
+
+def test_frozen_runner_leave_topic_out_views(flickr8k_dir):
+    """``holdout_topic`` drops exactly the topic's training images (and their captions) from
+    the frozen runner's train view; every run is also scored on the topic's test images."""
+    from jointembed_train.data import load_flickr8k
+    from jointembed_train.runner import topic_test_view, train_view
+    from jointembed_train.topics import topic_images
+
+    corpus = load_flickr8k(flickr8k_dir)
+    hit = topic_images(corpus, "snow_bike_horse")
+    full = train_view(TrainConfig(), corpus)
+    lto = train_view(TrainConfig(holdout_topic="snow_bike_horse"), corpus)
+    assert np.array_equal(full.image_index, corpus.splits["train"])
+    assert not hit[lto.image_index].any()
+    assert len(lto.image_index) == len(full.image_index) - int(hit[corpus.splits["train"]].sum()) == 6000 - 876
+    assert len(lto.caption_index) == 5 * len(lto.image_index)
+    topic = topic_test_view(TrainConfig(), corpus)
+    assert len(topic.image_index) == 134 and hit[topic.image_index].all()
+    assert set(topic.image_index) <= set(corpus.splits["test"])
