@@ -18,7 +18,6 @@ from jointembed_pg import paths
 from jointembed_pg.model.bundle import (IMAGE_ONNX, TEXT_ONNX, TOKENIZER, Bundle, read_manifest, sha256_file,
                                         validate_manifest)
 from jointembed_pg.errors import BundleError
-from jointembed_pg.model.preprocess import ImageSpec
 
 from . import ExportError, graphs, parity
 from .manifest import ExportOptions, make_manifest, make_model_id, write_manifest
@@ -64,7 +63,7 @@ def build_bundle(checkpoint: Path, out_dir: Path, *, data_dir: Path | None = Non
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     with staged_dir(out_dir, force=force) as tmp:
         ckpt, image_enc, text_enc = load_encoders(checkpoint)
-        spec = ImageSpec()
+        spec = ckpt.config.image_spec()  # the backbone's input rule (224 Lite0, 260 Lite2)
         graphs.export_image(image_enc, tmp / IMAGE_ONNX, size=spec.size, opset=options.opset)
         graphs.export_text(text_enc, tmp / TEXT_ONNX, opset=options.opset)
         shutil.copyfile(tokenizer_path(), tmp / TOKENIZER)

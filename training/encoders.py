@@ -50,11 +50,12 @@ def _load_finetuned(bb: nn.Module, state: dict, which: str) -> None:
 
 
 def image_encoder(ckpt: Checkpoint) -> ImageEncoder:
-    """The image encoder of ``ckpt`` in eval mode (loads the EfficientNet-Lite0 weights;
+    """The image encoder of ``ckpt`` in eval mode (loads the weights of its config's
+    ``image_backbone``, EfficientNet-Lite0 by default;
     finetuned backbone weights from the checkpoint replace them when present: the whole
     backbone (finetune mode) or its unfrozen top blocks (partial mode))."""
     heads = ckpt.build_heads()
-    bb = backbones.load_image_backbone(grid=ckpt.config.image_pool != "mean")
+    bb = backbones.load_image_backbone(grid=ckpt.config.image_pool != "mean", name=ckpt.config.image_backbone)
     if _finetuned(ckpt, "image") is not None:
         _load_finetuned(bb, _finetuned(ckpt, "image"), "image")
     return ImageEncoder(bb, heads.image_head, heads.post).eval()

@@ -28,9 +28,19 @@ VIEWS = ("center", "hflip", "zoom_tl", "zoom_tr", "zoom_bl", "zoom_br", "zoom_c"
 _ZOOM = 256  #: shorter side before a 224 corner crop for the ``zoom_*`` views
 
 
-def _key(kind: str, items: Sequence[str], extra: dict) -> str:
+def _key(kind: str, items: Sequence[str], extra: dict,
+         image_backbone: str = backbones.IMAGE_BACKBONE_NAME) -> str:
+    """16 hex digits over the cache version, ``kind``, the backbone fingerprint (image backbone
+    ``image_backbone``'s weights + MiniLM), ``extra`` (spec, view, ...) and ``items``.
+
+    A non-default image backbone is also named in the hashed dict; the default's key is
+    unchanged from before the backbone choice existed, so Lite0 caches stay valid.
+    """
+    if image_backbone != backbones.IMAGE_BACKBONE_NAME:
+        extra = {**extra, "image_backbone": image_backbone}
     h = hashlib.sha256()
-    h.update(json.dumps({"v": CACHE_VERSION, "kind": kind, "bb": backbones.backbone_fingerprint(),
+    h.update(json.dumps({"v": CACHE_VERSION, "kind": kind,
+                         "bb": backbones.backbone_fingerprint(image_backbone),
                          **extra}, sort_keys=True).encode())
     for s in items:
         h.update(s.encode("utf-8", "surrogatepass") + b"\0")
@@ -72,21 +82,29 @@ def _cached(path: Path, compute: Callable[[], np.ndarray]) -> np.ndarray:
     return arr
 
 
+def image_key(paths: Sequence[Path], spec: ImageSpec, view: str,
+              backbone: str = backbones.IMAGE_BACKBONE_NAME) -> str:
+    """Cache key of :func:`image_features` (backbone weights + name, spec, view, paths)."""
+    return _key("image", [str(p) for p in paths], {"spec": spec.to_dict(), "view": view}, backbone)
+
+
 def image_features(paths: Sequence[Path], cache_dir: Path = DEFAULT_CACHE_DIR, *,
                    spec: ImageSpec = ImageSpec(), view: str = "center", batch_size: int = 64,
-                   device: str = "cpu", progress: bool = True, save_grid: bool = False) -> np.ndarray:
-    """EfficientNet-Lite0 pooled features ``(N, 1280) float32`` of ``paths`` (cached).
+                   device: str = "cpu", progress: bool = True, save_grid: bool = False,
+                   backbone: str = backbones.IMAGE_BACKBONE_NAME) -> np.ndarray:
+    """Pooled features ``(N, 1280) float32`` of ``paths`` under image backbone ``backbone``
+    (EfficientNet-Lite0 by default) at ``spec`` (cached; the key names both).
 
     With ``save_grid`` the final feature maps are also stored, as
     ``imggrid_<view>_<key>.npy``: ``(N, h*w, 1280) float16`` (7x7 grid for 224 input).
     """
-    key = _key("image", [str(p) for p in paths], {"spec": spec.to_dict(), "view": view})
+    key = image_key(paths, spec, view, backbone)
     out = Path(cache_dir) / f"img_{view}_{key}.npy"
 
     grid_path = Path(cache_dir) / f"imggrid_{view}_{key}.npy"
 
     def compute() -> np.ndarray:
-        net = backbones.load_image_backbone().to(device)
+        net = backbones.load_image_backbone(name=backbone).to(device)
         feats = np.zeros((len(paths), backbones.IMAGE_FEATURE_DIM), np.float32)
         grid = None
         with torch.inference_mode():
@@ -109,15 +127,16 @@ def image_features(paths: Sequence[Path], cache_dir: Path = DEFAULT_CACHE_DIR, *
 
 def image_grid_features(paths: Sequence[Path], cache_dir: Path = DEFAULT_CACHE_DIR, *,
                         spec: ImageSpec = ImageSpec(), view: str = "center", device: str = "cpu",
-                        progress: bool = True) -> np.ndarray:
-    """Final feature maps ``(N, 49, 1280) float16`` of ``paths`` (memory-mapped cache)."""
-    key = _key("image", [str(p) for p in paths], {"spec": spec.to_dict(), "view": view})
+                        progress: bool = True, backbone: str = backbones.IMAGE_BACKBONE_NAME) -> np.ndarray:
+    """Final feature maps ``(N, h*w, 1280) float16`` of ``paths`` (memory-mapped cache;
+    49 = 7x7 at 224 px)."""
+    key = image_key(paths, spec, view, backbone)
     grid_path = Path(cache_dir) / f"imggrid_{view}_{key}.npy"
     if not grid_path.is_file():
         pooled = Path(cache_dir) / f"img_{view}_{key}.npy"
         pooled.unlink(missing_ok=True)  # recompute both in one pass
         image_features(paths, cache_dir, spec=spec, view=view, device=device, progress=progress,
-                       save_grid=True)
+                       save_grid=True, backbone=backbone)
     return np.load(grid_path, mmap_mode="r")
 
 

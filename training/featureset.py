@@ -10,7 +10,7 @@ import torch
 from jointembed_pg.metrics import retrieval_metrics
 
 from .config import TrainConfig
-from .data import Corpus
+from .data import Corpus, SplitView
 from .features import image_features, image_grid_features, text_features, tokenize
 from .model import JointHeads
 
@@ -46,22 +46,24 @@ class FeatureSet:
         return self.token_ids[idx, :length], mask[:, :length]
 
 
-def load_split(cfg: TrainConfig, corpus: Corpus, split: str, cache_dir: Path,
+def load_split(cfg: TrainConfig, corpus: Corpus, split: str | SplitView, cache_dir: Path,
                views: tuple[str, ...] = ("center",), device: str = "cpu") -> FeatureSet:
-    """Features of ``split`` (computing and caching backbone features on a miss).
+    """Features of ``split`` (a split name or a :class:`SplitView`), computing and caching
+    backbone features (``cfg.image_backbone`` at ``cfg.image_spec()``) on a miss.
 
     Whole-corpus caches are used for the ``center`` view; extra views are cached for the
     split's images only (they are only used for training).
     """
-    view = corpus.split(split)
+    view = corpus.split(split) if isinstance(split, str) else split
     fn = image_features if cfg.image_pool == "mean" else image_grid_features
     img = []
+    bb = dict(spec=cfg.image_spec(), backbone=cfg.image_backbone, device=device)
     for v in views:
         if v == "center":
-            img.append(fn(corpus.image_paths, cache_dir, device=device)[view.image_index])
+            img.append(fn(corpus.image_paths, cache_dir, **bb)[view.image_index])
         else:
             paths = [corpus.image_paths[i] for i in view.image_index]
-            img.append(fn(paths, cache_dir, view=v, device=device))
+            img.append(fn(paths, cache_dir, view=v, **bb))
     caps = [corpus.captions[i] for i in view.caption_index]
     txt = text_features(corpus.captions, cache_dir, max_tokens=cfg.text_max_tokens,
                         device=device)[view.caption_index]

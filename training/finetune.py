@@ -23,7 +23,6 @@ from .data import Corpus
 from .features import load_view, tokenize
 from .model import JointHeads
 from .runner import build_rank_loss, seed_everything
-from jointembed_pg.model.preprocess import ImageSpec
 
 BACKBONE_LR_SCALE = 0.1  #: backbone learning rate = cfg.lr * this
 
@@ -33,7 +32,8 @@ class FinetuneModel(nn.Module):
 
     def __init__(self, cfg: TrainConfig):
         super().__init__()
-        self.image_backbone = backbones.load_image_backbone()
+        self.image_backbone = backbones.load_image_backbone(name=cfg.image_backbone)
+        self.spec = cfg.image_spec()  #: pixels rule of the image backbone
         self.text_backbone = backbones.load_text_backbone()
         self.heads = JointHeads(cfg)
 
@@ -48,7 +48,7 @@ class FinetuneModel(nn.Module):
 
 def _batch(cfg: TrainConfig, corpus: Corpus, cap_rows: np.ndarray, local_ids: np.ndarray,
            image_index: np.ndarray, views: tuple[str, ...]) -> tuple[torch.Tensor, ...]:
-    spec = ImageSpec()
+    spec = cfg.image_spec()
     y = local_ids[cap_rows]
     pix = np.stack([load_view(corpus.image_paths[image_index[i]], spec, random.choice(views)) for i in y])
     ids, mask = tokenize([corpus.captions[i] for i in cap_rows], cfg.text_max_tokens)
@@ -107,7 +107,7 @@ def evaluate_finetuned(model: FinetuneModel, corpus: Corpus, split: str, batch: 
     """Metrics of a finetune model on ``split`` (encodes pixels and tokens live; slow on CPU)."""
     model.eval()
     view = corpus.split(split)
-    spec = ImageSpec()
+    spec = model.spec
     u = [model.embed_images(torch.from_numpy(np.stack([load_view(corpus.image_paths[i], spec, "center")
                                                         for i in view.image_index[lo:lo + batch]])))
          for lo in range(0, len(view.image_index), batch)]

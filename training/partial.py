@@ -264,8 +264,12 @@ def train_partial(cfg: TrainConfig, corpus: Corpus, out: Path, cache_dir: Path =
 
     Metrics: ``dev``, ``test`` (1K protocol) and ``test_topic`` (the leave-topic-out test
     subset of :mod:`jointembed_train.topics`, for every run; for a run with
-    ``holdout_topic`` set this is the LTO proxy). Raises ValueError for bad block counts.
+    ``holdout_topic`` set this is the LTO proxy). Raises ValueError for bad block counts or
+    a non-default image backbone / size (the caches and block indices are EfficientNet-Lite0's).
     """
+    if cfg.image_backbone != backbones.IMAGE_BACKBONE_NAME or cfg.image_spec().size != 224:
+        raise ValueError(f"mode 'partial' supports only {backbones.IMAGE_BACKBONE_NAME} at 224 px, "
+                         f"not {cfg.image_backbone} at {cfg.image_spec().size}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()

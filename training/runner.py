@@ -22,11 +22,12 @@ from tqdm import tqdm
 
 from . import checkpoint as ckpt_io
 from .config import TrainConfig
-from .data import Corpus
+from .data import Corpus, SplitView
 from .featureset import FeatureSet, evaluate, load_split
 from .losses import AdaptiveMarginLoss, CenterClassLoss, InfoNCELoss, VSE0Loss, VSEPPLoss
 from .model import JointHeads
 from .quantizer import commitment_loss, tau_at
+from .topics import DEFAULT_TOPIC, split_images
 
 STEP_FIELDS = ["step", "epoch", "loss", "rank", "center", "cls", "commit", "margin", "tau", "lr"]
 
@@ -205,7 +206,7 @@ def train(cfg: TrainConfig, corpus: Corpus, out: Path, cache_dir: Path, device: 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
-    train_fs = load_split(cfg, corpus, "train", cache_dir, cfg.image_views, device)
+    train_fs = load_split(cfg, corpus, train_view(cfg, corpus), cache_dir, cfg.image_views, device)
     dev_fs = load_split(cfg, corpus, "dev", cache_dir, ("center",), device)
     st = build_state(cfg, train_fs.num_images, device)
     if cfg.quantizer and cfg.quant_init == "data":
@@ -230,6 +231,23 @@ def train(cfg: TrainConfig, corpus: Corpus, out: Path, cache_dir: Path, device: 
     return finish(cfg, st, corpus, out, cache_dir, device, time.time() - t_start)
 
 
+def train_view(cfg: TrainConfig, corpus: Corpus) -> SplitView:
+    """The training images: the train split, without the images of ``cfg.holdout_topic``
+    when it is set (leave-topic-out, :mod:`jointembed_train.topics`)."""
+    if not cfg.holdout_topic:
+        return corpus.split("train")
+    return SplitView.of(corpus, split_images(corpus, "train", cfg.holdout_topic, inside=False))
+
+
+def topic_test_view(cfg: TrainConfig, corpus: Corpus) -> SplitView | None:
+    """The test images of the held-out topic (``cfg.holdout_topic`` or the default topic),
+    or None when the corpus has no Flickr8K-style test split."""
+    if "test" not in corpus.splits:
+        return None
+    idx = split_images(corpus, "test", cfg.holdout_topic or DEFAULT_TOPIC, inside=True)
+    return SplitView.of(corpus, idx) if len(idx) else None
+
+
 def finish(cfg: TrainConfig, st: TrainState, corpus: Corpus, out: Path, cache_dir: Path,
            device: str, seconds: float) -> ckpt_io.Checkpoint:
     """Restore the best-dev heads, evaluate dev+test at tau_end, save ``best.pt`` + plots."""
@@ -240,6 +258,10 @@ def finish(cfg: TrainConfig, st: TrainState, corpus: Corpus, out: Path, cache_di
                for s in ("dev", "test")}
     info = {"best_epoch": st.best_epoch, "train_seconds": round(seconds, 1),
             "selection": "best dev rsum over epochs"}
+    topic = topic_test_view(cfg, corpus)
+    if topic is not None:  # the leave-topic-out gallery (the LTO proxy when cfg.holdout_topic)
+        metrics["test_topic"] = evaluate(st.heads, load_split(cfg, corpus, topic, cache_dir, ("center",), device))
+        info["topic"] = cfg.holdout_topic or DEFAULT_TOPIC
     ck = ckpt_io.from_heads(cfg, st.heads.cpu(), metrics, info)
     ckpt_io.save(ck, out / "best.pt")
     (out / "metrics.json").write_text(json.dumps({"metrics": metrics, **info}, indent=1))
