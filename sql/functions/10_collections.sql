@@ -62,8 +62,8 @@ BEGIN
     END IF;
     UPDATE jointembed.collections t SET items_table = 'items_' || c.id
     WHERE t.id = c.id RETURNING t.* INTO c;
-    -- %2$s: format_type() of the extension's own type oid and the checked integer dim
-    -- (quoted and schema-qualified by format_type itself; nothing from a user or a row's text).
+    -- the column type: the extension type's schema and name as identifiers (%I, from the
+    -- catalog row of its oid) and the checked dim as a literal type modifier (%L).
     EXECUTE format($ddl$
         CREATE TABLE jointembed.%1$I (
             id           bigserial   PRIMARY KEY,
@@ -73,11 +73,14 @@ BEGIN
             text         text,
             content_hash text,
             model_id     text        NOT NULL,
-            embedding    %2$s NOT NULL,
+            embedding    %2$I.%3$I(%4$L) NOT NULL,
             created_at   timestamptz NOT NULL DEFAULT now(),
             updated_at   timestamptz NOT NULL DEFAULT now(),
             UNIQUE (modality, key)
-        )$ddl$, c.items_table, format_type(typ, c.dim));
+        )$ddl$, c.items_table,
+        (SELECT n.nspname FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+         WHERE t.oid = typ),
+        (SELECT t.typname FROM pg_catalog.pg_type t WHERE t.oid = typ), c.dim);
     EXECUTE format('COMMENT ON TABLE jointembed.%I IS %L',
                    c.items_table, 'jointembed items of collection ' || c.name);
     RETURN c;

@@ -57,7 +57,7 @@ $fn$;
 
 -- The user's table of an attachment as a regclass (rendered quoted and, when not on the
 -- current search_path, schema-qualified by regclass's output function from the live oid,
--- never from the stored table_name text: safe to format with %s).
+-- never from the stored table_name text).
 CREATE OR REPLACE FUNCTION jointembed._sync_rel(a jointembed.attachments)
 RETURNS regclass
 LANGUAGE plpgsql STABLE AS $fn$
@@ -70,7 +70,9 @@ BEGIN
 END
 $fn$;
 
--- The key column's type as format_type() prints it, read from the live catalog.
+-- The key column's type as format_type() prints it (with its modifier: varchar(20),
+-- char(5)), read from the live catalog and checked to parse as exactly a type name by the
+-- regtype input function before any caller pastes it into DDL.
 CREATE OR REPLACE FUNCTION jointembed._sync_key_type(a jointembed.attachments)
 RETURNS text
 LANGUAGE plpgsql STABLE AS $fn$
@@ -83,6 +85,11 @@ BEGIN
         RAISE EXCEPTION 'jointembed: table % has no key column %', a.table_oid::regclass,
             quote_ident(a.key_column) USING ERRCODE = 'undefined_column';
     END IF;
+    IF t::pg_catalog.regtype IS DISTINCT FROM (SELECT att.atttypid FROM pg_catalog.pg_attribute att
+            WHERE att.attrelid = a.table_oid AND att.attname = a.key_column AND att.attnum > 0)::pg_catalog.regtype THEN
+        RAISE EXCEPTION 'jointembed: the key type of table % does not parse back as itself', a.table_oid::regclass
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     RETURN t;
 END
 $fn$;
@@ -93,7 +100,7 @@ CREATE OR REPLACE FUNCTION jointembed._sync_key_eq(a jointembed.attachments)
 RETURNS text
 LANGUAGE sql STABLE AS $fn$
     SELECT coalesce((
-        SELECT format('OPERATOR(%I.%s)', n.nspname, o.oprname)
+        SELECT format('OPERATOR(%s)', o.oid::pg_catalog.regoper)  -- regoper: schema-qualified, from the oid
         FROM pg_catalog.pg_attribute att
         JOIN pg_catalog.pg_type ty ON ty.oid = att.atttypid
         JOIN pg_catalog.pg_opclass c ON c.opcintype = coalesce(nullif(ty.typbasetype, 0), ty.oid) AND c.opcdefault
@@ -101,7 +108,6 @@ LANGUAGE sql STABLE AS $fn$
         JOIN pg_catalog.pg_amop ao ON ao.amopfamily = c.opcfamily AND ao.amopstrategy = 3
              AND ao.amoplefttype = c.opcintype AND ao.amoprighttype = c.opcintype
         JOIN pg_catalog.pg_operator o ON o.oid = ao.amopopr
-        JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
         WHERE att.attrelid = a.table_oid AND att.attname = a.key_column AND att.attnum > 0
         LIMIT 1), 'OPERATOR(pg_catalog.=)')
 $fn$;
@@ -122,7 +128,7 @@ BEGIN
             modality     text        NOT NULL CHECK (modality IN ('image', 'text')),
             content_hash text        NOT NULL,
             model_id     text        NOT NULL CHECK (model_id = %3$L),
-            embedding    vector(%4$s) NOT NULL,
+            embedding    vector(%4$L) NOT NULL,
             updated_at   timestamptz NOT NULL DEFAULT now(),
             event_id     bigint      NOT NULL DEFAULT 0,
             PRIMARY KEY (key, modality)
@@ -132,7 +138,7 @@ BEGIN
     EXECUTE format('CREATE INDEX %I ON jointembed.%I USING hnsw (embedding vector_l2_ops) '
                    'WHERE modality = %L', side || '_text_hnsw', side, 'text');
     EXECUTE format('COMMENT ON TABLE jointembed.%I IS %L', side,
-                   format('jointembed embeddings of %s (model %s)', jointembed._sync_rel(a), p_model_id));
+                   'jointembed embeddings of ' || jointembed._sync_rel(a)::text || ' (model ' || p_model_id || ')');
     RETURN side;
 END
 $fn$;
@@ -166,7 +172,7 @@ BEGIN
     EXECUTE format('CREATE INDEX %I ON jointembed.%I (claim) WHERE claim IS NOT NULL', q || '_claim', q);
     EXECUTE format('CREATE INDEX %I ON jointembed.%I (version, id) WHERE key IS NULL', q || '_truncate', q);
     EXECUTE format('COMMENT ON TABLE jointembed.%I IS %L', q,
-                   format('jointembed work queue of %s', jointembed._sync_rel(a)));
+                   'jointembed work queue of ' || jointembed._sync_rel(a)::text);
     RETURN q;
 END
 $fn$;
