@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .options import (AliasGroup, _errors, _finish, _progress, bundle_option, collection_option, dsn_option,
+from .options import (AliasGroup, _errors, _finish, _progress, _stack, bundle_option, collection_option, dsn_option,
                       json_option, progress_option)
 
 ENGINES = ("ray",)
@@ -28,10 +28,8 @@ engine_options = [
 ]
 
 
-def _engine_options(f):
-    for option in reversed(engine_options):
-        f = option(f)
-    return f
+_target_options = _stack(collection_option, dsn_option, bundle_option)
+_run_options = _stack(*engine_options, json_option, progress_option)
 
 
 @click.group("index-distributed", cls=AliasGroup)
@@ -51,14 +49,10 @@ def _ray_options(workers, cpus_per_worker, ray_address, progress):
 
 @index_distributed.command("image")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@collection_option
-@dsn_option
-@bundle_option
+@_target_options
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
               help="Images per encoder batch and per write transaction.")
-@_engine_options
-@json_option
-@progress_option
+@_run_options
 def images_cmd(paths, collection, dsn, bundle_name, batch_size, engine, workers, cpus_per_worker, ray_address,
                as_json, progress):
     """Embed image files or directories (recursively) into COLLECTION."""
@@ -74,14 +68,10 @@ def images_cmd(paths, collection, dsn, bundle_name, batch_size, engine, workers,
 
 @index_distributed.command("text")
 @click.argument("file", type=click.Path(path_type=Path))
-@collection_option
-@dsn_option
-@bundle_option
+@_target_options
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1),
               help="Captions per encoder batch and per write transaction.")
-@_engine_options
-@json_option
-@progress_option
+@_run_options
 def texts_cmd(file, collection, dsn, bundle_name, batch_size, engine, workers, cpus_per_worker, ray_address,
               as_json, progress):
     """Embed the captions of FILE: CSV (id,text), JSON lines (id, text) or a Flickr8K token file."""

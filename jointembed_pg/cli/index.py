@@ -8,7 +8,7 @@ import click
 
 from ..errors import ModelMismatchError
 from ..model.threads import ThreadBudget
-from .options import (AliasGroup, _errors, _finish, _index_log, _progress, bundle_option, collection_option,
+from .options import (AliasGroup, _errors, _finish, _stack, _index_log, _progress, bundle_option, collection_option,
                       defer_index_option, dsn_option, int8_option, json_option, memory_cap_option, progress_option,
                       storage_option, threads_option)
 
@@ -50,15 +50,6 @@ def _open_collection(obj, dsn, bundle_name, name, storage=None, *, threads=None,
     if defer_index:
         bulk.drop_indexes(coll)
     return bundle, coll
-
-
-def _stack(*options):
-    """One decorator applying ``options`` in the listed order (as if stacked top to bottom)."""
-    def deco(f):
-        for option in reversed(options):
-            f = option(f)
-        return f
-    return deco
 
 
 #: Where ``index image`` and ``index text`` write, and how they load (same options, same order).

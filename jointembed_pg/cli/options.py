@@ -201,6 +201,24 @@ def _errors():
         raise click.ClickException(user_error_message(e)) from e
 
 
+def _stack(*options):
+    """One decorator applying ``options`` in the listed order (as if stacked top to bottom)."""
+    def deco(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+    return deco
+
+
+def _echo_failures(errors: list, more: str, shown: int = 20) -> None:
+    """The first ``shown`` failure reasons on stderr, one line each (:func:`terminal_line`:
+    a reason quoting a key or caption with a newline cannot fake a line), then a count."""
+    for error in errors[:shown]:
+        click.echo(f"  failed: {terminal_line(error)}", err=True)
+    if len(errors) > shown:
+        click.echo(f"  ... and {len(errors) - shown} more ({more})", err=True)
+
+
 def _finish(report, as_json):
     """Print an ingest report; exit 3 when some items failed."""
     if as_json:
@@ -208,10 +226,7 @@ def _finish(report, as_json):
     else:
         click.echo(f"{report.modality}s: {report.written} written, {report.unchanged} unchanged, "
                    f"{len(report.failed)} failed, {report.total} total in {report.seconds:.1f} s", err=True)
-        for f in report.failed[:20]:
-            click.echo(f"  failed: {terminal_line(f.error)}", err=True)
-        if len(report.failed) > 20:
-            click.echo(f"  ... and {len(report.failed) - 20} more (use --json for all)", err=True)
+        _echo_failures([f.error for f in report.failed], "use --json for all")
         if getattr(report, "ignored", None):
             click.echo(f"  {report.ignored_summary()} (not images; --json lists them)", err=True)
     if report.written + report.unchanged == 0:

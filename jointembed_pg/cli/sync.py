@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import click
 
-from .options import EXIT_PARTIAL, _errors, _progress, bundle_option, dsn_option, json_option, progress_option, threads_option
+from .options import EXIT_PARTIAL, _echo_failures, _errors, _progress, bundle_option, dsn_option, json_option, progress_option, threads_option
 from ..model.threads import ThreadBudget
 
 table_option = click.option("--table", required=True, metavar="TABLE",
@@ -115,10 +115,7 @@ def _print_report(rep, as_json):
         return
     click.echo(f"{rep.table}: {rep.written} embedded, {rep.unchanged} unchanged, {len(rep.failed)} failed "
                f"in {rep.seconds:.1f} s (model {rep.model_id})", err=True)
-    for f in rep.failed[:20]:
-        click.echo(f"  failed: {f['error']}", err=True)
-    if len(rep.failed) > 20:
-        click.echo(f"  ... and {len(rep.failed) - 20} more (see `jointembed status`)", err=True)
+    _echo_failures([f["error"] for f in rep.failed], "see `jointembed status`")
 
 
 @click.command("sync")
