@@ -9,6 +9,13 @@
   without a migration. An older package never overwrites definitions written by a newer
   one (``package_version`` is recorded with the hash).
 
+**Names of the vector extension.** The SQL files write pgvector's objects qualified with the
+placeholder ``@vector@`` (``@vector@.vector``, ``OPERATOR(@vector@.<->)``,
+``@vector@.vector_dims(x)``); :func:`render` replaces it with the quoted name of the schema
+the extension lives in (``public``, ``extensions``, ...) before a file runs. So no function
+needs that schema on its ``search_path``: every function pins ``pg_catalog`` first and no
+schema that another role may ``CREATE`` in (docs/DESIGN.md, "search_path rule").
+
 The SQL files ship as package data (``jointembed_pg.sql``); in a source checkout that is
 not installed they are read from ``<repo>/sql``. :func:`apply` is idempotent and safe to
 call from several processes at once: the work runs in one transaction holding a
@@ -59,6 +66,12 @@ WHERE e.extname = 'vector' AND NOT n.nspname = ANY (pg_catalog.current_schemas(t
 _APPEND_PATH_SQL = ("SELECT pg_catalog.set_config('search_path', pg_catalog.concat_ws(', ', "
                     "NULLIF(pg_catalog.current_setting('search_path'), ''), "
                     "pg_catalog.quote_ident(%s)), %s)")
+_VECTOR_SCHEMA_SQL = """
+SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+WHERE e.extname = 'vector'
+"""
+#: The placeholder the SQL files use for the vector extension's schema (see :func:`render`).
+VECTOR_PLACEHOLDER = "@vector@"
 _RECORD_SQL = "INSERT INTO jointembed.schema_version (version, name) VALUES (%s, %s)"
 
 
@@ -162,6 +175,28 @@ def query(name: str) -> sql.SQL:
     return sql.SQL(queries()[name])
 
 
+def vector_schema(conn: psycopg.Connection) -> str:
+    """Name of the schema the ``vector`` extension is installed in.
+
+    Raises:
+        DatabaseError: the extension is not installed.
+    """
+    row = conn.execute(_VECTOR_SCHEMA_SQL).fetchone()
+    if row is None:
+        raise DatabaseError("the vector extension is not installed in this database")
+    return row[0]
+
+
+def render(text: str, schema: str) -> str:
+    """``text`` with every ``@vector@`` replaced by ``schema`` as a quoted identifier.
+
+    The identifier is quoted by psycopg's own rules (``"public"``, ``"my ""odd"" schema"``),
+    so a schema name can never end the identifier and inject SQL. A schema name holding NUL
+    cannot exist in PostgreSQL.
+    """
+    return text.replace(VECTOR_PLACEHOLDER, '"' + schema.replace('"', '""') + '"')
+
+
 def current_version(conn: psycopg.Connection) -> int:
     """Schema version recorded in the database (0 when the schema is absent)."""
     has_vector, has_table, _has_defs = conn.execute(_STATE_SQL).fetchone()
@@ -194,18 +229,19 @@ def apply(conn: psycopg.Connection) -> list[int]:
         done = set(conn.execute(_APPLIED_SQL).fetchone()[0])
         _check_not_newer(max(done, default=0), latest)
         applied = []
-        # the SQL files name `vector` unqualified: see it for this transaction only
+        vs = vector_schema(conn)
+        # older SQL text may still name `vector` unqualified: see it for this transaction only
         old_path = conn.execute("SELECT pg_catalog.current_setting('search_path')").fetchone()[0]
         add_vector_schema_to_path(conn, local=True)
         for mig in available():
             if mig.version in done:   # each file once, gaps included (branches merged out of order)
                 continue
-            conn.execute(mig.sql)
+            conn.execute(render(mig.sql, vs))
             conn.execute(_RECORD_SQL, [mig.version, mig.name])
             applied.append(mig.version)
         if applied or _defs_outdated(conn, defs):
             for _name, text in defs.files:
-                conn.execute(text)
+                conn.execute(render(text, vs))
             conn.execute(_RECORD_DEFS_SQL, [defs.sha256, _package_version()])
         conn.execute("SELECT pg_catalog.set_config('search_path', %s, true)", [old_path])
     return applied
