@@ -49,6 +49,7 @@ REVIEWED = {
     ("40_sync_queue.sql", "FROM %4$s t %6$s"): "regclass + a TABLESAMPLE/LIMIT clause built here from numbers",
     ("40_sync_queue.sql", "TABLESAMPLE SYSTEM (%s)"): "numeric computed here",
     ("40_sync_queue.sql", "format('LIMIT %s', p_exact_rows)"): "integer argument",
+    ("50_sync_versions.sql", "WHERE o.key %4$s q.key AND o.modality = q.modality"): "_sync_key_eq: OPERATOR(regoper)",
     ("50_sync_versions.sql", "LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', jointembed._sync_rel(a)"): "regclass",
     ("70_grants.sql", "GRANT EXECUTE ON FUNCTION %s TO %I"): "regprocedure",
     ("70_grants.sql", "GRANT INSERT, UPDATE, DELETE ON %s TO %I"): "regclass",

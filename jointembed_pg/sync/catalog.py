@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,38 @@ def _call(conn: psycopg.Connection, query: str, params=(), *, fetch: str = "one"
         raise _sql_error(e) from e
 
 
+#: The owner of schema jointembed, whether the caller is it, and whether it may become it.
+_OWNER_SQL = """
+SELECT o.rolname, o.rolname = current_user, pg_catalog.pg_has_role(current_user, o.oid, 'MEMBER')
+FROM pg_catalog.pg_namespace n JOIN pg_catalog.pg_roles o ON o.oid = n.nspowner
+WHERE n.nspname = 'jointembed'
+"""
+
+
+@contextmanager
+def as_owner(conn: psycopg.Connection):
+    """One transaction in which the caller acts as the owner of schema ``jointembed``.
+
+    Tables that ``attach`` / ``reembed`` create in schema jointembed must belong to its
+    owner: the queue functions run as the owner (``SECURITY DEFINER``) and the default
+    privileges that ``grant`` set up are the owner's. A superuser (or any member of the
+    owner role) running them on another role's table therefore does the DDL under
+    ``SET LOCAL ROLE owner`` (restored before the transaction ends); any other caller is
+    refused by ``jointembed._sync_create_side`` before anything is created.
+    """
+    with conn.transaction():
+        row = conn.execute(_OWNER_SQL).fetchone()
+        switch = row is not None and not row[1] and row[2]
+        if switch:
+            before = conn.execute("SELECT current_user").fetchone()[0]
+            conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(row[0])))
+        try:
+            yield conn
+        finally:
+            if switch:
+                conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(before)))
+
+
 def attach(conn, table: str, bundle, *, key: str, image_column: str | None = None,
            text_column: str | None = None, image_source: str = "path", image_root: str | None = None,
            schema: str | None = None) -> Attachment:
@@ -158,9 +191,10 @@ def attach(conn, table: str, bundle, *, key: str, image_column: str | None = Non
         image_root = str(Path(image_root).expanduser().resolve())
     with db.borrow(conn) as c:
         schema = schema or _find_schema(c, table)
-        row = _call(c, "SELECT * FROM jointembed.attach(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    [schema, table, key, image_column, text_column,
-                     image_source if image_column else None, image_root, bundle.model_id, int(bundle.dim)])
+        with as_owner(c):
+            row = _call(c, "SELECT * FROM jointembed.attach(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                        [schema, table, key, image_column, text_column,
+                         image_source if image_column else None, image_root, bundle.model_id, int(bundle.dim)])
         return _row(Attachment, row)
 
 

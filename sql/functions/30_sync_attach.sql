@@ -121,7 +121,20 @@ RETURNS text
 LANGUAGE plpgsql AS $fn$
 DECLARE
     side text := jointembed._sync_side_name(a.id, p_version);
+    own  name := (SELECT pg_catalog.pg_get_userbyid(n.nspowner) FROM pg_catalog.pg_namespace n
+                  WHERE n.nspname OPERATOR(pg_catalog.=) 'jointembed');
 BEGIN
+    -- the queue functions run as the owner: a table of another role's would break them
+    IF own IS NULL OR NOT own OPERATOR(pg_catalog.=) current_user THEN
+        RAISE EXCEPTION 'jointembed: run this as the owner of schema jointembed (%), not as %',
+            pg_catalog.quote_ident(own), pg_catalog.quote_ident(current_user) USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    -- pgvector's HNSW index on vector(D) takes D <= 2000 (collections store halfvec beyond)
+    IF p_dim IS NULL OR p_dim < 1 OR p_dim > 2000 THEN
+        RAISE EXCEPTION 'jointembed: attached tables store embeddings of 1 to 2000 dimensions (pgvector''s HNSW '
+                        'index on vector), but model % has %', p_model_id, p_dim
+            USING ERRCODE = 'program_limit_exceeded';
+    END IF;
     EXECUTE format($ddl$
         CREATE TABLE jointembed.%1$I (
             key          %2$s        NOT NULL,

@@ -1,0 +1,152 @@
+"""reembed never switches to a model that failed, works (or fails cleanly) when run by a
+superuser on another role's table, and the small sync items around it (dropped tables in
+status and the worker, dimensions pgvector cannot index, exit codes, attach's counts).
+
+Real PostgreSQL, the real bundle; a second "model" is the real one behind a projection
+(:class:`test_sync_support.Projected`) or with some of its inputs refused (:class:`Refusing`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from jointembed_pg import db
+from jointembed_pg.errors import DatabaseError, ItemError
+from jointembed_pg.sync import catalog as sync
+from jointembed_pg.sync.drain import sync_table
+from jointembed_pg.sync.reembed import ReembedRefused, abort, reembed
+from jointembed_pg.sync.worker import JsonLog, Worker
+from test_sync_support import Projected, make_photos, side_rows
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def conn(pg_dsn):
+    with db.connect(pg_dsn, autocommit=True) as c:
+        yield c
+
+
+class Refusing(Projected):
+    """A projected model that refuses every text containing one of ``bad`` (all: ``bad=None``)."""
+
+    def __init__(self, inner, dim, model_id, bad=None):
+        super().__init__(inner, dim, model_id)
+        self.bad = bad
+
+    def encode_texts(self, texts):
+        for t in texts:
+            if self.bad is None or any(b in t for b in self.bad):
+                raise ItemError("text", "refused by the test model")
+        return super().encode_texts(texts)
+
+
+def _texts(conn, bundle, n=6, table="photos"):
+    make_photos(conn, [(i, f"caption number {i}", f"img{i}.jpg") for i in range(1, n + 1)], table=table)
+    att = sync.attach(conn, table, bundle, key="id", text_column="caption")
+    assert sync_table(conn, table, bundle).written == n
+    return att
+
+
+def _hits(conn, bundle, table="photos"):
+    q = bundle.encode_texts(["caption number 3"])[0]
+    return conn.execute("SELECT key FROM jointembed.search_attached(%s, %s, 3, 'text')", [table, q]).fetchall()
+
+
+def _old_intact(conn, bundle, att, n=6):
+    now = sync.find(conn, "photos")
+    assert (now.model_id, now.dim, now.active_version) == (bundle.model_id, bundle.dim, 1)
+    assert len(side_rows(conn, att.id, 1)) == n
+    assert len(_hits(conn, bundle)) == 3
+
+
+# -- 1. no switch to a model that failed -------------------------------------------------
+def test_a_model_that_embeds_nothing_is_not_switched_to(conn, bundle):
+    att = _texts(conn, bundle)
+    broken = Refusing(bundle, 48, "broken-48")
+    with pytest.raises(ReembedRefused, match=r"not switched to model broken-48: it embedded 0 of the 6 .*old model") as e:
+        reembed(conn, "photos", broken)
+    assert e.value.report.switched is False and len(e.value.report.sync.failed) == 6
+    _old_intact(conn, bundle, att)
+    # the build stays resumable: the owner's sync and status go on; --abort drops it
+    st = sync.status(conn, "photos")[0]
+    assert st["building"]["failed"] == 6 and st["building"]["done"] == 0
+    conn.execute("UPDATE photos SET caption = 'a red bicycle' WHERE id = 2")
+    assert sync_table(conn, "photos", bundle).written == 1
+    assert abort(conn, "photos") is True
+    _old_intact(conn, bundle, att)
+
+
+def test_failures_over_max_failed_keep_the_old_model_then_a_rerun_accepts_them(conn, bundle):
+    att = _texts(conn, bundle)
+    flaky = Refusing(bundle, 48, "flaky-48", bad=["number 4"])
+    with pytest.raises(ReembedRefused, match=r"1 of the 6 .*--max-failed"):
+        reembed(conn, "photos", flaky)                                   # default: none may fail
+    _old_intact(conn, bundle, att)
+    with pytest.raises(ReembedRefused):
+        reembed(conn, "photos", flaky, max_failed="16%")                 # 1/6 = 16.7 % > 16 %
+    rep = reembed(conn, "photos", flaky, max_failed="17%")               # failed rows retried, then accepted
+    assert rep.switched and [f["key"] for f in rep.sync.failed] == ["4"]
+    now = sync.find(conn, "photos")
+    assert (now.model_id, now.active_version) == ("flaky-48", 2) and len(side_rows(conn, att.id, 2)) == 5
+
+
+def test_rows_failing_in_both_models_do_not_count_and_a_count_is_accepted(conn, bundle):
+    att = _texts(conn, bundle)
+    conn.execute("UPDATE photos SET caption = NULL WHERE id = 5")        # fails for every model
+    sync_table(conn, "photos", bundle)
+    assert reembed(conn, "photos", Projected(bundle, 48, "p48")).switched   # row 5 lost nothing new
+    with pytest.raises(ReembedRefused):
+        reembed(conn, "photos", Refusing(bundle, 32, "r32", bad=["number 1", "number 2"]), max_failed=1)
+    assert reembed(conn, "photos", Refusing(bundle, 32, "r32", bad=["number 1", "number 2"]), max_failed=2).switched
+    assert sync.find(conn, "photos").model_id == "r32" and att.id
+
+
+@pytest.mark.parametrize("bad", ["-1", "101%", "x", "1.5", "%"])
+def test_max_failed_is_checked(conn, bundle, bad):
+    att = _texts(conn, bundle, 2)
+    with pytest.raises(Exception, match="max-failed"):
+        reembed(conn, "photos", Projected(bundle, 48, "p48"), max_failed=bad)
+    assert sync.find(conn, "photos").active_version == 1 and att
+
+
+# -- 2. a superuser's reembed of another role's table ------------------------------------
+def test_superuser_reembed_of_a_table_another_role_owns(pg_dsn, bundle):
+    role = "je_owner_" + pg_dsn.rsplit("/", 1)[-1][-8:]
+    with psycopg.connect(pg_dsn, autocommit=True) as su:
+        su.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        su.execute(sql.SQL("GRANT CREATE, CONNECT ON DATABASE {} TO {}").format(
+            sql.Identifier(su.info.dbname), sql.Identifier(role)))
+        su.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        su.execute(sql.SQL("CREATE SCHEMA app AUTHORIZATION {}").format(sql.Identifier(role)))
+    odsn = pg_dsn.replace("postgres:@", f"{role}:@")
+    with db.connect(odsn, autocommit=True) as owner:                     # the owner runs the migrations
+        make_photos(owner, [(i, f"caption number {i}", "x.jpg") for i in range(1, 5)], schema="app")
+        att = sync.attach(owner, "photos", bundle, key="id", text_column="caption", schema="app")
+        sync_table(owner, "photos", bundle, schema="app")
+    new = Projected(bundle, 48, "p48")
+    with db.connect(pg_dsn, autocommit=True) as su:
+        assert su.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]
+        rep = reembed(su, "photos", new, schema="app")
+        assert rep.switched and rep.sync.written == 4 and not rep.sync.failed
+    with db.connect(odsn, autocommit=True) as owner:                     # the owner's sync and status work
+        owned = owner.execute("SELECT c.relname, pg_get_userbyid(c.relowner) FROM pg_class c "
+                              "WHERE c.relnamespace = 'jointembed'::regnamespace AND c.relkind = 'r' "
+                              "AND c.relname LIKE %s", [f"a{att.id}_%"]).fetchall()
+        assert owned and {o for _, o in owned} == {role}, owned
+        owner.execute("UPDATE app.photos SET caption = 'a red bicycle' WHERE id = 2")
+        assert sync_table(owner, "photos", new, schema="app").written == 1
+        st = sync.status(owner, "photos", "app")[0]
+        assert (st["model_id"], st["done"], st["building"]) == ("p48", 4, None)
+        # and a superuser's build that is aborted leaves nothing behind for the owner either
+        with db.connect(pg_dsn, autocommit=True) as su:
+            reembed(su, "photos", Projected(bundle, 32, "p32"), schema="app", switch=False)
+        assert sync.status(owner, "photos", "app")[0]["building"]["done"] == 4
+        assert abort(owner, "photos", "app")
