@@ -150,3 +150,58 @@ def test_superuser_reembed_of_a_table_another_role_owns(pg_dsn, bundle):
             reembed(su, "photos", Projected(bundle, 32, "p32"), schema="app", switch=False)
         assert sync.status(owner, "photos", "app")[0]["building"]["done"] == 4
         assert abort(owner, "photos", "app")
+
+
+# -- 3. small items ------------------------------------------------------------------------
+class _Lines:
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def write(self, s):
+        self.lines.extend(x for x in s.splitlines() if x)
+
+    def flush(self):
+        pass
+
+
+def test_a_dropped_attached_table_fails_only_its_own_status_and_worker_turn(conn, pg_dsn, bundle):
+    _texts(conn, bundle, 3, table="gone")
+    _texts(conn, bundle, 3, table="photos")
+    conn.execute("DROP TABLE gone")
+    conn.execute("UPDATE photos SET caption = 'a red bicycle' WHERE id = 2")
+    rows = {st["table"]: st for st in sync.status(conn)}
+    assert rows["photos"]["done"] == 3 and rows["photos"]["pending"] == 1 and "error" not in rows["photos"]
+    assert "gone" in rows["gone"]["error"] and "detach" in rows["gone"]["error"]
+    p = subprocess.run([sys.executable, "-m", "jointembed_pg", "status", "--dsn", pg_dsn], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "photos: model" in p.stdout and "gone: error:" in p.stdout
+    logs = _Lines()
+    totals = Worker(pg_dsn, bundle, log=JsonLog(logs, worker="w")).run(until_idle=True, handle_signals=False)
+    assert totals["written"] == 1
+    events = [json.loads(x) for x in logs.lines]
+    errors = [e for e in events if e["event"] == "table_error"]
+    assert len(errors) == 1 and errors[0]["table"] == "public.gone", events
+    assert sync.status(conn, "photos")[0]["done"] == 3 and sync.status(conn, "photos")[0]["pending"] == 0
+
+
+def test_dimensions_pgvector_cannot_index_are_refused_with_a_clear_message(conn, bundle):
+    make_photos(conn, [(1, "a caption", "x.jpg")])
+    before = conn.execute("SELECT count(*) FROM pg_class WHERE relnamespace = 'jointembed'::regnamespace").fetchone()
+    with pytest.raises(DatabaseError, match=r"1 to 2000 dimensions .*model wide has 2001"):
+        sync.attach(conn, "photos", Projected(bundle, 2001, "wide"), key="id", text_column="caption")
+    assert sync.list_attachments(conn) == []
+    assert conn.execute("SELECT count(*) FROM pg_class WHERE relnamespace = 'jointembed'::regnamespace"
+                        ).fetchone() == before
+    att = sync.attach(conn, "photos", bundle, key="id", text_column="caption")
+    with pytest.raises(DatabaseError, match=r"1 to 2000 dimensions .*model wide has 2001"):
+        reembed(conn, "photos", Projected(bundle, 2001, "wide"))
+    assert [v.state for v in sync.versions(conn, att)] == ["active"]       # no building version left
+    assert sync_table(conn, "photos", bundle).written == 1
+
+
+def test_create_collection_over_the_halfvec_limit_says_why(conn):
+    with pytest.raises(psycopg.errors.ProgramLimitExceeded, match=r"halfvec.*4000.*4001"):
+        conn.execute("SELECT jointembed.create_collection('wide', 'm', 4001, 'halfvec')")
+    with pytest.raises(psycopg.errors.ProgramLimitExceeded, match=r"vector.*2000.*2001"):
+        conn.execute("SELECT jointembed.create_collection('wide', 'm', 2001, 'vector')")

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 import click
 
 from .options import EXIT_PARTIAL, _echo_failures, _errors, _progress, bundle_option, dsn_option, json_option, progress_option, threads_option
+from ..errors import terminal_line
 from ..model.threads import ThreadBudget
 
 table_option = click.option("--table", required=True, metavar="TABLE",
@@ -198,6 +199,9 @@ def status_cmd(table, schema, dsn, as_json):
     if not rows:
         click.echo("no attached tables")
     for st in rows:
+        if st.get("error"):  # this table only (dropped without detach): the others are shown
+            click.echo(f"{_qualified(st)}: error: {terminal_line(st['error'])}")
+            continue
         click.echo(f"{_qualified(st)}: model {st['model_id']} (dim {st['dim']}): {st['done']} done, "
                    f"{st['pending']} pending, {st['failed']} failed ({st['gave_up']} given up)")
         if st.get("building"):

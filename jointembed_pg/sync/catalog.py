@@ -42,6 +42,21 @@ _UNSET: Any = object()
 STATUS_ERRORS = 5
 
 
+class TableDropped(DatabaseError):
+    """The attached table was dropped without ``detach`` (its catalog row remains)."""
+
+
+def check_table(conn: psycopg.Connection, att: "Attachment") -> None:
+    """Raise :class:`TableDropped` when ``att``'s table (by oid) no longer exists."""
+    gone = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = %s "
+                        "AND c.relkind IN ('r', 'p'))", [att.table_oid]).fetchone()[0]
+    if gone:
+        e = TableDropped(f"table {att.qualified} (attachment {att.id}) no longer exists: it was dropped "
+                         "without `jointembed detach`, which removes what was attached")
+        e.table = att.qualified
+        raise e
+
+
 @dataclass(frozen=True)
 class Attachment:
     """One row of ``jointembed.attachments`` (see ``sql/functions/30_sync_attach.sql``)."""
@@ -126,7 +141,7 @@ def _call(conn: psycopg.Connection, query: str, params=(), *, fetch: str = "one"
             return cur.fetchone() if fetch == "one" else cur.fetchall()
     except (psycopg.errors.DataError, psycopg.errors.ProgrammingError, psycopg.errors.IntegrityError,
             psycopg.errors.InternalError, psycopg.errors.ObjectNotInPrerequisiteState,
-            psycopg.errors.ObjectInUse) as e:
+            psycopg.errors.ObjectInUse, psycopg.errors.ProgramLimitExceeded) as e:
         raise _sql_error(e) from e
 
 
@@ -298,10 +313,25 @@ def status(conn, table: str | None = None, schema: str | None = None,
     ``errors`` (the latest, each with ``key``, ``modality``, ``error``, ``attempts``,
     ``next_attempt_at``), ``building`` (the counts of a reembed in progress, or None) and
     ``retired`` (old side tables not dropped yet).
+
+    Listing all attachments, one whose table cannot be read (dropped without ``detach``)
+    gives ``{id, schema, table, error}`` and the others their counts; asked for by name,
+    it raises.
+
+    Raises:
+        DatabaseError: ``table`` not attached, or its status cannot be read.
     """
     with db.borrow(conn) as c:
-        atts = [find(c, table, schema)] if table is not None else list_attachments(c)
-        return [_call(c, "SELECT jointembed.sync_status(%s, %s)", [a.id, errors])[0] for a in atts]
+        if table is not None:
+            return [_call(c, "SELECT jointembed.sync_status(%s, %s)", [find(c, table, schema).id, errors])[0]]
+        out = []
+        for a in list_attachments(c):
+            try:
+                out.append(_call(c, "SELECT jointembed.sync_status(%s, %s)", [a.id, errors])[0])
+            except DatabaseError as e:
+                out.append({"id": a.id, "schema": a.schema_name, "table": a.table_name,
+                            "error": f"{e} (`jointembed detach` removes what was attached)"})
+        return out
 
 
 def search_attached(conn, table: str, vector, k: int = 10, target: str | None = "image", *,
