@@ -205,3 +205,93 @@ def test_create_collection_over_the_halfvec_limit_says_why(conn):
         conn.execute("SELECT jointembed.create_collection('wide', 'm', 4001, 'halfvec')")
     with pytest.raises(psycopg.errors.ProgramLimitExceeded, match=r"vector.*2000.*2001"):
         conn.execute("SELECT jointembed.create_collection('wide', 'm', 2001, 'vector')")
+
+
+# -- exit codes and reports of the CLI ----------------------------------------------------
+def _cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "jointembed_pg", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _one_line(p, code):
+    lines = [x for x in p.stderr.splitlines() if x.strip()]
+    assert p.returncode == code and len(lines) == 1 and "Traceback" not in p.stderr, (p.returncode, p.stderr)
+    return lines[0]
+
+
+def test_cli_reembed_exit_codes_refused_1_partial_3(conn, pg_dsn, bundle, bundle_dir, flickr8k_dir, tmp_path):
+    """The old model is a projection of the real one; the CLI re-embeds with the real bundle."""
+    files = sorted((flickr8k_dir / "images").glob("*.jpg"))[:4]
+    for f in files:
+        shutil.copy(f, tmp_path / f.name)
+    make_photos(conn, [(i + 1, f"caption number {i + 1}", f.name) for i, f in enumerate(files)])
+    p = _cli("attach", "--table", "photos", "--key", "id", "--text-column", "caption", "--image-column",
+             "image_path", "--image-root", tmp_path, "--dsn", pg_dsn, "--bundle", bundle_dir)
+    assert p.returncode == 0 and "4 rows enqueued (8 items: 4 images, 4 texts)" in p.stdout, p.stdout + p.stderr
+    sync.detach(conn, "photos")                                   # re-attach with the "old" model
+    old = Projected(bundle, 48, "p48")
+    att = sync.attach(conn, "photos", old, key="id", text_column="caption", image_column="image_path",
+                      image_root=str(tmp_path))
+    assert sync_table(conn, "photos", old).written == 8
+    for f in files:
+        (tmp_path / f.name).rename(tmp_path / (f.name + ".away"))  # every image gone: only texts embed
+
+    args = ["reembed", "--table", "photos", "--dsn", pg_dsn, "--bundle", bundle_dir]
+    line = _one_line(_cli(*args), 1)
+    assert "not switched" in line and "4 of the 8 rows" in line and "--max-failed" in line
+    now = sync.find(conn, "photos")
+    assert (now.model_id, now.active_version) == ("p48", att.active_version) and len(side_rows(conn, att.id)) == 8
+    q = old.encode_texts(["caption number 3"])[0]
+    assert len(conn.execute("SELECT key FROM jointembed.search_attached('photos', %s, 8)", [q]).fetchall()) == 8
+
+    for f in files[1:]:
+        (tmp_path / (f.name + ".away")).rename(tmp_path / f.name)  # 3 of 4 back: 1 of 8 fails (12.5 %)
+    p = _cli(*args, "--max-failed", "12.5%")
+    assert p.returncode == 3, p.stderr                           # switched, some rows failed
+    assert "switched from p48" in p.stdout and "1 failed" in p.stdout and "failed:" in p.stderr
+    assert sync.find(conn, "photos").model_id == bundle.model_id
+    assert _cli(*args).returncode == 0                            # already uses it
+
+
+def test_cli_worker_until_idle_exits_3_when_rows_failed(conn, pg_dsn, bundle, bundle_dir):
+    make_photos(conn, [(1, "a caption", "x.jpg"), (2, None, "y.jpg")])
+    sync.attach(conn, "photos", bundle, key="id", text_column="caption")
+    p = _cli("worker", "--until-idle", "--dsn", pg_dsn, "--bundle", bundle_dir, "--table", "photos")
+    assert p.returncode == 3, p.stderr
+    stop = json.loads([x for x in p.stderr.splitlines() if x.startswith("{")][-1])
+    assert (stop["event"], stop["written"], stop["failed"]) == ("stop", 1, 1)
+    p = _cli("worker", "--until-idle", "--dsn", pg_dsn, "--bundle", bundle_dir, "--table", "photos")
+    assert p.returncode == 0, p.stderr                            # nothing failed in this run
+
+
+def test_ctrl_c_during_index_json_prints_what_was_saved(pg_dsn, bundle_dir, tmp_path):
+    import signal
+    import time
+
+    n = 60000
+    captions = tmp_path / "caps.csv"
+    captions.write_text("id,text\n" + "".join(f"c{i},a dog number {i} runs on the grass\n" for i in range(n)))
+    proc = subprocess.Popen([sys.executable, "-m", "jointembed_pg", "index", "text", captions, "--json",
+                             "--batch-size", "32", "--dsn", pg_dsn, "--bundle", bundle_dir, "--no-progress"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        with db.connect(pg_dsn, autocommit=True) as c:
+            def saved():
+                t = c.execute("SELECT to_regclass('jointembed.items_1')").fetchone()[0]
+                return c.execute("SELECT count(*) FROM jointembed.items_1").fetchone()[0] if t else 0
+            deadline = time.monotonic() + 240
+            while saved() == 0 and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.2)
+            assert saved() > 0 and proc.poll() is None, "nothing saved before the deadline, or already done"
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=120)
+            stored = saved()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    report = json.loads(out)
+    assert report["interrupted"] is True and report["total"] == n
+    assert report["written"] == stored and 0 < stored < n
+    assert "interrupted" in err
