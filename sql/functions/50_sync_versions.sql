@@ -99,6 +99,7 @@ $fn$;
 -- had embedded failed in the new one and either it embedded nothing or they are more
 -- than p_max_failed rows (p_max_failed_pct set: that percentage of the old version's
 -- embeddings, rounded down). Rows failing within the limit carry over and keep retrying.
+DROP FUNCTION IF EXISTS jointembed.sync_activate_version(integer, integer);  -- renamed _sync_activate_version (worker-only)
 DROP FUNCTION IF EXISTS jointembed._sync_activate_version(integer, integer);  -- now with the failure limit
 CREATE OR REPLACE FUNCTION jointembed._sync_activate_version(p_id integer, p_version integer,
                                                              p_max_failed bigint DEFAULT 0,
