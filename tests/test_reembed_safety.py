@@ -23,7 +23,10 @@ from jointembed_pg.sync import catalog as sync
 from jointembed_pg.sync.drain import sync_table
 from jointembed_pg.sync.reembed import ReembedRefused, abort, reembed
 from jointembed_pg.sync.worker import JsonLog, Worker
+from test_reliability_support import scenario
 from test_sync_support import Projected, make_photos, side_rows
+
+pytest_plugins = ["_reliability"]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -68,11 +71,15 @@ def _old_intact(conn, bundle, att, n=6):
 
 
 # -- 1. no switch to a model that failed -------------------------------------------------
-def test_a_model_that_embeds_nothing_is_not_switched_to(conn, bundle):
+@scenario("`reembed` to a model that fails every row (6 rows embedded by the old model)",
+          "ReembedRefused (CLI: exit 1, one line); old model, its side table and search kept; the build "
+          "stays for a rerun or --abort; the owner's sync and status work meanwhile", "model safety")
+def test_a_model_that_embeds_nothing_is_not_switched_to(conn, bundle, observe):
     att = _texts(conn, bundle)
     broken = Refusing(bundle, 48, "broken-48")
     with pytest.raises(ReembedRefused, match=r"not switched to model broken-48: it embedded 0 of the 6 .*old model") as e:
         reembed(conn, "photos", broken)
+    observe(str(e.value)[:200] + "...")
     assert e.value.report.switched is False and len(e.value.report.sync.failed) == 6
     _old_intact(conn, bundle, att)
     # the build stays resumable: the owner's sync and status go on; --abort drops it
@@ -84,11 +91,14 @@ def test_a_model_that_embeds_nothing_is_not_switched_to(conn, bundle):
     _old_intact(conn, bundle, att)
 
 
-def test_failures_over_max_failed_keep_the_old_model_then_a_rerun_accepts_them(conn, bundle):
+@scenario("`reembed` to a model that fails 1 of 6 rows: default --max-failed 0, then 16%, then 17%",
+          "refused twice (old model kept), then switched with the failed row reported", "model safety")
+def test_failures_over_max_failed_keep_the_old_model_then_a_rerun_accepts_them(conn, bundle, observe):
     att = _texts(conn, bundle)
     flaky = Refusing(bundle, 48, "flaky-48", bad=["number 4"])
-    with pytest.raises(ReembedRefused, match=r"1 of the 6 .*--max-failed"):
+    with pytest.raises(ReembedRefused, match=r"1 of the 6 .*--max-failed") as e:
         reembed(conn, "photos", flaky)                                   # default: none may fail
+    observe(str(e.value)[:170] + "...")
     _old_intact(conn, bundle, att)
     with pytest.raises(ReembedRefused):
         reembed(conn, "photos", flaky, max_failed="16%")                 # 1/6 = 16.7 % > 16 %
@@ -96,6 +106,8 @@ def test_failures_over_max_failed_keep_the_old_model_then_a_rerun_accepts_them(c
     assert rep.switched and [f["key"] for f in rep.sync.failed] == ["4"]
     now = sync.find(conn, "photos")
     assert (now.model_id, now.active_version) == ("flaky-48", 2) and len(side_rows(conn, att.id, 2)) == 5
+    observe(f"17%: switched to {now.model_id}, {rep.sync.written} written, failed keys "
+            f"{[f['key'] for f in rep.sync.failed]}")
 
 
 def test_rows_failing_in_both_models_do_not_count_and_a_count_is_accepted(conn, bundle):
@@ -118,7 +130,10 @@ def test_max_failed_is_checked(conn, bundle, bad):
 
 
 # -- 2. a superuser's reembed of another role's table ------------------------------------
-def test_superuser_reembed_of_a_table_another_role_owns(pg_dsn, bundle):
+@scenario("A superuser runs `reembed` on a table that another role (the owner of schema jointembed) "
+          "owns and attached", "works: the new side table belongs to the owner; the owner's sync, status and "
+          "abort of a later build work", "security")
+def test_superuser_reembed_of_a_table_another_role_owns(pg_dsn, bundle, observe):
     role = "je_owner_" + pg_dsn.rsplit("/", 1)[-1][-8:]
     with psycopg.connect(pg_dsn, autocommit=True) as su:
         su.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
@@ -141,6 +156,8 @@ def test_superuser_reembed_of_a_table_another_role_owns(pg_dsn, bundle):
                               "WHERE c.relnamespace = 'jointembed'::regnamespace AND c.relkind = 'r' "
                               "AND c.relname LIKE %s", [f"a{att.id}_%"]).fetchall()
         assert owned and {o for _, o in owned} == {role}, owned
+        observe(f"switched, {rep.sync.written} rows embedded; jointembed tables {sorted(n for n, _ in owned)} "
+                "owned by the owner role")
         owner.execute("UPDATE app.photos SET caption = 'a red bicycle' WHERE id = 2")
         assert sync_table(owner, "photos", new, schema="app").written == 1
         st = sync.status(owner, "photos", "app")[0]
@@ -164,7 +181,10 @@ class _Lines:
         pass
 
 
-def test_a_dropped_attached_table_fails_only_its_own_status_and_worker_turn(conn, pg_dsn, bundle):
+@scenario("An attached table dropped without detach, beside another attached table",
+          "status shows the other table's counts and an error line for the dropped one (exit 0); the worker "
+          "logs table_error once and embeds the other table", "database faults")
+def test_a_dropped_attached_table_fails_only_its_own_status_and_worker_turn(conn, pg_dsn, bundle, observe):
     _texts(conn, bundle, 3, table="gone")
     _texts(conn, bundle, 3, table="photos")
     conn.execute("DROP TABLE gone")
@@ -182,6 +202,8 @@ def test_a_dropped_attached_table_fails_only_its_own_status_and_worker_turn(conn
     events = [json.loads(x) for x in logs.lines]
     errors = [e for e in events if e["event"] == "table_error"]
     assert len(errors) == 1 and errors[0]["table"] == "public.gone", events
+    observe(f"status: {' | '.join(p.stdout.splitlines())[:260]}; worker: table_error {errors[0]['error'][:80]}..., "
+            f"written {totals['written']}")
     assert sync.status(conn, "photos")[0]["done"] == 3 and sync.status(conn, "photos")[0]["pending"] == 0
 
 
