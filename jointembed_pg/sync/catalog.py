@@ -174,7 +174,10 @@ def as_owner(conn: psycopg.Connection):
             yield conn
         finally:
             if switch:
-                conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(before)))
+                try:
+                    conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(before)))
+                except psycopg.Error:
+                    pass  # a failed transaction: its rollback undoes the SET LOCAL anyway
 
 
 def attach(conn, table: str, bundle, *, key: str, image_column: str | None = None,

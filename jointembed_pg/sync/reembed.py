@@ -20,7 +20,10 @@
 
 Claims die with the session that made them, so a killed ``reembed`` is resumed at once
 by running it again: the building version, its side table and the embeddings already
-written are reused.
+written are reused, and the rows that failed are retried.
+
+The new side table is created as the owner of schema ``jointembed`` whoever runs this
+(:func:`jointembed_pg.sync.catalog.as_owner`), so the owner's queue functions can use it.
 
 Searches keep answering from the old model until step 3 and from the new one after it;
 they never mix the two. Workers still running the old bundle log ``model_mismatch``
@@ -153,7 +156,7 @@ def reembed(conn, table: str, bundle, *, schema: str | None = None, cfg: SyncCon
     report.sync = drain(conn, target, bundle, cfg, progress=progress)
     if switch:
         deadline = time.monotonic() + SWITCH_WAIT_S
-        while not _try_activate(conn, att.id, ver.version, limit, report, max_failed):
+        while not _try_activate(conn, att.id, ver.version, limit, report, max_failed, t0):
             more = drain(conn, target, bundle, cfg, progress=False)
             _merge(report.sync, more)
             if more.batches:
@@ -188,7 +191,7 @@ def _not_switched(table: str, st: dict) -> str:
 
 
 def _try_activate(conn, attachment_id: int, version: int, limit: tuple[int | None, float | None],
-                  report: ReembedReport, max_failed: int | str) -> bool:
+                  report: ReembedReport, max_failed: int | str, t0: float) -> bool:
     """Switch (True), or False while rows of the new version still wait.
 
     Raises:
@@ -206,6 +209,7 @@ def _try_activate(conn, attachment_id: int, version: int, limit: tuple[int | Non
         if e.sqlstate != FAILED_MODEL_SQLSTATE:
             raise
     loss = _call(conn, "SELECT jointembed._sync_version_loss(%s, %s)", [attachment_id, version])[0]
+    report.seconds = time.perf_counter() - t0
     raise ReembedRefused(_refusal(report, loss, count, pct, max_failed), report)
 
 
