@@ -149,6 +149,10 @@ def test_superuser_reembed_of_a_table_another_role_owns(pg_dsn, bundle, observe)
     new = Projected(bundle, 48, "p48")
     with db.connect(pg_dsn, autocommit=True) as su:
         assert su.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]
+        # the SQL itself refuses to create a side table the owner would not own (nothing left behind)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="owner of schema jointembed"):
+            su.execute("SELECT jointembed._sync_begin_version(%s, 'x', 8)", [att.id])
+        assert [v.state for v in sync.versions(su, att)] == ["active"]
         rep = reembed(su, "photos", new, schema="app")
         assert rep.switched and rep.sync.written == 4 and not rep.sync.failed
     with db.connect(odsn, autocommit=True) as owner:                     # the owner's sync and status work
