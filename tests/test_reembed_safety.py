@@ -50,6 +50,9 @@ class Refusing(Projected):
                 raise ItemError("text", "refused by the test model")
         return super().encode_texts(texts)
 
+    def encode_images(self, images):  # the Store API checks a bundle has it; texts-only tables never call it
+        raise NotImplementedError
+
 
 def _texts(conn, bundle, n=6, table="photos"):
     make_photos(conn, [(i, f"caption number {i}", f"img{i}.jpg") for i in range(1, n + 1)], table=table)
@@ -321,3 +324,16 @@ def test_ctrl_c_during_index_json_prints_what_was_saved(pg_dsn, bundle_dir, tmp_
     assert report["interrupted"] is True and report["total"] == n
     assert report["written"] == stored and 0 < stored < n
     assert "interrupted" in err
+
+
+def test_attached_reembed_refused_keeps_the_objects_bundle(pg_dsn, conn, bundle):
+    from jointembed_pg import Store
+
+    _texts(conn, bundle, 4)
+    with Store(pg_dsn) as store:
+        photos = store.attachment("photos", bundle=bundle)
+        with pytest.raises(ReembedRefused, match="not switched"):
+            photos.reembed(Refusing(bundle, 48, "broken-48"))
+        assert photos.bundle is bundle and len(photos.search("caption number 3", k=2, target="text")) == 2
+        rep = photos.reembed(Refusing(bundle, 48, "broken-48", bad=["number 4"]), max_failed="25%")
+        assert rep.switched and photos.bundle.model_id == "broken-48"
