@@ -70,6 +70,9 @@ _VECTOR_SCHEMA_SQL = """
 SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
 WHERE e.extname = 'vector'
 """
+#: The search_path of every jointembed function, and of the transaction applying the SQL files.
+SEARCH_PATH = "pg_catalog, jointembed, pg_temp"
+_PIN_PATH_SQL = f"SELECT pg_catalog.set_config('search_path', '{SEARCH_PATH}', true)"
 #: The placeholder the SQL files use for the vector extension's schema (see :func:`render`).
 VECTOR_PLACEHOLDER = "@vector@"
 _RECORD_SQL = "INSERT INTO jointembed.schema_version (version, name) VALUES (%s, %s)"
@@ -224,15 +227,18 @@ def apply(conn: psycopg.Connection) -> list[int]:
             _check_not_newer(max(have, default=0), latest)
             if have >= {m.version for m in available()} and has_defs and not _defs_outdated(conn, defs):
                 return []
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", [LOCK_KEY])
+        conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(%s)", [LOCK_KEY])
         conn.execute(read_sql("_bootstrap.sql"))
         done = set(conn.execute(_APPLIED_SQL).fetchone()[0])
         _check_not_newer(max(done, default=0), latest)
         applied = []
         vs = vector_schema(conn)
-        # older SQL text may still name `vector` unqualified: see it for this transaction only
+        # the SQL files run under the functions' own search_path (the rule, see the module
+        # docstring): nothing of a schema another role may CREATE in (the session's path may
+        # hold public) can stand in for a built-in used by a DO block or a DEFAULT
+        # expression, and a name that is neither pg_catalog's nor qualified fails loudly.
         old_path = conn.execute("SELECT pg_catalog.current_setting('search_path')").fetchone()[0]
-        add_vector_schema_to_path(conn, local=True)
+        conn.execute(_PIN_PATH_SQL)
         for mig in available():
             if mig.version in done:   # each file once, gaps included (branches merged out of order)
                 continue
