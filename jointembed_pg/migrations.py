@@ -46,18 +46,21 @@ _DEFINITION_RE = re.compile(r"^(\d{2})_([a-z0-9_]+)\.sql$")
 _NAME_RE = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 _STATE_SQL = """
-SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'vector'),
-       to_regclass('jointembed.schema_version') IS NOT NULL,
-       to_regclass('jointembed.definitions') IS NOT NULL
+SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'vector'),
+       pg_catalog.to_regclass('jointembed.schema_version') IS NOT NULL,
+       pg_catalog.to_regclass('jointembed.definitions') IS NOT NULL
 """
 _DEFS_SQL = "SELECT sha256, package_version FROM jointembed.definitions"
 _RECORD_DEFS_SQL = """
 INSERT INTO jointembed.definitions (id, sha256, package_version) VALUES (true, %s, %s)
 ON CONFLICT (id) DO UPDATE SET sha256 = excluded.sha256,
-    package_version = excluded.package_version, applied_at = now()
+    package_version = excluded.package_version, applied_at = pg_catalog.now()
 """
-_VERSION_SQL = "SELECT coalesce(max(version), 0) FROM jointembed.schema_version"
-_APPLIED_SQL = "SELECT coalesce(array_agg(version), '{}') FROM jointembed.schema_version"
+#: pg_catalog-qualified: the owner runs these on a connection whose path may hold public, where a
+#: better-matching overload (say an aggregate public.array_agg(integer)) would win over
+#: pg_catalog's polymorphic one (docs/DESIGN.md, "search_path rule")
+_VERSION_SQL = "SELECT coalesce(pg_catalog.max(version), 0) FROM jointembed.schema_version"
+_APPLIED_SQL = "SELECT coalesce(pg_catalog.array_agg(version), '{}') FROM jointembed.schema_version"
 #: The vector extension's schema when it is not on the search_path (else no row).
 _HIDDEN_VECTOR_SQL = """
 SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
