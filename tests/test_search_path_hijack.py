@@ -135,7 +135,7 @@ def _lit(s: str) -> str:
 def plant_shadows(conn: psycopg.Connection, funcs: set[str], ops: set[str]) -> dict:
     """As the (unprivileged) role of ``conn``, plant in public a shadow of every pg_catalog
     overload of ``funcs`` and ``ops`` it can create. Returns counts."""
-    made = {"functions": 0, "aggregates": 0, "operators": 0, "skipped": 0, "names": set()}
+    made = {"functions": 0, "aggregates": 0, "operators": 0, "better": 0, "skipped": 0, "names": set()}
 
     def attempt(stmt: str, kind: str, name: str) -> None:
         try:
@@ -175,7 +175,88 @@ def plant_shadows(conn: psycopg.Connection, funcs: set[str], ops: set[str]) -> d
         made["skipped"] -= 1
         sides = f"RIGHTARG = {right}" if left is None else f"LEFTARG = {left}, RIGHTARG = {right}"
         attempt(f"CREATE OPERATOR public.{name} (FUNCTION = public.{fn}, {sides})", "operators", name)
+    _plant_better_matches(conn, funcs, ops, attempt)
     return made
+
+
+#: Concrete types a better-matching shadow takes where pg_catalog's overload is polymorphic
+#: (or "any"): with public on a caller's path, public.array_agg(integer) beats
+#: pg_catalog.array_agg(anynonarray) although pg_catalog is searched first.
+CONCRETE = ["text", "integer", "bigint", "name", "oid", "double precision", "boolean", "jsonb", "regclass",
+            "timestamp with time zone", "uuid", "numeric", "bytea", "smallint", "interval"]
+_ELEMENT = {"anyelement", "anynonarray", "anycompatible", "anycompatiblenonarray", '"any"'}
+_ARRAY = {"anyarray", "anycompatiblearray"}
+_POLY_SQL = """
+SELECT p.oid, p.proname, p.prokind, p.provolatile, p.proretset, p.provariadic <> 0,
+       ARRAY(SELECT pg_catalog.format_type(u.t, NULL) FROM pg_catalog.unnest(p.proargtypes::oid[]) WITH ORDINALITY u(t, i)
+             ORDER BY u.i),
+       pg_catalog.format_type(p.prorettype, NULL)
+FROM pg_catalog.pg_proc p
+WHERE p.pronamespace = 'pg_catalog'::regnamespace AND p.proname = ANY (%s) AND p.prokind IN ('f', 'a')
+  AND p.proallargtypes IS NULL
+  AND EXISTS (SELECT 1 FROM pg_catalog.unnest(p.proargtypes::oid[]) t(oid)
+              WHERE t.oid::regtype::text IN ('anyelement', 'anynonarray', 'anycompatible', 'anycompatiblenonarray',
+                                             '"any"', 'anyarray', 'anycompatiblearray'))
+ORDER BY p.proname, p.oid
+"""
+_POLY_OPS_SQL = """
+SELECT o.oid, o.oprname, (SELECT p.provolatile FROM pg_catalog.pg_proc p WHERE p.oid = o.oprcode),
+       pg_catalog.format_type(NULLIF(o.oprleft, 0), NULL), pg_catalog.format_type(o.oprright, NULL),
+       pg_catalog.format_type(o.oprresult, NULL)
+FROM pg_catalog.pg_operator o
+WHERE o.oprnamespace = 'pg_catalog'::regnamespace AND o.oprname = ANY (%s)
+  AND (o.oprleft::regtype::text IN ('anyelement', 'anynonarray', 'anycompatible', 'anyarray', 'anycompatiblearray',
+                                    'anycompatiblenonarray')
+       OR o.oprright::regtype::text IN ('anyelement', 'anynonarray', 'anycompatible', 'anyarray', 'anycompatiblearray',
+                                        'anycompatiblenonarray'))
+ORDER BY o.oprname, o.oid
+"""
+
+
+def _concrete(typ: str | None, t: str) -> str | None:
+    if typ is None:
+        return None
+    return t if typ in _ELEMENT else f"{t}[]" if typ in _ARRAY else typ
+
+
+def _plant_better_matches(conn, funcs: set[str], ops: set[str], attempt) -> None:
+    """Concrete-typed shadows of pg_catalog's polymorphic / "any" overloads (see CONCRETE)."""
+    for oid, name, kind, vol, retset, variadic, args, result in conn.execute(_POLY_SQL, [sorted(funcs)]).fetchall():
+        ident = sql.Identifier(name).as_string(conn)
+        for t in CONCRETE:
+            shapes = [[_concrete(a, t) for a in args]]
+            if variadic and args[-1] == '"any"':   # format(text, VARIADIC "any"): 1 and 2 trailing values
+                shapes = [[_concrete(a, t) for a in args], [_concrete(a, t) for a in args] + [t]]
+            elif variadic:
+                continue
+            for shape in shapes:
+                label = f"{name}({', '.join(shape)}) [better match]"
+                if kind == "f":
+                    ret = _concrete(result, t) if result != '"any"' else t
+                    body = f"{_hit(label)} SELECT NULL::{ret}" + (" WHERE false" if retset else "")
+                    attempt(f"CREATE FUNCTION public.{ident}({', '.join(shape)}) RETURNS {'SETOF ' if retset else ''}"
+                            f"{ret} LANGUAGE sql {_VOL[vol]} AS {_lit(body)}", "better", name)
+                else:
+                    sf = f"je_bsf_{oid}_{CONCRETE.index(t)}"
+                    attempt(f"CREATE FUNCTION public.{sf}(integer, {', '.join(shape)}) RETURNS integer LANGUAGE sql "
+                            f"AS {_lit(_hit(label) + ' SELECT 0')}", "better", name)
+                    ff = f"je_bff_{oid}_{CONCRETE.index(t)}"   # the original's result type, so the query plans
+                    res = _concrete(result, t)
+                    attempt(f"CREATE FUNCTION public.{ff}(integer) RETURNS {res} LANGUAGE sql "
+                            f"AS {_lit('SELECT NULL::' + res)}", "better", name)
+                    attempt(f"CREATE AGGREGATE public.{ident}({', '.join(shape)}) "
+                            f"(SFUNC = public.{sf}, STYPE = integer, INITCOND = '0', FINALFUNC = public.{ff})",
+                            "better", name)
+    for oid, name, vol, left, right, result in conn.execute(_POLY_OPS_SQL, [sorted(ops)]).fetchall():
+        for t in CONCRETE:
+            lt, rt, res = _concrete(left, t), _concrete(right, t), _concrete(result, t)
+            label = f"OPERATOR({name})({lt or 'NONE'}, {rt}) [better match]"
+            fn = f"je_bop_{oid}_{CONCRETE.index(t)}"
+            params = rt if lt is None else f"{lt}, {rt}"
+            attempt(f"CREATE FUNCTION public.{fn}({params}) RETURNS {res} LANGUAGE sql {_VOL[vol]} "
+                    f"AS {_lit(_hit(label) + ' SELECT NULL::' + res)}", "better", fn)
+            sides = f"RIGHTARG = {rt}" if lt is None else f"LEFTARG = {lt}, RIGHTARG = {rt}"
+            attempt(f"CREATE OPERATOR public.{name} (FUNCTION = public.{fn}, {sides})", "better", name)
 
 
 # -- fixtures --------------------------------------------------------------------------------
@@ -243,6 +324,7 @@ def test_shadow_set_is_generated_and_covers_the_attack(hijack):
             "pg_backend_pid", "format_type", "array_agg", "count", "max"} <= made["names"]
     assert {"=", "<>", "||", "<<", "|"} <= made["names"]
     assert made["functions"] > 50 and made["operators"] > 300 and made["aggregates"] > 20, made
+    assert made["better"] > 200, made
 
 
 def test_no_shadow_runs_and_no_role_gains_rights(hijack, bundle, tmp_path):
