@@ -38,7 +38,10 @@ from jointembed_pg.search.store import Store
 from jointembed_pg.sync import catalog as sync, reembed as sync_reembed
 from jointembed_pg.sync.drain import sync_table
 from jointembed_pg.sync.worker import Worker
+from test_reliability_support import scenario
 from test_sync_support import Projected, make_photos
+
+pytest_plugins = ["_reliability"]
 
 ROOT = Path(__file__).resolve().parent.parent
 RULE = "pg_catalog, jointembed, pg_temp"
@@ -327,8 +330,13 @@ def test_shadow_set_is_generated_and_covers_the_attack(hijack):
     assert made["better"] > 200, made
 
 
-def test_no_shadow_runs_and_no_role_gains_rights(hijack, bundle, tmp_path):
-    dsn, roles, _made, _, _ = hijack
+@scenario("search_path hijack: an unprivileged role with CREATE on public plants a shadow of every pg_catalog "
+          "function, aggregate and operator the project's SQL uses (each overload's signature, plus better-matching "
+          "concrete overloads of polymorphic ones), then attach, INSERT/UPDATE/DELETE/TRUNCATE, sync, worker, status, "
+          "reembed and every search run as owner (superuser), worker and app role",
+          "no shadow ever runs (call counter 0, log empty); no role's attributes or memberships change", "security")
+def test_no_shadow_runs_and_no_role_gains_rights(hijack, bundle, tmp_path, observe):
+    dsn, roles, made, _, _ = hijack
     atk, worker, app = roles["atk"], roles["worker"], roles["app"]
     with psycopg.connect(dsn, autocommit=True) as admin:
         rights_before = admin.execute(_RIGHTS_SQL).fetchall()
@@ -406,6 +414,9 @@ def test_no_shadow_runs_and_no_role_gains_rights(hijack, bundle, tmp_path):
         assert not admin.execute("SELECT rolsuper FROM pg_roles WHERE rolname = %s", [atk]).fetchone()[0]
     if failure is not None:
         raise failure
+    observe(f"{made['functions']} function, {made['aggregates']} aggregate and {made['operators']} operator shadows "
+            f"with pg_catalog's signatures and {made['better']} better-matching ones planted; every step ran as "
+            "owner, worker and app role: 0 shadow calls, role attributes unchanged")
 
 
 # -- every function's own search_path --------------------------------------------------------
@@ -450,8 +461,12 @@ def path_violations(conn) -> list[str]:
     return bad
 
 
+@scenario("search_path of every function in schema jointembed (pgvector in public, and in a schema "
+          "`extensions` another role may CREATE in; schema jointembed made by an admin with CREATE for PUBLIC)",
+          "each is exactly pg_catalog, jointembed, pg_temp; no schema on it writable by PUBLIC or a non-owner role; "
+          "a later function with its own bad path is brought under the rule by the next apply", "security")
 @pytest.mark.parametrize("managed", [False, True], ids=["public", "extensions"])
-def test_every_function_pins_pg_catalog_first_and_no_writable_schema(pg_dsn, managed):
+def test_every_function_pins_pg_catalog_first_and_no_writable_schema(pg_dsn, managed, observe):
     with psycopg.connect(pg_dsn, autocommit=True) as c:
         role = "je_other_" + uuid.uuid4().hex[:6]
         c.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
@@ -479,3 +494,5 @@ def test_every_function_pins_pg_catalog_first_and_no_writable_schema(pg_dsn, man
         with db.connect(pg_dsn, autocommit=True) as own:
             migrations.apply(own)
         assert path_violations(c) == []
+        observe(f"{n} functions, all search_path={RULE}; CREATE on jointembed revoked from PUBLIC; "
+                "jointembed.late() (public, pg_catalog) fixed by the next apply")
