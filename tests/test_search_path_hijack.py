@@ -426,14 +426,15 @@ SELECT p.oid::regprocedure::text, p.proowner,
        (SELECT s FROM pg_catalog.unnest(p.proconfig) s WHERE s LIKE 'search\\_path=%%')
 FROM pg_catalog.pg_proc p WHERE p.pronamespace = 'jointembed'::regnamespace ORDER BY 1
 """
-#: roles (or PUBLIC) other than the function's owner, superusers and members of the owner
-#: that may CREATE in schema %(nsp)s
+#: roles (or PUBLIC) other than the function's owner (and its members), the schema's owner
+#: and superusers that may CREATE in schema %(nsp)s
 _WRITERS_SQL = """
 SELECT 'PUBLIC' FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) a
 WHERE n.nspname = %(nsp)s AND a.grantee = 0 AND a.privilege_type = 'CREATE'
 UNION ALL
 SELECT r.rolname FROM pg_catalog.pg_roles r
 WHERE NOT r.rolsuper AND r.oid <> %(owner)s AND NOT pg_catalog.pg_has_role(r.oid, %(owner)s, 'USAGE')
+  AND r.oid <> (SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname = %(nsp)s)
   AND pg_catalog.has_schema_privilege(r.oid, %(nsp)s, 'CREATE')
 """
 
@@ -496,3 +497,27 @@ def test_every_function_pins_pg_catalog_first_and_no_writable_schema(pg_dsn, man
         assert path_violations(c) == []
         observe(f"{n} functions, all search_path={RULE}; CREATE on jointembed revoked from PUBLIC; "
                 "jointembed.late() (public, pg_catalog) fixed by the next apply")
+
+
+def test_schema_made_by_an_admin_for_the_app_role(pg_dsn):
+    """An admin made schema jointembed and granted CREATE to the app role (which owns the
+    functions) and to PUBLIC: the app role cannot revoke PUBLIC's right, so the apply
+    refuses, naming it; once the admin revokes it, the apply works and the rule holds."""
+    role = "je_app_" + uuid.uuid4().hex[:6]
+    with psycopg.connect(pg_dsn, autocommit=True) as c:
+        r = sql.Identifier(role)
+        c.execute("CREATE EXTENSION vector")
+        c.execute(sql.SQL("CREATE ROLE {} LOGIN").format(r))
+        c.execute("CREATE SCHEMA jointembed")
+        c.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA jointembed TO {}").format(r))
+        c.execute("GRANT CREATE ON SCHEMA jointembed TO PUBLIC")
+        app = psycopg.conninfo.make_conninfo(pg_dsn, user=role)
+        with psycopg.connect(app, autocommit=True) as own:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="PUBLIC may CREATE in schema jointembed"):
+                migrations.apply(own)
+        c.execute("REVOKE CREATE ON SCHEMA jointembed FROM PUBLIC")
+        with db.connect(app, autocommit=True) as own:
+            migrations.apply(own)
+        assert path_violations(c) == []
+        assert c.execute("SELECT count(*) FROM pg_proc WHERE pronamespace = 'jointembed'::regnamespace "
+                         "AND proowner = %s::regrole", [role]).fetchone()[0] > 30

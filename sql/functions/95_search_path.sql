@@ -20,21 +20,24 @@
 -- to pg_catalog.current_setting('search_path') (an argument is evaluated before the
 -- function's own setting applies) and sets it around that part only: see jointembed.knn.
 --
--- Schema jointembed itself: no role but its owner may CREATE in it. A CREATE right granted
--- to PUBLIC or to another role (e.g. by an admin who made the schema for the app role)
--- is revoked when the owner runs this; if the migrating role cannot revoke it (it is not
--- the schema's owner), the apply fails, naming the role, rather than run with a schema on
--- the path that someone else may write.
+-- Schema jointembed itself: no role but its owner and the role applying this file (the
+-- functions' owner; an admin may have made the schema and granted it CREATE) may CREATE
+-- in it (superusers aside). A CREATE right of PUBLIC or of another role is revoked here; if
+-- the applying role cannot revoke it (it is not the schema's owner nor the grantor), the
+-- apply fails, naming the role, rather than run with a schema on the path that someone
+-- else may write.
 DO $do$
 DECLARE
-    f   regprocedure;
-    g   record;
+    f    regprocedure;
+    g    record;
+    mine oid := (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER);
 BEGIN
     FOR g IN
         SELECT acl.grantee, n.nspowner
         FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) acl
         WHERE n.oid = 'jointembed'::pg_catalog.regnamespace AND acl.privilege_type = 'CREATE'
-          AND acl.grantee OPERATOR(pg_catalog.<>) n.nspowner
+          AND acl.grantee OPERATOR(pg_catalog.<>) ALL (ARRAY[n.nspowner, mine])
+          AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = acl.grantee AND r.rolsuper)
     LOOP
         IF g.grantee = 0 THEN
             REVOKE CREATE ON SCHEMA jointembed FROM PUBLIC;
@@ -45,7 +48,8 @@ BEGIN
     FOR g IN
         SELECT acl.grantee FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) acl
         WHERE n.oid = 'jointembed'::pg_catalog.regnamespace AND acl.privilege_type = 'CREATE'
-          AND acl.grantee OPERATOR(pg_catalog.<>) n.nspowner
+          AND acl.grantee OPERATOR(pg_catalog.<>) ALL (ARRAY[n.nspowner, mine])
+          AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = acl.grantee AND r.rolsuper)
         LIMIT 1
     LOOP
         RAISE EXCEPTION 'jointembed: role % may CREATE in schema jointembed; only its owner may (REVOKE CREATE ON SCHEMA jointembed FROM %)',
