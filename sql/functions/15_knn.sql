@@ -65,6 +65,7 @@ DECLARE
     cap      integer := coalesce(p_exact_below, 2000);
     ann_q    text;
     exact_q  text;
+    count_q  text;
     got      record;
     have     integer := -1;  -- rows of the last attempt; -1: none run
     ef       integer;
@@ -138,15 +139,21 @@ BEGIN
                       'WHERE i.modality OPERATOR(pg_catalog.=) CAST(%3$L AS pg_catalog.text)', vs, nsp, p_modality, coltype, relname)
                || cond || ' ORDER BY 2 LIMIT $2) s';
 
-    IF p_filter IS NOT NULL THEN
-        old_path := current_setting('search_path');
-        PERFORM set_config('search_path', p_search_path, true);
+    -- the filter's search_path (the caller's) is set around each statement holding the
+    -- filter only; the rest of this body resolves under the function's own path
+    old_path := current_setting('search_path');
+    IF p_filter IS NULL THEN
+        p_search_path := old_path;
     END IF;
 
     IF NOT p_exact AND p_filter IS NOT NULL AND cap > 0 THEN
-        EXECUTE format('SELECT pg_catalog.count(*) FROM (SELECT 1 FROM %I.%I i '
-                       'WHERE i.modality OPERATOR(pg_catalog.=) CAST(%L AS pg_catalog.text)', nsp, relname, p_modality)
-                || cond || ' LIMIT $2) s' INTO n USING p_query, cap + 1, args;
+        count_q := format('SELECT pg_catalog.count(*) FROM (SELECT 1 FROM %I.%I i '
+                          'WHERE i.modality OPERATOR(pg_catalog.=) CAST(%L AS pg_catalog.text)', nsp, relname, p_modality)
+                   || cond || ' LIMIT $2) s';
+        n := cap + 1;
+        PERFORM set_config('search_path', p_search_path, true);
+        EXECUTE count_q INTO n USING p_query, n, args;
+        PERFORM pg_catalog.set_config('search_path', old_path, true);
         p_exact := n <= cap;
         RAISE DEBUG 'jointembed.knn: the filter matches % rows (exact_below %)', CASE WHEN p_exact THEN n::text ELSE 'more than ' || cap END, cap;
     END IF;
@@ -160,7 +167,9 @@ BEGIN
             PERFORM set_config('hnsw.max_scan_tuples',
                                least(greatest(coalesce(old_max::bigint, 20000), 100::bigint * p_k), 2147483647)::text, true);
             PERFORM set_config('hnsw.ef_search', ef::text, true);
+            PERFORM set_config('search_path', p_search_path, true);
             EXECUTE ann_q INTO got USING p_query, p_k, args;
+            PERFORM pg_catalog.set_config('search_path', old_path, true);
             have := coalesce(cardinality(got.items), 0);
             RAISE DEBUG 'jointembed.knn: % rows of % from iterative scan (ef_search %)', have, p_k, ef;
             PERFORM set_config('hnsw.iterative_scan', coalesce(old_it, 'off'), true);
@@ -168,7 +177,9 @@ BEGIN
         ELSE
             LOOP
                 PERFORM set_config('hnsw.ef_search', ef::text, true);
+                PERFORM set_config('search_path', p_search_path, true);
                 EXECUTE ann_q INTO got USING p_query, p_k, args;
+                PERFORM pg_catalog.set_config('search_path', old_path, true);
                 have := coalesce(cardinality(got.items), 0);
                 RAISE DEBUG 'jointembed.knn: % rows of % at ef_search %', have, p_k, ef;
                 EXIT WHEN have >= p_k OR ef >= 1000;
@@ -179,11 +190,10 @@ BEGIN
     END IF;
 
     IF have < p_k THEN
+        PERFORM set_config('search_path', p_search_path, true);
         EXECUTE exact_q INTO got USING p_query, p_k, args;
+        PERFORM pg_catalog.set_config('search_path', old_path, true);
         RAISE DEBUG 'jointembed.knn: % rows of % from exact scan', coalesce(cardinality(got.items), 0), p_k;
-    END IF;
-    IF old_path IS NOT NULL THEN
-        PERFORM set_config('search_path', old_path, true);
     END IF;
     RETURN QUERY SELECT got.items[x], got.dists[x] FROM generate_subscripts(got.items, 1) x ORDER BY x;
 END
