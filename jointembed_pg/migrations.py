@@ -75,7 +75,7 @@ WHERE e.extname = 'vector'
 """
 #: The search_path of every jointembed function, and of the transaction applying the SQL files.
 SEARCH_PATH = "pg_catalog, jointembed, pg_temp"
-_PIN_PATH_SQL = f"SELECT pg_catalog.set_config('search_path', '{SEARCH_PATH}', true)"
+_SET_PATH_SQL = "SELECT pg_catalog.set_config('search_path', %s, true)"
 #: The placeholder the SQL files use for the vector extension's schema (see :func:`render`).
 VECTOR_PLACEHOLDER = "@vector@"
 _RECORD_SQL = "INSERT INTO jointembed.schema_version (version, name) VALUES (%s, %s)"
@@ -241,7 +241,7 @@ def apply(conn: psycopg.Connection) -> list[int]:
         # hold public) can stand in for a built-in used by a DO block or a DEFAULT
         # expression, and a name that is neither pg_catalog's nor qualified fails loudly.
         old_path = conn.execute("SELECT pg_catalog.current_setting('search_path')").fetchone()[0]
-        conn.execute(_PIN_PATH_SQL)
+        conn.execute(_SET_PATH_SQL, [SEARCH_PATH])
         for mig in available():
             if mig.version in done:   # each file once, gaps included (branches merged out of order)
                 continue
@@ -252,7 +252,7 @@ def apply(conn: psycopg.Connection) -> list[int]:
             for _name, text in defs.files:
                 conn.execute(render(text, vs))
             conn.execute(_RECORD_DEFS_SQL, [defs.sha256, _package_version()])
-        conn.execute("SELECT pg_catalog.set_config('search_path', %s, true)", [old_path])
+        conn.execute(_SET_PATH_SQL, [old_path])
     return applied
 
 
