@@ -141,15 +141,15 @@ BEGIN
             modality     text        NOT NULL CHECK (modality IN ('image', 'text')),
             content_hash text        NOT NULL,
             model_id     text        NOT NULL CHECK (model_id = %3$L),
-            embedding    vector(%4$L) NOT NULL,
+            embedding    %5$I.vector(%4$L) NOT NULL,
             updated_at   timestamptz NOT NULL DEFAULT now(),
             event_id     bigint      NOT NULL DEFAULT 0,
             PRIMARY KEY (key, modality)
-        )$ddl$, side, jointembed._sync_key_type(a), p_model_id, p_dim);
-    EXECUTE format('CREATE INDEX %I ON jointembed.%I USING hnsw (embedding vector_l2_ops) '
-                   'WHERE modality = %L', side || '_image_hnsw', side, 'image');
-    EXECUTE format('CREATE INDEX %I ON jointembed.%I USING hnsw (embedding vector_l2_ops) '
-                   'WHERE modality = %L', side || '_text_hnsw', side, 'text');
+        )$ddl$, side, jointembed._sync_key_type(a), p_model_id, p_dim, jointembed._vector_schema());
+    EXECUTE format('CREATE INDEX %I ON jointembed.%I USING hnsw (embedding %I.vector_l2_ops) '
+                   'WHERE modality = %L', side || '_image_hnsw', side, jointembed._vector_schema(), 'image');
+    EXECUTE format('CREATE INDEX %I ON jointembed.%I USING hnsw (embedding %I.vector_l2_ops) '
+                   'WHERE modality = %L', side || '_text_hnsw', side, jointembed._vector_schema(), 'text');
     EXECUTE format('COMMENT ON TABLE jointembed.%I IS %L', side,
                    'jointembed embeddings of ' || jointembed._sync_rel(a)::text || ' (model ' || p_model_id || ')');
     RETURN side;
@@ -228,7 +228,7 @@ $fn$;
 -- jointembed; it refuses to run on any table but the attachment's own (or its partitions).
 CREATE OR REPLACE FUNCTION jointembed.sync_trigger()
 RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, jointembed, pg_temp AS $fn$
 DECLARE
     a    jointembed.attachments;
     vers integer[];
