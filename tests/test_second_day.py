@@ -78,6 +78,17 @@ def test_int8_build_names_the_bundle_it_builds(tmp_path, bundle_dir):
     assert _building(Exporter(True), targets[:1], None, False) == "building bundle default"
 
 
+def test_missing_int8_bundle_names_the_command_that_builds_it(tmp_path, bundle_dir, pg_dsn):
+    """README: `reembed --bundle default-int8` before `model build --int8` says what to run."""
+    bundles = tmp_path / "bundles"
+    bundles.mkdir()
+    (bundles / "default").symlink_to(Path(bundle_dir).resolve())
+    p = run(["search", "text", "a dog", "--dsn", pg_dsn, "--bundle", "default-int8"],
+            env_extra={"JOINTEMBED_BUNDLES": str(bundles)})
+    assert p.returncode == 1, p.stderr
+    assert "no bundle 'default-int8': build it with `jointembed model build --int8`" in p.stderr, p.stderr
+
+
 # -- 5. names, databases, the demo -----------------------------------------------------------
 def test_misspelt_attached_table_gets_a_suggestion(bundle_dir, pg_dsn):
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
