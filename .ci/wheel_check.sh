@@ -73,7 +73,8 @@ EOF
 # --- 3. fresh venv, user install --------------------------------------------------------------
 step "installing the wheel with [export] into a fresh venv"
 "$python" -m venv "$venv"
-pip_quiet "$venv/bin/python" -m pip install "$wheel[export]"
+# the README's line, as written, from the directory that holds dist/ (as the checkout does)
+(cd "$work" && pip_quiet "$venv/bin/python" -m pip install "$(ls dist/jointembed_pg-*.whl)[export]")
 mkdir -p "$work/cwd"
 cd "$work/cwd"  # not the checkout: nothing may be imported from it
 unset PYTHONPATH DATABASE_URL JOINTEMBED_BUNDLES JOINTEMBED_PGDATA JOINTEMBED_DATA_DIR

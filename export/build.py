@@ -7,6 +7,8 @@ staging directory into place: a failed export never leaves a half-written bundle
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import shutil
 from dataclasses import replace
@@ -35,15 +37,48 @@ def default_checkpoint() -> Path:
     return Path(jointembed_train.__file__).resolve().parent / "weights" / "default.pt"
 
 
+@contextlib.contextmanager
+def quiet_libraries():
+    """Keep the backbone libraries' own output off the terminal while they load.
+
+    efficientnet_lite_pytorch ``print``s "Loaded pretrained weights for ..." (stdout is
+    captured here and sent to this module's DEBUG log); transformers draws a "Loading
+    weights" tqdm bar and writes a load report (its progress bars are disabled and its
+    verbosity set to ERROR for the block, then restored).
+    """
+    hf = None
+    try:
+        from transformers.utils import logging as hf
+    except ImportError:  # not installed: nothing of its to silence
+        pass
+    if hf is not None:
+        bars, verbosity = hf.is_progress_bar_enabled(), hf.get_verbosity()
+        hf.disable_progress_bar()
+        hf.set_verbosity_error()
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured):
+            yield
+    finally:
+        if hf is not None:
+            hf.set_verbosity(verbosity)
+            if bars:
+                hf.enable_progress_bar()
+        for line in captured.getvalue().splitlines():
+            log.debug("%s", line)
+
+
 def load_encoders(checkpoint: Path):
-    """``(ckpt, image_encoder, text_encoder)`` from the training API, in eval mode."""
+    """``(ckpt, image_encoder, text_encoder)`` from the training API, in eval mode (the
+    libraries' own load messages silenced: :func:`quiet_libraries`)."""
     from jointembed_train import checkpoint as ckpt_mod, encoders
 
     try:
         ckpt = ckpt_mod.load(checkpoint)
     except (FileNotFoundError, ValueError) as e:
         raise ExportError(str(e)) from e
-    return ckpt, encoders.image_encoder(ckpt).eval(), encoders.text_encoder(ckpt).eval()
+    with quiet_libraries():
+        return ckpt, encoders.image_encoder(ckpt).eval(), encoders.text_encoder(ckpt).eval()
 
 
 def build_bundle(checkpoint: Path, out_dir: Path, *, data_dir: Path | None = None,
@@ -105,11 +140,15 @@ def build_default_bundle(out_dir: Path | None = None, *, checkpoint: Path | None
     out_dir = Path(out_dir) if out_dir else paths.bundles_dir() / paths.DEFAULT_BUNDLE
     data_dir = data_dir if data_dir is not None else paths.default_data_dir()
     checkpoint = Path(checkpoint) if checkpoint else default_checkpoint()
+    keep_int8 = False
     if int8 and int8_dir(out_dir).exists() and not force:  # fail before the slow part
-        raise ExportError(f"{int8_dir(out_dir)} already exists (use --force to replace it)")
+        keep_int8 = _same_source(int8_dir(out_dir), checkpoint)  # rerun: "up to date", not an error
+        if not keep_int8:
+            raise ExportError(f"{int8_dir(out_dir)} already exists and was not exported from {checkpoint} "
+                              f"(use --force to replace it)")
     if force or not bundle_is_current(out_dir, checkpoint):
         build_bundle(checkpoint, out_dir, data_dir=data_dir, force=force)
-    if int8:
+    if int8 and not keep_int8:
         from .int8 import build_int8_bundle
 
         build_int8_bundle(out_dir, int8_dir(out_dir), data_dir=data_dir, force=force)
@@ -127,6 +166,15 @@ def bundle_is_current(bundle_dir: Path, checkpoint: Path | None = None,
     except (BundleError, OSError, ImportError):
         return False
     return m.source_checkpoint_sha256 == ckpt_sha and m.model_id == make_model_id(ckpt_sha, options)
+
+
+def _same_source(bundle_dir: Path, checkpoint: Path) -> bool:
+    """Whether ``bundle_dir`` is an intact bundle (checksums verified) exported from ``checkpoint``."""
+    try:
+        m = validate_manifest(read_manifest(Path(bundle_dir)), Path(bundle_dir), checksums=True)
+        return m.source_checkpoint_sha256 == sha256_file(checkpoint)
+    except (BundleError, OSError):
+        return False
 
 
 def verify_parity(bundle_dir: Path, *, checkpoint: Path | None = None, data_dir: Path | None = None) -> dict:

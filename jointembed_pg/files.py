@@ -45,10 +45,19 @@ def kind_of(mode: int) -> str:
     return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
+def _named(where: str, path) -> str:
+    """``"where: path"``, or just the path when ``where`` already is it (no ``a.jpg: a.jpg: ...``)."""
+    try:
+        same = os.fsdecode(path) == str(where)
+    except TypeError:  # not a path at all: name both
+        same = False
+    return str(path) if same else f"{where}: {path}"
+
+
 def _os_error(where: str, path, e: OSError) -> InputError:
     if isinstance(e, FileNotFoundError):
-        return refuse(f"{where}: {path}: no such file", retry=True)
-    return refuse(f"{where}: {path}: cannot read ({e.strerror or e})", retry=e.errno not in _FINAL_ERRNO)
+        return refuse(f"{_named(where, path)}: no such file", retry=True)
+    return refuse(f"{_named(where, path)}: cannot read ({e.strerror or e})", retry=e.errno not in _FINAL_ERRNO)
 
 
 def inside(root: str, path: str) -> bool:
@@ -103,9 +112,9 @@ def open_regular(path: str | os.PathLike, max_bytes: int | None, where: str = "<
     except OSError as e:
         raise _os_error(where, path, e) from e
     if not stat.S_ISREG(st.st_mode):
-        raise refuse(f"{where}: {path} is {kind_of(st.st_mode)}, not a regular file (refused before opening)")
+        raise refuse(f"{_named(where, path)} is {kind_of(st.st_mode)}, not a regular file (refused before opening)")
     if max_bytes is not None and st.st_size > max_bytes:
-        raise refuse(f"{where}: {path} is {st.st_size} bytes, over the {max_bytes}-byte limit")
+        raise refuse(f"{_named(where, path)} is {st.st_size} bytes, over the {max_bytes}-byte limit")
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(path, flags)
@@ -114,14 +123,14 @@ def open_regular(path: str | os.PathLike, max_bytes: int | None, where: str = "<
     try:
         fst = os.fstat(fd)
         if not stat.S_ISREG(fst.st_mode) or (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
-            raise refuse(f"{where}: {path} changed between its check and its opening "
+            raise refuse(f"{_named(where, path)} changed between its check and its opening "
                          f"(now {kind_of(fst.st_mode)}); refused")
         if max_bytes is not None and fst.st_size > max_bytes:
-            raise refuse(f"{where}: {path} is {fst.st_size} bytes, over the {max_bytes}-byte limit")
+            raise refuse(f"{_named(where, path)} is {fst.st_size} bytes, over the {max_bytes}-byte limit")
         if root is not None:
             real = _fd_path(fd) or os.path.realpath(path)
             if not inside(os.path.realpath(root), real):
-                raise refuse(f"{where}: {path} leaves the image root {root}: the opened file is {real}")
+                raise refuse(f"{_named(where, path)} leaves the image root {root}: the opened file is {real}")
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
@@ -151,9 +160,9 @@ def read_regular(path: str | os.PathLike, max_bytes: int, where: str = "<file>",
         except OSError as e:
             raise _os_error(where, path, e) from e
     if len(data) > max_bytes:
-        raise refuse(f"{where}: {path} grew over the {max_bytes}-byte limit while being read")
+        raise refuse(f"{_named(where, path)} grew over the {max_bytes}-byte limit while being read")
     if not data:
-        raise refuse(f"{where}: {path}: empty file (0 bytes)", retry=True)
+        raise refuse(f"{_named(where, path)}: empty file (0 bytes)", retry=True)
     return data
 
 
@@ -176,14 +185,14 @@ def write_regular(path: str | os.PathLike, data: bytes, where: str = "<output>")
         fd = os.open(path, flags, 0o666)
     except OSError as e:
         if e.errno == errno.ELOOP or (e.errno == errno.EMLINK and os.path.islink(path)):
-            raise refuse(f"{where}: {path} is a symlink; refused (write to the file itself)") from e
+            raise refuse(f"{_named(where, path)} is a symlink; refused (write to the file itself)") from e
         if e.errno == errno.ENXIO:
-            raise refuse(f"{where}: {path} is a FIFO (named pipe), not a regular file") from e
-        raise refuse(f"{where}: {path}: cannot write ({e.strerror or e})") from e
+            raise refuse(f"{_named(where, path)} is a FIFO (named pipe), not a regular file") from e
+        raise refuse(f"{_named(where, path)}: cannot write ({e.strerror or e})") from e
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise refuse(f"{where}: {path} is {kind_of(st.st_mode)}, not a regular file (refused before writing)")
+            raise refuse(f"{_named(where, path)} is {kind_of(st.st_mode)}, not a regular file (refused before writing)")
         os.set_blocking(fd, True)
         os.ftruncate(fd, 0)
         view = memoryview(data)

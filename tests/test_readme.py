@@ -38,14 +38,15 @@ def blocks() -> list[tuple[str, str]]:
     return BLOCK_RE.findall(README.read_text(encoding="utf-8"))
 
 
-def commands() -> list[tuple[list[str], str]]:
-    """``(argv, trailing comment)`` of every README bash line that starts with ``jointembed``."""
+def commands(text: str | None = None) -> list[tuple[list[str], str]]:
+    """``(argv, trailing comment)`` of every README bash line that starts with ``jointembed``
+    or ``psql`` (``text``: another document's Markdown instead of the README)."""
     out = []
-    for kind, body in blocks():
+    for kind, body in (BLOCK_RE.findall(text) if text is not None else blocks()):
         if kind != "bash":
             continue
         for line in body.splitlines():
-            if not line.startswith("jointembed "):
+            if not line.startswith(("jointembed ", "psql ")):
                 continue
             lexer = shlex.shlex(line, posix=True, punctuation_chars=False)
             lexer.whitespace_split, lexer.commenters = True, "#"
@@ -107,8 +108,6 @@ def sandbox(tmp_path, flickr8k_dir, bundle_dir, pg_dsn):
         (bundles / name).symlink_to(Path(bundle_dir).resolve())
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE products (id int PRIMARY KEY, title text, image_path text)")
-        conn.execute("DO $$ BEGIN CREATE ROLE app_worker NOLOGIN; "
-                     "EXCEPTION WHEN duplicate_object THEN NULL; END $$")  # README: jointembed grant app_worker
         for i, n in enumerate(names[:5]):
             conn.execute("INSERT INTO products VALUES (%s, %s, %s)", (i, caps[i][1] if i < len(caps) else n, n))
     env = {k: v for k, v in os.environ.items() if k not in ("JOINTEMBED_DATA_DIR", "JOINTEMBED_BUNDLE")}
@@ -121,6 +120,17 @@ def sandbox(tmp_path, flickr8k_dir, bundle_dir, pg_dsn):
     launcher.chmod(0o755)
     env["PATH"] = f"{bindir}{os.pathsep}{env.get('PATH', '')}"
     return work, env, pg_dsn
+
+
+def run_psql(argv: list[str], dsn: str) -> None:
+    """Run the ``-c SQL`` of a documented ``psql`` line on ``dsn`` (roles are cluster-wide:
+    one made by an earlier test run is fine)."""
+    sql = argv[argv.index("-c") + 1]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        try:
+            conn.execute(sql)
+        except psycopg.errors.DuplicateObject:
+            pass
 
 
 def _check_shape(comment: str, out: str, line: str) -> None:
@@ -147,6 +157,9 @@ def test_readme_commands_run_as_written(sandbox):
     ran = []
     for argv, comment in commands():
         line = shlex.join(argv)
+        if argv[0] == "psql":  # e.g. `psql "$DATABASE_URL" -c 'CREATE ROLE ...'`: its SQL, on the database
+            run_psql(argv, dsn)
+            continue
         if argv[1] in SKIP:
             continue
         if argv[1] == "worker":
@@ -156,6 +169,8 @@ def test_readme_commands_run_as_written(sandbox):
         assert p.returncode == 0, f"README line failed ({p.returncode}): {line}\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}"
         assert "Traceback" not in p.stderr, p.stderr
         _check_shape(comment, p.stdout, line)
+        if argv[1] == "search":  # a search that runs but finds nothing would not show the README's point
+            assert p.stdout.strip(), f"README line found nothing: {line}\n{p.stderr[-2000:]}"
         ran.append(argv[1:3])
     assert len(ran) >= 15
     assert (work / "hits.html").is_file()

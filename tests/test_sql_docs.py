@@ -66,21 +66,30 @@ def to_query(text: str, variables: dict) -> tuple[sql.Composed, dict]:
     return sql.Composed(parts), params
 
 
+#: Where the user's photos are: the items' sources are absolute paths below it, as
+#: ``jointembed index image ~/photos/`` stores them; products name files relative to it.
+IMAGE_ROOT = "/home/me/photos"
+
+
 @pytest.fixture
-def photos_db(pg_dsn):
-    """Collection 'photos' (300 images, 600 captions, D=32, indexed) and a products table."""
+def photos_db(pg_dsn, flickr8k_dir):
+    """Collection 'photos' (300 images named as the Flickr8K test images under IMAGE_ROOT,
+    600 captions keyed as Flickr8K's, D=32 synthetic vectors, indexed) and a products table
+    whose ``image_path`` is relative to IMAGE_ROOT (as ``jointembed attach --image-root``)."""
+    names = (flickr8k_dir / "Flickr_8k.testImages.txt").read_text().split()[:300]
     rng = np.random.default_rng(3)
     img = rng.standard_normal((300, D)).astype(np.float32)
     txt = (np.repeat(img, 2, axis=0) + 0.3 * rng.standard_normal((600, D))).astype(np.float32)
     with Store(pg_dsn) as store:
         coll = store.collection("photos", model_id="synthetic", dim=D, create=True)
-        coll.upsert([("image", f"/photos/{i}.jpg", f"/photos/{i}.jpg", None, None, e) for i, e in enumerate(img)])
-        coll.upsert([("text", f"{i // 2}.jpg#{i % 2}", None, f"caption {i}", None, e) for i, e in enumerate(txt)])
+        paths = [f"{IMAGE_ROOT}/{n}" for n in names]
+        coll.upsert([("image", p, p, None, None, e) for p, e in zip(paths, img)])
+        coll.upsert([("text", f"{names[i // 2]}#{i % 2}", None, f"caption {i}", None, e) for i, e in enumerate(txt)])
         coll.ensure_index()
         with store.transaction() as conn:
             conn.execute("CREATE TABLE products (id serial PRIMARY KEY, title text, image_path text)")
-            conn.execute("INSERT INTO products (title, image_path) "
-                         "SELECT 'product ' || n, '/photos/' || n || '.jpg' FROM generate_series(0, 299, 3) n")
+            for n in names[::3]:
+                conn.execute("INSERT INTO products (title, image_path) VALUES (%s, %s)", (f"product {n}", n))
         return pg_dsn, txt[0]
 
 
@@ -102,7 +111,7 @@ def test_sql_doc_examples_run(photos_db, monkeypatch):
         version = db.vector_version(conn)
         for kind, body in blocks():
             if kind == "python":
-                namespace = {"qvec": qvec}
+                namespace = {"qvec": qvec, "image_root": variables["image_root"]}
                 exec(compile(body, f"{DOC.name}:python", "exec"), namespace)  # noqa: S102 - our own docs
                 if "rows" in namespace:
                     assert len(namespace["rows"]) == 10

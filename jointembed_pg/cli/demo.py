@@ -30,8 +30,12 @@ DEMO_IMAGES = 3
 DEMO_CAPTIONS = 2
 
 
-def ensure_default_bundle(progress: bool = True) -> Path:
+def ensure_default_bundle(progress: bool = True, data_dir: Path | None = None) -> Path:
     """Return the default bundle's directory, exporting it first if it is missing.
+
+    ``data_dir``: the Flickr8K directory the export checks parity on (the demo's
+    ``--data-dir``; ``None``: the exporter's default, ``../shared/data/flickr8k``, which a
+    wheel install does not have, so it would fall back to synthetic inputs).
 
     Raises:
         BundleError: the bundle is missing and the export extra (torch) is not installed.
@@ -48,7 +52,7 @@ def ensure_default_bundle(progress: bool = True) -> Path:
         raise exporter.ExporterMissing(f"no model bundle at {target}, and {e}; then: jointembed model build") from e
     click.echo(f"building the default model bundle into {target} (one time, ~1-2 min) ...", err=True)
     with quiet_stdout(), heartbeat("building the model bundle", enabled=progress):
-        build.build_default_bundle(target)
+        build.build_default_bundle(target, data_dir=data_dir)
     Bundle.load(target)
     return target
 
@@ -78,9 +82,12 @@ def demo(obj, data_dir, split, collection, html_path, k, dsn, bundle_name, as_js
             raise InputError("no Flickr8K data found at ../shared/data/flickr8k; "
                              "pass --data-dir DIR (a directory with images/ and Flickr8k.token.txt)")
         data = flickr8k.load_split(data_dir, split)
-        bundle = obj.bundle(bundle_name or str(ensure_default_bundle(show)))
+        bundle = obj.bundle(bundle_name or str(ensure_default_bundle(show, data_dir)))
         name = collection or f"flickr8k_{split}"
         coll = obj.collection(dsn, name, bundle=bundle, create=True)
+        where = database_location(dsn)
+        if not as_json:
+            click.echo(where, err=True)
         img_recs = [readers.PathRecord(str(p), p) for p in data.image_paths]
         reports = [
             ingest.index_images(coll, bundle, img_recs, progress=show),
@@ -92,7 +99,22 @@ def demo(obj, data_dir, split, collection, html_path, k, dsn, bundle_name, as_js
         write_gallery(html_path, queries, title=f"jointembed demo: Flickr8K {split}",
                       header={"collection": name, "model": f"{bundle.model_id} ({bundle.path.name}, dim {bundle.dim})",
                               "counts": counts})
-    _report(reports, queries, html_path, name, counts, next_steps(name, queries, data, dsn), as_json)
+    _report(reports, queries, html_path, name, counts, next_steps(name, queries, data, dsn), as_json, where)
+
+
+def database_location(dsn: str | None) -> str:
+    """``database: <DSN, password masked>`` and, for the embedded server, its data directory."""
+    from .. import settings
+    from ..errors import redact_dsn
+
+    given = dsn or settings.get().database_url
+    if given:
+        return f"database: {redact_dsn(given)}"
+    from ..server import embedded
+
+    srv = embedded.server()
+    return (f"database: {srv.uri()} (the embedded PostgreSQL, data dir {srv.pgdata}; "
+            f"`jointembed server start` keeps it running, `jointembed server dsn` prints this DSN)")
 
 
 def _caption_picks(data, exclude: set[int]) -> list[tuple[str, str, int]]:
@@ -156,10 +178,10 @@ def _sql_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _report(reports, queries, html_path, name, counts, steps, as_json):
+def _report(reports, queries, html_path, name, counts, steps, as_json, where):
     if as_json:
         click.echo(json.dumps({
-            "collection": name, "counts": counts, "ingest": [r.to_dict() for r in reports],
+            "collection": name, "database": where.removeprefix("database: "), "counts": counts, "ingest": [r.to_dict() for r in reports],
             "html": str(html_path), "next": steps,
             "queries": [{"label": q["label"], "hits": [{"id": h.id, "key": h.key, "distance": float(h.distance),
                                                         "text": h.text, "source": h.source,
@@ -179,6 +201,7 @@ def _report(reports, queries, html_path, name, counts, steps, as_json):
             mark = (" ✓" if h.key in relevant else "") if relevant else ""
             click.echo(f"  {rank}. {h.distance:.4f}  [id {h.id}]  {terminal_line(what)}{mark}")
     click.echo(f"\ncollection: {name} ({counts['image']} images, {counts['text']} texts)")
+    click.echo(where)
     click.echo(f"gallery: {html_path.resolve()}  (✓ = correct by the Flickr8K ground truth; L2 distance, lower = closer)")
     click.echo("next, try:")
     for step in steps:

@@ -51,7 +51,7 @@ def build_cmd(checkpoint: Path | None, out: Path | None, name: str | None, int8:
     targets = [target] + ([build.int8_dir(target)] if int8 else [])
     before = [_stamp(p) for p in targets]
     try:  # export.ExportError is a JointEmbedError
-        with quiet_stdout(), heartbeat(f"building bundle {target.name}"):
+        with quiet_stdout(), heartbeat(_building(build, targets, checkpoint, force)):
             path = build.build_default_bundle(target, checkpoint=checkpoint, int8=int8, data_dir=data_dir,
                                               force=force)
     except JointEmbedError as e:
@@ -60,6 +60,16 @@ def build_cmd(checkpoint: Path | None, out: Path | None, name: str | None, int8:
         b = Bundle.load(p, verify=False)
         verb = "up to date" if old is not None and old == _stamp(p) else "wrote"
         click.echo(f"{verb} {p}: {b.model_id}, dim {b.dim}, {b.manifest['precision']}, {_quality_line(b.manifest)}")
+
+
+def _building(build, targets: list[Path], checkpoint: Path | None, force: bool) -> str:
+    """Progress label naming the bundles this build writes: ``building bundle default-int8``
+    when only the int8 sibling is new (the fp32 bundle is current and kept)."""
+    names = [t.name for t in targets]
+    current = getattr(build, "bundle_is_current", None)
+    if len(targets) > 1 and not force and current is not None and current(targets[0], checkpoint):
+        names = names[1:]
+    return f"building bundle{'s' if len(names) > 1 else ''} {' and '.join(names)}"
 
 
 def _stamp(bundle_dir: Path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import sys
 import types
 from contextlib import contextmanager
@@ -161,17 +162,28 @@ def _progress(flag):
     return flag is not False
 
 
+#: ``jointembed: `` that our SQL functions put before their messages (useful in psql); the
+#: CLI already says ``Error: ``, so it is dropped there (at the start or after a ``: ``).
+_SQL_PREFIX = re.compile(r"(^|: )jointembed: ")
+
+
 def user_error_message(e: BaseException) -> str | None:
-    """The one-line message for an exception :data:`USER_ERRORS` covers, else ``None`` (a bug)."""
+    """The one-line message for an exception :data:`USER_ERRORS` covers, else ``None`` (a bug).
+
+    Never a doubled prefix: an OSError whose text already names its file is not prefixed
+    again, and ``jointembed: `` from our SQL functions is dropped (:data:`_SQL_PREFIX`).
+    """
     if isinstance(e, OSError) and not isinstance(e, JointEmbedError):
-        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-        return f"{where}{e.strerror or e}"
+        text = str(e.strerror or e)
+        name = getattr(e, "filename", None)
+        where = f"{name}: " if name and str(name) not in text else ""
+        return f"{where}{text}"
     if isinstance(e, psycopg.Error):
         from ..db import one_line
 
-        return f"database error: {one_line(e)}"
+        return _SQL_PREFIX.sub(r"\1", f"database error: {one_line(e)}")
     if isinstance(e, USER_ERRORS):
-        return str(e)
+        return _SQL_PREFIX.sub(r"\1", str(e))
     return None
 
 

@@ -80,12 +80,24 @@ def server_status(as_json):
 @server.command("dsn")
 @click.option("--show-password", is_flag=True, help="Print the TCP password in clear.")
 @click.option("--socket", "socket_only", is_flag=True, help="The Unix-socket DSN even when TCP is on.")
-def server_dsn(show_password, socket_only):
-    """Print the DSN of the running server (TCP DSN when it listens on TCP)."""
+@click.option("--database", "database", default=None, metavar="NAME",
+              help="The DSN of database NAME on this server instead of 'postgres' (e.g. one per app or test).")
+@click.option("--create", is_flag=True, help="With --database: create it first if it does not exist.")
+def server_dsn(show_password, socket_only, database, create):
+    """Print the DSN of the running server (TCP DSN when it listens on TCP).
+
+    `jointembed server dsn --database shop --create` prints the DSN of database `shop` on
+    the embedded server, creating it first; use it as --dsn or $DATABASE_URL.
+    """
+    if create and database is None:
+        raise click.UsageError("--create needs --database NAME")
     with _errors():
         srv = _srv()
-        tcp = None if socket_only else srv.tcp_uri(show_password=show_password)
-        dsn = tcp or srv.uri()
+        dbname = "postgres"
+        if database is not None:
+            dbname = _database(srv, database, create)
+        tcp = None if socket_only else srv.tcp_uri(show_password=show_password, dbname=dbname)
+        dsn = tcp or srv.uri(dbname)
     if show_password and tcp:
         import sys
 
@@ -94,6 +106,34 @@ def server_dsn(show_password, socket_only):
         out.flush()
         return
     click.echo(dsn)
+
+
+def _database(srv, name: str, create: bool) -> str:
+    """``name`` percent-encoded for a DSN's path, after checking that the database exists
+    (or creating it with ``create``; the name is passed as an identifier, never pasted).
+
+    Raises:
+        InputError: empty or over 63 bytes, or no such database and not ``create``.
+    """
+    from urllib.parse import quote
+
+    import psycopg
+    from psycopg import sql
+
+    from ..errors import InputError
+    from ..suggest import not_found
+
+    if not name or len(name.encode()) > 63 or "\x00" in name:
+        raise InputError(f"database name must be 1 to 63 bytes without NUL, got {name!r}")
+    with psycopg.connect(srv.uri(), autocommit=True, connect_timeout=10) as conn:
+        names = [r[0] for r in conn.execute(
+            "SELECT datname FROM pg_catalog.pg_database WHERE datallowconn ORDER BY datname")]
+        if name not in names:
+            if not create:
+                raise InputError(not_found("database", name, names) + " (add --create to create it)")
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            click.echo(f"created database {name!r}", err=True)
+    return quote(name, safe="")
 
 
 @server.command("upgrade")

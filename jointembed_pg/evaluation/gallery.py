@@ -28,7 +28,7 @@ CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'n
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 section{margin-bottom:2em;border-bottom:1px solid #ddd;padding-bottom:1em}
-.row{display:flex;flex-wrap:wrap;gap:10px}
+.row{display:flex;flex-wrap:wrap;gap:10px;align-items:flex-start}
 figure{margin:0;width:170px;font-size:12px;overflow-wrap:anywhere}
 .k{color:#888;font-size:11px}
 figure img{max-width:160px;max-height:160px;display:block}

@@ -90,6 +90,11 @@ def resolve(name_or_path: str | Path | None = None) -> Path:
     if not d.is_dir():
         if isinstance(name, str) and d.parent == paths.bundles_dir():
             available = available_bundles()
+            if name.endswith("-int8"):  # the int8 sibling is built on request only
+                base = name[: -len("-int8")]
+                named = "" if base == paths.DEFAULT_BUNDLE else f" --name {base}"
+                raise BundleError(f"no bundle {name!r}: build it with `jointembed model build --int8{named}` "
+                                  f"(about 3 min; available: {', '.join(available) or '(none)'})")
             raise BundleError(not_found("bundle", name, available) if available else
                               f"no bundle {name!r}: none built yet under {d.parent} "
                               "(build one with `jointembed model build`)")

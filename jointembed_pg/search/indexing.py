@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
+from .. import progress as _progress
 from ..errors import ArgumentError, DatabaseError
 from ..settings import INDEX_MEMORY_ENV, get as get_settings
 
@@ -467,10 +469,10 @@ class _Monitor:
 
     def _poll(self, mon: psycopg.Connection) -> None:
         bar = None
-        if self.bar:
+        if self.bar and _progress._is_tty(sys.stderr):  # not a terminal: the periodic log lines below
             from tqdm import tqdm
 
-            bar = tqdm(total=self.rows, desc=f"index {self.name}", unit="rows", leave=False)
+            bar = tqdm(total=self.rows, desc=f"index {self.name}", unit="rows", leave=False, file=sys.stderr)
         t0 = last_log = time.monotonic()
         try:
             while not self._stop.wait(POLL_S):
@@ -482,7 +484,7 @@ class _Monitor:
                     bar.set_postfix_str(phase or "", refresh=False)
                     bar.n = min(int(tuples or 0), self.rows)
                     bar.refresh()
-                elif time.monotonic() - last_log >= LOG_EVERY_S:
+                elif time.monotonic() - last_log >= _progress._interval():
                     last_log = time.monotonic()
                     waiting = f", {lockers_done}/{lockers} transactions" if phase and "waiting" in phase else ""
                     log.info("index %s: %s, %d/%d rows%s, %.0f s", self.name, phase, tuples or 0, self.rows,

@@ -241,13 +241,30 @@ def find(conn, table: str, schema: str | None = None) -> Attachment:
     """
     with db.borrow(conn) as c:
         rows = _call(c, "SELECT * FROM jointembed.find_attachment(%s, %s)", [table, schema], fetch="all")
+        hint = "" if rows else _attached_hint(c, table, schema)
     if not rows:
         where = f"{_quote(schema)}.{_quote(table)}" if schema else _quote(table)
-        raise DatabaseError(f"table {where} is not attached (see `jointembed attach`)")
+        raise DatabaseError(f"table {where} is not attached{hint} (see `jointembed attach`)")
     if len(rows) > 1:
         names = ", ".join(_quote(r[1]) for r in rows)
         raise DatabaseError(f"table {_quote(table)} is attached in several schemas ({names}); pass --schema")
     return _row(Attachment, rows[0])
+
+
+def _attached_hint(conn, table: str, schema: str | None) -> str:
+    """``"; attached: a, b (did you mean 'a'?)"`` for a table name that is not attached
+    (the same did-you-mean as bundles and collections: :mod:`jointembed_pg.suggest`)."""
+    from ..suggest import MAX_LISTED, closest
+
+    try:
+        atts = list_attachments(conn)
+    except DatabaseError:  # the hint is optional: the error itself stands
+        return ""
+    names = [a.table_name if schema is None else f"{a.schema_name}.{a.table_name}" for a in atts
+             if schema is None or a.schema_name == schema]
+    shown = ", ".join(_quote(n) for n in names[:MAX_LISTED]) + (", ..." if len(names) > MAX_LISTED else "")
+    guess = closest(table if schema is None else f"{schema}.{table}", names)
+    return f"; attached: {shown or '(none)'}" + (f" (did you mean {guess!r}?)" if guess else "")
 
 
 def list_attachments(conn) -> list[Attachment]:

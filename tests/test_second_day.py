@@ -1,0 +1,154 @@
+"""A user's second day (issue 27): only our own lines on the terminal, no doubled prefixes,
+did-you-mean for attached tables, another database on the embedded server, the demo's
+parity data and database, and gallery hit boxes as tall as their content. Real
+subprocesses, real Postgres, real bundle, real Flickr8K images."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from test_cli import run
+
+
+def _images(flickr8k_dir: Path, n: int) -> list[Path]:
+    names = (flickr8k_dir / "Flickr_8k.testImages.txt").read_text().split()[:n]
+    return [flickr8k_dir / "images" / name for name in names]
+
+
+def _args(pg_dsn, bundle_dir):
+    return ["--dsn", pg_dsn, "--bundle", bundle_dir]
+
+
+# -- 4. terminal output -----------------------------------------------------------------------
+def test_index_build_writes_no_bar_when_stderr_is_a_pipe(flickr8k_dir, bundle_dir, pg_dsn, tmp_path):
+    """The HNSW build's tqdm bar (``\\r``) only on a terminal; in a pipe, log lines only."""
+    caps = tmp_path / "caps.token.txt"
+    with open(flickr8k_dir / "Flickr8k.token.txt", encoding="utf-8") as f:
+        caps.write_text("".join(next(f) for _ in range(300)), encoding="utf-8")
+    p = run(["index", "text", caps, *_args(pg_dsn, bundle_dir)], check_rc=0)
+    # text mode turns a "\r" into "\n": a bar shows as its "rows/s" and the blank line that erased it
+    assert "rows/s" not in p.stderr and not any(ln.isspace() for ln in p.stderr.splitlines()), ascii(p.stderr)
+    assert "index items_" in p.stderr and "built in" in p.stderr  # the build summary is still there
+
+
+def test_errors_have_one_prefix(flickr8k_dir, bundle_dir, pg_dsn, tmp_path):
+    run(["index", "image", *_images(flickr8k_dir, 1), *_args(pg_dsn, bundle_dir)], check_rc=0)
+    p = run(["search", "image", "nope.jpg", *_args(pg_dsn, bundle_dir)])
+    assert p.returncode == 1 and p.stderr.strip() == "Error: nope.jpg: no such file", p.stderr
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE products (id int PRIMARY KEY, title text, image_path text)")
+    p = run(["attach", "--table", "products", "--key", "nokey", "--text-column", "title", *_args(pg_dsn, bundle_dir)])
+    assert p.returncode == 1 and "Error: table products has no column nokey" in p.stderr, p.stderr
+    assert "jointembed: " not in p.stderr
+
+
+def test_export_keeps_library_output_off_the_terminal(capfd):
+    """efficientnet's ``print`` and transformers' tqdm bar / load report stay off stdout and stderr."""
+    pytest.importorskip("torch", reason="the exporter needs the [export] extra")
+    from transformers.utils import logging as hf
+
+    from jointembed_export.build import quiet_libraries
+
+    with quiet_libraries():
+        print("Loaded pretrained weights for efficientnet-lite0")
+        for _ in hf.tqdm(range(3), desc="Loading weights"):
+            pass
+        hf.get_logger("transformers.modeling_utils").warning("BertModel LOAD REPORT")
+    out, err = capfd.readouterr()
+    assert out == "" and err == "", (out, err)
+    assert hf.is_progress_bar_enabled()  # restored afterwards
+
+
+def test_int8_build_names_the_bundle_it_builds(tmp_path, bundle_dir):
+    from jointembed_pg.cli.model import _building
+
+    class Exporter:
+        def __init__(self, current):
+            self.current = current
+
+        def bundle_is_current(self, path, checkpoint):
+            return self.current
+
+    targets = [tmp_path / "default", tmp_path / "default-int8"]
+    assert _building(Exporter(True), targets, None, False) == "building bundle default-int8"
+    assert _building(Exporter(False), targets, None, False) == "building bundles default and default-int8"
+    assert _building(Exporter(True), targets[:1], None, False) == "building bundle default"
+
+
+def test_missing_int8_bundle_names_the_command_that_builds_it(tmp_path, bundle_dir, pg_dsn):
+    """README: `reembed --bundle default-int8` before `model build --int8` says what to run."""
+    bundles = tmp_path / "bundles"
+    bundles.mkdir()
+    (bundles / "default").symlink_to(Path(bundle_dir).resolve())
+    p = run(["search", "text", "a dog", "--dsn", pg_dsn, "--bundle", "default-int8"],
+            env_extra={"JOINTEMBED_BUNDLES": str(bundles)})
+    assert p.returncode == 1, p.stderr
+    assert "no bundle 'default-int8': build it with `jointembed model build --int8`" in p.stderr, p.stderr
+
+
+# -- 5. names, databases, the demo -----------------------------------------------------------
+def test_misspelt_attached_table_gets_a_suggestion(bundle_dir, pg_dsn):
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE products (id int PRIMARY KEY, title text)")
+    run(["attach", "--table", "products", "--key", "id", "--text-column", "title", *_args(pg_dsn, bundle_dir)],
+        check_rc=0)
+    for cmd in (["status", "--table", "prodcts", "--dsn", pg_dsn],
+                ["sync", "--table", "prodcts", *_args(pg_dsn, bundle_dir)]):
+        p = run(cmd)
+        assert p.returncode == 1, p.stderr
+        assert "table prodcts is not attached; attached: products (did you mean 'products'?)" in p.stderr, p.stderr
+
+
+def test_server_dsn_names_another_database(pg_admin_dsn):
+    """``server dsn --database NAME [--create]`` (its database part, on a real server)."""
+    import uuid
+
+    from jointembed_pg.cli.server import _database
+    from jointembed_pg.errors import InputError
+
+    class Server:  # the embedded server's one method _database uses: the admin DSN
+        def uri(self, dbname="postgres"):
+            return pg_admin_dsn
+
+    name = f"second day {uuid.uuid4().hex[:8]}"
+    with pytest.raises(InputError, match="add --create"):
+        _database(Server(), name, create=False)
+    assert _database(Server(), name, create=True) == name.replace(" ", "%20")
+    assert _database(Server(), name, create=False) == name.replace(" ", "%20")  # exists now
+    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
+        conn.execute(psycopg.sql.SQL("DROP DATABASE {}").format(psycopg.sql.Identifier(name)))
+
+
+def test_demo_builds_with_its_data_dir_and_says_where_the_database_is(tmp_path, monkeypatch):
+    from jointembed_pg import paths
+    from jointembed_pg.cli import demo
+    from jointembed_pg.model import exporter
+
+    seen = {}
+
+    class Exporter:
+        def build_default_bundle(self, out_dir, *, data_dir=None, **kw):
+            seen["data_dir"] = data_dir
+            raise RuntimeError("stop here")
+
+    monkeypatch.setattr(exporter, "load", lambda name="default": Exporter())
+    monkeypatch.setenv("JOINTEMBED_BUNDLES", str(tmp_path / "bundles"))
+    monkeypatch.setattr(paths, "bundles_dir", lambda: tmp_path / "bundles")
+    with pytest.raises(RuntimeError, match="stop here"):
+        demo.ensure_default_bundle(False, tmp_path / "flickr")
+    assert seen["data_dir"] == tmp_path / "flickr"
+    where = demo.database_location("postgresql://bob:s3cret@db.example/shop")
+    assert where.startswith("database: ") and "db.example/shop" in where and "s3cret" not in where
+
+
+# -- 6. gallery -------------------------------------------------------------------------------
+def test_gallery_rows_do_not_stretch_hits_to_the_tallest():
+    """A row holds the query image (160 px) and text hits: flex's default ``align-items:
+    stretch`` made every text box as tall as the image."""
+    from jointembed_pg.evaluation.gallery import _CSS
+
+    rule = re.search(r"^\.row\{([^}]*)\}", _CSS, re.MULTILINE).group(1)
+    assert "display:flex" in rule and re.search(r"align-items:\s*(flex-)?start", rule), rule
