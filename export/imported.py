@@ -12,6 +12,8 @@ Sources (:func:`load`):
 * an open_clip checkpoint file (``.pt``/``.bin``/``.safetensors``: a state dict or open_clip's
   own format) with ``arch="open_clip:ARCH"`` (``open_clip.create_model`` names);
 * ``open_clip:ARCH/PRETRAINED`` or ``open_clip:hf-hub:ORG/NAME``: the hub, through open_clip;
+* a folder in open_clip's hub layout (``open_clip_config.json`` with ``model_cfg`` and
+  ``preprocess_cfg``, plus the weights), loaded as open_clip's ``local-dir:``;
 * a directory written by transformers' ``save_pretrained`` of ``CLIPModel`` or ``SiglipModel``
   with its tokenizer files, or ``hf:ORG/NAME`` from the hub through ``from_pretrained``.
 
@@ -129,6 +131,8 @@ def load(source: str | Path, arch: str | None = None) -> Imported:
     if text.startswith("hf:"):
         return _load_transformers(text[3:], hub=True)
     path = Path(source)
+    if path.is_dir() and (path / "open_clip_config.json").is_file():  # open_clip's hub layout, saved locally
+        return _load_open_clip(f"local-dir:{path}", None, hub=False)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ExportError(f"{path}: a directory without config.json is not a transformers save_pretrained folder")
@@ -176,7 +180,15 @@ def _load_open_clip(arch: str, pretrained: str | None, *, hub: bool) -> Imported
     ctx = int(model.context_length if hasattr(model, "context_length") else model.text.context_length)
     text_fn, pad_to = _open_clip_text_fn(model, ctx)
     weights = pretrained if pretrained else arch
-    sha = sha256_of([Path(pretrained)]) if not hub else _state_sha256(model)
+    if hub:
+        sha = _state_sha256(model)
+    elif pretrained:
+        sha = sha256_of([Path(pretrained)])
+    else:  # local-dir: the weights file open_clip picked in the folder
+        from open_clip.factory import _find_checkpoint_in_dir
+
+        found = _find_checkpoint_in_dir(Path(arch[len("local-dir:"):]))
+        sha = sha256_of([Path(found)]) if found else _state_sha256(model)
 
     def image_fn(pixels):
         return model.encode_image(pixels, normalize=True)

@@ -46,6 +46,23 @@ def save_open_clip(arch: str, path: Path, seed: int = 0) -> Path:
     return path
 
 
+def save_open_clip_dir(folder: Path, model_cfg: dict, preprocess_cfg: dict | None = None, seed: int = 0) -> Path:
+    """A random open_clip model in open_clip's hub layout (``open_clip_config.json`` + safetensors)."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    from jointembed_export import _torchvision  # noqa: F401
+
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg or {}}
+    (folder / "open_clip_config.json").write_text(json.dumps(cfg))
+    torch.manual_seed(seed)
+    model = open_clip.create_model(f"local-dir:{folder}")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "open_clip_model.safetensors")
+    return folder
+
+
 def _clip_vocab_files(folder: Path) -> tuple[Path, Path]:
     """OpenAI CLIP's vocab.json / merges.txt, made from the BPE file open_clip ships."""
     import open_clip
