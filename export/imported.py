@@ -382,9 +382,10 @@ def export_graphs(imp: Imported, out_dir: Path, opset: int = 17) -> None:
     torch.backends.mha.set_fastpath_enabled(False)
     try:
         for kind, graph, args, name, axes in jobs:
-            # nn.MultiheadAttention traced by TorchScript bakes the sequence length into its
-            # reshapes: variable-length text goes through the dynamo exporter.
-            dynamo = kind == "text" and imp.pad_to is None
+            # open_clip's nn.MultiheadAttention traced by TorchScript bakes the sequence length
+            # into its reshapes: its variable-length text goes through the dynamo exporter
+            # (transformers' CLIP attention traces with dynamic shapes, as graphs.py's MiniLM).
+            dynamo = kind == "text" and imp.pad_to is None and imp.framework == "open_clip"
             try:
                 with warnings.catch_warnings(), torch.no_grad():
                     warnings.simplefilter("ignore")
