@@ -216,6 +216,10 @@ def info_cmd(bundle: str | None, as_json: bool) -> None:
             ("test rsum (training)", test.get("rsum", "n/a")), ("quality", _quality_line(m))]
     if _obj(m.get("int8")):
         rows.append(("int8 method", _obj(m.get("int8")).get("method", "?")))
+    src = _obj(m.get("source"))
+    if src:
+        rows += [("source", f"{src.get('framework')}:{src.get('architecture')} ({src.get('weights')})"),
+                 ("licence (as stated)", src.get("licence")), ("pad_to", _obj(_obj(m.get("preprocess")).get("text")).get("pad_to"))]
     rows += [(f"file {n}", f"{m['files'][n]['bytes']} bytes, sha256 {m['files'][n]['sha256'][:12]}")
              for n in BUNDLE_FILES]
     for k, v in rows:
