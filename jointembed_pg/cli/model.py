@@ -102,6 +102,10 @@ def _quality_line(m: dict) -> str:
 def _parity_line(p: dict) -> str:
     if not p:
         return "not recorded"
+    if "image_min_cosine" in p:  # an imported bundle: against the framework's own pipeline
+        return (f"min cosine vs the framework image {_fmt(p['image_min_cosine'], '.6f')}, text "
+                f"{_fmt(p.get('text_min_cosine'), '.6f')}, token ids identical "
+                f"{_fmt(100 * (_num(p.get('token_agreement')) or 0), '.1f')}%")
     keys = [k for k in ("image_max_abs_diff", "text_max_abs_diff") if k in p]
     return ", ".join(f"{k.split('_')[0]} {_fmt(p[k], '.2g')}" for k in keys) + f" ({p.get('inputs', '?')})"
 
