@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-dir", type=Path, default=Path("../shared/data/flickr8k"))
     args = p.parse_args(argv)
 
-    from jointembed_export import _torchvision  # noqa: F401
+    from jointembed_train import _torchvision  # noqa: F401
     import open_clip
     import torch
 

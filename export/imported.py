@@ -40,7 +40,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import _torchvision  # noqa: F401  (before open_clip/timm/transformers import torchvision)
+from jointembed_train import _torchvision  # noqa: F401  (before open_clip/timm/transformers import torchvision)
 from . import ExportError
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ _TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_atte
 
 def register_open_clip(folder: Path) -> dict[str, str]:
     """Write the tiny configs and register them with open_clip; ``{key: arch name}``."""
-    from jointembed_export import _torchvision  # noqa: F401
+    from jointembed_train import _torchvision  # noqa: F401
     import open_clip
 
     names = {"clip": "jetest-tiny-ViT", "nocausal": "jetest-tiny-ViT-nocausal"}
@@ -52,7 +52,7 @@ def save_open_clip_dir(folder: Path, model_cfg: dict, preprocess_cfg: dict | Non
     import torch
     from safetensors.torch import save_file
 
-    from jointembed_export import _torchvision  # noqa: F401
+    from jointembed_train import _torchvision  # noqa: F401
 
     folder.mkdir(parents=True, exist_ok=True)
     cfg = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg or {}}
@@ -83,7 +83,7 @@ def save_hf_clip(folder: Path, seed: int = 0) -> Path:
     import torch
     import transformers
 
-    from jointembed_export import _torchvision  # noqa: F401
+    from jointembed_train import _torchvision  # noqa: F401
 
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -109,7 +109,7 @@ def save_hf_siglip(folder: Path, captions: list[str], seed: int = 0) -> Path:
     import transformers
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 
-    from jointembed_export import _torchvision  # noqa: F401
+    from jointembed_train import _torchvision  # noqa: F401
 
     folder.mkdir(parents=True, exist_ok=True)
     tk = Tokenizer(models.BPE(unk_token="<unk>"))

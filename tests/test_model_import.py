@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import jointembed_export._torchvision  # noqa: E402,F401  (before anything imports torchvision)
+import jointembed_train._torchvision  # noqa: E402,F401  (before anything imports torchvision)
 
 pytest.importorskip("open_clip")
 sys.path.insert(0, str(Path(__file__).parent))

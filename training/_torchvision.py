@@ -1,4 +1,4 @@
-"""Import torchvision without its compiled ops (open_clip and timm import it for transforms).
+"""Import torchvision without its compiled ops (open_clip, timm and transformers import it).
 
 The torchvision wheels that match ``torch==2.13.0`` on the local index (and PyPI's default
 Linux wheel) are CUDA builds: their ``_C.so`` links ``libtorch_cuda`` and does not load
@@ -12,7 +12,10 @@ the importer uses only torchvision's transforms (pure Python on PIL images), the
 framework's own preprocessing that the parity tests compare against. Calling a detection
 op (``nms``) would raise "no kernel" — never needed to embed images.
 
-Imported for its side effect by :mod:`jointembed_export.imported` before open_clip/timm.
+Once torchvision is installed, transformers imports it from ``modeling_utils`` (any model,
+MiniLM included), so every torch-side entry point runs :func:`ensure` first: importing this
+module does it (``jointembed_train.backbones`` before transformers, ``jointembed_export``'s
+package, ``tests/conftest.py``).
 """
 from __future__ import annotations
 
