@@ -2,7 +2,7 @@
 
 For each open_clip architecture named (default ``ViT-B-32``), a randomly initialised model
 (random weights give the real speed, not the real quality) is saved as a checkpoint,
-imported with :func:`jointembed_export.imported.import_model` (fp32, and with ``--int8``
+imported with :func:`jointembed_export.import_bundle.import_model` (fp32, and with ``--int8``
 the dynamic-int8 sibling), and the runtime bundle is timed: images per second from
 ``(N,3,S,S)`` pixels (decoding excluded) and Flickr8K-length captions per second, on
 ``--threads`` intra-op threads (default 2, the project's reference machine). Prints one
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from jointembed_export.data import load_split
-    from jointembed_export.imported import import_model
+    from jointembed_export.import_bundle import import_model
 
     torch.set_num_threads(args.threads)
     captions = load_split(args.data_dir, "dev", limit=64).captions[:256]

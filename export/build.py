@@ -80,10 +80,10 @@ def build_bundle(checkpoint: Path, out_dir: Path, *, data_dir: Path | None = Non
 
 
 def import_model(source, out_dir: Path, **kwargs) -> Path:
-    """Import an open_clip / transformers model as a bundle: :func:`jointembed_export.imported.import_model`
+    """Import an open_clip / transformers model as a bundle: :func:`jointembed_export.import_bundle.import_model`
     (imported on call: it needs open_clip/timm, the ``[import]`` extra)."""
     try:
-        from .imported import import_model as run
+        from .import_bundle import import_model as run
     except ImportError as e:
         raise ExportError(f"model import needs the import extra (open_clip, timm): {e}; "
                           f"pip install 'jointembed-pg[import]'") from e

@@ -160,7 +160,7 @@ def test_open_clip_checkpoint_file_without_causal_mask_pads_to_the_context(tmp_p
     a text tower without causal mask (MobileCLIP's) computes on the padding: pad_to 77."""
     import torch
 
-    from jointembed_export.imported import import_model
+    from jointembed_export.import_bundle import import_model
 
     names = tiny.register_open_clip(tmp_path / "cfg")
     ckpt = tiny.save_open_clip(names["nocausal"], tmp_path / "nc.pt")
@@ -191,7 +191,7 @@ def test_transformers_clip_folder_matches_transformers(tmp_path, dev, flickr8k_d
     import transformers
     from PIL import Image
 
-    from jointembed_export.imported import import_model
+    from jointembed_export.import_bundle import import_model
 
     folder = tiny.save_hf_clip(tmp_path / "clip")
     bundle = Bundle.load(import_model(folder, tmp_path / "bundle", data_dir=flickr8k_dir))
@@ -219,7 +219,7 @@ def test_transformers_siglip_folder_squashes_and_pads_to_64(tmp_path, dev, flick
     from PIL import Image
 
     from jointembed_export.data import load_split
-    from jointembed_export.imported import import_model
+    from jointembed_export.import_bundle import import_model
 
     folder = tiny.save_hf_siglip(tmp_path / "siglip", load_split(flickr8k_dir, "train", limit=400).captions)
     bundle = Bundle.load(import_model(folder, tmp_path / "bundle", data_dir=flickr8k_dir))
