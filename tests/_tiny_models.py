@@ -122,7 +122,8 @@ def save_hf_siglip(folder: Path, captions: list[str], seed: int = 0) -> Path:
     tok.save_pretrained(folder)
     torch.manual_seed(seed)
     config = transformers.SiglipConfig(
-        text_config=dict(_TINY, vocab_size=tk.get_vocab_size(), max_position_embeddings=64),
+        text_config=dict(_TINY, vocab_size=tk.get_vocab_size(), max_position_embeddings=64,
+                         pad_token_id=1, bos_token_id=1, eos_token_id=1),
         vision_config=dict(_TINY, image_size=64, patch_size=16))
     transformers.SiglipModel(config).save_pretrained(folder)
     transformers.SiglipImageProcessor(size={"height": 64, "width": 64}).save_pretrained(folder)
