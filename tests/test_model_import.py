@@ -260,3 +260,46 @@ def test_checkpoint_file_without_arch_is_a_one_line_error(tmp_path):
     p = _run_cli(["model", "import", ckpt, "--name", "x"], tmp_path)
     assert p.returncode == 1 and "--arch open_clip:ARCH" in p.stderr and "Traceback" not in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("size", [224, 64])
+def test_runtime_preprocessing_is_torchvision_pixel_for_pixel(dev, size, tmp_path):
+    """``resize: shortest`` + ``crop: center_round`` = open_clip's eval transform (torchvision
+    Resize + CenterCrop, bicubic) exactly, on Flickr8K photos and on sizes where our own
+    ``shorter_side`` rule differs (large: Pillow reducing_gap; 303x227: longer side rounded
+    vs truncated; odd crop margins)."""
+    from PIL import Image
+
+    photo = Image.open(dev[0][0]).convert("RGB")
+    extra = []
+    for w, h in [(1001, 667), (303, 227), (227, 303), (640, 97)]:
+        extra.append(tmp_path / f"{w}x{h}.png")
+        photo.resize((w, h), Image.Resampling.BICUBIC).save(extra[-1])
+
+    import open_clip
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    from jointembed_pg.model.preprocess import ImageSpec, load
+
+    transform = open_clip.image_transform(size, is_train=False)
+    spec = ImageSpec(size=size, resize="shortest", crop="center_round", mean=OPENAI_DATASET_MEAN,
+                     std=OPENAI_DATASET_STD)
+    old = ImageSpec(size=size, mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD)
+    images = list(dev[0]) + extra
+    ref = [transform(Image.open(p).convert("RGB")).numpy() for p in images]
+    assert max(float(np.abs(load(p, spec) - r).max()) for p, r in zip(images, ref)) == 0.0
+    assert max(float(np.abs(load(p, old) - r).max()) for p, r in zip(images, ref)) > 0.01
+
+
+def test_runtime_squash_is_transformers_siglip_pil_processor(dev):
+    import transformers
+    from PIL import Image
+
+    from jointembed_pg.model.preprocess import ImageSpec, load
+
+    proc = transformers.SiglipImageProcessorPil(size={"height": 224, "width": 224})
+    spec = ImageSpec(size=224, resize="squash", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    images, _ = dev
+    ref = proc(images=[Image.open(p).convert("RGB") for p in images], return_tensors="np")["pixel_values"]
+    ours = np.stack([load(p, spec) for p in images])
+    assert float(np.abs(ours - ref).max()) < 1e-5      # float rounding of rescale/normalise only
