@@ -9,6 +9,11 @@ from __future__ import annotations
 
 from jointembed_pg.errors import BundleError
 
+try:  # torchvision's CUDA-only wheel must not break transformers/open_clip imports (see the module)
+    from jointembed_train import _torchvision  # noqa: F401
+except ImportError:  # no torch: the exporter entry point reports the missing extra
+    pass
+
 
 class ExportError(BundleError, RuntimeError):
     """An export step failed (ONNX conversion, parity, quantisation); no bundle was written.

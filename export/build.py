@@ -25,8 +25,8 @@ from . import ExportError, graphs, parity
 from .manifest import ExportOptions, make_manifest, make_model_id, write_manifest
 from .staging import int8_dir, staged_dir
 
-__all__ = ["build_bundle", "build_default_bundle", "bundle_is_current", "default_checkpoint", "int8_dir",
-           "source_encoders", "staged_dir", "verify_parity"]
+__all__ = ["build_bundle", "build_default_bundle", "bundle_is_current", "default_checkpoint", "import_model",
+           "int8_dir", "source_encoders", "staged_dir", "verify_parity"]
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,17 @@ def build_bundle(checkpoint: Path, out_dir: Path, *, data_dir: Path | None = Non
         write_manifest(tmp, replace(manifest, extra={**manifest.extra, "parity": report}))
         log.info("exported %s: parity %s", manifest.model_id, report)
     return out_dir
+
+
+def import_model(source, out_dir: Path, **kwargs) -> Path:
+    """Import an open_clip / transformers model as a bundle: :func:`jointembed_export.import_bundle.import_model`
+    (imported on call: it needs open_clip/timm, the ``[import]`` extra)."""
+    try:
+        from .import_bundle import import_model as run
+    except ImportError as e:
+        raise ExportError(f"model import needs the import extra (open_clip, timm): {e}; "
+                          f"pip install 'jointembed-pg[import]'") from e
+    return run(source, out_dir, **kwargs)
 
 
 def _probe(image_enc, pixels: np.ndarray, config: dict) -> tuple[int, bool]:

@@ -14,6 +14,11 @@ pgvector is older.
 from __future__ import annotations
 
 import os
+
+try:  # before anything imports transformers: torchvision's CUDA wheel loads without its ops
+    import jointembed_train._torchvision  # noqa: F401
+except ImportError:  # the runtime-only install has no torch
+    pass
 import shutil
 import sys
 import tempfile

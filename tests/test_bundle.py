@@ -88,7 +88,9 @@ def test_truncated_and_missing_files_refused(bundle_dir: Path, tmp_path: Path):
 
 
 @pytest.mark.parametrize("edit, field", [
-    (lambda m: m.update(schema_version=2), "schema_version 2 not supported"),
+    (lambda m: m.update(schema_version=3), "schema_version 3 not supported"),
+    (lambda m: m["preprocess"]["text"].update(pad_to=m["preprocess"]["text"]["max_tokens"]), "needs schema_version 2"),
+    (lambda m: m["preprocess"]["image"].update(resize="squash"), "needs schema_version 2"),
     (lambda m: m.pop("dim"), "missing field 'dim'"),
     (lambda m: m.update(dim="256"), "'dim' has type str"),
     (lambda m: m.update(dim=True), "'dim' has type bool"),

@@ -100,7 +100,7 @@ def _dist_names(reqs: list[str]) -> set[str]:
 
 
 @pytest.mark.parametrize("package, extras", [("jointembed_pg", ("ray", "embedded", "sqlalchemy")), ("jointembed_train", ("training",)),
-                                             ("jointembed_export", ("training", "export"))])
+                                             ("jointembed_export", ("training", "export", "import"))])
 def test_extras_declare_every_import(package, extras):
     """Each third-party module imported by a package comes from a declared distribution."""
     from test_layout import imported_names, module_files

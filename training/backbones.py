@@ -119,6 +119,7 @@ def load_image_backbone(grid: bool = False, name: str = IMAGE_BACKBONE_NAME) -> 
 
 def load_text_backbone() -> TextBackbone:
     """all-MiniLM-L6-v2 (transformers ``AutoModel``, offline), eval mode, mean pooled."""
+    from . import _torchvision  # noqa: F401  (transformers imports torchvision when installed)
     from transformers import AutoModel
 
     bert = AutoModel.from_pretrained(str(text_model_dir()), local_files_only=True)

@@ -112,6 +112,10 @@ def _quality_line(m: dict) -> str:
 def _parity_line(p: dict) -> str:
     if not p:
         return "not recorded"
+    if "image_min_cosine" in p:  # an imported bundle: against the framework's own pipeline
+        return (f"min cosine vs the framework image {_fmt(p['image_min_cosine'], '.6f')}, text "
+                f"{_fmt(p.get('text_min_cosine'), '.6f')}, token ids identical "
+                f"{_fmt(100 * (_num(p.get('token_agreement')) or 0), '.1f')}%")
     keys = [k for k in ("image_max_abs_diff", "text_max_abs_diff") if k in p]
     return ", ".join(f"{k.split('_')[0]} {_fmt(p[k], '.2g')}" for k in keys) + f" ({p.get('inputs', '?')})"
 
@@ -124,11 +128,57 @@ def _test_rsum(m: dict) -> float | None:
     return _num(_obj(_obj(m.get("metrics")).get("test")).get("rsum"))
 
 
+@model.command("import")
+@click.argument("source")
+@click.option("--name", required=True, help="Bundle name under the bundles directory (e.g. clip-b32).")
+@click.option("--arch", help="Architecture of a checkpoint file: open_clip:ARCH (e.g. open_clip:ViT-B-32).")
+@click.option("--licence", "--license", "licence", default="unknown", show_default=True,
+              help="The weights' licence as you know it (recorded in the manifest, not checked).")
+@click.option("--int8", "int8", is_flag=True, help="Also write the dynamic-int8 variant as <name>-int8.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Flickr8K-layout directory for the parity images and captions; default ../shared/data/flickr8k.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle.")
+@click.option("--json", "as_json", is_flag=True, help="Print {path, model_id, dim, parity, int8_path} as JSON.")
+def import_cmd(source: str, name: str, arch: str | None, licence: str, int8: bool, data_dir: Path | None,
+               force: bool, as_json: bool) -> None:
+    """Import a pretrained open_clip or transformers CLIP/SigLIP model as a bundle.
+
+    SOURCE is an open_clip checkpoint file (with --arch open_clip:ARCH), a folder saved by
+    transformers' save_pretrained (CLIPModel, SiglipModel), or a hub name
+    (open_clip:ViT-B-32/laion2b_s34b_b79k, hf:openai/clip-vit-base-patch32; needs internet).
+    The bundle is checked against the framework's own preprocessing, tokenizer and
+    encoders before it is written.
+    """
+    if name != Path(name).name or name in ("", ".", ".."):
+        raise click.UsageError(f"--name must be a plain bundle name, got {name!r}")
+    build = _export_build()
+    target = paths.bundles_dir() / name
+    data_dir = data_dir if data_dir is not None else paths.default_data_dir()
+    try:
+        with quiet_stdout(), heartbeat(f"importing {source} as {name}"):
+            path = build.import_model(source, target, arch=arch, licence=licence, data_dir=data_dir,
+                                      force=force, int8=int8)
+    except JointEmbedError as e:
+        raise click.ClickException(str(e)) from e
+    b = Bundle.load(path, verify=False)
+    parity = _obj(b.manifest.get("parity"))
+    out = {"path": str(path), "model_id": b.model_id, "dim": b.dim, "parity": parity,
+           "int8_path": str(build.int8_dir(path)) if int8 else None}
+    if as_json:
+        click.echo(json.dumps(out))
+        return
+    click.echo(f"wrote {path}: {b.model_id}, dim {b.dim}, min cosine vs the framework "
+               f"image {_fmt(parity.get('image_min_cosine'), '.6f')} text {_fmt(parity.get('text_min_cosine'), '.6f')}, "
+               f"token ids identical {_fmt(_num(parity.get('token_agreement')) and 100 * parity['token_agreement'], '.1f')}%")
+    if int8:
+        click.echo(f"wrote {build.int8_dir(path)} (int8)")
+
+
 @model.command("list")
 @click.option("--json", "as_json", is_flag=True, help="One JSON array of {name, path, model_id, dim, precision, "
-                                                      "test_rsum, error}.")
+                                                      "test_rsum, source, licence, error}.")
 def list_cmd(as_json: bool) -> None:
-    """The bundles under the bundles directory: name, model id, dim, precision, test rsum."""
+    """The bundles under the bundles directory: name, model id, dim, precision, test rsum, source."""
     rows = []
     for name in available_bundles():
         path = paths.bundles_dir() / name
@@ -136,10 +186,13 @@ def list_cmd(as_json: bool) -> None:
             b = Bundle.load(path, verify=False)
         except JointEmbedError as e:
             rows.append({"name": name, "path": str(path), "model_id": None, "dim": None, "precision": None,
-                         "test_rsum": None, "error": str(e)})
+                         "test_rsum": None, "source": None, "licence": None, "error": str(e)})
             continue
+        src = _obj(b.manifest.get("source"))
         rows.append({"name": name, "path": str(path), "model_id": b.model_id, "dim": b.dim,
-                     "precision": b.manifest["precision"], "test_rsum": _test_rsum(b.manifest), "error": None})
+                     "precision": b.manifest["precision"], "test_rsum": _test_rsum(b.manifest),
+                     "source": (f"{src.get('framework')}:{src.get('architecture')}" if src else "jointembed"),
+                     "licence": src.get("licence") if src else None, "error": None})
     if as_json:
         click.echo(json.dumps(rows))
         return
@@ -147,13 +200,14 @@ def list_cmd(as_json: bool) -> None:
         click.echo(f"no bundles under {paths.bundles_dir()} (build one with `jointembed model build`)")
         return
     width = max(4, max(len(r["name"]) for r in rows))
-    click.echo(f"{'name':<{width}}  {'model_id':<20} {'dim':>4}  {'precision':<9} {'test rsum':>9}")
+    click.echo(f"{'name':<{width}}  {'model_id':<20} {'dim':>4}  {'precision':<9} {'test rsum':>9}  source")
     for r in rows:
         if r["error"]:
             click.echo(f"{r['name']:<{width}}  invalid: {r['error']}")
             continue
         rsum = f"{r['test_rsum']:.2f}" if r["test_rsum"] is not None else "n/a"
-        click.echo(f"{r['name']:<{width}}  {r['model_id']:<20} {r['dim']:>4}  {r['precision']:<9} {rsum:>9}")
+        src = r["source"] + (f" (licence: {r['licence']})" if r["licence"] else "")
+        click.echo(f"{r['name']:<{width}}  {r['model_id']:<20} {r['dim']:>4}  {r['precision']:<9} {rsum:>9}  {src}")
 
 
 @model.command("info")
@@ -176,6 +230,10 @@ def info_cmd(bundle: str | None, as_json: bool) -> None:
             ("test rsum (training)", test.get("rsum", "n/a")), ("quality", _quality_line(m))]
     if _obj(m.get("int8")):
         rows.append(("int8 method", _obj(m.get("int8")).get("method", "?")))
+    src = _obj(m.get("source"))
+    if src:
+        rows += [("source", f"{src.get('framework')}:{src.get('architecture')} ({src.get('weights')})"),
+                 ("licence (as stated)", src.get("licence")), ("pad_to", _obj(_obj(m.get("preprocess")).get("text")).get("pad_to"))]
     rows += [(f"file {n}", f"{m['files'][n]['bytes']} bytes, sha256 {m['files'][n]['sha256'][:12]}")
              for n in BUNDLE_FILES]
     for k, v in rows:
@@ -195,6 +253,12 @@ def verify_cmd(bundle: str | None, checkpoint: Path | None, data_dir: Path | Non
     except JointEmbedError as e:
         raise click.ClickException(str(e)) from e
     click.echo(f"{b.path}: manifest and sha256 of {len(BUNDLE_FILES)} files OK ({b.model_id})")
+    if b.meta.source is not None:  # imported: its reference is the framework, checked at import
+        p = _obj(b.manifest.get("parity"))
+        click.echo(f"imported from {b.meta.source['framework']}:{b.meta.source['architecture']}; parity at import: "
+                   f"min cosine image {_fmt(p.get('image_min_cosine'), '.6f')}, text "
+                   f"{_fmt(p.get('text_min_cosine'), '.6f')} (re-run: jointembed model import ... --force)")
+        return
     try:
         build = exporter.load()
     except exporter.ExporterMissing as e:

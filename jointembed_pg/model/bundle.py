@@ -314,7 +314,7 @@ class Bundle:
     def _text_tokenizer(self) -> TextTokenizer:
         with self._lock:
             if self._tokenizer is None:
-                self._tokenizer = TextTokenizer(self.path / TOKENIZER, self.max_tokens)
+                self._tokenizer = TextTokenizer(self.path / TOKENIZER, self.max_tokens, self.meta.pad_to)
             return self._tokenizer
 
     # -- encoders -------------------------------------------------------------------

@@ -36,6 +36,10 @@ class Exporter(Protocol):
     def int8_dir(self, fp32_dir: Path) -> Path:
         """Directory of the int8 sibling of the fp32 bundle at ``fp32_dir``."""
 
+    def import_model(self, source: str | Path, out_dir: Path, *, arch: str | None = None, licence: str = "unknown",
+                     data_dir: Path | None = None, force: bool = False, int8: bool = False) -> Path:
+        """Import an open_clip / transformers CLIP or SigLIP model as a bundle in ``out_dir``."""
+
     def verify_parity(self, bundle_dir: Path, *, checkpoint: Path | None = None,
                       data_dir: Path | None = None) -> dict:
         """Re-run ONNX-vs-PyTorch parity of a bundle; returns the report."""

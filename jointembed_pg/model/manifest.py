@@ -1,4 +1,11 @@
-"""The bundle manifest (``manifest.json``, schema 1) as one typed, validated model.
+"""The bundle manifest (``manifest.json``, schemas 1 and 2) as one typed, validated model.
+
+Schema 2 (bundles imported from open_clip / transformers, :mod:`jointembed_export.imported`)
+adds what a schema-1 runtime would silently mis-compute, so that runtime refuses it:
+``preprocess.text.pad_to`` (captions padded to a fixed length: towers that pool without a
+padding mask), ``preprocess.image.resize`` ``"shortest"`` / ``"squash"`` (torchvision's
+rules) and a ``source`` block (framework, architecture, weights sha256, licence). Our own
+exporter still writes schema 1.
 
 Field meanings are Contract 2 of docs/DESIGN.md. The runtime reads a manifest with
 :meth:`Manifest.from_dict` (:mod:`jointembed_pg.model.bundle`), the exporter builds one with the
@@ -18,8 +25,11 @@ from ..errors import BundleError
 from .preprocess import ImageSpec
 from .text import TRUNCATION
 
-#: The manifest layout this runtime reads and the exporter writes.
-SCHEMA_VERSION = 1
+#: The newest manifest layout this runtime reads (it reads every one of SCHEMA_VERSIONS).
+SCHEMA_VERSION = 2
+SCHEMA_VERSIONS = (1, 2)
+#: Keys of the schema-2 ``source`` block (all strings; ``weights_sha256`` lowercase hex).
+SOURCE_KEYS = ("framework", "architecture", "weights", "weights_sha256", "licence")
 MANIFEST = "manifest.json"
 IMAGE_ONNX, TEXT_ONNX, TOKENIZER = "image.onnx", "text.onnx", "tokenizer.json"
 BUNDLE_FILES = (IMAGE_ONNX, TEXT_ONNX, TOKENIZER)
@@ -37,7 +47,7 @@ MAX_MAX_TOKENS = 8192
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 #: Dataclass field -> its dotted path in the JSON (where the two differ).
 _JSON_PATH = {"image": "preprocess.image", "max_tokens": "preprocess.text.max_tokens",
-              "truncation": "preprocess.text.truncation"}
+              "truncation": "preprocess.text.truncation", "pad_to": "preprocess.text.pad_to"}
 
 
 @dataclass(frozen=True)
@@ -62,7 +72,11 @@ class Manifest:
         precision: one of :data:`PRECISIONS`.
         truncation: ``preprocess.text.truncation`` (must be the runtime's).
         distance: ``"l2"``.
-        schema_version: :data:`SCHEMA_VERSION`.
+        schema_version: one of :data:`SCHEMA_VERSIONS` (1 unless a schema-2 field is used).
+        pad_to: ``None`` (right-pad to the batch's longest caption) or the fixed length every
+            caption is padded to (``preprocess.text.pad_to``; schema 2; equals ``max_tokens``).
+        source: ``None`` or the schema-2 ``source`` block: ``{framework, architecture,
+            weights, weights_sha256, licence}`` (strings) of an imported model.
         inputs, outputs: graph input/output names per encoder (:data:`INPUTS`, :data:`OUTPUTS`).
         quantizer: ``None`` or ``{K, tau_end, beta}``.
         training: the training config dict; metrics: ``{dev, test}`` flat metric dicts.
@@ -83,7 +97,7 @@ class Manifest:
     precision: str = "fp32"
     truncation: str = TRUNCATION
     distance: str = "l2"
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = 1
     inputs: Mapping[str, list[str]] = field(default_factory=lambda: {k: list(v) for k, v in INPUTS.items()})
     outputs: Mapping[str, list[str]] = field(default_factory=lambda: {k: list(v) for k, v in OUTPUTS.items()})
     quantizer: dict[str, Any] | None = None
@@ -92,12 +106,15 @@ class Manifest:
     source_checkpoint_sha256: str | None = None
     export: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    pad_to: int | None = None
+    source: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         _typed("schema_version", self.schema_version, int)
-        if self.schema_version != SCHEMA_VERSION:
+        if self.schema_version not in SCHEMA_VERSIONS:
             raise BundleError(f"schema_version {self.schema_version} not supported "
-                              f"(this runtime reads {SCHEMA_VERSION})")
+                              f"(this runtime reads {', '.join(map(str, SCHEMA_VERSIONS))})")
+        self._check_schema2()
         if not _typed("model_id", self.model_id, str):
             raise BundleError("field 'model_id' is empty")
         if _typed("dim", self.dim, int) <= 0:
@@ -139,6 +156,24 @@ class Manifest:
         if clash:
             raise BundleError(f"extra keys {sorted(clash)} shadow manifest fields")
 
+    def _check_schema2(self) -> None:
+        """The schema-2 fields: only in schema 2, and well-formed."""
+        v2 = {"preprocess.text.pad_to": self.pad_to is not None, "source": self.source is not None,
+              "preprocess.image.resize": self.image.resize != "shorter_side",
+              "preprocess.image.crop": self.image.crop != "center"}
+        if self.schema_version < 2 and any(v2.values()):
+            raise BundleError(f"field {[k for k, v in v2.items() if v][0]!r} needs schema_version 2")
+        if self.pad_to is not None and _typed(_JSON_PATH["pad_to"], self.pad_to, int) != self.max_tokens:
+            raise BundleError(f"field 'preprocess.text.pad_to' must equal max_tokens ({self.max_tokens}), "
+                              f"got {self.pad_to}")
+        if self.source is not None:
+            for key in SOURCE_KEYS:
+                if key not in _typed("source", self.source, dict):
+                    raise BundleError(f"missing field 'source.{key}'")
+                _typed(f"source.{key}", self.source[key], str)
+            if not _SHA256.fullmatch(self.source["weights_sha256"]):
+                raise BundleError("field 'source.weights_sha256' is not a lowercase hex sha256")
+
     @classmethod
     def from_dict(cls, m: Any, where: str | Path = MANIFEST) -> "Manifest":
         """Parse and validate a manifest JSON object.
@@ -169,30 +204,37 @@ class Manifest:
                 quantizer=m.get("quantizer"), training=m.get("training") or {}, metrics=m.get("metrics") or {},
                 source_checkpoint_sha256=m.get("source_checkpoint_sha256"), export=m.get("export") or {},
                 extra={k: v for k, v in m.items() if k not in _TOP_LEVEL},
+                pad_to=_get(m, "preprocess.text", dict).get("pad_to"), source=m.get("source"),
             )
         except BundleError as e:
             raise BundleError(f"{where}: {e}") from e
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of Contract 2 (``extra`` keys at top level)."""
-        return {
+        text: dict[str, Any] = {"max_tokens": self.max_tokens, "truncation": self.truncation}
+        if self.pad_to is not None:
+            text["pad_to"] = self.pad_to
+        out = {
             "schema_version": self.schema_version, "model_id": self.model_id, "dim": self.dim,
             "distance": self.distance, "normalized": self.normalized, "precision": self.precision,
             "files": {n: {"sha256": f.sha256, "bytes": f.bytes} for n, f in self.files.items()},
             "preprocess": {"image": self.image.to_dict(),
-                           "text": {"max_tokens": self.max_tokens, "truncation": self.truncation}},
+                           "text": text},
             "inputs": {k: list(v) for k, v in self.inputs.items()},
             "outputs": {k: list(v) for k, v in self.outputs.items()},
             "quantizer": self.quantizer, "training": self.training, "metrics": self.metrics,
             "source_checkpoint_sha256": self.source_checkpoint_sha256, "export": self.export,
             **self.extra,
         }
+        if self.source is not None:
+            out["source"] = self.source
+        return out
 
 
 #: Top-level JSON keys modelled by :class:`Manifest` (the rest go to ``extra``).
 _TOP_LEVEL = frozenset({"schema_version", "model_id", "dim", "distance", "normalized", "precision", "files",
                         "preprocess", "inputs", "outputs", "quantizer", "training", "metrics",
-                        "source_checkpoint_sha256", "export"})
+                        "source_checkpoint_sha256", "export", "source"})
 
 
 def _typed(dotted: str, value: Any, types: type | tuple) -> Any:

@@ -44,6 +44,10 @@ LITE_MEAN = (127.0 / 255.0,) * 3
 LITE_STD = (128.0 / 255.0,) * 3
 
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+#: ``ImageSpec.resize`` rules (see :class:`ImageSpec`).
+RESIZE_MODES = ("shorter_side", "shortest", "squash")
+#: ``ImageSpec.crop`` rules.
+CROP_MODES = ("center", "center_round")
 #: Largest encoder input side accepted from a manifest, pixels: a (3, S, S) float32 input
 #: is 12 * S^2 bytes (200 MB at 4096), decoded and resized per image.
 MAX_IMAGE_SIZE = 4096
@@ -55,9 +59,16 @@ class ImageSpec:
 
     Attributes:
         size: side S of the square input, in pixels.
-        resize: ``"shorter_side"``: scale so the shorter side equals ``size``, keeping aspect.
+        resize: ``"shorter_side"``: scale so the shorter side equals ``size``, keeping aspect
+            (our own models); ``"shortest"``: the same as torchvision's ``Resize(size)`` +
+            ``CenterCrop(size)`` (longer side truncated, not rounded; crop offset rounded
+            half-to-even; no Pillow ``reducing_gap``), as open_clip and CLIP preprocess;
+            ``"squash"``: ``size`` x ``size`` ignoring aspect, as SigLIP (no crop).
+            The last two need manifest schema 2.
         interpolation: ``"bicubic"`` or ``"bilinear"`` (Pillow filters).
-        crop: ``"center"``: central ``size`` x ``size`` crop after resizing.
+        crop: ``"center"``: central ``size`` x ``size`` crop after resizing, offsets rounded
+            down (ours, transformers' image processors); ``"center_round"``: offsets
+            rounded half-to-even, as torchvision's ``CenterCrop`` (schema 2).
         mean, std: per-channel RGB normalisation on ``[0, 1]`` values.
 
     Raises:
@@ -109,7 +120,7 @@ class ImageSpec:
             std=rgb("std"),  # type: ignore[arg-type]
             layout=d.get("layout", "NCHW"),
         )
-        if spec.resize != "shorter_side" or spec.crop != "center" or spec.layout != "NCHW":
+        if spec.resize not in RESIZE_MODES or spec.crop not in CROP_MODES or spec.layout != "NCHW":
             raise ValueError(f"unsupported preprocessing rule: {d}")
         if spec.interpolation not in _RESAMPLE:
             raise ValueError(f"unsupported interpolation {spec.interpolation!r}")
@@ -251,8 +262,33 @@ def to_array(img: Image.Image, mean: Sequence[float], std: Sequence[float]) -> n
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
+def resize_shortest_torchvision(img: Image.Image, size: int, interpolation: str = "bicubic",
+                                crop: str = "center_round") -> Image.Image:
+    """torchvision ``Resize(size)`` then ``CenterCrop(size)`` on a PIL image, pixel for pixel.
+
+    Formulas of torchvision 0.2x ``transforms.functional._compute_resized_output_size``
+    (shorter side -> ``size``, longer -> ``int(size * long / short)``, truncated) and
+    ``center_crop`` (offsets ``int(round((w - size) / 2))``; with ``crop="center"`` floored,
+    as transformers' ``center_crop``); Pillow ``resize`` without ``reducing_gap``, as both call it.
+    """
+    w, h = img.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(size * long / short)
+    new = (size, new_long) if w <= h else (new_long, size)
+    img = img.resize(new, _RESAMPLE[interpolation])
+    if crop == "center_round":
+        left, top = int(round((new[0] - size) / 2.0)), int(round((new[1] - size) / 2.0))
+    else:
+        left, top = (new[0] - size) // 2, (new[1] - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
 def preprocess(img: Image.Image, spec: ImageSpec = ImageSpec()) -> np.ndarray:
     """Decoded RGB image -> encoder input ``(3, S, S) float32`` as ``spec`` says."""
+    if spec.resize == "squash":
+        return to_array(img.resize((spec.size, spec.size), _RESAMPLE[spec.interpolation]), spec.mean, spec.std)
+    if spec.resize == "shortest":
+        return to_array(resize_shortest_torchvision(img, spec.size, spec.interpolation, spec.crop), spec.mean, spec.std)
     img = resize_shorter(img, spec.size, spec.interpolation)
     return to_array(center_crop(img, spec.size), spec.mean, spec.std)
 

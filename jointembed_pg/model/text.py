@@ -111,12 +111,22 @@ class TextTokenizer:
     Args:
         path: a ``tokenizer.json`` file (``tokenizers`` format).
         max_tokens: longest sequence fed to the encoder, special tokens included.
+        pad_to: ``None``: right-pad to the batch's longest caption; else pad every caption
+            to exactly this many tokens (manifest ``preprocess.text.pad_to``: imported towers
+            such as SigLIP and MobileCLIP pool without a padding mask, so the padding is part
+            of what they compute).
+
+    The padding id is the one ``tokenizer.json`` configures (``padding.pad_id``), else
+    ``[PAD]``'s, else 0; the unknown piece is the BPE/WordPiece/Unigram model's ``unk_token``
+    (``[UNK]`` for the default bundle; byte-level BPE such as CLIP's has none).
 
     Raises:
         BundleError: the file is missing or not a valid tokenizer.
     """
 
-    def __init__(self, path: str | Path, max_tokens: int = DEFAULT_MAX_TOKENS):
+    def __init__(self, path: str | Path, max_tokens: int = DEFAULT_MAX_TOKENS, pad_to: int | None = None):
+        import json
+
         from tokenizers import Tokenizer
 
         if max_tokens < 3:
@@ -129,14 +139,18 @@ class TextTokenizer:
         pad_token = padding.get("pad_token", "[PAD]")
         pad_id = tok.token_to_id(pad_token)
         self.pad_id = int(padding.get("pad_id", pad_id if pad_id is not None else 0))
-        unk = tok.token_to_id("[UNK]")
+        model = json.loads(tok.to_str()).get("model") or {}
+        unk_token = model.get("unk_token") if isinstance(model.get("unk_token"), str) else "[UNK]"
+        unk = tok.token_to_id(unk_token) if model.get("type") != "Unigram" else model.get("unk_id")
         self.unk_id: int | None = None if unk is None else int(unk)
         self.max_tokens = int(max_tokens)
         tok.no_padding()
         tok.no_truncation()
         self._full = Tokenizer.from_str(tok.to_str())  # untruncated: counts the tokens a caption loses
         tok.enable_truncation(self.max_tokens, strategy=TRUNCATION)
-        tok.enable_padding(direction="right", pad_id=self.pad_id, pad_token=pad_token)  # to the batch's longest
+        self.pad_to = pad_to
+        # to the batch's longest caption, or to pad_to exactly
+        tok.enable_padding(direction="right", pad_id=self.pad_id, pad_token=pad_token, length=pad_to)
         self._tok = tok
 
     def _encodings(self, texts: Sequence[str], start: int):
