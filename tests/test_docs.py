@@ -80,7 +80,8 @@ def _exists(token: str, names: set[str]) -> bool:
     if token in NOT_IN_GIT:
         return True
     if "/" not in token:  # a file name, or a dotted package (jointembed_pg.sql)
-        return token in names or (REPO / token.replace(".", "/")).is_dir()
+        path = token.replace(".", "/").replace("jointembed_pg/sql", "sql", 1)
+        return token in names or (REPO / path).is_dir()
     bases = ["", "jointembed_pg/", "sql/", "tests/", "docs/", "jointembed_pg/sql/"]
     cands = [b + token for b in bases]
     cands += [token.replace("jointembed_export/", "export/", 1), token.replace("jointembed_train/", "training/", 1)]

@@ -41,7 +41,7 @@ def test_errors_have_one_prefix(flickr8k_dir, bundle_dir, pg_dsn, tmp_path):
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE products (id int PRIMARY KEY, title text, image_path text)")
     p = run(["attach", "--table", "products", "--key", "nokey", "--text-column", "title", *_args(pg_dsn, bundle_dir)])
-    assert p.returncode == 1 and "Error: table products has no column nokey" in p.stderr, p.stderr
+    assert p.returncode == 1 and "Error: table public.products has no column nokey" in p.stderr, p.stderr
     assert "jointembed: " not in p.stderr
 
 
