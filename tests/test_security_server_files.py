@@ -25,7 +25,10 @@ import pytest
 from _pg import reachable
 from jointembed_pg.errors import BundleError, DatabaseError
 from jointembed_pg.server import embedded
+from test_reliability_support import scenario
 from test_server import env_for, jointembed, ready_count
+
+pytest_plugins = ["_reliability"]
 
 
 def _chown_like(path: Path, ref: Path) -> None:
@@ -62,7 +65,10 @@ def cluster(template, tmp_path):
 
 # -- links planted in the data and socket directories ------------------------------------
 @pytest.mark.parametrize("name", ["log", "pg_hba.conf"])
-def test_planted_link_in_the_data_dir_is_refused(cluster, tmp_path, name):
+@scenario("Symlinks `log` / `pg_hba.conf` planted in the data directory (to a file root would create / a "
+          "root-only file with a `host ... trust` line), then `start`",
+          "refused with one line naming the link; nothing created, the target unchanged", "security")
+def test_planted_link_in_the_data_dir_is_refused(cluster, tmp_path, name, observe):
     victim_dir = tmp_path / "victim"
     victim_dir.mkdir(mode=0o700)
     created = victim_dir / "created-by-jointembed"        # a file root would create
@@ -74,14 +80,18 @@ def test_planted_link_in_the_data_dir_is_refused(cluster, tmp_path, name):
     path.unlink(missing_ok=True)
     os.symlink(target, path)
     _chown_like(path, cluster)
-    with pytest.raises(DatabaseError, match=f"{name} is a symlink"):
+    with pytest.raises(DatabaseError) as e:
         embedded.server(cluster).start(hold=False)
     assert not created.exists()
     assert secret.read_text() == "host all all 0.0.0.0/0 trust\n"
+    assert f"{name} is a symlink" in str(e.value)
+    observe(f"{name}: {str(e.value).split(': ', 1)[1]}")
     assert not embedded.server(cluster).is_running()
 
 
-def test_planted_link_in_the_socket_dir_is_refused(cluster, tmp_path):
+@scenario("Symlink `held` planted in the socket directory, then `server start`",
+          "refused; the link's target is not created", "security")
+def test_planted_link_in_the_socket_dir_is_refused(cluster, tmp_path, observe):
     victim = tmp_path / "held-victim"
     srv = embedded.server(cluster)
     srv.start(hold=False)  # makes the socket dir
@@ -91,9 +101,10 @@ def test_planted_link_in_the_socket_dir_is_refused(cluster, tmp_path):
     os.symlink(victim, held)
     _chown_like(held, srv.run_dir)
     try:
-        with pytest.raises(DatabaseError, match="held is a symlink"):
+        with pytest.raises(DatabaseError, match="held is a symlink") as e:
             srv.start(hold=True)
         assert not victim.exists()
+        observe(f"{str(e.value).split(': ', 1)[1]}; target not created")
     finally:
         held.unlink(missing_ok=True)
 
@@ -109,7 +120,9 @@ def _nobody() -> tuple[int, int]:
     return e.pw_uid, e.pw_gid
 
 
-def test_world_writable_home_is_refused_before_reading(cluster):
+@scenario("JOINTEMBED_HOME of mode 0777 holding a cluster: `server status` and the API",
+          "exit 1, one line naming the home and what to do; nothing in it read or written", "security")
+def test_world_writable_home_is_refused_before_reading(cluster, observe):
     home = cluster.parent
     os.chmod(home, 0o777)
     with pytest.raises(DatabaseError, match=r"refusing the embedded server's home directory .*lets every user write"):
@@ -118,40 +131,45 @@ def test_world_writable_home_is_refused_before_reading(cluster):
     assert p.returncode == 1 and "refusing the embedded server's home directory" in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
     assert not (cluster / "postmaster.pid").exists() and not (cluster / "log").exists()
+    observe(f"exit {p.returncode}: {p.stderr.strip().split(': ', 2)[-1]}")
     os.chmod(home, 0o711)
 
 
-def test_home_of_another_user_is_refused(cluster):
+@scenario("Home directory owned by another user (nobody), data directory owned by another user",
+          "both refused before anything in them is read", "security")
+def test_home_of_another_user_is_refused(cluster, observe):
     if os.geteuid() != 0:
         pytest.skip("needs root to give the home to another user")
     home = cluster.parent
     os.chown(home, *_nobody())
     try:
-        with pytest.raises(DatabaseError, match="home directory .* belongs to nobody"):
+        with pytest.raises(DatabaseError, match="home directory .* belongs to nobody") as e:
             embedded.server(cluster)
+        observe(str(e.value).split(": ", 1)[1].split(";")[0])
     finally:
         os.chown(home, 0, 0)
+    os.chown(cluster, *_nobody())
+    with pytest.raises(DatabaseError, match="data directory .* belongs to nobody") as e:
+        embedded.server(cluster)
+    observe(str(e.value).split(": ", 1)[1].split(";")[0])
 
 
-def test_parent_writable_by_others_is_refused_but_sticky_tmp_is_fine(tmp_path):
+@scenario("Home inside a directory of mode 0777 without the sticky bit; then with it (like /tmp)",
+          "refused without the sticky bit (others could swap the home); accepted with it", "security")
+def test_parent_writable_by_others_is_refused_but_sticky_tmp_is_fine(tmp_path, observe):
     shared = reachable(tmp_path) / "shared"
     shared.mkdir()
     os.chmod(shared, 0o777)  # no sticky bit: anyone may rename our home away and plant theirs
-    with pytest.raises(DatabaseError, match=r"its parent .*shared is not safe: mode 0777"):
+    with pytest.raises(DatabaseError, match=r"its parent .*shared is not safe: mode 0777") as e:
         embedded.server(shared / "home" / "pgdata")
+    observe(str(e.value).split(": ", 1)[1].split(";")[0] + "; mode 1777: accepted")
     os.chmod(shared, 0o1777)  # like /tmp: our 0711 home in it is fine
     embedded.server(shared / "home" / "pgdata")
 
 
-def test_data_dir_of_another_user_is_refused(cluster):
-    if os.geteuid() != 0:
-        pytest.skip("needs root to give the data directory to another user")
-    os.chown(cluster, *_nobody())
-    with pytest.raises(DatabaseError, match="data directory .* belongs to nobody"):
-        embedded.server(cluster)
-
-
-def test_unsafe_bundles_dir_is_refused(tmp_path, monkeypatch):
+@scenario("Bundles directory of mode 0777 (a planted bundle would be loaded)", "refused by name lookup",
+          "security")
+def test_unsafe_bundles_dir_is_refused(tmp_path, monkeypatch, observe):
     from jointembed_pg.model.bundle import resolve
 
     home = reachable(tmp_path) / "home"
@@ -159,8 +177,9 @@ def test_unsafe_bundles_dir_is_refused(tmp_path, monkeypatch):
     os.chmod(home / "bundles", 0o777)
     monkeypatch.setenv("JOINTEMBED_HOME", str(home))
     monkeypatch.delenv("JOINTEMBED_BUNDLES", raising=False)
-    with pytest.raises(BundleError, match="refusing the bundles directory .*lets every user write"):
+    with pytest.raises(BundleError, match="refusing the bundles directory .*lets every user write") as e:
         resolve("default")
+    observe(str(e.value).split(": ", 1)[1].split(";")[0])
 
 
 # -- a planted postmaster.pid --------------------------------------------------------------
@@ -176,7 +195,11 @@ time.sleep(600)
 """
 
 
-def test_planted_postmaster_pid_is_neither_signalled_nor_connected(cluster, tmp_path):
+@scenario("postmaster.pid planted in the data directory naming a live foreign process (catching every signal) and "
+          "an attacker's listening socket: `server stop`, `server status`, then a real start and stop",
+          "the process receives no signal, nobody connects to that socket; stop/status say why the pid is not "
+          "trusted; the real server starts and stops normally", "security")
+def test_planted_postmaster_pid_is_neither_signalled_nor_connected(cluster, tmp_path, observe):
     """A postmaster.pid naming a live foreign process and an attacker's socket: `server
     stop` sends it no signal, status says so, and no client connects to that socket."""
     got = tmp_path / "signals"
@@ -214,6 +237,8 @@ def test_planted_postmaster_pid_is_neither_signalled_nor_connected(cluster, tmp_
         assert not got.exists(), f"the foreign process received signals {got.read_text()!r}"
         with pytest.raises(BlockingIOError):
             trap.accept()  # nobody connected to the attacker's socket
+        observe(f"stop: {stop.stdout.strip()!r}, {stop.stderr.strip().split('(', 1)[1].split(')')[0]}; "
+                f"no signal received, process alive, 0 connections to the planted socket")
     finally:
         victim.kill()
         victim.wait()
@@ -221,7 +246,10 @@ def test_planted_postmaster_pid_is_neither_signalled_nor_connected(cluster, tmp_
 
 
 # -- a stopped server stays stopped ----------------------------------------------------------
-def test_server_stopped_by_server_stop_is_not_restarted_implicitly(cluster, bundle_dir):
+@scenario("`server stop`, then `init`, `sync`, `worker --until-idle` and `Store()` without a DSN",
+          "each exits 1 saying the server was stopped and how to start it; the server is not started",
+          "security")
+def test_server_stopped_by_server_stop_is_not_restarted_implicitly(cluster, bundle_dir, observe):
     env = env_for(cluster.parent)
     jointembed(["server", "start"], env)
     assert jointembed(["server", "stop"], env).stdout.strip() == "stopped"
@@ -232,12 +260,14 @@ def test_server_stopped_by_server_stop_is_not_restarted_implicitly(cluster, bund
         p = jointembed(args, env, check=False)
         assert p.returncode == 1, (args, p.stdout, p.stderr)
         assert "stopped with `jointembed server stop`; start it with `jointembed server start`" in p.stderr
+        said = p.stderr.strip()
     code = "from jointembed_pg import Store; Store()"
     p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode != 0 and "jointembed server stop" in p.stderr
     assert ready_count(cluster) == starts and not embedded.server(cluster).is_running()
     status = jointembed(["server", "status"], env).stdout
     assert "no (stopped by server stop)" in status
+    observe(f"init/sync/worker exit 1, Store() raises: {said}; 0 server starts")
     # `server start` clears it; after its own stop an implicit user may start it again
     jointembed(["server", "start"], env)
     embedded.server(cluster).stop()  # the Python API's stop keeps it stopped too
