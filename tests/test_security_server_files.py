@@ -275,3 +275,38 @@ def test_server_stopped_by_server_stop_is_not_restarted_implicitly(cluster, bund
     jointembed(["server", "start"], env)
     jointembed(["init"], env)
     assert embedded.server(cluster).is_running()
+
+
+@scenario("`jointembed worker` (no DSN) running on the embedded server when `server stop` is run; later "
+          "`server start`", "the worker does not restart the server: it logs db_error saying it was stopped and "
+          "retries; after `server start` it reconnects; SIGTERM: exit 0", "security")
+def test_running_worker_does_not_restart_a_stopped_server(cluster, bundle_dir, observe):
+    env = env_for(cluster.parent)
+    jointembed(["server", "start"], env)
+    worker = subprocess.Popen([sys.executable, "-m", "jointembed_pg", "worker", "--bundle", str(bundle_dir),
+                               "--poll", "0.5"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, cwd=Path(__file__).resolve().parent.parent)
+    srv = embedded.server(cluster)
+    try:
+        deadline = time.monotonic() + 120
+        while srv.postmaster() is not None and not srv._clients():
+            assert worker.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        time.sleep(2)  # the worker is serving (LISTEN)
+        assert jointembed(["server", "stop"], env).stdout.strip() == "stopped"
+        starts = ready_count(cluster)
+        time.sleep(8)  # several reconnection attempts (1 s, 2 s, 4 s)
+        assert worker.poll() is None and not srv.is_running() and ready_count(cluster) == starts
+        jointembed(["server", "start"], env)
+        time.sleep(10)  # the next retry (8 s) reconnects
+    finally:
+        worker.terminate()
+        out, err = worker.communicate(timeout=60)
+    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    errors = [e for e in events if e.get("event") == "db_error"]
+    assert worker.returncode == 0, err[-2000:]
+    stopped = [e for e in errors if "stopped with `jointembed server stop`" in e["error"]]
+    assert len(stopped) >= 2 and errors[-len(stopped):] == stopped, [e["error"] for e in errors]
+    assert [e["event"] for e in events].count("start") == 2, [e["event"] for e in events]
+    observe(f"{len(stopped)} db_error lines while stopped, e.g. {stopped[0]['error'][:90]!r}; 0 server starts by the "
+            f"worker; reconnected after `server start`; exit {worker.returncode} on SIGTERM")
