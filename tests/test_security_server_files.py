@@ -245,6 +245,41 @@ def test_planted_postmaster_pid_is_neither_signalled_nor_connected(cluster, tmp_
         trap.close()
 
 
+@scenario("postmaster.pid planted naming a real PostgreSQL process of another cluster (same OS user, same "
+          "binary) that is running a query; then `stop`", "not signalled (its working directory is another data "
+          "directory): the query completes", "security")
+def test_postmaster_pid_of_another_cluster_is_not_signalled(cluster, pg_admin_dsn, observe):
+    import threading
+
+    import psycopg
+
+    with psycopg.connect(pg_admin_dsn, autocommit=True) as c:
+        pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
+        if not os.path.exists(f"/proc/{pid}") or os.path.basename(os.readlink(f"/proc/{pid}/exe")) != "postgres":
+            pytest.skip("the test server is not a local embedded one")
+        result: dict = {}
+
+        def query() -> None:
+            try:
+                c.execute("SELECT pg_sleep(4)")
+                result["ok"] = True
+            except psycopg.Error as e:
+                result["error"] = str(e)
+
+        t = threading.Thread(target=query)
+        t.start()
+        time.sleep(0.5)
+        pid_file = cluster / "postmaster.pid"
+        pid_file.write_text(f"{pid}\n{cluster}\n{int(time.time())}\n5432\n\n\n  5432001  1\nready   \n")
+        _chown_like(pid_file, cluster)
+        srv = embedded.server(cluster)
+        assert srv.stop() is False
+        assert "does not serve the data directory" in srv.refused_pid, srv.refused_pid
+        t.join(30)
+    assert result == {"ok": True}, result
+    observe(f"stop() -> False; {srv.refused_pid.split('(', 1)[1].split(')')[0]}; the other cluster's query completed")
+
+
 # -- a stopped server stays stopped ----------------------------------------------------------
 @scenario("`server stop`, then `init`, `sync`, `worker --until-idle` and `Store()` without a DSN",
           "each exits 1 saying the server was stopped and how to start it; the server is not started",

@@ -563,9 +563,10 @@ class EmbeddedServer:
         pm = self.postmaster()
         if pm is None:
             return False
-        try:
-            os.kill(pm.pid, signal.SIGINT)  # "fast" shutdown
-        except ProcessLookupError:
+        why = self._signal(pm.pid, signal.SIGINT)  # "fast" shutdown
+        if why is not None:
+            if not why.endswith(("does not exist", "exited")):
+                self.refused_pid = f"process {pm.pid} was not signalled: {why}"
             return False
         deadline = time.monotonic() + STOP_TIMEOUT_S
         while _pid_alive(pm.pid) and (self.pgdata / "postmaster.pid").exists():
@@ -574,16 +575,17 @@ class EmbeddedServer:
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         child.wait(0.05)
             if time.monotonic() > deadline:
-                again = self.postmaster()  # proven again: the pid may have been reused meanwhile
-                if again is not None and again.pid == pm.pid:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pm.pid, signal.SIGQUIT)
+                self._signal(pm.pid, signal.SIGQUIT)  # proven again: the pid may have been reused
                 break
             time.sleep(0.05)
         for child in list(_children):
             if child.poll() is not None:
                 _children.remove(child)
         return True
+
+    def _signal(self, pid: int, sig: int) -> str | None:
+        """Signal the proven postmaster ``pid`` (:func:`.trust.signal_proven`); why not, or None."""
+        return trust.signal_proven(pid, sig, _service_uid() or -1, install().bins.values(), self.pgdata)
 
     def _log_tail(self) -> str:
         try:

@@ -131,6 +131,38 @@ def prove_postmaster(pid: int, uid: int, bin_dirs: Iterable[Path], pgdata: Path)
 
 
 
+def signal_proven(pid: int, sig: int, uid: int, bin_dirs: Iterable[Path], pgdata: Path) -> str | None:
+    """Send ``sig`` to ``pid`` only if :func:`prove_postmaster` proves it, with no window for
+    the pid to be reused in between: the process is pinned first (Linux ``pidfd_open``),
+    then proven, then signalled through that descriptor. Returns why it was not signalled
+    (not proven, or gone), or None once signalled."""
+    import signal as _signal
+
+    fd = None
+    if hasattr(os, "pidfd_open") and hasattr(_signal, "pidfd_send_signal"):
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return f"process {pid} does not exist"
+        except OSError:
+            fd = None  # an old kernel: prove, then kill() (a tiny reuse window remains)
+    try:
+        why = prove_postmaster(pid, uid, bin_dirs, pgdata)
+        if why is not None:
+            return why
+        try:
+            if fd is not None:
+                _signal.pidfd_send_signal(fd, sig)
+            else:
+                os.kill(pid, sig)
+        except ProcessLookupError:
+            return f"process {pid} exited"
+        return None
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 # -- OS users and private directories ---------------------------------------------------
 @dataclass(frozen=True)
 class _User:
