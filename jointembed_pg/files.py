@@ -15,6 +15,13 @@ Every image or caption file jointembed reads goes through :func:`open_regular`:
 :func:`read_regular` then reads at most ``max_bytes + 1`` bytes (a file that grew past
 the cap while being read is refused). Errors are :class:`InputError` with a ``retry``
 attribute: whether trying again later can help (a missing file: yes; a FIFO: no).
+
+jointembed's *own* files (the home, the bundles directory, the embedded server's data and
+socket directories) are guarded the other way round: :func:`dir_problem` says whether a
+directory is safe to trust (owner, modes, every parent), and :func:`open_own` /
+:func:`read_own` / :func:`write_own` / :func:`replace_own` open files in it without
+following a link planted in their place (``O_NOFOLLOW``, then ``fstat``: regular, the
+right owner, one link).
 """
 from __future__ import annotations
 
