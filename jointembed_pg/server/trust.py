@@ -14,7 +14,8 @@ OS user ``pgserver``, which any PostgreSQL superuser can write files as). So:
   connected to, only once ``/proc`` shows it is the postmaster of this data directory:
   owned by the server's OS user, running a ``postgres`` binary of the installed server
   package, with the data directory as its working directory (the postmaster ``chdir``s
-  there at start);
+  there at start); :func:`signal_proven` pins the process (``pidfd_open``) before the
+  proof and signals through that descriptor, so a reused pid is never hit;
 * the OS users (:func:`_service_user`: as root, :data:`SERVICE_USER`) and the private
   socket directory (:func:`runtime_dir`, :func:`_make_private_dir`).
 """
