@@ -46,18 +46,21 @@ _DEFINITION_RE = re.compile(r"^(\d{2})_([a-z0-9_]+)\.sql$")
 _NAME_RE = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 _STATE_SQL = """
-SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'vector'),
-       to_regclass('jointembed.schema_version') IS NOT NULL,
-       to_regclass('jointembed.definitions') IS NOT NULL
+SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'vector'),
+       pg_catalog.to_regclass('jointembed.schema_version') IS NOT NULL,
+       pg_catalog.to_regclass('jointembed.definitions') IS NOT NULL
 """
 _DEFS_SQL = "SELECT sha256, package_version FROM jointembed.definitions"
 _RECORD_DEFS_SQL = """
 INSERT INTO jointembed.definitions (id, sha256, package_version) VALUES (true, %s, %s)
 ON CONFLICT (id) DO UPDATE SET sha256 = excluded.sha256,
-    package_version = excluded.package_version, applied_at = now()
+    package_version = excluded.package_version, applied_at = pg_catalog.now()
 """
-_VERSION_SQL = "SELECT coalesce(max(version), 0) FROM jointembed.schema_version"
-_APPLIED_SQL = "SELECT coalesce(array_agg(version), '{}') FROM jointembed.schema_version"
+#: pg_catalog-qualified: the owner runs these on a connection whose path may hold public, where a
+#: better-matching overload (say an aggregate public.array_agg(integer)) would win over
+#: pg_catalog's polymorphic one (docs/DESIGN.md, "search_path rule")
+_VERSION_SQL = "SELECT coalesce(pg_catalog.max(version), 0) FROM jointembed.schema_version"
+_APPLIED_SQL = "SELECT coalesce(pg_catalog.array_agg(version), '{}') FROM jointembed.schema_version"
 #: The vector extension's schema when it is not on the search_path (else no row).
 _HIDDEN_VECTOR_SQL = """
 SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
@@ -70,6 +73,9 @@ _VECTOR_SCHEMA_SQL = """
 SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
 WHERE e.extname = 'vector'
 """
+#: The search_path of every jointembed function, and of the transaction applying the SQL files.
+SEARCH_PATH = "pg_catalog, jointembed, pg_temp"
+_SET_PATH_SQL = "SELECT pg_catalog.set_config('search_path', %s, true)"
 #: The placeholder the SQL files use for the vector extension's schema (see :func:`render`).
 VECTOR_PLACEHOLDER = "@vector@"
 _RECORD_SQL = "INSERT INTO jointembed.schema_version (version, name) VALUES (%s, %s)"
@@ -224,15 +230,18 @@ def apply(conn: psycopg.Connection) -> list[int]:
             _check_not_newer(max(have, default=0), latest)
             if have >= {m.version for m in available()} and has_defs and not _defs_outdated(conn, defs):
                 return []
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", [LOCK_KEY])
+        conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(%s)", [LOCK_KEY])
         conn.execute(read_sql("_bootstrap.sql"))
         done = set(conn.execute(_APPLIED_SQL).fetchone()[0])
         _check_not_newer(max(done, default=0), latest)
         applied = []
         vs = vector_schema(conn)
-        # older SQL text may still name `vector` unqualified: see it for this transaction only
+        # the SQL files run under the functions' own search_path (the rule, see the module
+        # docstring): nothing of a schema another role may CREATE in (the session's path may
+        # hold public) can stand in for a built-in used by a DO block or a DEFAULT
+        # expression, and a name that is neither pg_catalog's nor qualified fails loudly.
         old_path = conn.execute("SELECT pg_catalog.current_setting('search_path')").fetchone()[0]
-        add_vector_schema_to_path(conn, local=True)
+        conn.execute(_SET_PATH_SQL, [SEARCH_PATH])
         for mig in available():
             if mig.version in done:   # each file once, gaps included (branches merged out of order)
                 continue
@@ -243,7 +252,7 @@ def apply(conn: psycopg.Connection) -> list[int]:
             for _name, text in defs.files:
                 conn.execute(render(text, vs))
             conn.execute(_RECORD_DEFS_SQL, [defs.sha256, _package_version()])
-        conn.execute("SELECT pg_catalog.set_config('search_path', %s, true)", [old_path])
+        conn.execute(_SET_PATH_SQL, [old_path])
     return applied
 
 

@@ -7,7 +7,7 @@ CREATE EXTENSION IF NOT EXISTS vector;
 -- managed servers often give the app role no such right, with the schema made by an admin.
 DO $do$
 BEGIN
-    IF to_regnamespace('jointembed') IS NULL THEN
+    IF pg_catalog.to_regnamespace('jointembed') IS NULL THEN
         CREATE SCHEMA jointembed;
     END IF;
 END

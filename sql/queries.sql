@@ -56,7 +56,7 @@ SELECT i.id, i.key, i.modality, 0.0::float8 AS distance, i.source, i.text, i.emb
 FROM {items} i WHERE i.id = %(je_id)s
 
 -- name: set_local
-SELECT set_config(%(name)s, %(value)s, true)
+SELECT pg_catalog.set_config(%(name)s, %(value)s, true)
 
 -- name: knn
 SELECT (r.item).id, (r.item).key, (r.item).modality, r.distance, (r.item).source, (r.item).text{extra}
@@ -69,4 +69,4 @@ SELECT (SELECT n.nspname FROM pg_catalog.pg_extension e
         JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'vector')
 
 -- name: vector_version
-SELECT extversion FROM pg_extension WHERE extname = 'vector'
+SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'vector'

@@ -22,6 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = "docs/RELIABILITY.md"
 TEST_FILES = ["tests/test_reliability*.py", "tests/test_security*.py", "tests/test_sync_security.py",
+              "tests/test_reembed_safety.py",
               "tests/test_bad_input*.py", "tests/test_hostile*.py"]
 
 #: The rights a sync worker needs, from the one source of truth ``jointembed.grant_usage``

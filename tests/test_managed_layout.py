@@ -96,7 +96,7 @@ def test_python_api_and_sql_functions_as_app_role(managed):
             FROM pg_proc p WHERE p.pronamespace = 'jointembed'::regnamespace
         """).fetchall())
         assert [f for f, path in paths.items() if path is None] == []  # every function pins one
-        ours = "search_path=jointembed, extensions, pg_catalog, pg_temp"
+        ours = "search_path=pg_catalog, jointembed, pg_temp"
         for f in ["jointembed.search(text,extensions.vector,integer,text)", "jointembed.create_collection(text,text,integer,text)",
                   "jointembed.search_attached(regclass,extensions.vector,integer,text)"]:
             assert paths[f] == ours, (f, paths.get(f))

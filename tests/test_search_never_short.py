@@ -256,5 +256,5 @@ def test_search_attached_after_caption_edits(pg_dsn, bundle, flickr8k_dir):
             assert len(set(got_sql) & set(ref)) >= 0.8 * K, (got_sql, ref)
         else:
             assert got_sql == ref  # ef_search escalated to 160: exact on 400 rows
-        with pytest.raises(psycopg.errors.DataException, match="dimensions but notes is embedded with model"):
+        with pytest.raises(psycopg.errors.DataException, match="dimensions but public.notes is embedded with model"):
             conn.execute("SELECT * FROM jointembed.search_attached('notes', %s, 3)", [q[:7]])

@@ -49,12 +49,14 @@ REVIEWED = {
     ("40_sync_queue.sql", "FROM %4$s t %6$s"): "regclass + a TABLESAMPLE/LIMIT clause built here from numbers",
     ("40_sync_queue.sql", "TABLESAMPLE SYSTEM (%s)"): "numeric computed here",
     ("40_sync_queue.sql", "format('LIMIT %s', p_exact_rows)"): "integer argument",
+    ("50_sync_versions.sql", "WHERE o.key %4$s q.key AND o.modality = q.modality"): "_sync_key_eq: OPERATOR(regoper)",
     ("50_sync_versions.sql", "LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', jointembed._sync_rel(a)"): "regclass",
     ("70_grants.sql", "GRANT EXECUTE ON FUNCTION %s TO %I"): "regprocedure",
     ("70_grants.sql", "GRANT INSERT, UPDATE, DELETE ON %s TO %I"): "regclass",
     ("70_grants.sql", "ON SEQUENCE %s TO %I', s::regclass"): "regclass",
     ("70_grants.sql", "REVOKE ALL ON FUNCTION %s FROM PUBLIC"): "regprocedure",
     ("95_search_path.sql", "ALTER ROUTINE %s SET search_path"): "regprocedure",
+    ("95_search_path.sql", "REVOKE CREATE ON SCHEMA jointembed FROM %s"): "regrole output of a catalog oid",
 }
 
 
@@ -81,8 +83,8 @@ def test_the_reviewed_list_has_no_stale_entries():
 
 
 def test_collection_and_side_table_types_are_identifiers_and_literals():
-    """The vector column type is ``%I.%I(%L)`` / ``vector(%L)``, no pasted format_type text."""
+    """The vector column type is ``%I.%I(%L)`` / ``%I.vector(%L)``, no pasted format_type text."""
     coll = (SQL / "functions" / "10_collections.sql").read_text(encoding="utf-8")
     attach = (SQL / "functions" / "30_sync_attach.sql").read_text(encoding="utf-8")
     assert "embedding    %2$I.%3$I(%4$L) NOT NULL" in coll
-    assert "embedding    vector(%4$L) NOT NULL" in attach
+    assert "embedding    %5$I.vector(%4$L) NOT NULL" in attach

@@ -9,8 +9,8 @@ import click
 from ..errors import ModelMismatchError
 from ..model.threads import ThreadBudget
 from .options import (AliasGroup, _errors, _finish, _stack, _index_log, _progress, bundle_option, collection_option,
-                      defer_index_option, dsn_option, int8_option, json_option, memory_cap_option, progress_option,
-                      storage_option, threads_option)
+                      defer_index_option, dsn_option, int8_option, json_option, memory_cap_option,
+                      partial_report_on_interrupt, progress_option, storage_option, threads_option)
 
 
 @click.command()
@@ -68,12 +68,13 @@ def index_images_cmd(obj, paths, collection, dsn, bundle_name, batch_size, stora
     """Embed image files or directories (recursively) into COLLECTION."""
     from ..ingest import pipeline as ingest, readers
 
-    with _errors():
+    with _errors(), partial_report_on_interrupt(as_json) as done:
         bundle, coll = _open_collection(obj, dsn, bundle_name, collection, storage, threads=threads, int8=int8,
                                         defer_index=defer_index)
         scan = readers.scan_images(paths)
         report = ingest.index_images(coll, bundle, scan.records, batch_size=batch_size, progress=_progress(progress),
                                      ignored=scan.ignored, decode_threads=ThreadBudget.auto(threads).decode)
+        done.report = report
         coll.ensure_index(memory_cap=memory_cap, progress=_index_log(progress))
     _finish(report, as_json)
 
@@ -88,10 +89,11 @@ def index_texts_cmd(obj, file, collection, dsn, bundle_name, batch_size, storage
     """Embed the captions of FILE: CSV (id,text), JSON lines (id, text) or a Flickr8K token file."""
     from ..ingest import pipeline as ingest, readers
 
-    with _errors():
+    with _errors(), partial_report_on_interrupt(as_json) as done:
         records = list(readers.read_texts(file))
         bundle, coll = _open_collection(obj, dsn, bundle_name, collection, storage, threads=threads, int8=int8,
                                         defer_index=defer_index)
         report = ingest.index_texts(coll, bundle, records, batch_size=batch_size, progress=_progress(progress))
+        done.report = report
         coll.ensure_index(memory_cap=memory_cap, progress=_index_log(progress))
     _finish(report, as_json)

@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import sys
+import types
 from contextlib import contextmanager
 
 import click
@@ -219,6 +220,32 @@ def _echo_failures(errors: list, more: str, shown: int = 20) -> None:
         click.echo(f"  ... and {len(errors) - shown} more ({more})", err=True)
 
 
+def exit_if_failed(failed: int) -> None:
+    """The one rule for exit code 3, for every command that runs a job over items or rows
+    (``index``, ``sync``, ``worker --until-idle``, ``reembed``): the job finished but
+    ``failed`` of its items failed (they are reported). Returns when none failed."""
+    if failed:
+        sys.exit(EXIT_PARTIAL)
+
+
+@contextmanager
+def partial_report_on_interrupt(as_json: bool):
+    """Ctrl-C (SIGINT) during a job whose report rides on the interrupt (``e.report``, set by
+    :mod:`jointembed_pg.ingest.pipeline`): with ``--json`` that partial report (what was
+    saved, ``"interrupted": true``) goes to stdout; the interrupt then goes on (exit 130).
+    Yields a holder: set ``holder.report`` once the job returned (an interrupt during the
+    index build that follows then prints the whole report)."""
+    holder = types.SimpleNamespace(report=None)
+    try:
+        yield holder
+    except KeyboardInterrupt as e:
+        report = getattr(e, "report", None) or holder.report
+        if as_json and report is not None:
+            report.interrupted = True
+            click.echo(json.dumps(report.to_dict()))
+        raise
+
+
 def _finish(report, as_json):
     """Print an ingest report; exit 3 when some items failed."""
     if as_json:
@@ -234,8 +261,7 @@ def _finish(report, as_json):
         if not report.failed and not as_json:
             click.echo(f"Error: nothing to index: no {report.modality} found", err=True)
         sys.exit(1)
-    if report.failed:
-        sys.exit(EXIT_PARTIAL)  # some items failing is a partial success
+    exit_if_failed(len(report.failed))  # some items failing is a partial success
 
 
 @contextlib.contextmanager

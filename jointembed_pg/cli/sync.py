@@ -6,12 +6,13 @@ See docs/SYNC.md.
 from __future__ import annotations
 
 import json
-import sys
 from contextlib import contextmanager
 
 import click
+from psycopg import sql
 
-from .options import EXIT_PARTIAL, _echo_failures, _errors, _progress, bundle_option, dsn_option, json_option, progress_option, threads_option
+from .options import _echo_failures, _errors, exit_if_failed, _progress, bundle_option, dsn_option, json_option, progress_option, threads_option
+from ..errors import terminal_line
 from ..model.threads import ThreadBudget
 
 table_option = click.option("--table", required=True, metavar="TABLE",
@@ -89,11 +90,20 @@ def attach_cmd(obj, table, key, image_column, text_column, image_source, image_r
             att = sync.attach(conn, table, bundle, key=key, image_column=image_column, text_column=text_column,
                               image_source=image_source, image_root=image_root, schema=schema)
             st = sync.status(conn, att.table_name, att.schema_name)[0]
+            conn_rows = conn.execute(sql.SQL("SELECT count(DISTINCT key) FROM {}").format(
+                sql.Identifier("jointembed", f"a{int(att.id)}_queue"))).fetchone()[0]
     if as_json:
-        click.echo(json.dumps(st, default=str))
+        click.echo(json.dumps({**st, "enqueued_rows": conn_rows}, default=str))
     else:
-        click.echo(f"attached {att.qualified} (model {att.model_id}, dim {att.dim}): {st['pending']} rows "
-                   f"enqueued; run `{_sync_hint(table, schema)}` or `jointembed worker`")
+        click.echo(f"attached {att.qualified} (model {att.model_id}, dim {att.dim}): {_enqueued(conn_rows, st)}; "
+                   f"run `{_sync_hint(table, schema)}` or `jointembed worker`")
+
+
+def _enqueued(rows: int, st: dict) -> str:
+    """``50 rows enqueued (100 items: 50 images, 50 texts)``: the queue holds one item per
+    row and embedded column."""
+    kinds = [f"{rows} {m}s" for m in ("image", "text") if st.get(f"{m}_column")]
+    return f"{rows} rows enqueued ({st['pending']} items: {', '.join(kinds)})"
 
 
 @click.command("detach")
@@ -150,8 +160,7 @@ def sync_cmd(obj, table, schema, dsn, bundle_name, batch_size, retry_failed, res
         click.echo(f"note: {claimed} queued changes are being embedded by another running worker (claims of "
                    "a worker that died are free as soon as its connection ends); see `jointembed status`",
                    err=True)
-    if rep.failed:
-        sys.exit(EXIT_PARTIAL)
+    exit_if_failed(len(rep.failed))
 
 
 @click.command("worker")
@@ -170,7 +179,8 @@ def worker_cmd(obj, tables, schema, dsn, bundle_name, batch_size, poll_s, until_
     """Embed queued rows continuously (LISTEN/NOTIFY + polling); JSON log lines on stderr.
 
     Stops gracefully on SIGTERM / SIGINT (the batch in hand is finished). Run as many
-    as you like: each row is embedded by one of them.
+    as you like: each row is embedded by one of them. With --until-idle: exit code 3
+    when some rows failed.
     """
     from ..sync.worker import Worker
 
@@ -178,7 +188,9 @@ def worker_cmd(obj, tables, schema, dsn, bundle_name, batch_size, poll_s, until_
         bundle = obj.bundle(bundle_name, budget=ThreadBudget.auto(threads))
         worker = Worker(dsn, bundle, tables=[(t, schema) for t in tables] or None,
                         cfg=_config(batch_size, threads=threads, allow_url_hosts=allow_url_hosts), poll_s=poll_s)
-        worker.run(until_idle=until_idle)
+        totals = worker.run(until_idle=until_idle)
+    if until_idle:  # a job that finished: the rule of sync; a stopped service exits 0
+        exit_if_failed(totals["failed"])
 
 
 @click.command("status")
@@ -198,6 +210,9 @@ def status_cmd(table, schema, dsn, as_json):
     if not rows:
         click.echo("no attached tables")
     for st in rows:
+        if st.get("error"):  # this table only (dropped without detach): the others are shown
+            click.echo(f"{_qualified(st)}: error: {terminal_line(st['error'])}")
+            continue
         click.echo(f"{_qualified(st)}: model {st['model_id']} (dim {st['dim']}): {st['done']} done, "
                    f"{st['pending']} pending, {st['failed']} failed ({st['gave_up']} given up)")
         if st.get("building"):
@@ -223,22 +238,41 @@ def _qualified(st: dict) -> str:
     return f"{_quote(st['schema'])}.{_quote(st['table'])}"
 
 
+def _check_max_failed(ctx, param, value):
+    """Refuse a bad ``--max-failed`` as bad usage (exit 2) before any work."""
+    from ..errors import ArgumentError
+    from ..sync.reembed import parse_max_failed
+
+    try:
+        parse_max_failed(value)
+    except ArgumentError as e:
+        raise click.BadParameter(str(e), ctx=ctx, param=param) from e
+    return value
+
+
 @click.command("reembed")
 @table_option
 @schema_option
 @dsn_option
 @bundle_option
 @click.option("--batch-size", default=32, show_default=True, help="Queue rows per batch.")
+@click.option("--max-failed", default="0", show_default=True, metavar="N|P%", callback=_check_max_failed,
+              help="How many of the rows the old model has embedded may fail with the new one and the switch "
+                   "still happen: a count, or a percentage of them (5%). Over it, or when the new model "
+                   "embedded nothing, searches stay on the old model (exit 1; rerun to retry the failed rows).")
 @click.option("--abort", "abort_", is_flag=True, help="Abandon a reembed in progress instead.")
 @allow_url_host_option
 @json_option
 @progress_option
 @click.pass_obj
-def reembed_cmd(obj, table, schema, dsn, bundle_name, batch_size, abort_, allow_url_hosts, as_json, progress):
+def reembed_cmd(obj, table, schema, dsn, bundle_name, batch_size, max_failed, abort_, allow_url_hosts, as_json,
+                progress):
     """Re-embed TABLE with another model, then switch searches to it atomically.
 
-    The old embeddings stay searchable until the new ones are complete. Restart
-    workers with the new bundle afterwards.
+    The old embeddings stay searchable until the new ones are complete, and stay in use
+    when the new model failed (see --max-failed). Exit code 3: switched, but some rows
+    failed (within --max-failed); they keep retrying. Restart workers with the new
+    bundle afterwards.
     """
     from ..sync import reembed as sync_reembed
 
@@ -252,7 +286,8 @@ def reembed_cmd(obj, table, schema, dsn, bundle_name, batch_size, abort_, allow_
         with _connect(dsn) as conn:
             rep = sync_reembed.reembed(conn, table, bundle, schema=schema,
                                        cfg=_config(batch_size, allow_url_hosts=allow_url_hosts),
-                                       progress=_progress(progress))
+                                       progress=_progress(progress), max_failed=max_failed)
+    failed = [f["error"] for f in rep.sync.failed] if rep.sync else []
     if as_json:
         click.echo(json.dumps(rep.to_dict(), default=str))
     elif not rep.switched:
@@ -260,7 +295,10 @@ def reembed_cmd(obj, table, schema, dsn, bundle_name, batch_size, abort_, allow_
     else:
         click.echo(f"{rep.table}: switched from {rep.old_model_id} (dim {rep.old_dim}) to "
                    f"{rep.new_model_id} (dim {rep.new_dim}); {rep.sync.written} rows embedded, "
-                   f"{len(rep.sync.failed)} failed")
+                   f"{len(failed)} failed")
+        _echo_failures(failed, "see `jointembed status`")
+    exit_if_failed(len(failed))
+
 
 
 @click.command("grant")

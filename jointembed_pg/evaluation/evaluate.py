@@ -15,29 +15,35 @@ from pathlib import Path
 import numpy as np
 from psycopg import sql
 
+from .. import db
 from ..ingest import flickr8k, pipeline as ingest, readers
 from ..metrics import ranks_to_metrics
 
+#: Built-ins pg_catalog-qualified and pgvector's operator qualified with its schema ({vs}):
+#: the connection's search_path may hold public (docs/DESIGN.md, "search_path rule").
 _RANK_SQL = """
 WITH img AS MATERIALIZED (
     SELECT key, embedding FROM {items} WHERE modality = 'image' AND key = ANY(%(img_keys)s)
 ), cap AS MATERIALIZED (
     SELECT c.key, c.embedding, g.img_key
     FROM {items} c
-    JOIN unnest(%(cap_keys)s::text[], %(cap_imgs)s::text[]) AS g(cap_key, img_key) ON c.key = g.cap_key
+    JOIN ROWS FROM (pg_catalog.unnest(%(cap_keys)s::text[]), pg_catalog.unnest(%(cap_imgs)s::text[]))
+         AS g(cap_key, img_key) ON c.key = g.cap_key
     WHERE c.modality = 'text'
 ), pos AS MATERIALIZED (
-    SELECT cap.key AS cap_key, img.key AS img_key, img.embedding <-> cap.embedding AS dist
+    SELECT cap.key AS cap_key, img.key AS img_key, img.embedding OPERATOR({vs}.<->) cap.embedding AS dist
     FROM img JOIN cap ON cap.img_key = img.key
 ), best AS (
-    SELECT img_key, min(dist) AS dist FROM pos GROUP BY img_key
+    SELECT img_key, pg_catalog.min(dist) AS dist FROM pos GROUP BY img_key
 )
 SELECT 'i2t' AS dir, img.key,
-       1 + (SELECT count(*) FROM cap WHERE cap.img_key <> img.key AND (img.embedding <-> cap.embedding) < best.dist)
+       1 + (SELECT pg_catalog.count(*) FROM cap
+            WHERE cap.img_key <> img.key AND (img.embedding OPERATOR({vs}.<->) cap.embedding) < best.dist)
 FROM img JOIN best ON best.img_key = img.key
 UNION ALL
 SELECT 't2i', cap.key,
-       1 + (SELECT count(*) FROM img WHERE img.key <> cap.img_key AND (img.embedding <-> cap.embedding) < pos.dist)
+       1 + (SELECT pg_catalog.count(*) FROM img
+            WHERE img.key <> cap.img_key AND (img.embedding OPERATOR({vs}.<->) cap.embedding) < pos.dist)
 FROM cap JOIN pos ON pos.cap_key = cap.key
 """
 
@@ -48,9 +54,9 @@ def sql_ranks(collection, image_keys: list[str], caption_keys: list[str],
 
     Returns ``(i2t (N,) int64, t2i (M,) int64)`` in the order of the given keys.
     """
-    query = sql.SQL(_RANK_SQL).format(items=collection.table_ident)
     params = {"img_keys": image_keys, "cap_keys": caption_keys, "cap_imgs": caption_image_keys}
     with collection.store.transaction() as conn:
+        query = sql.SQL(_RANK_SQL).format(items=collection.table_ident, vs=sql.Identifier(db.vector_schema(conn)))
         conn.execute("SET LOCAL work_mem = '256MB'")
         rows = conn.execute(query, params).fetchall()
     got = {(d, k): r for d, k, r in rows}

@@ -73,6 +73,7 @@ class IngestReport:
     failed: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
     ignored: list[Ignored] = field(default_factory=list)
+    interrupted: bool = False
 
     def ignored_summary(self) -> str:
         """``"3 files ignored: 2 .heic (no decoder), 1 .txt"`` (``""`` when none)."""
@@ -80,13 +81,17 @@ class IngestReport:
 
     def to_dict(self) -> dict:
         """JSON-ready form (``failed`` as a list of ``{key, error}``, ``ignored`` as a
-        list of ``{path, kind}``: files of scanned folders that are not images)."""
-        return {
+        list of ``{path, kind}``: files of scanned folders that are not images;
+        ``"interrupted": true`` only in the partial report of a run stopped by Ctrl-C)."""
+        out = {
             "modality": self.modality, "total": self.total, "written": self.written,
             "unchanged": self.unchanged, "failed": [f.__dict__ for f in self.failed],
             "ignored": [{"path": printable(i.path, 1000), "kind": i.kind} for i in self.ignored],
             "seconds": round(self.seconds, 3),
         }
+        if self.interrupted:
+            out["interrupted"] = True
+        return out
 
 
 @dataclass(frozen=True)
@@ -156,11 +161,16 @@ class _Writer:
         self._write = write
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="jointembed-writer")
         self._pending: Future | None = None
+        self.saved = 0  # rows whose write returned (committed), updated on the writer thread
+
+    def _run(self, rows: list[Row]) -> None:
+        self._write(rows)
+        self.saved += len(rows)
 
     def submit(self, rows: list[Row]) -> None:
         self.wait()
         if rows:
-            self._pending = self._pool.submit(self._write, sorted(rows, key=lambda r: r.key))
+            self._pending = self._pool.submit(self._run, sorted(rows, key=lambda r: r.key))
 
     def wait(self) -> None:
         if self._pending is not None:
@@ -225,13 +235,25 @@ def index_images(collection, bundle, records: Sequence[PathRecord], *, batch_siz
             report.written += len(rows)
             bar.update(len(chunk))
         writer.wait()
+    except KeyboardInterrupt as e:
+        _interrupted(e, report, writer, t0)
+        raise
     finally:
         halt.set()  # first: threads waiting on a decoder return at once
         pool.shutdown(wait=True, cancel_futures=True)
         writer.close()
         bar.close()
+        report.written = writer.saved  # what was committed (all of it, unless interrupted)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _interrupted(e: KeyboardInterrupt, report: IngestReport, writer: _Writer, t0: float) -> None:
+    """Ctrl-C: the report rides on the interrupt (``e.report``; ``written`` is set to the
+    rows committed once the writer's batch in flight finished, in the caller's ``finally``)."""
+    report.interrupted = True
+    report.seconds = time.perf_counter() - t0
+    e.report = report  # type: ignore[attr-defined]
 
 
 def _storable(key: str) -> bool:
@@ -294,9 +316,13 @@ def index_texts(collection, bundle, records: Iterable[TextRecord], *, batch_size
             report.written += len(rows)
             bar.update(len(chunk))
         writer.wait()
+    except KeyboardInterrupt as e:
+        _interrupted(e, report, writer, t0)
+        raise
     finally:
         writer.close()
         bar.close()
+        report.written = writer.saved  # what was committed (all of it, unless interrupted)
     report.seconds = time.perf_counter() - t0
     return report
 

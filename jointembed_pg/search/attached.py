@@ -211,15 +211,19 @@ class Attached:
                                         model_id=self.bundle.model_id if self.bundle is not None else None)
 
     def reembed(self, bundle: Any, *, batch_size: int = 32, progress: bool = False,
-                cfg: sync_worker.SyncConfig | None = None) -> sync_reembed.ReembedReport:
+                cfg: sync_worker.SyncConfig | None = None, max_failed: int | str = 0) -> sync_reembed.ReembedReport:
         """Embed the table with ``bundle`` beside the current model, then switch searches
         to it atomically (:func:`jointembed_pg.sync.reembed.reembed`); this object then
-        uses ``bundle``.
+        uses ``bundle``. A new model that failed is not switched to: ``max_failed`` rows
+        (a count, or ``"5%"`` of the rows the old model has embedded) may fail, default 0.
 
         Returns:
             :class:`~jointembed_pg.sync.reembed.ReembedReport` (``switched`` False when the
             table already used this model).
         Raises:
+            ReembedRefused: the new model failed beyond ``max_failed`` (a DatabaseError):
+            searches and this object keep the old model; rerun to retry the failed rows.
+            ArgumentError: a bad ``max_failed``.
             DatabaseError: not attached, another model's build in progress, or the new
             embeddings still incomplete after the wait (rerun to resume).
         """
@@ -227,7 +231,7 @@ class Attached:
         cfg = cfg or sync_worker.SyncConfig(batch_size=batch_size)
         with _db_errors(), self.store.worker_connection() as conn:
             report = sync_reembed.reembed(conn, self.table, bundle, schema=self.schema, cfg=cfg,
-                                          progress=progress)
+                                          progress=progress, max_failed=max_failed)
         self.bundle = bundle
         return report
 

@@ -87,7 +87,7 @@ def drop_indexes(collection, modalities: tuple[str, ...] = ("image", "text")) ->
     with collection.store.transaction() as conn:
         for modality in modalities:
             name = collection.index_name(modality)
-            if conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+            if conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL",
                             [sql.Identifier("jointembed", name).as_string(conn)]).fetchone()[0]:
                 conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier("jointembed", name)))
                 dropped.append(name)

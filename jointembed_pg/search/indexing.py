@@ -296,7 +296,7 @@ def ensure_hnsw(conn: psycopg.Connection, spec: IndexSpec, *, maintenance_work_m
         try:
             return _build(conn, spec, fixed, limit, progress, concurrent=True)
         finally:
-            _quietly(conn, "SELECT pg_advisory_unlock(%s, hashtext(%s))", [_LOCK_CLASS, _lock_name(spec)])
+            _quietly(conn, "SELECT pg_catalog.pg_advisory_unlock(%s, pg_catalog.hashtext(%s))", [_LOCK_CLASS, _lock_name(spec)])
     finally:
         if not conn.broken and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
             conn.autocommit = autocommit
@@ -313,14 +313,14 @@ def _lock(conn: psycopg.Connection, spec: IndexSpec) -> bool:
     snapshot that the other session's concurrent build waits for (a deadlock).
     """
     said = False
-    while not conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))",
+    while not conn.execute("SELECT pg_catalog.pg_try_advisory_lock(%s, pg_catalog.hashtext(%s))",
                            [_LOCK_CLASS, _lock_name(spec)]).fetchone()[0]:
         if not said:
             log.info("index %s: another session is building it; waiting", spec.name)
             said = True
         time.sleep(POLL_S)
     if index_state(conn, spec.schema, spec.name) is True:
-        conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", [_LOCK_CLASS, _lock_name(spec)])
+        conn.execute("SELECT pg_catalog.pg_advisory_unlock(%s, pg_catalog.hashtext(%s))", [_LOCK_CLASS, _lock_name(spec)])
         return False
     return True
 

@@ -287,7 +287,7 @@ class Store:
         """Server, pgvector and schema versions and the collections (JSON-ready)."""
         with self.transaction() as conn:
             server = conn.info.server_version
-            schema = conn.execute("SELECT coalesce(max(version), 0) FROM jointembed.schema_version").fetchone()[0]
+            schema = conn.execute("SELECT coalesce(pg_catalog.max(version), 0) FROM jointembed.schema_version").fetchone()[0]
         return {
             "server_version": server,
             "pgvector": ".".join(map(str, self.vector_version)),

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,21 @@ MODALITIES = ("image", "text")
 _UNSET: Any = object()
 #: Latest errors shown by :func:`status`.
 STATUS_ERRORS = 5
+
+
+class TableDropped(DatabaseError):
+    """The attached table was dropped without ``detach`` (its catalog row remains)."""
+
+
+def check_table(conn: psycopg.Connection, att: "Attachment") -> None:
+    """Raise :class:`TableDropped` when ``att``'s table (by oid) no longer exists."""
+    gone = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = %s "
+                        "AND c.relkind IN ('r', 'p'))", [att.table_oid]).fetchone()[0]
+    if gone:
+        e = TableDropped(f"table {att.qualified} (attachment {att.id}) no longer exists: it was dropped "
+                         "without `jointembed detach`, which removes what was attached")
+        e.table = att.qualified
+        raise e
 
 
 @dataclass(frozen=True)
@@ -125,8 +141,43 @@ def _call(conn: psycopg.Connection, query: str, params=(), *, fetch: str = "one"
             return cur.fetchone() if fetch == "one" else cur.fetchall()
     except (psycopg.errors.DataError, psycopg.errors.ProgrammingError, psycopg.errors.IntegrityError,
             psycopg.errors.InternalError, psycopg.errors.ObjectNotInPrerequisiteState,
-            psycopg.errors.ObjectInUse) as e:
+            psycopg.errors.ObjectInUse, psycopg.errors.ProgramLimitExceeded) as e:
         raise _sql_error(e) from e
+
+
+#: The owner of schema jointembed, whether the caller is it, and whether it may become it.
+_OWNER_SQL = """
+SELECT o.rolname, o.rolname = current_user, pg_catalog.pg_has_role(current_user, o.oid, 'MEMBER')
+FROM pg_catalog.pg_namespace n JOIN pg_catalog.pg_roles o ON o.oid = n.nspowner
+WHERE n.nspname = 'jointembed'
+"""
+
+
+@contextmanager
+def as_owner(conn: psycopg.Connection):
+    """One transaction in which the caller acts as the owner of schema ``jointembed``.
+
+    Tables that ``attach`` / ``reembed`` create in schema jointembed must belong to its
+    owner: the queue functions run as the owner (``SECURITY DEFINER``) and the default
+    privileges that ``grant`` set up are the owner's. A superuser (or any member of the
+    owner role) running them on another role's table therefore does the DDL under
+    ``SET LOCAL ROLE owner`` (restored before the transaction ends); any other caller is
+    refused by ``jointembed._sync_create_side`` before anything is created.
+    """
+    with conn.transaction():
+        row = conn.execute(_OWNER_SQL).fetchone()
+        switch = row is not None and not row[1] and row[2]
+        if switch:
+            before = conn.execute("SELECT current_user").fetchone()[0]
+            conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(row[0])))
+        try:
+            yield conn
+        finally:
+            if switch:
+                try:
+                    conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(before)))
+                except psycopg.Error:
+                    pass  # a failed transaction: its rollback undoes the SET LOCAL anyway
 
 
 def attach(conn, table: str, bundle, *, key: str, image_column: str | None = None,
@@ -158,9 +209,10 @@ def attach(conn, table: str, bundle, *, key: str, image_column: str | None = Non
         image_root = str(Path(image_root).expanduser().resolve())
     with db.borrow(conn) as c:
         schema = schema or _find_schema(c, table)
-        row = _call(c, "SELECT * FROM jointembed.attach(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    [schema, table, key, image_column, text_column,
-                     image_source if image_column else None, image_root, bundle.model_id, int(bundle.dim)])
+        with as_owner(c):
+            row = _call(c, "SELECT * FROM jointembed.attach(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                        [schema, table, key, image_column, text_column,
+                         image_source if image_column else None, image_root, bundle.model_id, int(bundle.dim)])
         return _row(Attachment, row)
 
 
@@ -264,10 +316,25 @@ def status(conn, table: str | None = None, schema: str | None = None,
     ``errors`` (the latest, each with ``key``, ``modality``, ``error``, ``attempts``,
     ``next_attempt_at``), ``building`` (the counts of a reembed in progress, or None) and
     ``retired`` (old side tables not dropped yet).
+
+    Listing all attachments, one whose table cannot be read (dropped without ``detach``)
+    gives ``{id, schema, table, error}`` and the others their counts; asked for by name,
+    it raises.
+
+    Raises:
+        DatabaseError: ``table`` not attached, or its status cannot be read.
     """
     with db.borrow(conn) as c:
-        atts = [find(c, table, schema)] if table is not None else list_attachments(c)
-        return [_call(c, "SELECT jointembed.sync_status(%s, %s)", [a.id, errors])[0] for a in atts]
+        if table is not None:
+            return [_call(c, "SELECT jointembed.sync_status(%s, %s)", [find(c, table, schema).id, errors])[0]]
+        out = []
+        for a in list_attachments(c):
+            try:
+                out.append(_call(c, "SELECT jointembed.sync_status(%s, %s)", [a.id, errors])[0])
+            except DatabaseError as e:
+                out.append({"id": a.id, "schema": a.schema_name, "table": a.table_name,
+                            "error": f"{e} (`jointembed detach` removes what was attached)"})
+        return out
 
 
 def search_attached(conn, table: str, vector, k: int = 10, target: str | None = "image", *,

@@ -52,7 +52,7 @@ from ..ingest.readers import clean_text, printable
 from ..ingest.sandbox import ImageJob, ImageLoader, Interrupted, shared_loader
 from ..ingest.sources import ImageSource, is_retryable
 from .caps import BATCH_BYTES, Fetched, FetchCaps
-from .catalog import Attachment, Version, _call, find, version_for
+from .catalog import Attachment, Version, _call, check_table, find, version_for
 
 #: Transient errors retried around a transaction (then re-raised).
 RETRYABLE = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected,
@@ -139,9 +139,11 @@ class Target:
         """The live version of ``table`` matching ``bundle``.
 
         Raises:
-            DatabaseError: not attached. ModelMismatchError: no version of this model.
+            DatabaseError: not attached. TableDropped: the table was dropped without
+            detach. ModelMismatchError: no version of this model.
         """
         att = find(conn, table, schema)
+        check_table(conn, att)
         return cls(att, version_for(conn, att, bundle))
 
 

@@ -30,7 +30,7 @@ from psycopg import sql
 
 from .. import db
 from ..errors import DatabaseError, ModelMismatchError
-from .catalog import list_attachments, one_line
+from .catalog import TableDropped, list_attachments, one_line
 from ..ingest.sandbox import Interrupted, shared_loader
 from .drain import BatchResult, SyncConfig, Target, connect, drain
 
@@ -176,6 +176,9 @@ class Worker:
             except (ModelMismatchError, DatabaseError) as e:
                 if f"{schema}.{table}" not in self._skipped:
                     self._skipped.add(f"{schema}.{table}")
+                    if isinstance(e, TableDropped):  # skipped until it is detached (logged once)
+                        self.log("table_error", "error", table=e.table, error=str(e))
+                        continue
                     kind = "model_mismatch" if isinstance(e, ModelMismatchError) else "not_attached"
                     self.log(kind, "error" if self.tables is not None else "warning", table=table,
                              schema=schema, error=str(e))

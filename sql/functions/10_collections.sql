@@ -43,8 +43,10 @@ BEGIN
         RAISE EXCEPTION 'jointembed: an HNSW index on % takes at most % dimensions, got % (collection %)',
             p_storage, limit_dim, p_dim, quote_literal(p_name)
             USING ERRCODE = 'program_limit_exceeded',
-                  HINT = CASE WHEN p_storage = 'vector' AND p_dim <= 4000
-                              THEN 'use storage halfvec (up to 4000 dimensions)' END;
+                  HINT = CASE WHEN p_storage = 'vector' AND p_dim BETWEEN 1 AND 4000
+                              THEN 'use storage halfvec (up to 4000 dimensions)'
+                              WHEN p_dim > 4000 THEN 'pgvector indexes no embedding of more than 4000 dimensions'
+                              ELSE 'the dimension must be at least 1' END;  -- a NULL option would hide the message
     END IF;
     typ := jointembed._vector_type(p_storage);
     IF typ IS NULL THEN

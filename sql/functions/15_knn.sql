@@ -46,11 +46,11 @@ $fn$;
 -- p_ef_search: starting hnsw.ef_search (1..1000; NULL = the current setting).
 -- p_exact_below: with a filter, answer exactly when it matches at most this many rows
 --   (NULL = 2000; 0 = never).
-CREATE OR REPLACE FUNCTION jointembed.knn(p_rows anyelement, p_query vector, p_k integer, p_modality text,
+CREATE OR REPLACE FUNCTION jointembed.knn(p_rows anyelement, p_query @vector@.vector, p_k integer, p_modality text,
                                           p_filter text DEFAULT NULL, p_args jsonb DEFAULT NULL,
                                           p_ef_search integer DEFAULT NULL, p_exact boolean DEFAULT false,
                                           p_exact_below integer DEFAULT NULL,
-                                          p_search_path text DEFAULT current_setting('search_path'))
+                                          p_search_path text DEFAULT pg_catalog.current_setting('search_path'))
 RETURNS TABLE (item anyelement, distance float8)
 LANGUAGE plpgsql AS $fn$
 DECLARE
@@ -65,6 +65,7 @@ DECLARE
     cap      integer := coalesce(p_exact_below, 2000);
     ann_q    text;
     exact_q  text;
+    count_q  text;
     got      record;
     have     integer := -1;  -- rows of the last attempt; -1: none run
     ef       integer;
@@ -111,9 +112,9 @@ BEGIN
     IF p_query IS NULL THEN
         RAISE EXCEPTION 'jointembed.knn: query vector is NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    IF dim > 0 AND vector_dims(p_query) <> dim THEN
+    IF dim > 0 AND @vector@.vector_dims(p_query) <> dim THEN
         RAISE EXCEPTION 'jointembed.knn: query vector has % dimensions but %.embedding is vector(%)',
-            vector_dims(p_query), tbl, dim USING ERRCODE = 'data_exception';
+            @vector@.vector_dims(p_query), tbl, dim USING ERRCODE = 'data_exception';
     END IF;
     IF jsonb_typeof(args) <> 'object' THEN
         RAISE EXCEPTION 'jointembed.knn: p_args must be a jsonb object' USING ERRCODE = 'invalid_parameter_value';
@@ -125,25 +126,34 @@ BEGIN
         -- caller's search_path and privileges, so it can do nothing the caller could not.
         cond := ' AND (' || p_filter || ')';
     END IF;
-    -- $1 query, $2 limit, $3 args. Operators and functions are schema-qualified, so the
-    -- caller's search_path (used for the filter) cannot change what they mean.
-    ann_q := format('SELECT array_agg(s.i ORDER BY s.d) AS items, array_agg(s.d ORDER BY s.d) AS dists '
+    -- $1 query, $2 limit, $3 args. Every function, operator and type is schema-qualified
+    -- (pg_catalog's too), so the caller's search_path (used for the filter, and possibly
+    -- holding a writable schema such as public) cannot change what they mean: not even
+    -- with a better-matching overload (an array_agg taking this very row type).
+    ann_q := format('SELECT pg_catalog.array_agg(s.i ORDER BY s.d) AS items, pg_catalog.array_agg(s.d ORDER BY s.d) AS dists '
                     'FROM (SELECT i, i.embedding OPERATOR(%1$I.<->) CAST($1 AS %1$I.%4$I) AS d FROM %2$I.%5$I i '
-                    'WHERE i.modality = %3$L', vs, nsp, p_modality, coltype, relname)
+                    'WHERE i.modality OPERATOR(pg_catalog.=) CAST(%3$L AS pg_catalog.text)', vs, nsp, p_modality, coltype, relname)
              || cond || format(' ORDER BY i.embedding OPERATOR(%1$I.<->) CAST($1 AS %1$I.%2$I) LIMIT $2) s', vs, coltype);
-    exact_q := format('SELECT array_agg(s.i ORDER BY s.d) AS items, array_agg(s.d ORDER BY s.d) AS dists '
+    exact_q := format('SELECT pg_catalog.array_agg(s.i ORDER BY s.d) AS items, pg_catalog.array_agg(s.d ORDER BY s.d) AS dists '
                       'FROM (SELECT i, %1$I.l2_distance(i.embedding, CAST($1 AS %1$I.%4$I)) AS d FROM %2$I.%5$I i '
-                      'WHERE i.modality = %3$L', vs, nsp, p_modality, coltype, relname)
+                      'WHERE i.modality OPERATOR(pg_catalog.=) CAST(%3$L AS pg_catalog.text)', vs, nsp, p_modality, coltype, relname)
                || cond || ' ORDER BY 2 LIMIT $2) s';
 
-    IF p_filter IS NOT NULL THEN
-        old_path := current_setting('search_path');
-        PERFORM set_config('search_path', p_search_path, true);
+    -- the filter's search_path (the caller's) is set around each statement holding the
+    -- filter only; the rest of this body resolves under the function's own path
+    old_path := current_setting('search_path');
+    IF p_filter IS NULL THEN
+        p_search_path := old_path;
     END IF;
 
     IF NOT p_exact AND p_filter IS NOT NULL AND cap > 0 THEN
-        EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM %I.%I i WHERE i.modality = %L', nsp, relname, p_modality)
-                || cond || ' LIMIT $2) s' INTO n USING p_query, cap + 1, args;
+        count_q := format('SELECT pg_catalog.count(*) FROM (SELECT 1 FROM %I.%I i '
+                          'WHERE i.modality OPERATOR(pg_catalog.=) CAST(%L AS pg_catalog.text)', nsp, relname, p_modality)
+                   || cond || ' LIMIT $2) s';
+        n := cap + 1;
+        PERFORM set_config('search_path', p_search_path, true);
+        EXECUTE count_q INTO n USING p_query, n, args;
+        PERFORM pg_catalog.set_config('search_path', old_path, true);
         p_exact := n <= cap;
         RAISE DEBUG 'jointembed.knn: the filter matches % rows (exact_below %)', CASE WHEN p_exact THEN n::text ELSE 'more than ' || cap END, cap;
     END IF;
@@ -157,7 +167,9 @@ BEGIN
             PERFORM set_config('hnsw.max_scan_tuples',
                                least(greatest(coalesce(old_max::bigint, 20000), 100::bigint * p_k), 2147483647)::text, true);
             PERFORM set_config('hnsw.ef_search', ef::text, true);
+            PERFORM set_config('search_path', p_search_path, true);
             EXECUTE ann_q INTO got USING p_query, p_k, args;
+            PERFORM pg_catalog.set_config('search_path', old_path, true);
             have := coalesce(cardinality(got.items), 0);
             RAISE DEBUG 'jointembed.knn: % rows of % from iterative scan (ef_search %)', have, p_k, ef;
             PERFORM set_config('hnsw.iterative_scan', coalesce(old_it, 'off'), true);
@@ -165,7 +177,9 @@ BEGIN
         ELSE
             LOOP
                 PERFORM set_config('hnsw.ef_search', ef::text, true);
+                PERFORM set_config('search_path', p_search_path, true);
                 EXECUTE ann_q INTO got USING p_query, p_k, args;
+                PERFORM pg_catalog.set_config('search_path', old_path, true);
                 have := coalesce(cardinality(got.items), 0);
                 RAISE DEBUG 'jointembed.knn: % rows of % at ef_search %', have, p_k, ef;
                 EXIT WHEN have >= p_k OR ef >= 1000;
@@ -176,16 +190,15 @@ BEGIN
     END IF;
 
     IF have < p_k THEN
+        PERFORM set_config('search_path', p_search_path, true);
         EXECUTE exact_q INTO got USING p_query, p_k, args;
+        PERFORM pg_catalog.set_config('search_path', old_path, true);
         RAISE DEBUG 'jointembed.knn: % rows of % from exact scan', coalesce(cardinality(got.items), 0), p_k;
-    END IF;
-    IF old_path IS NOT NULL THEN
-        PERFORM set_config('search_path', old_path, true);
     END IF;
     RETURN QUERY SELECT got.items[x], got.dists[x] FROM generate_subscripts(got.items, 1) x ORDER BY x;
 END
 $fn$;
 
-COMMENT ON FUNCTION jointembed.knn(anyelement, vector, integer, text, text, jsonb, integer, boolean, integer, text) IS
+COMMENT ON FUNCTION jointembed.knn(anyelement, @vector@.vector, integer, text, text, jsonb, integer, boolean, integer, text) IS
     'k nearest rows (item, L2 distance) of a table with embedding/modality columns: exactly min(k, matches) '
     'rows (ef_search escalation or iterative scan, then exact); optional filter on alias i with values in $3 = p_args';

@@ -23,7 +23,7 @@ BEGIN
 END
 $fn$;
 
-CREATE OR REPLACE FUNCTION jointembed.search(collection text, query vector, k integer, target text DEFAULT NULL)
+CREATE OR REPLACE FUNCTION jointembed.search(collection text, query @vector@.vector, k integer, target text DEFAULT NULL)
 RETURNS TABLE (id bigint, key text, modality text, distance float8, source text, text text)
 LANGUAGE plpgsql AS $fn$
 #variable_conflict use_column
@@ -46,9 +46,9 @@ BEGIN
     IF query IS NULL THEN
         RAISE EXCEPTION 'jointembed.search: query vector is NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    IF vector_dims(query) <> c.dim THEN
+    IF @vector@.vector_dims(query) <> c.dim THEN
         RAISE EXCEPTION 'jointembed.search: query vector has % dimensions but collection % stores %-dimensional embeddings of model %',
-            vector_dims(query), quote_literal(collection), c.dim, quote_literal(c.model_id)
+            @vector@.vector_dims(query), quote_literal(collection), c.dim, quote_literal(c.model_id)
             USING ERRCODE = 'data_exception',
                   HINT = 'embed the query with the collection''s model (jointembed.collections.model_id)';
     END IF;
@@ -62,7 +62,7 @@ BEGIN
 END
 $fn$;
 
-COMMENT ON FUNCTION jointembed.search(text, vector, integer, text) IS
+COMMENT ON FUNCTION jointembed.search(text, @vector@.vector, integer, text) IS
     'k nearest items of a collection to a query vector by L2 distance; target image|text|NULL (both)';
 
 -- Items nearest to an item already in the collection (the item itself excluded).
@@ -73,7 +73,7 @@ LANGUAGE plpgsql AS $fn$
 #variable_conflict use_column
 DECLARE
     tbl text := jointembed._items_table(collection);
-    q   vector;
+    q   @vector@.vector;
     m   text;
 BEGIN
     EXECUTE format('SELECT i.embedding, i.modality FROM jointembed.%I i WHERE i.id = $1', tbl)

@@ -121,22 +121,35 @@ RETURNS text
 LANGUAGE plpgsql AS $fn$
 DECLARE
     side text := jointembed._sync_side_name(a.id, p_version);
+    own  name := (SELECT pg_catalog.pg_get_userbyid(n.nspowner) FROM pg_catalog.pg_namespace n
+                  WHERE n.nspname OPERATOR(pg_catalog.=) 'jointembed');
 BEGIN
+    -- the queue functions run as the owner: a table of another role's would break them
+    IF own IS NULL OR NOT own OPERATOR(pg_catalog.=) current_user THEN
+        RAISE EXCEPTION 'jointembed: run this as the owner of schema jointembed (%), not as %',
+            pg_catalog.quote_ident(own), pg_catalog.quote_ident(current_user) USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    -- pgvector's HNSW index on vector(D) takes D <= 2000 (collections store halfvec beyond)
+    IF p_dim IS NULL OR p_dim < 1 OR p_dim > 2000 THEN
+        RAISE EXCEPTION 'jointembed: attached tables store embeddings of 1 to 2000 dimensions (pgvector''s HNSW '
+                        'index on vector), but model % has %', p_model_id, p_dim
+            USING ERRCODE = 'program_limit_exceeded';
+    END IF;
     EXECUTE format($ddl$
         CREATE TABLE jointembed.%1$I (
             key          %2$s        NOT NULL,
             modality     text        NOT NULL CHECK (modality IN ('image', 'text')),
             content_hash text        NOT NULL,
             model_id     text        NOT NULL CHECK (model_id = %3$L),
-            embedding    vector(%4$L) NOT NULL,
+            embedding    %5$I.vector(%4$L) NOT NULL,
             updated_at   timestamptz NOT NULL DEFAULT now(),
             event_id     bigint      NOT NULL DEFAULT 0,
             PRIMARY KEY (key, modality)
-        )$ddl$, side, jointembed._sync_key_type(a), p_model_id, p_dim);
-    EXECUTE format('CREATE INDEX %I ON jointembed.%I USING hnsw (embedding vector_l2_ops) '
-                   'WHERE modality = %L', side || '_image_hnsw', side, 'image');
-    EXECUTE format('CREATE INDEX %I ON jointembed.%I USING hnsw (embedding vector_l2_ops) '
-                   'WHERE modality = %L', side || '_text_hnsw', side, 'text');
+        )$ddl$, side, jointembed._sync_key_type(a), p_model_id, p_dim, jointembed._vector_schema());
+    EXECUTE format('CREATE INDEX %I ON jointembed.%I USING hnsw (embedding %I.vector_l2_ops) '
+                   'WHERE modality = %L', side || '_image_hnsw', side, jointembed._vector_schema(), 'image');
+    EXECUTE format('CREATE INDEX %I ON jointembed.%I USING hnsw (embedding %I.vector_l2_ops) '
+                   'WHERE modality = %L', side || '_text_hnsw', side, jointembed._vector_schema(), 'text');
     EXECUTE format('COMMENT ON TABLE jointembed.%I IS %L', side,
                    'jointembed embeddings of ' || jointembed._sync_rel(a)::text || ' (model ' || p_model_id || ')');
     RETURN side;
@@ -215,7 +228,7 @@ $fn$;
 -- jointembed; it refuses to run on any table but the attachment's own (or its partitions).
 CREATE OR REPLACE FUNCTION jointembed.sync_trigger()
 RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, jointembed, pg_temp AS $fn$
 DECLARE
     a    jointembed.attachments;
     vers integer[];

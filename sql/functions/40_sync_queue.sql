@@ -233,9 +233,9 @@ $fn$;
 -- current (same content hash); both NULL: the user's row was gone: remove its embedding
 -- if the row is still gone. Only claims of the calling session count. Returns the
 -- number of embeddings written.
-DROP FUNCTION IF EXISTS jointembed.sync_complete(integer, integer, uuid, bigint[], text[], vector[]);  -- renamed _sync_complete (worker-only)
+DROP FUNCTION IF EXISTS jointembed.sync_complete(integer, integer, uuid, bigint[], text[], @vector@.vector[]);  -- renamed _sync_complete (worker-only)
 CREATE OR REPLACE FUNCTION jointembed._sync_complete(p_id integer, p_version integer, p_token uuid,
-                                                    p_ids bigint[], p_hashes text[], p_embeddings vector[])
+                                                    p_ids bigint[], p_hashes text[], p_embeddings @vector@.vector[])
 RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, jointembed, pg_temp AS $fn$
 DECLARE

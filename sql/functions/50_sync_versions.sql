@@ -66,20 +66,59 @@ BEGIN
 END
 $fn$;
 
+-- What switching to a building version would lose: {old_done, new_done, lost}: the
+-- embeddings of the active and the building version, and the rows (x modalities) the
+-- active version has embedded whose last attempt in the building version failed (rows
+-- that fail in both versions are not counted: the switch loses nothing there).
+CREATE OR REPLACE FUNCTION jointembed._sync_version_loss(p_id integer, p_version integer)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, jointembed, pg_temp AS $fn$
+DECLARE
+    a    jointembed.attachments := jointembed._sync_get(p_id);
+    old  integer := a.active_version;
+    od   bigint;
+    nd   bigint;
+    lost bigint;
+BEGIN
+    EXECUTE format('SELECT (SELECT count(*) FROM jointembed.%1$I), (SELECT count(*) FROM jointembed.%2$I), '
+                   '(SELECT count(*) FROM (SELECT DISTINCT q.key, q.modality FROM jointembed.%3$I q '
+                   'WHERE q.version = $1 AND q.last_error IS NOT NULL AND EXISTS (SELECT 1 FROM jointembed.%1$I o '
+                   'WHERE o.key %4$s q.key AND o.modality = q.modality)) f)',
+                   jointembed._sync_side_name(a.id, old), jointembed._sync_side_name(a.id, p_version),
+                   jointembed._sync_queue_name(a.id), jointembed._sync_key_eq(a))
+        INTO od, nd, lost USING p_version;
+    RETURN jsonb_build_object('old_done', od, 'new_done', nd, 'lost', lost);
+END
+$fn$;
+
 -- Switch searches to the building version, atomically: it becomes active, the old one
 -- retired (its queue rows dropped; its side table is returned for the caller to drop
 -- in a later transaction, so searches already running on it finish). Refuses while rows
--- of the building version were never attempted (failed rows carry over and keep retrying).
+-- of the building version were never attempted (object_not_in_prerequisite_state), and
+-- when the new model failed (_sync_version_loss; SQLSTATE JE001): rows the old version
+-- had embedded failed in the new one and either it embedded nothing or they are more
+-- than p_max_failed rows (p_max_failed_pct set: that percentage of the old version's
+-- embeddings, rounded down). Rows failing within the limit carry over and keep retrying.
 DROP FUNCTION IF EXISTS jointembed.sync_activate_version(integer, integer);  -- renamed _sync_activate_version (worker-only)
-CREATE OR REPLACE FUNCTION jointembed._sync_activate_version(p_id integer, p_version integer)
+DROP FUNCTION IF EXISTS jointembed._sync_activate_version(integer, integer);  -- now with the failure limit
+CREATE OR REPLACE FUNCTION jointembed._sync_activate_version(p_id integer, p_version integer,
+                                                             p_max_failed bigint DEFAULT 0,
+                                                             p_max_failed_pct double precision DEFAULT NULL)
 RETURNS text
-LANGUAGE plpgsql AS $fn$
+LANGUAGE plpgsql SET search_path = pg_catalog, jointembed, pg_temp AS $fn$
 DECLARE
     a       jointembed.attachments;
     v       jointembed.attachment_versions;
     old     jointembed.attachment_versions;
     waiting bigint;
+    loss    jsonb;
+    allowed bigint;
 BEGIN
+    IF p_max_failed IS NULL AND p_max_failed_pct IS NULL OR p_max_failed < 0
+       OR NOT (p_max_failed_pct BETWEEN 0 AND 100) THEN
+        RAISE EXCEPTION 'jointembed: max_failed must be a count >= 0 or a percentage in [0, 100]'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     SELECT * INTO STRICT a FROM jointembed.attachments x WHERE x.id = p_id FOR UPDATE;
     SELECT * INTO v FROM jointembed.attachment_versions x
     WHERE x.attachment_id = p_id AND x.version = p_version AND x.state = 'building';
@@ -93,6 +132,15 @@ BEGIN
         RAISE EXCEPTION 'jointembed: version % of %.% still has % rows to embed', p_version,
             quote_ident(a.schema_name), quote_ident(a.table_name), waiting
             USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    loss := jointembed._sync_version_loss(p_id, p_version);
+    allowed := CASE WHEN p_max_failed_pct IS NOT NULL
+                    THEN floor(p_max_failed_pct * (loss->>'old_done')::bigint / 100)::bigint ELSE p_max_failed END;
+    IF (loss->>'lost')::bigint > 0 AND ((loss->>'new_done')::bigint = 0 OR (loss->>'lost')::bigint > allowed) THEN
+        RAISE EXCEPTION 'jointembed: version % of %.% failed % of the % rows the active version has embedded '
+                        '(allowed: %); not switched', p_version, quote_ident(a.schema_name),
+            quote_ident(a.table_name), loss->>'lost', loss->>'old_done', allowed
+            USING ERRCODE = 'JE001', DETAIL = loss::text;
     END IF;
     UPDATE jointembed.attachment_versions x SET state = 'retired'
     WHERE x.attachment_id = p_id AND x.state = 'active' RETURNING x.* INTO old;

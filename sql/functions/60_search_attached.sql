@@ -4,7 +4,7 @@
 -- searching the active version only (one model), through jointembed.knn (15_knn.sql):
 -- exactly k rows whenever k rows are embedded. key is the user's key as text: join
 -- back with `JOIN t ON t.<key> = r.key::<key type>`. p_modality image|text|NULL (both).
-CREATE OR REPLACE FUNCTION jointembed.search_attached(p_table regclass, p_query vector, p_k integer DEFAULT 10,
+CREATE OR REPLACE FUNCTION jointembed.search_attached(p_table regclass, p_query @vector@.vector, p_k integer DEFAULT 10,
                                            p_modality text DEFAULT NULL)
 RETURNS TABLE (key text, modality text, distance float8)
 LANGUAGE plpgsql AS $fn$
@@ -30,9 +30,9 @@ BEGIN
     IF p_query IS NULL THEN
         RAISE EXCEPTION 'jointembed.search_attached: query vector is NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    IF vector_dims(p_query) <> v.dim THEN
+    IF @vector@.vector_dims(p_query) <> v.dim THEN
         RAISE EXCEPTION 'jointembed: query vector has % dimensions but % is embedded with model % (dim %)',
-            vector_dims(p_query), p_table, v.model_id, v.dim USING ERRCODE = 'data_exception';
+            @vector@.vector_dims(p_query), p_table, v.model_id, v.dim USING ERRCODE = 'data_exception';
     END IF;
     RETURN QUERY EXECUTE format(
         'SELECT (r.item).key::text, (r.item).modality, r.distance '
@@ -43,5 +43,5 @@ BEGIN
 END
 $fn$;
 
-COMMENT ON FUNCTION jointembed.search_attached(regclass, vector, integer, text) IS
+COMMENT ON FUNCTION jointembed.search_attached(regclass, @vector@.vector, integer, text) IS
     'k nearest rows of an attached table (active model only): key as text, modality, L2 distance';

@@ -22,7 +22,7 @@
 
 CREATE OR REPLACE FUNCTION jointembed.grant_usage(role name, writer boolean DEFAULT false)
 RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+LANGUAGE plpgsql SET search_path = pg_catalog, jointembed, pg_temp AS $fn$
 DECLARE
     r    name;
     f    regprocedure;
