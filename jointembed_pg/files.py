@@ -15,9 +15,17 @@ Every image or caption file jointembed reads goes through :func:`open_regular`:
 :func:`read_regular` then reads at most ``max_bytes + 1`` bytes (a file that grew past
 the cap while being read is refused). Errors are :class:`InputError` with a ``retry``
 attribute: whether trying again later can help (a missing file: yes; a FIFO: no).
+
+jointembed's *own* files (the home, the bundles directory, the embedded server's data and
+socket directories) are guarded the other way round: :func:`dir_problem` says whether a
+directory is safe to trust (owner, modes, every parent), and :func:`open_own` /
+:func:`read_own` / :func:`write_own` / :func:`replace_own` open files in it without
+following a link planted in their place (``O_NOFOLLOW``, then ``fstat``: regular, the
+right owner, one link).
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -206,3 +214,200 @@ def display(path: str | os.PathLike) -> str:
     """``path`` as printable text: bytes that are not UTF-8 shown as ``\\xNN``."""
     raw = os.fsencode(Path(path))
     return raw.decode("utf-8", "backslashreplace")
+
+
+# -- directories and files jointembed keeps for itself (home, bundles, server data) --------
+def _private_group(gid: int, owner: int) -> bool:
+    """Whether group ``gid`` holds nobody but ``owner`` (a user-private group, umask 002)."""
+    import grp
+    import pwd
+
+    try:
+        g = grp.getgrgid(gid)
+        u = pwd.getpwuid(owner)
+    except KeyError:
+        return False
+    return u.pw_gid == gid and set(g.gr_mem) <= {u.pw_name}
+
+
+def _writable_by_others(st: os.stat_result) -> str | None:
+    """Why others than the owner may write the directory of ``st``, or None."""
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o002:
+        return f"mode {mode:04o} lets every user write in it"
+    if mode & 0o020 and not _private_group(st.st_gid, st.st_uid):
+        return f"mode {mode:04o} lets group {st.st_gid} write in it"
+    return None
+
+
+def _owner_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def dir_problem(path: str | os.PathLike, owners: tuple[int, ...]) -> str | None:
+    """Why the directory ``path`` cannot be trusted with jointembed's own files, or None.
+
+    Checked (on the real path, before anything in it is read): every existing ancestor is
+    owned by root or one of ``owners`` and writable by no one else unless it has the
+    sticky bit (``/tmp`` is fine: nobody can rename or delete our entries in it); ``path``
+    itself, if it exists, is a directory owned by one of ``owners`` that neither group
+    (unless a user-private group) nor others may write. A missing ``path`` (or missing
+    ancestors) is fine: it will be created by us.
+
+    Returns:
+        e.g. ``"it is owned by alice (uid 1001), not root (uid 0)"`` or
+        ``"its parent /shared has mode 0777 (every user may replace what is inside)"``.
+    """
+    real = Path(os.path.realpath(path))
+    trusted = {0, *owners}
+    for d in [*reversed(real.parents)]:
+        try:
+            st = os.stat(d)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            return f"its parent {d} cannot be examined ({e.strerror or e})"
+        if st.st_uid not in trusted:
+            return f"its parent {d} belongs to {_owner_name(st.st_uid)}, who may replace what is inside"
+        why = _writable_by_others(st)
+        if why and not st.st_mode & stat.S_ISVTX:
+            return f"its parent {d} is not safe: {why} (and no sticky bit), so others may replace what is inside"
+    try:
+        st = os.lstat(real)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return f"it cannot be examined ({e.strerror or e})"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"it is {kind_of(st.st_mode)}, not a directory"
+    if st.st_uid not in owners:
+        want = " or ".join(_owner_name(o) for o in owners)
+        return f"it belongs to {_owner_name(st.st_uid)}, not {want}"
+    why = _writable_by_others(st)
+    if why:
+        return why
+    return None
+
+
+_OWN_FLAGS = (getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+              | getattr(os, "O_CLOEXEC", 0))
+
+
+def open_own(path: str | os.PathLike, flags: int, owners: tuple[int, ...], where: str, *,
+             mode: int = 0o600, private: bool = False) -> int:
+    """Open one of jointembed's own files (in a directory that :func:`dir_problem` passed)
+    without following a link planted in its place; return the descriptor (blocking).
+
+    ``os.open`` with ``O_NOFOLLOW | O_NONBLOCK`` (a symlink as the last component fails,
+    a FIFO cannot block), then ``fstat``: a regular file, owned by one of ``owners``, with
+    a single link (a hard link to another file is refused), and with ``private`` no
+    group/other permission bits. Nothing is read, written or truncated before that.
+
+    Raises:
+        FileNotFoundError: missing (and ``flags`` has no ``O_CREAT``).
+        InputError: a symlink, not a regular file, foreign owner, hard-linked, too open.
+    """
+    try:
+        fd = os.open(path, flags | _OWN_FLAGS, mode)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        if e.errno == errno.ELOOP or os.path.islink(path):
+            raise refuse(f"{where}: {path} is a symlink (planted?); refused: remove it") from e
+        if e.errno == errno.ENXIO:
+            raise refuse(f"{where}: {path} is a FIFO (named pipe), not a regular file; refused: remove it") from e
+        raise refuse(f"{where}: {path}: cannot open ({e.strerror or e})") from e
+    try:
+        st = os.fstat(fd)
+        problem = None
+        if not stat.S_ISREG(st.st_mode):
+            problem = f"is {kind_of(st.st_mode)}, not a regular file"
+        elif st.st_uid not in owners:
+            problem = f"belongs to {_owner_name(st.st_uid)}, not {' or '.join(_owner_name(o) for o in owners)}"
+        elif st.st_nlink != 1:
+            problem = f"has {st.st_nlink} hard links (a link to another file?)"
+        elif private and st.st_mode & 0o077:
+            problem = f"has mode {stat.S_IMODE(st.st_mode):04o}; it must be 0600"
+        if problem:
+            raise refuse(f"{where}: {path} {problem}; refused: remove it")
+        os.set_blocking(fd, True)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_own(path: str | os.PathLike, max_bytes: int, owners: tuple[int, ...], where: str, *,
+             tail: bool = False, private: bool = False) -> bytes | None:
+    """The bytes of one of jointembed's own files (:func:`open_own`), or None when missing.
+
+    At most ``max_bytes``: the first ones, or with ``tail`` the last ones (a log).
+
+    Raises:
+        InputError: as :func:`open_own`; also a file over ``max_bytes`` (without ``tail``).
+    """
+    try:
+        fd = open_own(path, os.O_RDONLY, owners, where, private=private)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if tail:
+            f.seek(max(0, os.fstat(fd).st_size - max_bytes))
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        if tail:
+            return data[-max_bytes:]
+        raise refuse(f"{where}: {path} is over {max_bytes} bytes; refused")
+    return data
+
+
+def write_own(path: str | os.PathLike, data: bytes, owners: tuple[int, ...], where: str, *,
+              create: bool = True, chown: tuple[int, int] | None = None) -> None:
+    """Overwrite (or create, 0600) one of jointembed's own files in place (:func:`open_own`;
+    a file of this user is accepted besides ``owners``). A file of this user is given to
+    ``chown`` = ``(uid, gid)`` if set (the server's OS user, when running as root).
+
+    Raises:
+        FileNotFoundError: missing and not ``create``.
+        InputError: as :func:`open_own`.
+    """
+    fd = open_own(path, os.O_WRONLY | (os.O_CREAT if create else 0), (*owners, os.geteuid()), where)
+    try:
+        if chown is not None and os.fstat(fd).st_uid != chown[0]:
+            os.fchown(fd, *chown)
+        os.ftruncate(fd, 0)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+def replace_own(path: str | os.PathLike, data: bytes, where: str) -> None:
+    """Replace ``path`` atomically with a new 0600 file of this user holding ``data``
+    (``O_EXCL`` temp file, then ``rename``, which replaces a planted link, not its target)."""
+    tmp = f"{os.fspath(path)}.{os.getpid()}.tmp"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)  # a leftover of a crashed process with our pid (unlink never follows links)
+    fd = open_own(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, (os.geteuid(),), where)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def is_own_file(path: str | os.PathLike, owners: tuple[int, ...]) -> bool:
+    """Whether ``path`` is a regular file (not a link) owned by one of ``owners``."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_uid in owners

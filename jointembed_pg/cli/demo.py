@@ -41,9 +41,9 @@ def ensure_default_bundle(progress: bool = True, data_dir: Path | None = None) -
         BundleError: the bundle is missing and the export extra (torch) is not installed.
     """
     from ..model import exporter
-    from ..model.bundle import Bundle
+    from ..model.bundle import Bundle, bundles_dir
 
-    target = paths.bundles_dir() / paths.DEFAULT_BUNDLE
+    target = bundles_dir() / paths.DEFAULT_BUNDLE
     if (target / "manifest.json").is_file():
         return target
     try:

