@@ -100,7 +100,7 @@ bounded by one set of limits (`jointembed_pg/limits.py`; environment variables o
 Only regular files are read (`jointembed_pg/files.py`: `stat`, then `open(O_NONBLOCK)`
 and `fstat` of the opened descriptor); below an `--image-root` the real path must stay
 inside the root (`..` and absolute paths refused). Images are read, hashed and decoded in
-decoder processes (`jointembed_pg/ingest/sandbox.py`) that answer with JSON + raw float32 (never
+decoder processes (`jointembed_pg/model/decoder.py`) that answer with JSON + raw float32 (never
 pickle); a decoder that hangs past the deadline or dies fails that item only and is
 replaced, and a stop request (SIGTERM) interrupts a load within 0.1 s. Text that
 PostgreSQL cannot store (NUL, lone surrogates, invalid UTF-8) fails its item alone.
