@@ -27,6 +27,9 @@ from jointembed_pg.limits import Limits
 from jointembed_pg.model import preprocess
 from jointembed_pg.model.decoder import ImageJob, ImageLoader, bytes_job, shared_loader
 from test_hostile_corpus import run_measured
+from test_reliability_support import cli, one_line_error, scenario
+
+pytest_plugins = ["_reliability"]
 
 MAX_RSS = 512 << 20
 
@@ -112,8 +115,10 @@ def _one_line(reason: str) -> None:
     assert "\n" not in reason and "Traceback" not in reason and reason.strip(), reason
 
 
+@scenario("Decode bomb in a decoder process (as a file, a bytea value, query bytes): the payload named",
+          "succeeds, or fails with a one-line reason; decoder peak RSS <= 512 MiB", "security")
 @pytest.mark.parametrize("name", sorted(PAYLOADS))
-def test_payload_bounded_in_a_decoder_process(payloads, name):
+def test_payload_bounded_in_a_decoder_process(payloads, name, observe):
     """Each payload in a fresh decoder process: succeeds or fails with one line; peak RSS <= 512 MiB."""
     want = PAYLOADS[name][1]
     path = payloads / _file(name)
@@ -128,12 +133,14 @@ def test_payload_bounded_in_a_decoder_process(payloads, name):
                 outcome = "ok"
                 assert pixels is not None and pixels.shape == (3, 224, 224) and np.isfinite(pixels).all()
             except InputError as e:
-                outcome = "fail"
+                outcome, reason = "fail", str(e)[len(name) + 2:]
                 _one_line(str(e))
                 assert str(e).startswith(name), str(e)
             assert want in (outcome, "either"), (name, outcome)
         peak = loader.peak_rss
     print(f"{name}: {path.stat().st_size} bytes, {outcome}, decoder peak RSS {peak / 2**20:.0f} MiB")
+    observe(f"{name} ({path.stat().st_size} bytes): {outcome}" + (f" ({reason})" if outcome == "fail" else "")
+            + f"; decoder peak RSS {peak / 2**20:.0f} MiB")
     assert 0 < peak <= MAX_RSS, (name, peak / 2**20)
 
 
@@ -149,19 +156,24 @@ def test_memory_limit_is_the_one_knob(payloads, monkeypatch):
         assert loader.peak_rss <= 128 << 20
 
 
+@scenario("A /proc or /sys pseudo-file (/proc/kmsg: size 0, blocks, consumed when read) as a row path or "
+          "a CLI path", "refused before opening with a one-line reason (no TypeError)", "security")
 @pytest.mark.parametrize("path", ["/proc/kmsg", "/proc/self/status", "/sys/kernel/mm/transparent_hugepage/enabled"])
-def test_pseudo_files_refused_with_a_reason(path):
+def test_pseudo_files_refused_with_a_reason(path, observe):
     """A /proc or /sys pseudo-file as a row path or a CLI path: refused before opening, one line."""
     if not Path(path).exists():
         pytest.skip(f"{path} absent here")
     with pytest.raises(InputError, match="pseudo-file") as e:
         ImageSource("path").read(path, "t[1].image")
     _one_line(str(e.value))
+    observe(str(e.value))
     with pytest.raises(InputError, match="pseudo-file"):
         shared_loader(preprocess.ImageSpec(), Limits()).load(ImageJob(where=path, path=path))
 
 
-def test_python_search_and_encode_decode_in_a_decoder_process(payloads, pg_dsn, bundle, tmp_path):
+@scenario("The issue's payloads through Python `Collection.search(Path)` and `Bundle.encode_images(bytes)`",
+          "decoded in a decoder process (not the caller); one-line reasons; decoder peak RSS <= 512 MiB", "security")
+def test_python_search_and_encode_decode_in_a_decoder_process(payloads, pg_dsn, bundle, tmp_path, observe):
     """Collection.search(Path) and Bundle.encode_images(bytes) never decode in the caller:
     the caller's RSS does not grow by the image, the decoder's peak stays <= 512 MiB."""
     from jointembed_pg import Store
@@ -186,9 +198,13 @@ def test_python_search_and_encode_decode_in_a_decoder_process(payloads, pg_dsn, 
     assert bundle.encode_images((payloads / _file("png_200000x1")).read_bytes()).shape == (bundle.dim,)
     loaders = [ld for ld in decoder._SHARED.values() if ld.peak_rss]
     assert loaders and max(ld.peak_rss for ld in loaders) <= MAX_RSS
+    observe(f"decoder peak RSS {max(ld.peak_rss for ld in loaders) / 2**20:.0f} MiB")
 
 
-def test_cli_index_and_search_image(payloads, pg_dsn, bundle_dir, tmp_path):
+@scenario("Every decode bomb through `index images` (CLI) and the issue's payloads through `search image` (CLI)",
+          "no traceback, one-line reasons, exit 3 / 0 / 1; peak RSS of the CLI and its decoder processes <= 512 MB",
+          "security")
+def test_cli_index_and_search_image(payloads, pg_dsn, bundle_dir, tmp_path, observe):
     """``index images`` of the payload folder and ``search image`` of the issue's payloads:
     no traceback, one-line reasons, peak RSS of the CLI and of its decoders <= 512 MiB."""
     m = run_measured(["index", "images", payloads, "--collection", "bombs", "--dsn", pg_dsn, "--bundle", bundle_dir,
@@ -202,6 +218,8 @@ def test_cli_index_and_search_image(payloads, pg_dsn, bundle_dir, tmp_path):
     assert not failed & {n for n, (_m, w) in PAYLOADS.items() if w == "ok"}
     assert m.peak_mb <= 512, (m.main_mb, m.child_mb)
     print(f"index: peak RSS CLI {m.main_mb} MB, decoders {m.child_mb} MB; failed {sorted(failed)}")
+    observe(f"index images: exit {m.rc}, written {rep['written']}, failed {len(failed)}; peak RSS CLI {m.main_mb} MB, "
+            f"decoders {m.child_mb} MB")
     for name in ("png_20000x2", "png_200000x1", "png_bomb_1x100M"):
         m = run_measured(["search", "image", payloads / _file(name), "--collection", "bombs", "--target", "image",
                           "--dsn", pg_dsn, "--bundle", bundle_dir, "--json"], timeout=120)
@@ -213,6 +231,9 @@ def test_cli_index_and_search_image(payloads, pg_dsn, bundle_dir, tmp_path):
             assert m.rc == 1 and len(lines) == 1, m.err
         assert m.peak_mb <= 512, (name, m.main_mb, m.child_mb)
         print(f"search image {name}: rc {m.rc}, peak RSS CLI {m.main_mb} MB, decoder {m.child_mb} MB")
+        observe(f"search image {name}: exit {m.rc}, peak RSS CLI {m.main_mb} MB, decoder {m.child_mb} MB")
+    p = cli(["search", "image", "/proc/self/status", "--collection", "bombs", "--dsn", pg_dsn, "--bundle", bundle_dir])
+    assert "pseudo-file" in one_line_error(p)
 
 
 def test_gallery_thumbnail_in_a_decoder_process(payloads, tmp_path):
@@ -232,13 +253,16 @@ def _reference(path) -> np.ndarray:
     return preprocess.to_array(preprocess.center_crop(img, spec.size), spec.mean, spec.std)
 
 
+@scenario("Bounded preprocessing vs the plain decode -> resize -> crop, on the first 200 Flickr8K images",
+          "max abs diff of the (3, 224, 224) float32 encoder input <= 1/255", "security")
 @pytest.mark.flickr8k
-def test_same_pixels_on_200_flickr_images(flickr8k_dir):
+def test_same_pixels_on_200_flickr_images(flickr8k_dir, observe):
     """The bounded ``load`` gives the encoder the same input as before on real photos."""
     paths = sorted((flickr8k_dir / "images").glob("*.jpg"))[:200]
     assert len(paths) == 200
     worst = max(float(np.abs(preprocess.load(p) - _reference(p)).max()) for p in paths)
     print(f"200 Flickr8K images: max abs diff of the (3, 224, 224) float32 input {worst:g}")
+    observe(f"max abs diff {worst:g}")
     assert worst <= 1 / 255
 
 
