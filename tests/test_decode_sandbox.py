@@ -2,7 +2,7 @@
 
 Each hostile payload below goes through a decoder process (``jointembed_pg.model.decoder``)
 and must either succeed with the process's peak RSS (``VmHWM``) <= 512 MiB, or fail with a
-one-line reason, through ``index images`` (CLI), ``search image`` (CLI), the Python
+one-line reason, through ``index images`` (CLI), ``search image`` (CLI), ``sync`` of a bytea table (CLI), the Python
 ``Collection.search(Path)`` / ``Bundle.encode_images(bytes)``, and the bytea/path sources
 of ``sync``/``worker``. The payloads are written with small headers (zlib-compressed rows,
 solid colours), so the whole module runs in well under a minute. Also: ``/proc`` and
@@ -281,3 +281,31 @@ def test_centre_region_resize_matches_the_full_resize(flickr8k_dir):
             worst = max(worst, int(np.abs(full - np.asarray(preprocess.resize_center(x, box, 224)).astype(int)).max()))
     print(f"centre-region resize vs full resize: max {worst} levels")
     assert worst <= 2
+
+
+@scenario("Every decode bomb as a bytea row of an attached table, through `jointembed sync`",
+          "exit 3, no traceback; each bomb row failed alone with a one-line reason, the others embedded; "
+          "peak RSS of sync and its decoder processes <= 512 MB", "security")
+def test_sync_bytea_rows(payloads, pg_dsn, bundle_dir, observe):
+    import psycopg
+
+    names = sorted(PAYLOADS)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE bomb_rows (id int PRIMARY KEY, image bytea)")
+        conn.cursor().executemany("INSERT INTO bomb_rows VALUES (%s, %s)",
+                                  [(i, (payloads / _file(n)).read_bytes()) for i, n in enumerate(names)])
+    args = ["--dsn", pg_dsn, "--bundle", bundle_dir]
+    p = cli(["attach", "--table", "bomb_rows", "--key", "id", "--image-column", "image", "--image-source", "bytea",
+             *args])
+    assert p.returncode == 0, p.stderr
+    m = run_measured(["sync", "--table", "bomb_rows", "--json", *args], timeout=300)
+    assert m.rc == 3 and "Traceback" not in m.err, (m.rc, m.out[-2000:], m.err[-2000:])
+    failed_text = m.out + m.err
+    for i, n in enumerate(names):
+        row = f"bomb_rows[{i}].image"
+        if PAYLOADS[n][1] == "fail":
+            assert row in failed_text, (n, failed_text[-3000:])
+        if PAYLOADS[n][1] == "ok":
+            assert row not in failed_text, (n, failed_text[-3000:])
+    assert m.peak_mb <= 512, (m.main_mb, m.child_mb)
+    observe(f"sync: exit {m.rc}; peak RSS sync {m.main_mb} MB, decoders {m.child_mb} MB")
