@@ -2,10 +2,11 @@
 
 Each hostile payload below goes through a decoder process (``jointembed_pg.model.decoder``)
 and must either succeed with the process's peak RSS (``VmHWM``) <= 512 MiB, or fail with a
-one-line reason, through ``index images`` (CLI), ``search image`` (CLI), ``sync`` of a bytea table (CLI), the Python
-``Collection.search(Path)`` / ``Bundle.encode_images(bytes)``, and the bytea/path sources
-of ``sync``/``worker``. The payloads are written with small headers (zlib-compressed rows,
-solid colours), so the whole module runs in well under a minute. Also: ``/proc`` and
+one-line reason, through ``index images``, ``search image`` and ``sync`` of a bytea table
+(CLI), the Python ``Collection.search(Path)`` / ``Bundle.encode_images(bytes)``, and the bytea/path sources
+of ``sync``/``worker``. The payloads are crafted small (zlib-compressed equal rows, solid
+colours): writing all of them takes a few seconds, and most of the module's time is
+the CLI runs. Also: ``/proc`` and
 ``/sys`` pseudo-files are refused with their reason, and the bounded preprocessing gives
 the same pixels as the plain ``decode -> resize_shorter -> center_crop`` path.
 """
