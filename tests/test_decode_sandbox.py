@@ -310,3 +310,28 @@ def test_sync_bytea_rows(payloads, pg_dsn, bundle_dir, observe):
             assert row not in failed_text, (n, failed_text[-3000:])
     assert m.peak_mb <= 512, (m.main_mb, m.child_mb)
     observe(f"sync: exit {m.rc}; peak RSS sync {m.main_mb} MB, decoders {m.child_mb} MB")
+
+
+def test_address_space_cap_holds_without_the_estimate(payloads):
+    """The backstop alone: a process capped at 200 MiB that decodes the lossless WebP with no
+    estimate (Pillow directly) fails to allocate, and its peak RSS stays under 200 MiB."""
+    import subprocess
+    import sys
+
+    code = (
+        "import io, sys\n"
+        "from PIL import Image\n"
+        "from jointembed_pg.model import decoder\n"
+        "decoder._cap_memory(200)\n"
+        "try:\n"
+        "    im = Image.open(io.BytesIO(open(sys.argv[1], 'rb').read())); im.load(); im.convert('RGB')\n"
+        "    print('decoded')\n"
+        "except (MemoryError, OSError) as e:\n"
+        "    print('refused', type(e).__name__, decoder._hit_cap())\n"
+        "print(decoder._status('VmHWM'))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(payloads / _file("webp_6000x6000_lossless"))],
+                       capture_output=True, text=True, timeout=120)
+    lines = r.stdout.split("\n")
+    assert r.returncode == 0 and lines[0].startswith("refused") and lines[0].endswith("True"), (r.stdout, r.stderr)
+    assert 0 < int(lines[1]) <= 200 << 20

@@ -442,6 +442,18 @@ def _cap_memory(memory_mb: int) -> None:
     if hard != resource.RLIM_INFINITY:
         limit = min(limit, hard)
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    global _AS_CAP
+    _AS_CAP = limit
+
+
+#: The address-space cap set by :func:`_cap_memory`, bytes (0: none).
+_AS_CAP = 0
+
+
+def _hit_cap() -> bool:
+    """Whether this process's address space came within 16 MiB of its cap (an allocation
+    then failed: decoders report that as "could not create decoder object" and the like)."""
+    return bool(_AS_CAP) and _status("VmPeak") >= _AS_CAP - (16 << 20)
 
 
 def _read_msg(stream) -> bytes | None:
@@ -488,7 +500,11 @@ def _serve(stdin, stdout) -> None:
         try:
             loaded = load_item(job, spec, limits)
         except InputError as e:
-            head, payload = {"ok": False, "error": str(e), "retry": bool(getattr(e, "retry", True))}, b""
+            error = str(e)
+            if _hit_cap():
+                error += (f" (the decoder process reached its {limits.memory_mb} MiB memory limit, "
+                          "JOINTEMBED_DECODE_MEMORY_MB)")
+            head, payload = {"ok": False, "error": error, "retry": bool(getattr(e, "retry", True))}, b""
         except MemoryError:
             head, payload = {"ok": False, "error": f"{job.where}: out of memory while reading or decoding "
                              f"(decoder limit {limits.memory_mb} MiB, JOINTEMBED_DECODE_MEMORY_MB)",
