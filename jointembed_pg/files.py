@@ -3,7 +3,10 @@
 Every image or caption file jointembed reads goes through :func:`open_regular`:
 
 1. ``os.stat`` the path (symlinks followed) and refuse, before opening, anything that is
-   not a regular file: directories, devices (``/dev/zero``), FIFOs, sockets;
+   not a regular file: directories, devices (``/dev/zero``), FIFOs, sockets, and the
+   pseudo-files of kernel file systems (``/proc``, ``/sys``, debugfs, cgroup, ...: they
+   claim a size of 0 or 4096 whatever they hold, and some block or are consumed when
+   read, like ``/proc/kmsg``);
 2. refuse a file over ``max_bytes`` before reading it;
 3. ``os.open`` with ``O_NONBLOCK | O_NOCTTY`` (a FIFO swapped in after step 1 cannot
    block the open), ``fstat`` the descriptor and require the very file of step 1 (same
@@ -44,6 +47,39 @@ def refuse(message: str, *, retry: bool = False) -> InputError:
     err = InputError(message)
     err.retry = retry  # type: ignore[attr-defined]
     return err
+
+
+#: File system types whose files are kernel interfaces, not data (``/proc/self/mountinfo``).
+_PSEUDO_FS = frozenset({"proc", "sysfs", "debugfs", "tracefs", "securityfs", "cgroup", "cgroup2", "configfs",
+                        "pstore", "bpf", "efivarfs", "fusectl", "binfmt_misc", "devpts", "mqueue", "rpc_pipefs",
+                        "nsfs", "autofs", "selinuxfs", "hugetlbfs"})
+
+
+def _pseudo_devices() -> dict[int, str]:
+    """``st_dev`` -> file system type of the mounted pseudo file systems (Linux; else empty).
+    Read on each call: mounts change, and a check must not trust a stale list."""
+    found: dict[int, str] = {}
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            lines = f.read(1 << 22).decode("utf-8", "replace").splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        left, sep, right = line.partition(" - ")
+        parts, rest = left.split(), right.split()
+        if not sep or len(parts) < 3 or not rest or rest[0] not in _PSEUDO_FS:
+            continue
+        try:
+            major, minor = (int(x) for x in parts[2].split(":"))
+        except ValueError:
+            continue
+        found[os.makedev(major, minor)] = rest[0]
+    for where, fstype in (("/proc", "proc"), ("/sys", "sysfs")):  # even without mountinfo
+        try:
+            found.setdefault(os.stat(where).st_dev, fstype)
+        except OSError:
+            pass
+    return found
 
 
 def kind_of(mode: int) -> str:
@@ -121,6 +157,10 @@ def open_regular(path: str | os.PathLike, max_bytes: int | None, where: str = "<
         raise _os_error(where, path, e) from e
     if not stat.S_ISREG(st.st_mode):
         raise refuse(f"{_named(where, path)} is {kind_of(st.st_mode)}, not a regular file (refused before opening)")
+    pseudo = _pseudo_devices().get(st.st_dev)
+    if pseudo:
+        raise refuse(f"{_named(where, path)} is a {pseudo} pseudo-file (a kernel interface, not a data file; "
+                      "refused before opening)")
     if max_bytes is not None and st.st_size > max_bytes:
         raise refuse(f"{_named(where, path)} is {st.st_size} bytes, over the {max_bytes}-byte limit")
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -167,6 +207,8 @@ def read_regular(path: str | os.PathLike, max_bytes: int, where: str = "<file>",
             data = f.read(max_bytes + 1)
         except OSError as e:
             raise _os_error(where, path, e) from e
+        if data is None:  # O_NONBLOCK: a file that would block is not a data file
+            raise refuse(f"{where}: {path}: reading it would block (not a data file)")
     if len(data) > max_bytes:
         raise refuse(f"{_named(where, path)} grew over the {max_bytes}-byte limit while being read")
     if not data:

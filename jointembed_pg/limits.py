@@ -12,7 +12,7 @@ limit                       default                          environment variabl
 file size (encoded image)   64 MiB                           JOINTEMBED_MAX_FILE_BYTES
 decoded pixels (w x h)      40,000,000                       JOINTEMBED_MAX_PIXELS
 time per image item         30 s (read + hash + decode)      JOINTEMBED_ITEM_TIMEOUT_S
-decoder address space       1024 MiB above its start size    JOINTEMBED_DECODE_MEMORY_MB
+decoder process memory      512 MiB peak RSS                 JOINTEMBED_DECODE_MEMORY_MB
 caption length              131,072 characters               JOINTEMBED_MAX_TEXT_CHARS
 item key length             2,048 bytes (UTF-8)              JOINTEMBED_MAX_KEY_BYTES
 image path / URL value      8,192 characters                 JOINTEMBED_MAX_REF_CHARS
@@ -23,10 +23,17 @@ non-public URL hosts        none (public addresses only)     JOINTEMBED_URL_ALLO
 ``HOST:PORT`` entries (trusted internal image servers an attached table's URLs may reach;
 :mod:`jointembed_pg.urls`); ``jointembed sync/worker/reembed --allow-url-host`` adds to it.
 
-Why these values: Pillow holds an RGB(A) image at 4 bytes per pixel and decoding plus
-the alpha/EXIF steps keep at most two full-size copies alive (``preprocess.decode``), so
-40 megapixels cost at most ~320 MB (plus the encoded file), which keeps a decoder
-process under 512 MB peak RSS (``tests/test_hostile_corpus.py`` measures it). The key
+Why these values: every image is decoded in a decoder process
+(:mod:`jointembed_pg.ingest.sandbox`; also the query image of ``search image`` and the
+thumbnails of ``--html``) whose peak RSS stays within ``memory_mb``: the memory an image
+needs is estimated from its header before decoding (mode bytes per pixel x pixels, row
+pointers, the format decoder's own buffers, the RGB copy:
+:func:`jointembed_pg.model.preprocess.decode_bytes`) and refused over the limit, and the
+process's address space is capped so that its resident memory cannot pass it
+(``RLIMIT_AS``). Pillow holds an RGB(A) image at 4 bytes per pixel and decoding plus the
+alpha/EXIF steps keep at most two full-size copies alive, so 40 megapixels of RGB(A)
+cost ~320 MB; formats whose decoders need more (lossless WebP: ~16 bytes a pixel) are
+refused above a smaller size (``tests/test_decode_sandbox.py`` measures each payload). The key
 bound keeps ``(modality, key)`` under PostgreSQL's B-tree entry limit (2704 bytes). The
 path / URL bound (an attached table's image column, ``image_source`` path or url) is twice
 Linux's ``PATH_MAX`` (4096 bytes) and above the 8 KiB request line most HTTP servers accept.
@@ -43,7 +50,7 @@ from .errors import InputError
 MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_PIXELS = 40_000_000
 ITEM_TIMEOUT_S = 30.0
-DECODE_MEMORY_MB = 1024
+DECODE_MEMORY_MB = 512
 MAX_TEXT_CHARS = 131_072
 MAX_KEY_BYTES = 2048
 MAX_REF_CHARS = 8192
@@ -61,8 +68,8 @@ class Limits:
             before decoding; JPEGs are then decoded at reduced scale when large).
         timeout_s: wall-clock seconds to read, hash and decode one image item (in a
             decoder process, which is killed when it runs over).
-        memory_mb: address space a decoder process may add to its start-up size, MiB
-            (``RLIMIT_AS``; beyond it an allocation fails and the item fails).
+        memory_mb: peak resident memory of a decoder process, MiB (images that need more
+            are refused before decoding; ``RLIMIT_AS`` holds the process to it).
         max_text_chars: longest caption embedded, characters.
         max_key_bytes: longest item key (a path or an id), UTF-8 bytes.
         max_ref_chars: longest image path / URL value of an attached table, characters.

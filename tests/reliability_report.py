@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = "docs/RELIABILITY.md"
 TEST_FILES = ["tests/test_reliability*.py", "tests/test_security*.py", "tests/test_sync_security.py",
               "tests/test_reembed_safety.py",
-              "tests/test_bad_input*.py", "tests/test_hostile*.py"]
+              "tests/test_bad_input*.py", "tests/test_hostile*.py", "tests/test_decode_sandbox.py"]
 
 #: The rights a sync worker needs, from the one source of truth ``jointembed.grant_usage``
 #: (sql/functions/70_grants.sql; docs/SYNC.md "Roles"): EXECUTE on the queue functions
@@ -85,7 +85,8 @@ a wrong password, in URI and `key=value` form.
 _HOSTILE = """\
 ## Hostile input: the per-item limits
 
-Every item read by `index`, `search image`, `sync`, `worker` and the Ray backfill is
+Every item read by `index`, `search image` (and `Collection.search(Path | bytes)`,
+`Bundle.encode_images`), the `--html` gallery, `sync`, `worker` and the Ray backfill is
 bounded by one set of limits (`jointembed_pg/limits.py`; environment variables override):
 
 | limit | default | variable |
@@ -93,7 +94,7 @@ bounded by one set of limits (`jointembed_pg/limits.py`; environment variables o
 | encoded image file / bytea | {max_file_bytes:,} bytes (checked before reading) | `JOINTEMBED_MAX_FILE_BYTES` |
 | decoded pixels | {max_pixels:,} (from the header, before decoding) | `JOINTEMBED_MAX_PIXELS` |
 | time per image item | {timeout_s:g} s (read + hash + decode, in a decoder process) | `JOINTEMBED_ITEM_TIMEOUT_S` |
-| decoder process address space | start-up size + {memory_mb} MiB (`RLIMIT_AS`) | `JOINTEMBED_DECODE_MEMORY_MB` |
+| decoder process memory | {memory_mb} MiB peak RSS (estimated from the header before decoding; `RLIMIT_AS` holds the process to it) | `JOINTEMBED_DECODE_MEMORY_MB` |
 | caption | {max_text_chars:,} characters | `JOINTEMBED_MAX_TEXT_CHARS` |
 | item key (path or id) | {max_key_bytes:,} UTF-8 bytes | `JOINTEMBED_MAX_KEY_BYTES` |
 | image path / URL of an attached table | {max_ref_chars:,} characters | `JOINTEMBED_MAX_REF_CHARS` |
@@ -101,7 +102,7 @@ bounded by one set of limits (`jointembed_pg/limits.py`; environment variables o
 Only regular files are read (`jointembed_pg/files.py`: `stat`, then `open(O_NONBLOCK)`
 and `fstat` of the opened descriptor); below an `--image-root` the real path must stay
 inside the root (`..` and absolute paths refused). Images are read, hashed and decoded in
-decoder processes (`jointembed_pg/ingest/sandbox.py`) that answer with JSON + raw float32 (never
+decoder processes (`jointembed_pg/model/decoder.py`) that answer with JSON + raw float32 (never
 pickle); a decoder that hangs past the deadline or dies fails that item only and is
 replaced, and a stop request (SIGTERM) interrupts a load within 0.1 s. Text that
 PostgreSQL cannot store (NUL, lone surrogates, invalid UTF-8) fails its item alone.

@@ -109,7 +109,7 @@ def test_settings_progress_and_index_memory_follow_the_environment(monkeypatch):
 _ENVIRON_READERS = {
     "settings.py": "the one settings object",
     "server/embedded.py": "copies the environment for the server process (drops PG* variables)",
-    "ingest/sandbox.py": "copies the environment for decoder processes (one BLAS thread)",
+    "model/decoder.py": "copies the environment for decoder processes (one BLAS thread)",
     "cli/__init__.py": "registers the passwords of $DATABASE_URL and $PGPASSWORD for redaction before settings load",
 }
 

@@ -6,9 +6,10 @@ full image; every value is escaped for HTML text and attributes (:func:`_h`; a f
 name that is not UTF-8 shows its bytes as ``\\xNN``), and a Content-Security-Policy lets the page
 load nothing but its own inline style and ``data:`` images (no script runs, nothing
 remote is fetched). An image path is read back from the database, so it is untrusted:
-it is opened like any input image (:func:`jointembed_pg.model.preprocess.decode`: a
-regular file only -- never a FIFO or a device --, at most ``Limits.max_file_bytes`` and
-``Limits.max_pixels``), and one that fails shows as a grey box. A header names the collection, the model and
+it is opened like any input image, in a decoder process (:mod:`jointembed_pg.ingest.sandbox`:
+a regular file only -- never a FIFO or a device --, at most ``Limits.max_file_bytes``,
+``Limits.max_pixels`` and ``Limits.memory_mb``, under the item timeout), and one that
+fails shows as a grey box. A header names the collection, the model and
 the item counts and explains the numbers (L2 distance: lower is closer); hits that are
 correct by the dataset's ground truth (a query's ``relevant`` keys) are framed green
 with a check mark; every hit shows its item id for ``jointembed search item ID``.
@@ -59,21 +60,24 @@ def thumbnail_data_uri(path: str | Path, size: int = THUMB_PX, *, limits=None) -
     at ``path``, or ``None`` if it is not a readable image within ``limits`` (default
     :meth:`Limits.from_env`): missing, not a regular file (FIFO, device, socket), over the
     file-size or pixel limit (decompression bomb), corrupt."""
-    from ..errors import InputError
-    from ..model import preprocess
+    from ..errors import JointEmbedError
+    from ..model.decoder import ImageJob, shared_loader
+    from ..limits import Limits
+    from ..model.preprocess import ImageSpec
 
     if isinstance(path, (bytes, bytearray)):  # a path given as bytes, never image data here
         path = os.fsdecode(bytes(path))
     if not isinstance(path, (str, os.PathLike)):
         return None
     try:
-        im = preprocess.decode(path, limits=limits)
-        im.thumbnail((size, size))
-        buf = io.BytesIO()
-        im.save(buf, format="JPEG", quality=80)
-    except (InputError, OSError, ValueError):
+        where = os.fspath(path)
+        job = ImageJob(where=str(where), path=os.path.abspath(where), thumbnail=int(size))
+        jpeg = shared_loader(ImageSpec(), limits or Limits.from_env()).load(job).jpeg
+    except (JointEmbedError, OSError, ValueError, TypeError):
         return None
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    if not jpeg:
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
 
 
 def _h(value: Any) -> str:

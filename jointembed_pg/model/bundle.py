@@ -12,6 +12,8 @@ rows are L2-normalised (then L2 ranks exactly as cosine).
 """
 from __future__ import annotations
 
+import os
+
 import hashlib
 import json
 import threading
@@ -363,6 +365,10 @@ class Bundle:
     def load_pixels(self, sources: Sequence[str | Path | bytes], *, start: int = 0) -> np.ndarray:
         """Decode and preprocess images: ``(N, 3, S, S) float32``.
 
+        Each image is read and decoded in a decoder process of the process-wide
+        :func:`jointembed_pg.ingest.sandbox.shared_loader` (bounded memory and time, the
+        limits of :meth:`Limits.from_env`), never in this process.
+
         Args:
             sources: image paths or encoded bytes.
             start: index of ``sources[0]`` in the caller's list (used in error labels).
@@ -372,16 +378,32 @@ class Bundle:
             ItemError: an item cannot be read, labelled ``images[i]``; its ``reason``
                 names the path.
         """
+        from .decoder import ImageJob, bytes_job, shared_loader
+        from ..limits import Limits
+
         if isinstance(sources, (str, bytes, Path)):
             raise InputError(f"sources: expected a list of paths or bytes, got one {type(sources).__name__}")
         out = np.empty((len(sources), 3, self.image_spec.size, self.image_spec.size), np.float32)
+        loader = None
         for i, src in enumerate(sources, start):
+            if isinstance(src, (bytes, bytearray, memoryview)):
+                job = bytes_job(bytes(src))
+                if not job.data:
+                    raise ItemError(f"images[{i}]", "<bytes>: empty image data (0 bytes)", i)
+            elif isinstance(src, (str, os.PathLike)):
+                path = os.fspath(src)
+                if isinstance(path, bytes):
+                    path = os.fsdecode(path)
+                # absolute here: a decoder process keeps the working directory it started in
+                job = ImageJob(where=str(src), path=os.path.abspath(path) if "\x00" not in path else path)
+            else:
+                raise ItemError(f"images[{i}]", f"expected a path or bytes, got {type(src).__name__}", i)
             try:
-                out[i - start] = load_image(src, self.image_spec)
+                loader = loader or shared_loader(self.image_spec, Limits.from_env())
+                loaded = loader.load(job)
             except InputError as e:
                 raise ItemError(f"images[{i}]", str(e), i) from e
-            except TypeError as e:
-                raise ItemError(f"images[{i}]", f"expected a path or bytes, got {type(src).__name__}", i) from e
+            out[i - start] = loaded.pixels
         return out
 
     def encode_images(self, sources: str | Path | bytes | Sequence[str | Path | bytes], *,
