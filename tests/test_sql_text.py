@@ -276,3 +276,28 @@ def test_quality_on_dev_through_sql(pg_dsn, st_bundle, flickr8k_dir):
         res = evaluate_split(coll, st_bundle, flickr8k_dir, "dev", progress=False, text_encoder="sql")
     m = res.metrics
     assert m["sql_t2i_ratio"] >= 0.97, m
+
+
+def test_cli_search_text_with_the_sql_encoder(loaded, module_pg_dsn, st_bundle):
+    import os
+    import subprocess
+    import sys
+
+    store, coll = loaded
+    rng = np.random.default_rng(1)
+    emb = rng.standard_normal((30, st_bundle.dim)).astype(np.float32)
+    coll.upsert([("image", f"c{i}", f"/c/{i}.jpg", None, None, e / np.linalg.norm(e)) for i, e in enumerate(emb)])
+    with store.connection() as conn:
+        db.register_vector(conn)
+        ref = conn.execute("SELECT id FROM jointembed.search_text('photos', 'a dog on the beach', 4)").fetchall()
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "jointembed_pg", "search", "text", *args, "--collection", "photos",
+                               "--dsn", module_pg_dsn, "--text-encoder", "sql", "-k", "4", "--json"],
+                              capture_output=True, text=True, timeout=300, env=dict(os.environ))
+
+    r = cli("a dog on the beach")
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(line)["id"] for line in r.stdout.splitlines()] == [x[0] for x in ref]
+    r = cli("🐶🚀")
+    assert r.returncode == 1 and "unknown to the tokenizer" in r.stderr and len(r.stderr.strip().splitlines()) == 1
