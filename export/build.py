@@ -109,6 +109,9 @@ def build_default_bundle(out_dir: Path | None = None, *, checkpoint: Path | None
         raise ExportError(f"{int8_dir(out_dir)} already exists (use --force to replace it)")
     if force or not bundle_is_current(out_dir, checkpoint):
         build_bundle(checkpoint, out_dir, data_dir=data_dir, force=force)
+    from .static_text import install_for_checkpoint
+
+    install_for_checkpoint(out_dir)  # the committed SQL text encoder of this checkpoint (issue 25), if any
     if int8:
         from .int8 import build_int8_bundle
 

@@ -57,7 +57,9 @@ $fn$;
 CREATE OR REPLACE FUNCTION jointembed.text_pieces(p_model_id text, p_text text)
 RETURNS integer[]
 LANGUAGE plpgsql STABLE PARALLEL SAFE
-SET search_path = pg_catalog, jointembed, pg_temp AS $fn$
+SET search_path = pg_catalog, jointembed, pg_temp
+SET plan_cache_mode = force_generic_plan   -- index look-ups: planning each call cost more than they do
+AS $fn$
 DECLARE
     enc   jointembed.text_encoders;
     words text[];
@@ -101,12 +103,14 @@ BEGIN
                 wp := '{}';
                 start := 1;
                 WHILE start <= wlen LOOP         -- greedy longest match first
-                    SELECT v.id, x.e - start + 1 INTO pid, plen
-                    FROM generate_series(wlen, start, -1) AS x(e)
-                    JOIN jointembed.text_vocab v
-                      ON v.model_id = p_model_id
-                     AND v.piece = CASE WHEN start = 1 THEN '' ELSE '##' END || substr(w, start, x.e - start + 1)
-                    ORDER BY x.e DESC LIMIT 1;
+                    -- every candidate w[start:e] in one index scan (= ANY), the longest wins
+                    SELECT v.id, char_length(v.piece) - CASE WHEN start = 1 THEN 0 ELSE 2 END INTO pid, plen
+                    FROM jointembed.text_vocab v
+                    WHERE v.model_id = p_model_id
+                      AND v.piece = ANY (ARRAY(SELECT CASE WHEN start = 1 THEN '' ELSE '##' END
+                                                      || substr(w, start, x.e - start + 1)
+                                               FROM generate_series(start, wlen) AS x(e)))
+                    ORDER BY char_length(v.piece) DESC LIMIT 1;
                     IF NOT FOUND THEN
                         wp := ARRAY[enc.unk_id];
                         EXIT;
@@ -132,7 +136,9 @@ CREATE OR REPLACE FUNCTION jointembed.embed_text_model(p_model_id text, p_query 
                                                        p_who text DEFAULT 'jointembed.embed_text')
 RETURNS @vector@.vector
 LANGUAGE plpgsql STABLE PARALLEL SAFE
-SET search_path = pg_catalog, jointembed, pg_temp AS $fn$
+SET search_path = pg_catalog, jointembed, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $fn$
 DECLARE
     enc   jointembed.text_encoders;
     ids   integer[] := jointembed.text_pieces(p_model_id, p_query);
@@ -145,7 +151,7 @@ BEGIN
         RAISE EXCEPTION '%: cannot embed %: no word pieces left after normalisation (empty, whitespace or control characters only)',
             p_who, quote_literal(left(p_query, 40)) USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    SELECT count(*) INTO unk FROM unnest(ids) AS u(id) WHERE u.id = enc.unk_id;
+    unk := cardinality(array_positions(ids, enc.unk_id));
     IF unk = cardinality(ids) THEN
         RAISE EXCEPTION '%: cannot embed %: % of % word pieces are unknown to the tokenizer ([UNK])',
             p_who, quote_literal(left(p_query, 40)), unk, cardinality(ids)
