@@ -142,9 +142,14 @@ def embed(vectors: np.ndarray, bias: np.ndarray, lists: list[list[int]]) -> np.n
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
-def train(T: dict, tok, max_pieces: int, *, epochs: int = 6, lam: float = 1.0, lr: float = 1e-3,
-          batch: int = 128, seed: int = 0, log_fn=print) -> dict:
+def train(T: dict, tr_ids: list[list[int]], dev_ids: list[list[int]], *, epochs: int = 6, lam: float = 1.0,
+          lr: float = 1e-3, batch: int = 128, seed: int = 0, device: str = "cpu", log_fn=print) -> dict:
     """Train the token vectors; returns the best-on-dev state and the per-epoch dev curve.
+
+    Args:
+        T: teacher signals (:func:`teacher`): ``tok``, ``img_train``, ``cap_train``,
+            ``capimg_train``, ``img_dev``, ``capimg_dev``.
+        tr_ids / dev_ids: WordPiece ids of the train / dev captions (:func:`piece_ids`).
 
     Returns:
         dict with ``vectors (V, D) float32``, ``bias (D,) float32``, ``epoch`` (chosen on
@@ -156,23 +161,34 @@ def train(T: dict, tok, max_pieces: int, *, epochs: int = 6, lam: float = 1.0, l
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    tr_ids = piece_ids(tok, list(T["text_train"]), max_pieces)
-    dev_ids = piece_ids(tok, list(T["text_dev"]), max_pieces)
     V, D = T["tok"].shape
     counts = np.bincount([i for l in tr_ids for i in l], minlength=V).astype(np.float64)
     p = counts / counts.sum()
-    init = (SIF_A / (SIF_A + p))[:, None] * T["tok"]
-    W = torch.nn.Parameter(torch.tensor(init, dtype=torch.float32))
-    bvec = torch.nn.Parameter(torch.zeros(D))
+    init = ((SIF_A / (SIF_A + p))[:, None] * T["tok"].astype(np.float32)).astype(np.float32)
+    # only tokens of the training captions get gradients: train those rows alone (4x less
+    # Adam work than the whole vocabulary), the rest stay at their initialisation
+    used = np.flatnonzero(counts > 0)
+    remap = np.full(V, -1, np.int64)
+    remap[used] = np.arange(len(used))
+    tr_ids = [remap[np.asarray(l, np.int64)].tolist() for l in tr_ids]
+    W = torch.nn.Parameter(torch.tensor(init[used], device=device))
+
+    def full_vectors() -> np.ndarray:
+        out = init.copy()
+        out[used] = W.detach().cpu().numpy()
+        return out
+
+    bvec = torch.nn.Parameter(torch.zeros(D, device=device))
     opt = torch.optim.Adam([W, bvec], lr=lr)
-    img = torch.tensor(T["img_train"])
-    ids, capimg, tower = tr_ids, T["capimg_train"], T["cap_train"]
-    tower_t = torch.tensor(tower)
+    img = torch.tensor(T["img_train"], dtype=torch.float32, device=device)
+    ids, capimg = tr_ids, np.asarray(T["capimg_train"])
+    tower_t = torch.tensor(T["cap_train"], dtype=torch.float32, device=device)
+    img_dev = np.asarray(T["img_dev"], np.float32)
 
     def dev_metrics() -> dict:
-        return t2i_recall(embed(W.detach().numpy(), bvec.detach().numpy(), dev_ids), T["img_dev"], T["capimg_dev"])
+        return t2i_recall(embed(full_vectors(), bvec.detach().cpu().numpy(), dev_ids), img_dev, T["capimg_dev"])
 
-    best = {"epoch": 0, "dev": dev_metrics(), "vectors": W.detach().numpy().copy(), "bias": bvec.detach().numpy().copy()}
+    best = {"epoch": 0, "dev": dev_metrics(), "vectors": full_vectors(), "bias": bvec.detach().cpu().numpy().copy()}
     curve = [best["dev"]]
     log_fn(f"epoch 0 (init): dev t2i rsum {best['dev']['t2i_rsum']:.1f}")
     times = []
@@ -182,16 +198,16 @@ def train(T: dict, tok, max_pieces: int, *, epochs: int = 6, lam: float = 1.0, l
         for s in range(0, len(order), batch):
             bi = order[s:s + batch]
             flat, off = _bags([ids[i] for i in bi])
-            e = F.embedding_bag(flat, W, off, mode="sum") + bvec
+            e = F.embedding_bag(flat.to(device), W, off.to(device), mode="sum") + bvec
             e = F.normalize(e, dim=1)
-            im = img[capimg[bi]]
+            im = img[torch.as_tensor(capimg[bi], device=device)]
             sim = e @ im.T  # (B, B): caption i vs image of caption j
-            same = torch.tensor(capimg[bi][:, None] == capimg[bi][None, :])
+            same = torch.as_tensor(capimg[bi][:, None] == capimg[bi][None, :], device=device)
             pos = sim.diagonal()
             neg = sim.masked_fill(same, -1e4)
             cost_im = (MARGIN + neg - pos[:, None]).clamp(min=0).max(1).values   # hardest image per caption
             cost_c = (MARGIN + neg - pos[None, :]).clamp(min=0).max(0).values    # hardest caption per image
-            distill = (1 - (e * tower_t[bi]).sum(1)).sum()
+            distill = (1 - (e * tower_t[torch.as_tensor(bi, device=device)]).sum(1)).sum()
             loss = cost_im.sum() + cost_c.sum() + lam * distill
             opt.zero_grad()
             loss.backward()
@@ -201,7 +217,7 @@ def train(T: dict, tok, max_pieces: int, *, epochs: int = 6, lam: float = 1.0, l
         curve.append(m)
         log_fn(f"epoch {ep}: dev t2i rsum {m['t2i_rsum']:.1f} ({times[-1]:.0f} s)")
         if m["t2i_rsum"] > best["dev"]["t2i_rsum"]:
-            best = {"epoch": ep, "dev": m, "vectors": W.detach().numpy().copy(), "bias": bvec.detach().numpy().copy()}
+            best = {"epoch": ep, "dev": m, "vectors": full_vectors(), "bias": bvec.detach().cpu().numpy().copy()}
     best["curve"] = curve
     best["epoch_s"] = float(np.mean(times)) if times else 0.0
     return best
@@ -226,7 +242,7 @@ def save_artefact(path: Path, vectors: np.ndarray, bias: np.ndarray, tower_tok: 
 
 
 def run(bundle_dir: Path, data_dir: Path, out: Path, *, cache_dir: Path, epochs: int, lam: float,
-        seed: int = 0) -> dict:
+        seed: int = 0, device: str = "cpu") -> dict:
     """The whole command: teacher signals (cached), training, dev choice, test report, artefact."""
     from jointembed_pg.model.bundle import read_manifest
 
@@ -236,7 +252,8 @@ def run(bundle_dir: Path, data_dir: Path, out: Path, *, cache_dir: Path, epochs:
     tok = raw_tokenizer(bundle_dir)
     T = teacher(bundle_dir, data_dir, Path(cache_dir) / f"static_text_teacher_{manifest['model_id']}.npz")
     t_teacher = time.time() - t_start
-    best = train(T, tok, max_pieces, epochs=epochs, lam=lam, seed=seed)
+    best = train(T, piece_ids(tok, list(T["text_train"]), max_pieces), piece_ids(tok, list(T["text_dev"]), max_pieces),
+                 epochs=epochs, lam=lam, seed=seed, device=device)
     vec16 = best["vectors"].astype(np.float16)
     test_ids = piece_ids(tok, list(T["text_test"]), max_pieces)
     test = t2i_recall(embed(vec16, best["bias"], test_ids), T["img_test"], T["capimg_test"])
@@ -279,6 +296,7 @@ def add_parser(sub) -> None:
     p.add_argument("--lam", type=float, default=1.0, help="distillation weight (x batch)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="torch device of the training loop (cpu, cuda)")
     p.set_defaults(func=_cmd)
 
 
@@ -290,6 +308,7 @@ def _cmd(a: argparse.Namespace) -> None:
     torch.set_num_threads(a.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     data_dir = a.data_dir or paths.default_data_dir()
-    meta = run(a.bundle, data_dir, a.out, cache_dir=a.cache_dir, epochs=a.epochs, lam=a.lam, seed=a.seed)
+    meta = run(a.bundle, data_dir, a.out, cache_dir=a.cache_dir, epochs=a.epochs, lam=a.lam, seed=a.seed,
+               device=a.device)
     print(json.dumps(meta["metrics"] | {"epoch": meta["training"]["epoch_chosen_on_dev"],
                                         "seconds": meta["seconds"]}, indent=1))

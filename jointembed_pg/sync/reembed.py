@@ -88,9 +88,9 @@ def reembed(conn, table: str, bundle, *, schema: str | None = None, cfg: SyncCon
     ver = _row(Version, _call(conn, "SELECT * FROM jointembed._sync_begin_version(%s, %s, %s)",
                               [att.id, bundle.model_id, int(bundle.dim)]))
     target = Target(att, ver)
-    from ..search import text_sql
+    from .text_encoder import load_if_possible
 
-    text_sql.load_if_possible(conn, bundle)  # the new model's SQL text encoder (the old one goes with its version)
+    load_if_possible(conn, bundle)  # the new model's SQL text encoder (the old one goes with its version)
     report.sync = drain(conn, target, bundle, cfg, progress=progress)
     if switch:
         deadline = time.monotonic() + SWITCH_WAIT_S
