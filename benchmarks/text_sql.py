@@ -102,11 +102,12 @@ def run(dsn: str | None, bundle_path: Path | None, rows: int, repeat: int) -> di
         bundle.encode_texts(QUERIES[0])
         for r in range(repeat):
             q, sq = QUERIES[r % len(QUERIES)], SLOW_QUERIES[r % len(SLOW_QUERIES)]
-            for key, stmt, args in (
-                    ("embed_fast", "SELECT jointembed.embed_text(%s, %s)", [name, q]),
-                    ("embed_slow", "SELECT jointembed.embed_text(%s, %s)", [name, sq]),
-                    ("search_text", "SELECT * FROM jointembed.search_text(%s, %s, 10)", [name, q]),
-                    ("search", "SELECT * FROM jointembed.search(%s, %s, 10, 'image')", [name, vecs[q]])):
+            stmts = [("embed_fast", "SELECT jointembed.embed_text(%s, %s)", [name, q]),
+                     ("embed_slow", "SELECT jointembed.embed_text(%s, %s)", [name, sq]),
+                     ("search_text", "SELECT * FROM jointembed.search_text(%s, %s, 10)", [name, q]),
+                     ("search", "SELECT * FROM jointembed.search(%s, %s, 10, 'image')", [name, vecs[q]])]
+            for j in rng.permutation(len(stmts)):  # no statement always first after a pause
+                key, stmt, args = stmts[j]
                 t = time.perf_counter()
                 cur.execute(stmt, args).fetchall()
                 times[key].append(time.perf_counter() - t)
