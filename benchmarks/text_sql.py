@@ -140,7 +140,7 @@ def markdown(r: dict) -> str:
         "# Text queries in plain SQL (`python -m benchmarks.text_sql`)", "",
         f"Model {r['model_id']}, {r['rows']:,} random unit vectors (image, HNSW m=16), PostgreSQL "
         f"{r['server']}, pgvector {r['pgvector']}; {r['repeat']} runs per statement, interleaved, measured "
-        f"at the client (local socket). The machine (2 cores) was shared with other work during the run"
+        f"at the client (local socket), in a random order each round. The machine (2 cores) was shared with other work during the run"
         + (f" (load average {la[0]:.1f} at the end)" if la else "") + ": absolute figures are noisy, the "
         "ratio was measured in one run under the same load. Loading the encoder (30,522 pieces, COPY BINARY) "
         f"took {r['load_s']:.1f} s.", "",
