@@ -305,3 +305,38 @@ def test_cli_search_text_with_the_sql_encoder(loaded, module_pg_dsn, st_bundle):
     assert [json.loads(line)["id"] for line in r.stdout.splitlines()] == [x[0] for x in ref]
     r = cli("🐶🚀")
     assert r.returncode == 1 and "unknown to the tokenizer" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_tampered_or_malformed_artefact_refused(st_bundle_dir, tmp_path):
+    """The artefact is untrusted input: a replaced file (sha256), a pickled object array,
+    a wrong shape are one-line BundleErrors; load_if_possible logs and loads nothing."""
+    import hashlib
+
+    from jointembed_pg.errors import BundleError
+
+    out = tmp_path / "b"
+    shutil.copytree(st_bundle_dir, out)
+    f = out / static_text.STATIC_FILE
+    good = f.read_bytes()
+    f.write_bytes(good[:-4] + b"\0\0\0\0")  # same size, other bytes
+    with pytest.raises(BundleError, match="sha256"):
+        static_text.load(Bundle.load(out))
+
+    def planted(arr, **kw):
+        import io
+
+        buf = io.BytesIO()
+        np.save(buf, arr, **kw)
+        data = buf.getvalue()
+        f.write_bytes(data)
+        m = json.loads((out / "manifest.json").read_text())
+        m["files"][static_text.STATIC_FILE] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        (out / "manifest.json").write_text(json.dumps(m))
+        return Bundle.load(out)
+
+    with pytest.raises(BundleError, match="not a .npy array"):
+        static_text.load(planted(np.array([{"x": 1}], dtype=object), allow_pickle=True))
+    with pytest.raises(BundleError, match="expected a"):
+        static_text.load(planted(np.zeros((10, 256), np.float32)))
+    with pytest.raises(BundleError, match="NaN"):
+        static_text.load(planted(np.full((30523, 256), np.nan, np.float32)))
