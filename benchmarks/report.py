@@ -99,7 +99,8 @@ COMPANIONS = (("BENCHMARKS_ENCODERS.md", "python -m benchmarks.encoders"),
               ("BENCHMARKS_DISTRIBUTED.md", "python -m benchmarks.distributed"),
               ("BENCHMARKS_INDEX_BUILD.md", "python -m benchmarks.index_build"),
               ("BENCHMARKS_STORAGE.md", "python -m benchmarks.storage"),
-              ("BENCHMARKS_TRIGGERS.md", "python -m benchmarks.trigger_overhead"))
+              ("BENCHMARKS_TRIGGERS.md", "python -m benchmarks.trigger_overhead"),
+              ("BENCHMARKS_TEXT_SQL.md", "python -m benchmarks.text_sql"))
 
 
 def companions(docs: Path) -> str:

@@ -159,10 +159,15 @@ def build_default_bundle(out_dir: Path | None = None, *, checkpoint: Path | None
                               f"(use --force to replace it)")
     if force or not bundle_is_current(out_dir, checkpoint):
         build_bundle(checkpoint, out_dir, data_dir=data_dir, force=force)
+    from .static_text import install_for_checkpoint
+
+    install_for_checkpoint(out_dir)  # the committed SQL text encoder of this checkpoint (issue 25), if any
     if int8 and not keep_int8:
         from .int8 import build_int8_bundle
 
         build_int8_bundle(out_dir, int8_dir(out_dir), data_dir=data_dir, force=force)
+    if int8:  # the same checkpoint's SQL text encoder, its untrained rows from the int8 text tower
+        install_for_checkpoint(int8_dir(out_dir))
     return out_dir
 
 

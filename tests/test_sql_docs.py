@@ -87,6 +87,15 @@ def photos_db(pg_dsn, flickr8k_dir):
         coll.upsert([("text", f"{names[i // 2]}#{i % 2}", None, f"caption {i}", None, e) for i, e in enumerate(txt)])
         coll.ensure_index()
         with store.transaction() as conn:
+            # a tiny SQL text encoder for model 'synthetic' (the real one: tests/test_sql_text.py)
+            vocab = ["[UNK]", "a", "dog", "running", "on", "the", "beach"]
+            db.register_vector(conn)
+            conn.execute("INSERT INTO jointembed.text_encoders (model_id, dim, vocab_size, bias, unk_id, max_pieces, "
+                         "sha256) VALUES ('synthetic', %s, %s, %s, 0, 126, 'test')",
+                         [D, len(vocab), np.zeros(D, np.float32)])
+            for i, piece in enumerate(vocab):
+                conn.execute("INSERT INTO jointembed.text_vocab (model_id, piece, id, vec) VALUES ('synthetic', %s, %s, %s)",
+                             [piece, i, txt[i]])
             conn.execute("CREATE TABLE products (id serial PRIMARY KEY, title text, image_path text)")
             for n in names[::3]:
                 conn.execute("INSERT INTO products (title, image_path) VALUES (%s, %s)", (f"product {n}", n))

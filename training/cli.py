@@ -116,7 +116,12 @@ def main(argv: list[str] | None = None) -> None:
     ev.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
     ev.add_argument("--karpathy-json", default=None)
     ev.add_argument("--threads", type=int, default=1)
+    from .static_text import add_parser as add_static_text
+
+    add_static_text(sub)
     a = ap.parse_args(argv)
+    if a.cmd == "static-text":
+        return a.func(a)
     torch.set_num_threads(a.threads)
     {"train": cmd_train, "ablation": cmd_ablation, "eval": cmd_eval}[a.cmd](a)
 

@@ -140,7 +140,13 @@ class Context:
         store = self.store(dsn)
         model = {"model_id": bundle.model_id, "dim": bundle.dim} if bundle is not None else {}
         try:
-            return store.collection(name, create=create, storage=storage, **model)
+            coll = store.collection(name, create=create, storage=storage, **model)
+            if bundle is not None:  # the model's SQL text encoder (jointembed.search_text), once per model
+                from ..search import text_sql
+
+                with store.connection() as conn:
+                    text_sql.load_if_possible(conn, bundle)
+            return coll
         except DatabaseError as e:
             names = [c.name for c in store.collections()]
             if create or name in names:

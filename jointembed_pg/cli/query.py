@@ -91,18 +91,48 @@ def query_warnings(bundle, query: str) -> list[str]:
     return []
 
 
+TEXT_ENCODER_OPTION = click.option(
+    "--text-encoder", type=click.Choice(["onnx", "sql"]), default="onnx", show_default=True,
+    help="onnx: the bundle's text tower; sql: the collection model's static text encoder computed "
+         "in the database (jointembed.embed_text, docs/SQL.md).")
+
+
+def sql_query_vector(coll, query: str) -> tuple:
+    """``(vector, warnings)`` of ``query`` by ``jointembed.embed_text`` (the database's warnings
+    about mostly-unknown queries are returned; an empty / all-unknown query is an InputError)."""
+    from ..search import text_sql
+
+    notices: list[str] = []
+    with coll.store.connection() as conn:
+        handler = lambda d: notices.append(d.message_primary or "")  # noqa: E731
+        conn.add_notice_handler(handler)
+        try:
+            vec = text_sql.embed_checked(conn, coll.name, query)
+        finally:
+            conn.remove_notice_handler(handler)
+    return vec, [n for n in notices if "unknown" in n]
+
+
 @search.command("text")
 @click.argument("query")
 @_search_options("image")
+@TEXT_ENCODER_OPTION
 @click.pass_obj
-def search_text(obj, query, k, target, collection, dsn, bundle_name, ef_search, exact, html, as_json):
+def search_text(obj, query, k, target, collection, dsn, bundle_name, ef_search, exact, html, as_json, text_encoder):
     """Find stored images (or texts) closest to the sentence QUERY (L2 distance, lower = closer).
 
     A query whose word pieces are all unknown to the tokenizer (emoji, unsupported
     scripts) is refused; one that is mostly unknown (> 50%) gets a warning (``warnings``
-    in --json).
+    in --json). With --text-encoder sql the query is embedded by the database (no text
+    tower run here), with the same refusal and warning.
     """
     with _errors():
+        if text_encoder == "sql":
+            coll = obj.collection(dsn, collection)
+            vec, warnings = sql_query_vector(coll, query)
+            _run_search(obj, coll, vec, f"text: {query}", None, query, k, target, ef_search, exact, html, as_json,
+                        warnings)
+            return
         bundle = obj.bundle(bundle_name)
         coll = obj.collection(dsn, collection, bundle=bundle)  # refuse a missing collection / other model first
         warnings = query_warnings(bundle, query)
@@ -136,9 +166,15 @@ def search_image(obj, path, k, target, collection, dsn, bundle_name, ef_search, 
 @bundle_option
 @json_option
 @progress_option
+@TEXT_ENCODER_OPTION
 @click.pass_obj
-def eval_cmd(obj, data_dir, split, collection, dsn, bundle_name, as_json, progress):
-    """Index a Flickr8K split through Postgres and report R@1/5/10 (i2t, t2i), medr and rsum."""
+def eval_cmd(obj, data_dir, split, collection, dsn, bundle_name, as_json, progress, text_encoder):
+    """Index a Flickr8K split through Postgres and report R@1/5/10 (i2t, t2i), medr and rsum.
+
+    With --text-encoder sql the captions are ranked with the embeddings jointembed.embed_text
+    computes in SQL (the static text encoder) and the report adds the ONNX tower's t2i
+    R@1+R@5+R@10 on the same split and the ratio.
+    """
     from ..evaluation.evaluate import evaluate_split
 
     with _errors():
@@ -148,15 +184,20 @@ def eval_cmd(obj, data_dir, split, collection, dsn, bundle_name, as_json, progre
         bundle = obj.bundle(bundle_name)
         name = collection or f"flickr8k_{split}"
         coll = obj.collection(dsn, name, bundle=bundle, create=True)
-        res = evaluate_split(coll, bundle, data_dir, split, progress=_progress(progress))
+        res = evaluate_split(coll, bundle, data_dir, split, progress=_progress(progress), text_encoder=text_encoder)
     m = res.metrics
     if as_json:
-        click.echo(json.dumps({**m, "split": split, "model_id": bundle.model_id, "collection": name}))
+        click.echo(json.dumps({**m, "split": split, "model_id": bundle.model_id, "collection": name,
+                               "text_encoder": text_encoder}))
         return
-    click.echo(f"Flickr8K {split} via Postgres ({res.images.total} images, {res.texts.total} captions), model {bundle.model_id}")
+    click.echo(f"Flickr8K {split} via Postgres ({res.images.total} images, {res.texts.total} captions), model {bundle.model_id}"
+               + (", captions embedded in SQL (jointembed.embed_text)" if text_encoder == "sql" else ""))
     for d in ("i2t", "t2i"):
         click.echo(f"  {d}: R@1 {m[f'{d}_R@1']:6.2f}  R@5 {m[f'{d}_R@5']:6.2f}  R@10 {m[f'{d}_R@10']:6.2f}  medr {m[f'{d}_medr']:g}")
     click.echo(f"  rsum {m['rsum']:.2f}")
+    if text_encoder == "sql":
+        click.echo(f"  t2i R@1+5+10 {m['t2i_R@1'] + m['t2i_R@5'] + m['t2i_R@10']:.2f} vs ONNX tower "
+                   f"{m['tower_t2i_rsum']:.2f}: {100 * m['sql_t2i_ratio']:.1f} %")
 
 
 @search.command("item")

@@ -28,6 +28,7 @@ import psycopg
 
 from .. import db
 from . import knn as search
+from . import text_sql
 from ..sync import catalog as sync, drain as sync_worker, reembed as sync_reembed
 from ..errors import ArgumentError, DatabaseError
 
@@ -117,6 +118,7 @@ class Attached:
         with _db_errors(), store.connection() as conn:
             att = sync.attach(conn, name, bundle, key=key, image_column=image, text_column=text,
                               image_source=image_source, image_root=image_root, schema=schema)
+            text_sql.load_if_possible(conn, bundle)   # jointembed.search_attached_text
         return cls(store, att, bundle)
 
     @classmethod
@@ -135,6 +137,7 @@ class Attached:
             att = sync.find(conn, name, schema)
             if bundle is not None:
                 sync.version_for(conn, att, bundle)
+                text_sql.load_if_possible(conn, bundle)
         return cls(store, att, bundle)
 
     # -- operations --------------------------------------------------------------------

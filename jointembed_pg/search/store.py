@@ -271,6 +271,11 @@ class Store:
         if storage is not None and storage != info.storage:
             indexing.check_storage(storage, info.dim)
             raise ModelMismatchError(f"collection {name!r} stores its embeddings as {info.storage}, not {storage}")
+        if bundle is not None:  # the model's SQL text encoder (issue 25), once per model id
+            from . import text_sql
+
+            with self.connection() as conn:
+                text_sql.load_if_possible(conn, bundle)
         return Collection(self, info, bundle=bundle)
 
     def collections(self) -> list[CollectionInfo]:
@@ -684,7 +689,7 @@ class Collection:
         return report
 
     def search(self, query: Any, k: int = 10, target: Any = search.CROSS_MODAL, *, image: bool | None = None,
-               **options: Any) -> list[Hit]:
+               text_encoder: str = "onnx", **options: Any) -> list[Hit]:
         """The ``k`` items nearest to a text, an image or a vector (L2 distance, closest first).
 
         What ``query`` is follows its Python type, never the file system
@@ -699,6 +704,9 @@ class Collection:
                 than the query's (a text searches images, an image texts, a vector images).
             image: ``True``: ``query`` is an image (a ``str`` is its path); ``False``: it
                 must be a text.
+            text_encoder: ``"onnx"`` (the bundle's text tower) or ``"sql"``: a text query is
+                embedded in the database by ``jointembed.embed_text`` (the static text
+                encoder, docs/SQL.md; no bundle needed).
             options: as :meth:`search_vector` (``ef_search``, ``exact``, ``where``,
                 ``params``, ``with_embedding``).
         Returns:
@@ -709,7 +717,15 @@ class Collection:
             ModelMismatchError: a vector of another dimension.
             ValueError: bad ``k`` / ``target`` / options.
         """
-        vec, kind = search.embed_query(self.bundle, query, self.dim, image=image)
+        if text_encoder == "sql" and isinstance(query, str) and not image:
+            from . import text_sql
+
+            with self.store.connection() as conn:
+                vec, kind = text_sql.embed_checked(conn, self.name, query), "text"
+        elif text_encoder not in ("onnx", "sql"):
+            raise ArgumentError(f"text_encoder must be 'onnx' or 'sql', got {text_encoder!r}")
+        else:
+            vec, kind = search.embed_query(self.bundle, query, self.dim, image=image)
         return self.search_vector(vec, target=search.resolve_target(target, kind), k=k, **options)
 
 

@@ -153,6 +153,9 @@ def reembed(conn, table: str, bundle, *, schema: str | None = None, cfg: SyncCon
     # a resumed build: the rows that failed before get their chance again now
     _call(conn, "SELECT jointembed.sync_retry_failed(%s, %s)", [att.id, ver.version])
     target = Target(att, ver)
+    from .text_encoder import load_if_possible
+
+    load_if_possible(conn, bundle)  # the new model's SQL text encoder (the old one goes with its version)
     report.sync = drain(conn, target, bundle, cfg, progress=progress)
     if switch:
         deadline = time.monotonic() + SWITCH_WAIT_S
