@@ -67,9 +67,10 @@ class StaticText:
 
 
 def has_static_text(bundle: Any) -> bool:
-    """Whether the bundle's manifest lists a static text encoder."""
-    m = bundle.manifest
-    return isinstance(m.get("text_static"), dict) and isinstance(m.get("files"), dict) \
+    """Whether the bundle's manifest lists a static text encoder (False for an object
+    without a manifest, e.g. a stand-in encoder of the right shape)."""
+    m = getattr(bundle, "manifest", None)
+    return isinstance(m, dict) and isinstance(m.get("text_static"), dict) and isinstance(m.get("files"), dict) \
         and STATIC_FILE in m["files"]
 
 
