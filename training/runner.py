@@ -102,13 +102,17 @@ def init_codebook_from_data(heads: JointHeads, fs: FeatureSet, device: str) -> N
     """Set the K codewords to the initial (pre-quantizer) embeddings of K random training
     items, half images and half captions, so no codeword starts far from the data."""
     q = heads.quantizer
-    k = q.codebook.shape[0]
+    k = q.k if hasattr(q, "init_from") else q.codebook.shape[0]
     heads.eval()
     imgs = torch.randint(0, fs.num_images, (k - k // 2,))
     caps = torch.randint(0, len(fs.caption_image_ids), (k // 2,))
     zi = heads.post.forward_with_z(heads.image_head(fs.image_feats[0, imgs].to(device)))[1]
     zt = heads.post.forward_with_z(heads.text_head(*(t.to(device) for t in fs.text_inputs(caps))))[1]
-    q.codebook.copy_(torch.cat([zi, zt]))
+    z = torch.cat([zi, zt])
+    if hasattr(q, "init_from"):  # product quantizer: every subspace from the same K rows
+        q.init_from(z)
+    else:
+        q.codebook.copy_(z)
     heads.train()
 
 
