@@ -179,3 +179,39 @@ def test_sql_refuses_binary_on_old_pgvector(pg_dsn, pgvector_version):
                 assert row == ("binary",)
         with store.transaction() as conn, pytest.raises(psycopg.errors.InvalidParameterValue):
             conn.execute("SELECT jointembed.set_collection_index('c', 'pq')")
+
+
+def test_cli_index_binary_option(pg_dsn, bundle_dir, tmp_path):
+    """`init --collection NAME --index binary` creates a binary collection (pgvector >= 0.7)
+    or exits 1 with the reason (0.6); `index texts` into it builds the bit index, and
+    `--index float` against it is a mismatch."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    def cli(*args):
+        e = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+        return subprocess.run([sys.executable, "-m", "jointembed_pg", *map(str, args)], capture_output=True,
+                              text=True, env=e, timeout=600)
+
+    p = cli("init", "--dsn", pg_dsn, "--collection", "b", "--index", "binary", "--bundle", bundle_dir)
+    with Store(pg_dsn) as store:
+        old = store.vector_version < (0, 7)
+    if old:
+        assert p.returncode == 1 and "index binary needs pgvector >= 0.7" in p.stderr, p.stderr
+        return
+    assert p.returncode == 0, p.stderr
+    caps = tmp_path / "caps.jsonl"
+    caps.write_text("\n".join(json.dumps({"id": f"c{i}", "text": f"a dog number {i} runs"}) for i in range(20)))
+    p = cli("index", "texts", caps, "--collection", "b", "--dsn", pg_dsn, "--bundle", bundle_dir)
+    assert p.returncode == 0, p.stderr
+    with Store(pg_dsn) as store:
+        coll = store.collection("b")
+        assert coll.info.index == "binary"
+        with store.transaction() as conn:
+            names = [r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = %s",
+                                                [coll.info.items_table]).fetchall()]
+        assert coll.index_name("text") in names
+    p = cli("index", "texts", caps, "--collection", "b", "--dsn", pg_dsn, "--bundle", bundle_dir, "--index", "float")
+    assert p.returncode == 1 and "has a binary search index, not float" in p.stderr, p.stderr
