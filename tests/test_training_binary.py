@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from jointembed_pg.metrics import retrieval_metrics
-from training.binary import (BinaryCodeLoss, binary_metrics, quantization_loss, relaxed_codes,
+from jointembed_train.binary import (BinaryCodeLoss, binary_metrics, quantization_loss, relaxed_codes,
                              sign_codes)
 
 
@@ -66,9 +66,9 @@ def test_hamming_alone_equals_l2_on_sign_vectors_and_ties_are_not_optimistic():
 def test_runner_adds_the_binary_loss_and_reports_code_metrics():
     """binary_codes=True: train_step logs the hinge on relaxed codes and the quantization term,
     they fall over a few steps on a learnable toy set, and evaluation reports Hamming rsums."""
-    from training.config import TrainConfig
-    from training.featureset import FeatureSet
-    from training.runner import build_state, evaluate_with_codes, train_step
+    from jointembed_train.config import TrainConfig
+    from jointembed_train.featureset import FeatureSet
+    from jointembed_train.runner import build_state, evaluate_with_codes, train_step
 
     torch.manual_seed(0)
     cfg = TrainConfig(binary_codes=True, lambda_bin=1.0, lambda_bin_quant=1.0, bin_tau_start=0.5, embed_dim=32,
