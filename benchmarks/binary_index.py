@@ -94,7 +94,7 @@ def _queries(conn, name: str, queries: np.ndarray, truth: np.ndarray) -> dict:
 
 
 def run_size(database, n: int, dim: int, base: np.ndarray | None, queries: np.ndarray | None, n_queries: int,
-             seed: int) -> dict:
+             seed: int, pools: tuple[int, ...] = ()) -> dict:
     conn = database.conn
     vecs = stored_vectors(base, n, dim, seed)
     if queries is None:
@@ -118,6 +118,13 @@ def run_size(database, n: int, dim: int, base: np.ndarray | None, queries: np.nd
                "load_average": machine.load_average()}
         out["kinds"][kind] = row
         print(json.dumps({"n": n, "kind": kind, **row}), flush=True)
+        if kind == "binary" and pools:
+            out["pools"] = {}
+            for pool in pools:  # this throw-away database only: a fixed pool instead of max(10 k, 100)
+                conn.execute(f"CREATE OR REPLACE FUNCTION jointembed._knn_binary_pool(p_k integer) RETURNS integer "
+                             f"LANGUAGE sql IMMUTABLE AS 'SELECT {int(pool)}'")
+                out["pools"][pool] = _queries(conn, name, queries, truth)
+                print(json.dumps({"n": n, "pool": pool, **out["pools"][pool]}), flush=True)
         conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier("jointembed", index)))
     database.drop(coll)
     return out
@@ -138,6 +145,10 @@ def render(r: dict) -> str:
         lines.append(f"| {s['n']:,} | binary / float | x{b['build_s'] / f['build_s']:.2f} | "
                      f"x{b['index_bytes'] / f['index_bytes']:.3f} | x{b['latency_ms']['p50'] / f['latency_ms']['p50']:.2f}"
                      " | | |")
+        for pool, row in s.get("pools", {}).items():
+            lat = row["latency_ms"]
+            lines.append(f"| {s['n']:,} | binary, pool {pool} | | | {lat['p50']:.2f} | {lat['p95']:.2f} | "
+                         f"{row['recall_at_10']:.3f} |")
     lines += ["", f"Base: {r['base']}; {r['queries']} queries; D = {r['dim']}; m = {M}, ef_construction = "
               f"{EF_CONSTRUCTION}, maintenance_work_mem {MEM}; PostgreSQL {m.get('postgresql')}, pgvector "
               f"{m.get('pgvector')}, {m.get('cores')} cores ({m.get('cpu')}). Float searches: jointembed.knn at "
@@ -151,6 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dim", type=int, default=256)
     p.add_argument("--base", type=Path, help=".npz with images (N0, D) and queries (Q0, D) real embeddings")
     p.add_argument("--queries", type=int, default=200)
+    p.add_argument("--pools", type=int, nargs="*", default=[], help="also measure the binary index at these fixed "
+                   "Hamming pools (redefines jointembed._knn_binary_pool in the run's database)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dsn", help="PostgreSQL to use (default: a throw-away embedded server)")
     p.add_argument("--out", type=Path)
@@ -162,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         r = {"dim": dim, "queries": a.queries, "base": str(a.base) if a.base else "synthetic Gaussian clusters",
              "machine": {**machine.facts(), **machine.postgres(database.conn)},
-             "sizes": [run_size(database, n, dim, base, queries, a.queries, a.seed) for n in a.sizes]}
+             "sizes": [run_size(database, n, dim, base, queries, a.queries, a.seed, tuple(a.pools)) for n in a.sizes]}
     finally:
         database.close()
     text = render(r)
