@@ -12,7 +12,7 @@ base's caption embeddings (text -> image) or held-out cluster points.
 
 Per index kind (``float``: HNSW ``vector_l2_ops`` on the embedding; ``binary``: HNSW
 ``bit_hamming_ops`` on ``binary_quantize(embedding)::bit(D)``, searched by
-``jointembed.knn`` with a Hamming pool of max(10 k, 100) re-ranked by exact L2), both
+``jointembed.knn`` with a Hamming pool of ``jointembed._knn_binary_pool(k)`` re-ranked by exact L2), both
 m = 16, ef_construction = 64, plain ``CREATE INDEX`` with ``maintenance_work_mem`` 2 GB:
 
 * build seconds, index bytes (``pg_relation_size``);
@@ -120,7 +120,7 @@ def run_size(database, n: int, dim: int, base: np.ndarray | None, queries: np.nd
         print(json.dumps({"n": n, "kind": kind, **row}), flush=True)
         if kind == "binary" and pools:
             out["pools"] = {}
-            for pool in pools:  # this throw-away database only: a fixed pool instead of max(10 k, 100)
+            for pool in pools:  # this throw-away database only: a fixed pool instead of the default
                 conn.execute(f"CREATE OR REPLACE FUNCTION jointembed._knn_binary_pool(p_k integer) RETURNS integer "
                              f"LANGUAGE sql IMMUTABLE AS 'SELECT {int(pool)}'")
                 out["pools"][pool] = _queries(conn, name, queries, truth)
@@ -152,7 +152,7 @@ def render(r: dict) -> str:
     lines += ["", f"Base: {r['base']}; {r['queries']} queries; D = {r['dim']}; m = {M}, ef_construction = "
               f"{EF_CONSTRUCTION}, maintenance_work_mem {MEM}; PostgreSQL {m.get('postgresql')}, pgvector "
               f"{m.get('pgvector')}, {m.get('cores')} cores ({m.get('cpu')}). Float searches: jointembed.knn at "
-              "hnsw.ef_search 40 (pgvector >= 0.8: iterative scan); binary: Hamming pool 100 re-ranked by L2.", ""]
+              "hnsw.ef_search 40 (pgvector >= 0.8: iterative scan); binary: the Hamming pool of jointembed._knn_binary_pool(10) re-ranked by L2 (rows \"pool P\": a fixed pool).", ""]
     return "\n".join(lines)
 
 

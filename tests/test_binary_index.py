@@ -17,7 +17,7 @@ from jointembed_pg.errors import DatabaseError, ModelMismatchError
 from jointembed_pg.search import indexing
 from jointembed_pg.search.store import Store
 
-D, N, K = 32, 300, 10
+D, N, K = 32, 600, 10
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -45,7 +45,7 @@ def _knn_notes(conn, stmt, params) -> tuple[list, list[str]]:
 
 @pytest.fixture(scope="module")
 def binary(module_pg_dsn, pgvector_version):
-    """300 unit images (30 clusters of 10) + 50 random captions in collection 'bin' (index binary), indexed.
+    """600 unit images (60 clusters of 10) + 50 random captions in collection 'bin' (index binary), indexed.
 
     The Store's connection has ``enable_sort = off`` so the planner takes the HNSW index
     as on a large table.
@@ -84,7 +84,7 @@ def test_catalog_row_and_bit_indexes(binary):
 
 
 def test_the_bit_index_answers_and_results_equal_exact_l2(binary):
-    """Pool max(10 k, 100) = 100 of 300 rows re-ranked: k rows, the exact L2 top k."""
+    """Pool max(40 k, 400) = 400 of 600 rows re-ranked: k rows, the exact L2 top k."""
     store, coll, emb = binary
     for qi in (0, 17, 123):
         q = emb[qi]
@@ -92,13 +92,13 @@ def test_the_bit_index_answers_and_results_equal_exact_l2(binary):
             ref = _exact_ids(conn, coll.table_ident, q)
             plan = "\n".join(r[0] for r in conn.execute(sql.SQL(
                 "EXPLAIN SELECT id FROM {} i WHERE modality = 'image' ORDER BY "
-                "CAST(binary_quantize(i.embedding) AS bit({})) <~> binary_quantize(%s::vector) LIMIT 100"
+                "CAST(binary_quantize(i.embedding) AS bit({})) <~> binary_quantize(%s::vector) LIMIT 400"
             ).format(coll.table_ident, sql.Literal(D)), [q]).fetchall())
             assert coll.index_name("image") in plan, plan
             rows, notes = _knn_notes(conn, "SELECT id, distance FROM jointembed.search('bin', %s, %s, 'image')", [q, K])
         assert [r[0] for r in rows] == ref
         assert len(rows) == K and all(a[1] <= b[1] for a, b in zip(rows, rows[1:]))
-        assert notes[0] == "jointembed.knn: binary index: 100 Hamming candidates re-ranked by L2", notes
+        assert notes[0] == "jointembed.knn: binary index: 400 Hamming candidates re-ranked by L2", notes
         assert not any("exact scan" in n for n in notes), notes  # the bit index answered
         assert [h.id for h in coll.search_vector(q, k=K)] == ref  # Python path, same function
 
@@ -122,7 +122,7 @@ def test_filtered_search_stays_exact_k(binary):
 
 
 def test_a_pool_covering_the_table_equals_exact_l2_on_random_vectors(binary):
-    """k = 30: pool max(300, 100) = every image, so re-ranking alone decides: exact order,
+    """k = 30: pool max(1200, 400) covers every image, so re-ranking alone decides: exact order,
     on a query with no structure (random), where the Hamming order differs from L2's."""
     store, coll, emb = binary
     q = _unit(np.random.default_rng(99).standard_normal(D))

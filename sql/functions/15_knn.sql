@@ -14,7 +14,7 @@
 --   * Still fewer than k rows: exact scan (ORDER BY l2_distance(...), which no index serves).
 --   * A collection with index_kind 'binary' (16_binary_index.sql): the HNSW scans above
 --     run on the bit index, ORDER BY binary_quantize(embedding)::bit(D) <~> binary_quantize(query)
---     LIMIT pool (jointembed._knn_binary_pool(k) = max(10 k, 100)), and the pool is re-ranked
+--     LIMIT pool (jointembed._knn_binary_pool(k) = max(40 k, 400)), and the pool is re-ranked
 --     by exact L2 on the full vectors; the k nearest of it come back (the exact scan stays
 --     the fallback when the pool holds fewer than k rows).
 --
