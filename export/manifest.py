@@ -53,7 +53,24 @@ def file_entries(bundle_dir: Path) -> dict[str, FileEntry]:
 
 
 def quantizer_info(config: dict[str, Any]) -> dict[str, Any] | None:
-    """``{K, M, tau_end, beta}`` (M subspaces of K codewords each) of the training config's quantizer, or ``None`` if disabled."""
+    """The manifest's ``quantizer``: ``{K, M, tau_end, beta}`` (M subspaces of K codewords
+    each) of the soft quantizer, folded into the graphs at ``tau_end``; or, for the
+    binary-code quantizer (``binary_codes``, training/binary.py), ``{"kind": "binary-sign",
+    "bits": D, ...}`` with its training settings; or ``None`` if neither is enabled.
+
+    The binary-code quantizer is a training-only relaxation of ``sign``: nothing is folded
+    into ``image.onnx`` / ``text.onnx`` (no threshold, offset or rotation is learned), the
+    graphs output the float embedding as without it, and the code is
+    ``binary_quantize(embedding)`` (bit d = ``embedding[d] > 0``), which a collection with
+    ``--index binary`` indexes.
+    """
+    if config.get("binary_codes"):
+        return {"kind": "binary-sign", "bits": int(config["embed_dim"]), "code": "binary_quantize(embedding)",
+                "folded": "nothing (sign of the exported embedding; training-only relaxation)",
+                "relaxation": "straight-through sign" if config.get("bin_straight_through") else "tanh",
+                "tau_start": float(config.get("bin_tau_start", 1.0)), "tau_end": float(config.get("bin_tau_end", 0.1)),
+                "lambda": float(config.get("lambda_bin", 1.0)), "margin": float(config.get("bin_margin", 0.2)),
+                "lambda_quant": float(config.get("lambda_bin_quant", 0.0))}
     if not config.get("quantizer"):
         return None
     return {"K": int(config["codebook_size"]), "M": int(config.get("quant_subspaces", 1)),

@@ -4,16 +4,20 @@
 -- The items table is always aliased "i" so caller filters can refer to i.<column>.
 
 -- name: collection_get
-SELECT id, name, model_id, dim, items_table, created_at, storage
+SELECT id, name, model_id, dim, items_table, created_at, storage, index_kind
 FROM jointembed.collections WHERE name = %(name)s
 
 -- name: collection_list
-SELECT id, name, model_id, dim, items_table, created_at, storage
+SELECT id, name, model_id, dim, items_table, created_at, storage, index_kind
 FROM jointembed.collections ORDER BY name
 
 -- name: collection_create
-SELECT id, name, model_id, dim, items_table, created_at, storage
+SELECT id, name, model_id, dim, items_table, created_at, storage, index_kind
 FROM jointembed.create_collection(%(name)s, %(model_id)s, %(dim)s, %(storage)s)
+
+-- name: collection_set_index
+SELECT id, name, model_id, dim, items_table, created_at, storage, index_kind
+FROM jointembed.set_collection_index(%(name)s, %(index)s)
 
 -- name: collection_drop
 SELECT jointembed.drop_collection(%(name)s)

@@ -52,7 +52,9 @@ def test_manifest_fields(bundle_dir: Path):
     assert m["inputs"] == {"image": ["pixels"], "text": ["input_ids", "attention_mask"]}
     assert m["outputs"] == {"image": ["embedding"], "text": ["embedding"]}
     q = m["quantizer"]
-    if m["training"]["quantizer"]:
+    if m["training"].get("binary_codes"):
+        assert q["kind"] == "binary-sign" and q["bits"] == m["dim"]
+    elif m["training"]["quantizer"]:
         assert q == {"K": m["training"]["codebook_size"], "M": m["training"].get("quant_subspaces", 1),
                      "tau_end": m["training"]["tau_end"], "beta": m["training"]["quant_beta"]}
     else:

@@ -32,3 +32,23 @@ def test_quantizer_and_mlp_head_export(tmp_path: Path):
     assert m["parity"]["inputs"] == "synthetic"
     assert max(m["parity"]["image_max_abs_diff"], m["parity"]["text_max_abs_diff"]) <= PARITY_ATOL
     assert Bundle.load(out).encode_texts(["a dog"]).shape == (1, 32)
+
+
+def test_binary_code_quantizer_export_names_it_and_folds_nothing(tmp_path: Path):
+    """A model trained with the binary-code quantizer exports the same float graph (nothing
+    folded in) and its manifest names the formulation; the code is sign(embedding)."""
+    import numpy as np
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(binary_codes=True, bin_straight_through=True, lambda_bin=0.5, bin_tau_end=0.2,
+                      embed_dim=32)
+    heads = JointHeads(cfg)
+    ckpt = checkpoint.save(checkpoint.from_heads(cfg, heads, {"dev": {}, "test": {}}), tmp_path / "b.pt")
+    out = build_bundle(ckpt, tmp_path / "bundle", data_dir=None)
+    m = json.loads((out / "manifest.json").read_text())
+    q = m["quantizer"]
+    assert q["kind"] == "binary-sign" and q["bits"] == 32 and q["code"] == "binary_quantize(embedding)"
+    assert q["relaxation"] == "straight-through sign" and q["lambda"] == 0.5 and q["tau_end"] == 0.2
+    assert q["folded"].startswith("nothing")
+    e = Bundle.load(out).encode_texts(["a dog", "two cats"])
+    assert e.shape == (2, 32) and np.allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)

@@ -71,6 +71,15 @@ class TrainConfig:
     quant_init: str = "random"  #: random (unit sphere) | data (initial embeddings of train items)
     quant_subspaces: int = 1  #: M; > 1 selects the product quantizer (M x codebook_size codewords)
     quant_straight_through: bool = False  #: product quantizer: hard codewords forward, soft grads (training)
+    # binary-code quantizer (training/binary.py): a training-only relaxation of sign(e), so that
+    # binary_quantize(embedding) is a good Hamming code; the exported graph is unchanged
+    binary_codes: bool = False
+    lambda_bin: float = 1.0  #: weight of the VSE++ hinge on the relaxed codes
+    bin_margin: float = 0.2  #: hinge margin in code-similarity units (1 - 2 hamming / D)
+    bin_tau_start: float = 1.0  #: tanh(sqrt(D) e / tau) temperature, annealed geometrically
+    bin_tau_end: float = 0.1
+    bin_straight_through: bool = False  #: sign(x) forward, tanh gradient backward
+    lambda_bin_quant: float = 0.0  #: weight of mean_d (1 - |sqrt(D) e_d|)^2 (pulls |e_d| to 1/sqrt(D))
     # partial fine-tuning on cached intermediate activations (mode "partial", training/partial.py)
     image_unfrozen_blocks: int = 0  #: EfficientNet-Lite0 units trained: 0 none, 1 conv head, 2 + block 15, 3 + block 14
     text_unfrozen_layers: int = 0  #: last transformer layers of MiniLM trained (0..2)

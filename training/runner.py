@@ -23,13 +23,15 @@ from tqdm import tqdm
 from . import checkpoint as ckpt_io
 from .config import TrainConfig
 from .data import Corpus, SplitView
-from .featureset import FeatureSet, evaluate, load_split
+from .binary import BinaryCodeLoss, binary_summary, quantization_loss
+from .featureset import FeatureSet, embed, evaluate, load_split
 from .losses import AdaptiveMarginLoss, CenterClassLoss, InfoNCELoss, VSE0Loss, VSEPPLoss
 from .model import JointHeads
 from .quantizer import commitment_loss, tau_at
 from .topics import DEFAULT_TOPIC, split_images
 
-STEP_FIELDS = ["step", "epoch", "loss", "rank", "center", "cls", "commit", "margin", "tau", "lr"]
+STEP_FIELDS = ["step", "epoch", "loss", "rank", "center", "cls", "commit", "bin", "bin_quant", "bin_tau",
+               "margin", "tau", "lr"]
 
 
 def seed_everything(seed: int) -> None:
@@ -58,6 +60,7 @@ class TrainState:
     rank_loss: nn.Module
     center_loss: CenterClassLoss | None
     optimizer: torch.optim.Optimizer
+    binary_loss: BinaryCodeLoss | None = None
     epoch: int = 0
     step: int = 0
     best_rsum: float = -1.0
@@ -90,7 +93,8 @@ def build_state(cfg: TrainConfig, num_concepts: int, device: str) -> TrainState:
         if cfg.center else None
     params = [p for m in (heads, rank, center) if m is not None for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return TrainState(heads, rank, center, opt)
+    binary = BinaryCodeLoss(cfg.bin_margin, cfg.bin_straight_through) if cfg.binary_codes else None
+    return TrainState(heads, rank, center, opt, binary)
 
 
 @torch.no_grad()
@@ -98,13 +102,17 @@ def init_codebook_from_data(heads: JointHeads, fs: FeatureSet, device: str) -> N
     """Set the K codewords to the initial (pre-quantizer) embeddings of K random training
     items, half images and half captions, so no codeword starts far from the data."""
     q = heads.quantizer
-    k = q.codebook.shape[0]
+    k = q.k if hasattr(q, "init_from") else q.codebook.shape[0]
     heads.eval()
     imgs = torch.randint(0, fs.num_images, (k - k // 2,))
     caps = torch.randint(0, len(fs.caption_image_ids), (k // 2,))
     zi = heads.post.forward_with_z(heads.image_head(fs.image_feats[0, imgs].to(device)))[1]
     zt = heads.post.forward_with_z(heads.text_head(*(t.to(device) for t in fs.text_inputs(caps))))[1]
-    q.codebook.copy_(torch.cat([zi, zt]))
+    z = torch.cat([zi, zt])
+    if hasattr(q, "init_from"):  # product quantizer: every subspace from the same K rows
+        q.init_from(z)
+    else:
+        q.codebook.copy_(z)
     heads.train()
 
 
@@ -136,6 +144,11 @@ def train_step(cfg: TrainConfig, st: TrainState, fs: FeatureSet, cap_idx: torch.
         commit = commitment_loss(z, q.quantize(z))
         loss = loss + cfg.lambda_commit * commit
         logs["commit"] = commit.item()
+    if st.binary_loss is not None:  # binary-code quantizer (training/binary.py), training only
+        b = st.binary_loss(u, v, y)
+        bq = quantization_loss(torch.cat([u, v])) if cfg.lambda_bin_quant > 0 else b.new_zeros(())
+        loss = loss + cfg.lambda_bin * b + cfg.lambda_bin_quant * bq
+        logs.update(bin=b.item(), bin_quant=bq.item(), bin_tau=st.binary_loss.tau)
     st.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.grad_clip > 0:
@@ -160,6 +173,8 @@ def run_epoch(cfg: TrainConfig, st: TrainState, fs: FeatureSet, device: str, tot
             g["lr"] = lr
         if st.heads.quantizer is not None:
             st.heads.quantizer.set_tau(tau_at(st.step / max(1, total - 1), cfg.tau_start, cfg.tau_end))
+        if st.binary_loss is not None:
+            st.binary_loss.tau = tau_at(st.step / max(1, total - 1), cfg.bin_tau_start, cfg.bin_tau_end)
         logs = train_step(cfg, st, fs, order[b * cfg.batch_size:(b + 1) * cfg.batch_size], device)
         step_log.writerow({"step": st.step, "epoch": st.epoch + 1, "lr": lr, **logs})
         losses.append(logs["loss"])
@@ -173,7 +188,7 @@ def end_epoch(cfg: TrainConfig, st: TrainState, dev: FeatureSet, mean_loss: floa
     tau_now = float(q.tau) if q is not None else None
     if q is not None:
         q.set_tau(cfg.tau_end)
-    metrics = evaluate(st.heads, dev)
+    metrics = evaluate_with_codes(st.heads, dev)
     if q is not None:
         q.set_tau(tau_now)
     st.epoch += 1
@@ -185,6 +200,16 @@ def end_epoch(cfg: TrainConfig, st: TrainState, dev: FeatureSet, mean_loss: floa
         st.best_rsum, st.best_epoch = metrics["rsum"], st.epoch
         st.best_heads = {k: v.detach().cpu().clone() for k, v in st.heads.state_dict().items()}
     return row
+
+
+def evaluate_with_codes(heads: JointHeads, fs: FeatureSet) -> dict[str, float]:
+    """:func:`featureset.evaluate`'s L2 metrics plus the rsum of the sign codes (Hamming alone,
+    and Hamming top-R re-ranked by L2: ``ham_rsum``, ``rr10_rsum`` .., training/binary.py)."""
+    from jointembed_pg.metrics import retrieval_metrics
+
+    u, v = embed(heads, fs)
+    ids = fs.caption_image_ids.numpy()
+    return {**retrieval_metrics(u, v, ids), **binary_summary(u, v, ids)}
 
 
 def write_history(out: Path, history: list[dict]) -> None:
@@ -254,7 +279,7 @@ def finish(cfg: TrainConfig, st: TrainState, corpus: Corpus, out: Path, cache_di
     st.heads.load_state_dict(st.best_heads)
     if st.heads.quantizer is not None:
         st.heads.quantizer.set_tau(cfg.tau_end)
-    metrics = {s: evaluate(st.heads, load_split(cfg, corpus, s, cache_dir, ("center",), device))
+    metrics = {s: evaluate_with_codes(st.heads, load_split(cfg, corpus, s, cache_dir, ("center",), device))
                for s in ("dev", "test")}
     info = {"best_epoch": st.best_epoch, "train_seconds": round(seconds, 1),
             "selection": "best dev rsum over epochs"}

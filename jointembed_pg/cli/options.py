@@ -82,6 +82,12 @@ storage_option = click.option("--storage", type=click.Choice(["vector", "halfvec
                               help="Embedding type of a new collection: vector (float32, default) or halfvec "
                                    "(float16, half the bytes; pgvector >= 0.7). An existing one must match.")
 
+search_index_option = click.option(
+    "--index", "search_index", type=click.Choice(["float", "binary"]), default=None,
+    help="Search index of a new collection: float (HNSW on the embeddings, L2; default) or binary (HNSW on "
+         "the sign bits, binary_quantize(embedding)::bit(D), ~32x smaller; each search re-ranks a Hamming "
+         "candidate pool by exact L2; pgvector >= 0.7). An existing one must match.")
+
 
 def _check_memory_cap(ctx, param, value):
     """Refuse a bad ``--memory-cap`` / ``$JOINTEMBED_INDEX_MEMORY`` as bad usage before any work."""
@@ -131,7 +137,7 @@ class Context:
             self._bundle = bulk.load_bundle(name, int8=int8, threads=budget)
         return self._bundle
 
-    def collection(self, dsn, name, *, bundle=None, create=False, storage=None):
+    def collection(self, dsn, name, *, bundle=None, create=False, storage=None, index=None):
         """Open collection ``name`` (checking ``bundle``'s model); a missing one is an
         :class:`InputError` listing the existing names (and the closest one)."""
         from ..errors import DatabaseError
@@ -140,7 +146,7 @@ class Context:
         store = self.store(dsn)
         model = {"model_id": bundle.model_id, "dim": bundle.dim} if bundle is not None else {}
         try:
-            coll = store.collection(name, create=create, storage=storage, **model)
+            coll = store.collection(name, create=create, storage=storage, index=index, **model)
             if bundle is not None:  # the model's SQL text encoder (jointembed.search_text), once per model
                 from ..search import text_sql
 

@@ -78,7 +78,8 @@ class Manifest:
         source: ``None`` or the schema-2 ``source`` block: ``{framework, architecture,
             weights, weights_sha256, licence}`` (strings) of an imported model.
         inputs, outputs: graph input/output names per encoder (:data:`INPUTS`, :data:`OUTPUTS`).
-        quantizer: ``None`` or ``{K, tau_end, beta}``.
+        quantizer: ``None``, ``{K, M, tau_end, beta}`` (soft quantizer folded into the graphs) or
+            ``{"kind": "binary-sign", "bits": D, ...}`` (codes = ``binary_quantize(embedding)``).
         training: the training config dict; metrics: ``{dev, test}`` flat metric dicts.
         source_checkpoint_sha256: sha256 of the checkpoint exported (``None`` if unknown).
         export: exporter options, opset, tool versions, creation time.

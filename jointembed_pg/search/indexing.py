@@ -51,6 +51,12 @@ STORAGES = tuple(OPCLASS)
 MAX_HNSW_DIM = {"vector": 2000, "halfvec": 4000}
 #: Oldest pgvector with each type (``halfvec`` arrived in 0.7.0).
 MIN_PGVECTOR = {"vector": (0, 5), "halfvec": (0, 7)}
+#: Search indexes of a collection: ``float`` (HNSW, L2 on the embedding) or ``binary``
+#: (HNSW, ``bit_hamming_ops`` on ``binary_quantize(embedding)::bit(D)``, re-ranked by L2 in
+#: ``jointembed.knn``; sql/functions/16_binary_index.sql).
+INDEXES = ("float", "binary")
+#: Oldest pgvector with each index kind (``binary_quantize`` / ``bit_hamming_ops``: 0.7.0).
+MIN_PGVECTOR_INDEX = {"float": (0, 5), "binary": (0, 7)}
 #: Upper bound for the ``maintenance_work_mem`` of a build, unless the caller passes one.
 DEFAULT_MEMORY_CAP = "1GB"
 #: Environment variable overriding :data:`DEFAULT_MEMORY_CAP` (e.g. ``4GB``, ``512MB``).
@@ -136,6 +142,22 @@ def memory_cap(value: int | str | None = None) -> int:
     return parse_memory(value)
 
 
+def check_index(index: str, vector_version: tuple[int, ...] | None = None) -> str:
+    """Validate a collection's search index kind (:data:`INDEXES`); returns ``index``.
+
+    Raises:
+        ArgumentError: unknown kind.
+        DatabaseError: ``binary`` on pgvector < 0.7 (no ``binary_quantize`` / ``bit_hamming_ops``).
+    """
+    if index not in INDEXES:
+        raise ArgumentError(f"index must be one of {', '.join(INDEXES)}, got {index!r}")
+    need = MIN_PGVECTOR_INDEX[index]
+    if vector_version is not None and tuple(vector_version) < need:
+        raise DatabaseError(f"index {index} needs pgvector >= {'.'.join(map(str, need))} (binary_quantize and "
+                            f"bit_hamming_ops); this server has pgvector {'.'.join(map(str, vector_version))}")
+    return index
+
+
 def hnsw_element_bytes(dim: int, m: int, storage: str = "vector") -> float:
     """Expected bytes of one element of pgvector's in-memory HNSW build graph (64-bit).
 
@@ -150,7 +172,8 @@ def hnsw_element_bytes(dim: int, m: int, storage: str = "vector") -> float:
     * the neighbour-list pointer array: ``8 * (L + 1)`` bytes for an element of level ``L``;
     * neighbour arrays ``HNSW_NEIGHBOR_ARRAY_SIZE(lm) = 8 + 16 * lm``, ``lm = 2m`` on layer
       0 and ``m`` above (``HnswGetLayerM``);
-    * the value: ``8 + 4 * dim`` bytes (vector) or ``8 + 2 * dim`` (halfvec).
+    * the value: ``8 + 4 * dim`` bytes (vector), ``8 + 2 * dim`` (halfvec) or
+      ``8 + dim / 8`` (``storage="bit"``: the binary index's ``bit(dim)``).
 
     Levels follow ``floor(-ln(U) * mL)`` with ``mL = 1 / ln(m)`` (``HnswGetMl``), so the
     expected number of upper layers is ``sum_{l>=1} m^-l = 1 / (m - 1)``.
@@ -159,7 +182,7 @@ def hnsw_element_bytes(dim: int, m: int, storage: str = "vector") -> float:
         return 8 * -(-n // 8) + 8
 
     upper = 1.0 / (m - 1)
-    value = 8 + (4 if storage == "vector" else 2) * dim
+    value = 8 + {"vector": 4, "halfvec": 2, "bit": 0.125}[storage] * dim
     return (chunk(128) + chunk(8 * (1 + upper)) + chunk(8 + 16 * 2 * m)
             + upper * chunk(8 + 16 * m) + chunk(value))
 
@@ -213,6 +236,7 @@ class IndexSpec:
     m: int
     ef_construction: int
     opclass_schema: str | None = None   # schema of pgvector's operator classes
+    binary: bool = False                # index binary_quantize(embedding)::bit(dim) with bit_hamming_ops
 
     @property
     def table_ident(self) -> sql.Identifier:
@@ -223,11 +247,17 @@ class IndexSpec:
         return sql.Identifier(self.schema, self.name)
 
     def create(self, concurrently: bool) -> sql.Composed:
-        opclass = OPCLASS[self.storage]
+        opclass = "bit_hamming_ops" if self.binary else OPCLASS[self.storage]
         op = sql.Identifier(self.opclass_schema, opclass) if self.opclass_schema else sql.Identifier(opclass)
-        return sql.SQL("CREATE INDEX {cc} {index} ON {table} USING hnsw (embedding {op}) "
+        column = sql.SQL("embedding")
+        if self.binary:   # the expression jointembed.knn orders by (sql/functions/15_knn.sql)
+            fn = sql.Identifier(self.opclass_schema, "binary_quantize") if self.opclass_schema \
+                else sql.Identifier("binary_quantize")
+            column = sql.SQL("(CAST({fn}(embedding) AS pg_catalog.bit({dim})))").format(
+                fn=fn, dim=sql.Literal(int(self.dim)))
+        return sql.SQL("CREATE INDEX {cc} {index} ON {table} USING hnsw ({column} {op}) "
                        "WITH (m = {m}, ef_construction = {efc}) WHERE modality = {modality}").format(
-            cc=sql.SQL("CONCURRENTLY" if concurrently else ""), index=sql.Identifier(self.name),
+            cc=sql.SQL("CONCURRENTLY" if concurrently else ""), index=sql.Identifier(self.name), column=column,
             table=self.table_ident, op=op, m=sql.Literal(int(self.m)),
             efc=sql.Literal(int(self.ef_construction)), modality=sql.Literal(self.modality))
 
@@ -345,7 +375,7 @@ def _build(conn: psycopg.Connection, spec: IndexSpec, fixed: int | None, limit: 
     server = parse_memory(conn.execute("SELECT setting::bigint * 1024 FROM pg_settings "
                                        "WHERE name = 'maintenance_work_mem'").fetchone()[0])
     plan = (MemoryPlan(fixed, server, fixed, fixed) if fixed is not None
-            else plan_memory(rows, spec.dim, spec.m, spec.storage, server=server, cap=limit))
+            else plan_memory(rows, spec.dim, spec.m, "bit" if spec.binary else spec.storage, server=server, cap=limit))
     if not plan.fits:
         log.warning("index %s: the HNSW graph of %d rows needs ~%d MB of maintenance_work_mem, capped at %d MB; "
                     "the build finishes on disk, several times slower (raise the cap: --memory-cap or $%s)",

@@ -59,6 +59,7 @@ class CollectionInfo:
     items_table: str
     created_at: datetime
     storage: str = "vector"   # type of the embedding column: "vector" (float32) or "halfvec" (float16)
+    index: str = "float"      # search index: "float" (HNSW, L2) or "binary" (Hamming HNSW + L2 re-rank)
 
 
 class Store:
@@ -212,7 +213,7 @@ class Store:
     # -- collections -----------------------------------------------------------------
     def collection(self, name: str, *, bundle: Any = None, model_id: str | None = None,
                    dim: int | None = None, create: bool | None = None,
-                   storage: str | None = None) -> "Collection":
+                   storage: str | None = None, index: str | None = None) -> "Collection":
         """Open (or create) the collection ``name``, checking its model once, here.
 
         ``model_id`` / ``dim`` / ``storage``, when given, must equal the stored ones;
@@ -229,12 +230,17 @@ class Store:
             storage: type of the embedding column of a new collection: ``"vector"``
                 (default; float32, HNSW up to 2000 dimensions) or ``"halfvec"`` (float16,
                 half the bytes, HNSW up to 4000 dimensions, pgvector >= 0.7).
+            index: search index of a new collection: ``"float"`` (default; HNSW on the
+                embedding, L2) or ``"binary"`` (HNSW with ``bit_hamming_ops`` on
+                ``binary_quantize(embedding)::bit(D)``, ~32x smaller; every search takes a
+                Hamming candidate pool from it and re-ranks it by exact L2, ``jointembed.knn``;
+                pgvector >= 0.7). An existing collection's must match.
 
         Raises:
-            ModelMismatchError: ``model_id``, ``dim`` or ``storage`` differs from the
+            ModelMismatchError: ``model_id``, ``dim``, ``storage`` or ``index`` differs from the
                 collection's (checked before anything is written).
             DatabaseError: no such collection and ``create`` is false; ``halfvec`` on
-                pgvector < 0.7.
+                pgvector < 0.7; ``binary`` index on pgvector < 0.7.
             ArgumentError: invalid name or dim, or ``model_id``/``dim`` contradicting
                 ``bundle`` (also a ValueError).
             ValueError: invalid name, ``create`` without ``model_id``/``dim``, unknown
@@ -262,15 +268,21 @@ class Store:
             if model_id is None or dim is None:
                 raise ValueError(f"creating collection {name!r} needs model_id and dim")
             indexing.check_storage(storage or "vector", dim, self.vector_version)
+            indexing.check_index(index or "float", self.vector_version)
             with self.transaction() as conn:
                 row = conn.execute(query("collection_create"), {"name": name, "model_id": model_id,
                                                                 "dim": int(dim), "storage": storage or "vector"}
                                    ).fetchone()
+                if (index or "float") != row[-1] and row[0] is not None:
+                    row = conn.execute(query("collection_set_index"), {"name": name, "index": index}).fetchone()
         info = CollectionInfo(*row)
         _check_model(info, model_id, dim)
         if storage is not None and storage != info.storage:
             indexing.check_storage(storage, info.dim)
             raise ModelMismatchError(f"collection {name!r} stores its embeddings as {info.storage}, not {storage}")
+        if index is not None and index != info.index:
+            indexing.check_index(index)
+            raise ModelMismatchError(f"collection {name!r} has a {info.index} search index, not {index}")
         if bundle is not None:  # the model's SQL text encoder (issue 25), once per model id
             from . import text_sql
 
@@ -497,14 +509,15 @@ class Collection:
 
     # -- indexing --------------------------------------------------------------------
     def index_name(self, modality: str) -> str:
-        """Name of the HNSW index of one modality: ``items_<id>_<modality>_hnsw``."""
-        return f"{self.info.items_table}_{modality}_hnsw"
+        """Name of the HNSW index of one modality: ``items_<id>_<modality>_hnsw``, or
+        ``items_<id>_<modality>_bit_hnsw`` for a ``binary`` search index."""
+        return f"{self.info.items_table}_{modality}_{'bit_' if self.info.index == 'binary' else ''}hnsw"
 
     def ensure_index(self, m: int = DEFAULT_M, ef_construction: int = DEFAULT_EF_CONSTRUCTION, *,
                      modalities: Sequence[str] = search.MODALITIES,
                      maintenance_work_mem: int | str | None = None, memory_cap: int | str | None = None,
                      progress: bool = False) -> list[str]:
-        """Create the partial HNSW indexes (L2) that do not exist yet, without blocking writers.
+        """Create the partial HNSW indexes (L2, or Hamming on the sign bits for a ``binary`` collection) that do not exist yet, without blocking writers.
 
         Built with ``CREATE INDEX CONCURRENTLY`` when the Store's connection is idle (see
         :func:`jointembed_pg.search.indexing.ensure_hnsw`): inserts, updates and deletes go on
@@ -538,7 +551,7 @@ class Collection:
                 for modality in modalities:
                     spec = indexing.IndexSpec("jointembed", self.info.items_table, self.index_name(modality),
                                               modality, self.storage, self.dim, int(m), int(ef_construction),
-                                              op_schema)
+                                              op_schema, binary=self.info.index == "binary")
                     built = indexing.ensure_hnsw(conn, spec, maintenance_work_mem=maintenance_work_mem,
                                                  cap=memory_cap, progress=progress)
                     if built is not None:

@@ -12,6 +12,11 @@
 --   * pgvector < 0.8: HNSW scans with hnsw.ef_search = max(k, ef_search), then x4 per step
 --     up to 1000 (pgvector's maximum), while fewer than k rows come back.
 --   * Still fewer than k rows: exact scan (ORDER BY l2_distance(...), which no index serves).
+--   * A collection with index_kind 'binary' (16_binary_index.sql): the HNSW scans above
+--     run on the bit index, ORDER BY binary_quantize(embedding)::bit(D) <~> binary_quantize(query)
+--     LIMIT pool (jointembed._knn_binary_pool(k) = max(40 k, 400)), and the pool is re-ranked
+--     by exact L2 on the full vectors; the k nearest of it come back (the exact scan stays
+--     the fallback when the pool holds fewer than k rows).
 --
 -- Settings are changed with set_config(..., is_local => true) and restored before
 -- returning. Each attempt is reported at DEBUG level (SET client_min_messages = debug1
@@ -75,6 +80,7 @@ DECLARE
     old_path text;
     n        bigint;
     coltype  text;   -- 'vector' or 'halfvec': the query is cast to the column's type
+    pool     integer;  -- binary index: Hamming candidates re-ranked by L2 ($4); NULL: float index
 BEGIN
     SELECT c.oid, format('%I.%I', ns.nspname, c.relname), ns.nspname, c.relname INTO rel, tbl, nsp, relname
     FROM pg_catalog.pg_type t
@@ -139,6 +145,19 @@ BEGIN
                       'WHERE i.modality OPERATOR(pg_catalog.=) CAST(%3$L AS pg_catalog.text)', vs, nsp, p_modality, coltype, relname)
                || cond || ' ORDER BY 2 LIMIT $2) s';
 
+    IF jointembed._knn_binary(rel) THEN
+        -- Hamming top-pool from the bit index (the ORDER BY expression is the index's), then
+        -- exact L2 over the pool; dim is the column's checked typmod (an integer).
+        pool := greatest(jointembed._knn_binary_pool(p_k), p_k);
+        ann_q := format('SELECT pg_catalog.array_agg(s.i ORDER BY s.d) AS items, pg_catalog.array_agg(s.d ORDER BY s.d) AS dists '
+                        'FROM (SELECT c.i, (c.i).embedding OPERATOR(%1$I.<->) CAST($1 AS %1$I.%4$I) AS d '
+                        'FROM (SELECT i FROM %2$I.%5$I i WHERE i.modality OPERATOR(pg_catalog.=) CAST(%3$L AS pg_catalog.text)', vs, nsp, p_modality, coltype, relname)
+                 || cond || format(' ORDER BY CAST(%1$I.binary_quantize(i.embedding) AS pg_catalog.bit(%3$L)) '
+                                   'OPERATOR(%1$I.<~>) %1$I.binary_quantize(CAST($1 AS %1$I.%2$I)) LIMIT $4) c '
+                                   'ORDER BY 2 LIMIT $2) s', vs, coltype, dim);
+        RAISE DEBUG 'jointembed.knn: binary index: % Hamming candidates re-ranked by L2', pool;
+    END IF;
+
     -- the filter's search_path (the caller's) is set around each statement holding the
     -- filter only; the rest of this body resolves under the function's own path
     old_path := current_setting('search_path');
@@ -159,16 +178,16 @@ BEGIN
     END IF;
 
     IF NOT p_exact THEN
-        ef := least(greatest(coalesce(p_ef_search, old_ef::integer, 40), p_k), 1000);
+        ef := least(greatest(coalesce(p_ef_search, old_ef::integer, 40), coalesce(pool, p_k)), 1000);
         IF jointembed._vector_iterative_scan() THEN
             old_it := current_setting('hnsw.iterative_scan', true);
             old_max := current_setting('hnsw.max_scan_tuples', true);
             PERFORM set_config('hnsw.iterative_scan', 'strict_order', true);
             PERFORM set_config('hnsw.max_scan_tuples',
-                               least(greatest(coalesce(old_max::bigint, 20000), 100::bigint * p_k), 2147483647)::text, true);
+                               least(greatest(coalesce(old_max::bigint, 20000), 100::bigint * coalesce(pool, p_k)), 2147483647)::text, true);
             PERFORM set_config('hnsw.ef_search', ef::text, true);
             PERFORM set_config('search_path', p_search_path, true);
-            EXECUTE ann_q INTO got USING p_query, p_k, args;
+            EXECUTE ann_q INTO got USING p_query, p_k, args, pool;
             PERFORM pg_catalog.set_config('search_path', old_path, true);
             have := coalesce(cardinality(got.items), 0);
             RAISE DEBUG 'jointembed.knn: % rows of % from iterative scan (ef_search %)', have, p_k, ef;
@@ -178,7 +197,7 @@ BEGIN
             LOOP
                 PERFORM set_config('hnsw.ef_search', ef::text, true);
                 PERFORM set_config('search_path', p_search_path, true);
-                EXECUTE ann_q INTO got USING p_query, p_k, args;
+                EXECUTE ann_q INTO got USING p_query, p_k, args, pool;
                 PERFORM pg_catalog.set_config('search_path', old_path, true);
                 have := coalesce(cardinality(got.items), 0);
                 RAISE DEBUG 'jointembed.knn: % rows of % at ef_search %', have, p_k, ef;
