@@ -25,6 +25,8 @@ def _bundle(src, dst, edit):
     for name in ("image.onnx", "text.onnx", "tokenizer.json"):
         (dst / name).symlink_to((src / name).resolve())
     m = copy.deepcopy(json.loads((src / "manifest.json").read_text()))
+    m["files"].pop("text_static.npy", None)  # not linked: this clone has no SQL text encoder
+    m.pop("text_static", None)
     edit(m)
     (dst / "manifest.json").write_text(json.dumps(m, allow_nan=True))
     return dst

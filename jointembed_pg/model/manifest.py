@@ -33,6 +33,9 @@ SOURCE_KEYS = ("framework", "architecture", "weights", "weights_sha256", "licenc
 MANIFEST = "manifest.json"
 IMAGE_ONNX, TEXT_ONNX, TOKENIZER = "image.onnx", "text.onnx", "tokenizer.json"
 BUNDLE_FILES = (IMAGE_ONNX, TEXT_ONNX, TOKENIZER)
+#: Files a bundle may have besides those: the SQL text encoder's artefact (issue 25,
+#: ``jointembed_pg.model.static_text``). Listed with sha256 and size when present.
+OPTIONAL_FILES = ("text_static.npy",)
 #: Graph input/output names per encoder (dynamic batch axis 0; text also axis 1).
 INPUTS = {"image": ["pixels"], "text": ["input_ids", "attention_mask"]}
 OUTPUTS = {"image": ["embedding"], "text": ["embedding"]}
@@ -193,8 +196,9 @@ class Manifest:
                 image = ImageSpec.from_dict(_get(m, "preprocess.image", dict))
             except (KeyError, TypeError, ValueError) as e:
                 raise BundleError(f"field 'preprocess.image' is invalid ({e})") from e
+            listed = m.get("files") if isinstance(m.get("files"), dict) else {}
             files = {n: FileEntry(_get(m, ("files", n, "sha256"), str), _get(m, ("files", n, "bytes"), int))
-                     for n in BUNDLE_FILES}
+                     for n in BUNDLE_FILES + tuple(o for o in OPTIONAL_FILES if o in listed)}
             return cls(
                 schema_version=_get(m, "schema_version", int), model_id=_get(m, "model_id", str),
                 dim=_get(m, "dim", int), distance=_get(m, "distance", str),

@@ -24,9 +24,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import BundleError, InputError
+from .manifest import OPTIONAL_FILES
 
 #: File name of the artefact inside a bundle.
-STATIC_FILE = "text_static.npy"
+STATIC_FILE = OPTIONAL_FILES[0]  # "text_static.npy"
 #: Largest artefact read (bytes): 250k pieces x 1024 dims x 4 bytes.
 MAX_STATIC_BYTES = 1 << 30
 #: The one tokenizer the SQL tokenizer implements (sql/functions/80_text.sql).
