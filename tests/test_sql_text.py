@@ -138,6 +138,25 @@ def test_empty_and_all_unknown_refused(loaded, text, what):
             conn.execute("SELECT jointembed.embed_text('photos', %s)", [text])
 
 
+def test_query_over_the_caption_limit_refused_before_normalising(loaded):
+    """A hostile 10M-character query (zero-width spaces: all work, no piece) is refused by
+    its length, not normalised for seconds; the limit itself still embeds."""
+    store, _ = loaded
+    with store.connection() as conn:
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="131072-character limit"):
+            with conn.transaction():
+                conn.execute("SELECT jointembed.embed_text('photos', %s)", ["\u200b" * 10_000_000])
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="131073 characters"):
+            with conn.transaction():
+                conn.execute("SELECT jointembed.text_pieces(%s, %s)", [_model_id(conn), "dog " * 32768 + "a"])
+        v = conn.execute("SELECT jointembed.embed_text('photos', %s)", ["dog " * 32768]).fetchone()[0]
+        assert v is not None
+
+
+def _model_id(conn):
+    return conn.execute("SELECT model_id FROM jointembed.collections WHERE name = 'photos'").fetchone()[0]
+
+
 def test_mostly_unknown_warns(loaded):
     store, _ = loaded
     notices = []
