@@ -61,3 +61,20 @@ def test_unknown_keys_are_kept_and_replace_revalidates():
     assert m.extra == {"int8": {"method": "x"}} and m.to_dict() == raw
     with pytest.raises(BundleError, match="'dim' must be positive"):
         replace(m, dim=-1)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("architecture", "ViT\r\n  fake row: parity OK", "'source.architecture' holds control character U\\+000D"),
+    ("framework", "open_clip\x1b[2J", "'source.framework' holds control character U\\+001B"),
+    ("licence", "MIT\u202egpl", "'source.licence' holds control character U\\+202E"),
+    ("weights", "w" * 5000, "'source.weights' is over 4096 characters"),
+])
+def test_source_strings_are_one_printable_line(key, value, message):
+    """`model info/list/verify` print the source fields: a schema-2 manifest whose source
+    holds CR/LF, an escape or a bidi override (a fake output line) is refused on read."""
+    src = {"framework": "open_clip", "architecture": "ViT-B-32", "weights": "laion2b", "weights_sha256": SHA,
+           "licence": "MIT"}
+    raw = _minimal(schema_version=2, source=src).to_dict()
+    raw["source"][key] = value
+    with pytest.raises(BundleError, match=message):
+        Manifest.from_dict(raw, "m")

@@ -132,6 +132,20 @@ def test_max_failed_is_checked(conn, bundle, bad):
     assert sync.find(conn, "photos").active_version == 1 and att
 
 
+@pytest.mark.parametrize("bad", ["9" * 5000, "1" + "0" * 18, "\u0661\u0662", "\uff15%", "5.1234567%", 10**19])
+def test_max_failed_odd_numbers_are_usage_errors(bad):
+    """Over-long counts and non-ASCII digits: an ArgumentError, never a ValueError traceback."""
+    from jointembed_pg.errors import ArgumentError
+    from jointembed_pg.sync.reembed import parse_max_failed
+
+    with pytest.raises(ArgumentError, match="max-failed"):
+        parse_max_failed(bad)
+    if isinstance(bad, str):
+        r = subprocess.run([sys.executable, "-m", "jointembed_pg", "reembed", "--table", "photos", "--max-failed", bad],
+                           capture_output=True, text=True, timeout=120, env=dict(os.environ))
+        assert r.returncode == 2 and "Traceback" not in r.stderr and "--max-failed" in r.stderr, r.stderr[-500:]
+
+
 # -- 2. a superuser's reembed of another role's table ------------------------------------
 @scenario("A superuser runs `reembed` on a table that another role (the owner of schema jointembed) "
           "owns and attached", "works: the new side table belongs to the owner; the owner's sync, status and "

@@ -321,6 +321,10 @@ def test_shadow_set_is_generated_and_covers_the_attack(hijack):
     for name in ("array_remove", "format", "unnest", "pg_notify", "quote_ident", "set_config", "count", "array_agg",
                  "coalesce", "jsonb_build_object", "left", "octet_length", "now", "pg_backend_pid"):
         assert name in funcs, name
+    # ... and the SQL text encoder's (sql/functions/80_text.sql)
+    for name in ("regexp_replace", "btrim", "lower", "regexp_split_to_array", "char_length", "substr",
+                 "generate_series", "array_positions", "quote_literal", "quote_nullable", "cardinality"):
+        assert name in funcs and name in made["names"], name
     for op in ("=", "<>", "<=", "||", "<<", "|"):
         assert op in ops, op
     assert {"array_remove", "unnest", "pg_notify", "quote_ident", "set_config", "left", "octet_length", "now",
@@ -377,6 +381,19 @@ def test_no_shadow_runs_and_no_role_gains_rights(hijack, bundle, tmp_path, obser
                 assert len(a.execute(stmt, [vec]).fetchall()) == 3
             assert len(a.execute("SELECT * FROM jointembed.more_like_this('shadowed', %s, 2)", [hit.id]).fetchall()) == 2
             assert len(sync.search_attached(a, "photos", q, k=3, target="text")) == 3
+            # the SQL text encoder (issue 25): fast path, WordPiece slow path, [UNK], CJK, punctuation,
+            # accents, the mostly-[UNK] WARNING and a refusal
+            mid = a.execute("SELECT model_id FROM jointembed.collections WHERE name = 'shadowed'").fetchone()[0]
+            assert a.execute("SELECT jointembed.text_pieces(%s, %s)",
+                             [mid, "Ünïcödé caption, e.g. supercalifragilistic 東京 " + "x" * 120]).fetchone()[0]
+            assert a.execute("SELECT jointembed.embed_text('shadowed', 'caption number 3')").fetchone()[0] is not None
+            a.execute("SELECT jointembed.embed_text('shadowed', %s)", ["\U0001f436 \U0001f680 dog"])
+            with pytest.raises(psycopg.errors.InvalidParameterValue):
+                a.execute("SELECT jointembed.embed_text('shadowed', %s)", ["\U0001f436\u200b"])
+            assert len(a.execute("SELECT * FROM jointembed.search_text('shadowed', 'caption number 3', 3, 'text')")
+                       .fetchall()) == 3
+            assert len(a.execute("SELECT * FROM jointembed.search_attached_text('photos'::regclass, "
+                                 "'caption number 3', 3, 'text')").fetchall()) == 3
         # -- the worker role: drain, status, search
         with db.connect(_role_dsn(dsn, worker), autocommit=True) as w:
             assert sync_table(w, "photos", bundle).written >= 3

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
 from pathlib import Path
@@ -136,6 +137,25 @@ def test_empty_and_all_unknown_refused(loaded, text, what):
     with store.connection() as conn, pytest.raises(psycopg.errors.InvalidParameterValue, match=what):
         with conn.transaction():
             conn.execute("SELECT jointembed.embed_text('photos', %s)", [text])
+
+
+def test_query_over_the_caption_limit_refused_before_normalising(loaded):
+    """A hostile 10M-character query (zero-width spaces: all work, no piece) is refused by
+    its length, not normalised for seconds; the limit itself still embeds."""
+    store, _ = loaded
+    with store.connection() as conn:
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="131072-character limit"):
+            with conn.transaction():
+                conn.execute("SELECT jointembed.embed_text('photos', %s)", ["\u200b" * 10_000_000])
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="131073 characters"):
+            with conn.transaction():
+                conn.execute("SELECT jointembed.text_pieces(%s, %s)", [_model_id(conn), "dog " * 32768 + "a"])
+        v = conn.execute("SELECT jointembed.embed_text('photos', %s)", ["dog " * 32768]).fetchone()[0]
+        assert v is not None
+
+
+def _model_id(conn):
+    return conn.execute("SELECT model_id FROM jointembed.collections WHERE name = 'photos'").fetchone()[0]
 
 
 def test_mostly_unknown_warns(loaded):
@@ -322,12 +342,11 @@ def test_tampered_or_malformed_artefact_refused(st_bundle_dir, tmp_path):
     with pytest.raises(BundleError, match="sha256"):
         static_text.load(Bundle.load(out))
 
-    def planted(arr, **kw):
-        import io
-
+    def planted(arr, raw=False, **kw):
         buf = io.BytesIO()
-        np.save(buf, arr, **kw)
-        data = buf.getvalue()
+        if not raw:
+            np.save(buf, arr, **kw)
+        data = arr if raw else buf.getvalue()
         f.write_bytes(data)
         m = json.loads((out / "manifest.json").read_text())
         m["files"][static_text.STATIC_FILE] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
@@ -340,3 +359,9 @@ def test_tampered_or_malformed_artefact_refused(st_bundle_dir, tmp_path):
         static_text.load(planted(np.zeros((10, 256), np.float32)))
     with pytest.raises(BundleError, match="NaN"):
         static_text.load(planted(np.full((30523, 256), np.nan, np.float32)))
+    # a header claiming 931 TiB (or 4 GiB) on a 64-byte body: refused from the header, before np.load allocates
+    for claim in [(10**12, 256), (2**30,)]:
+        hdr = io.BytesIO()
+        np.lib.format.write_array_header_1_0(hdr, {"descr": "<f4", "fortran_order": False, "shape": claim})
+        with pytest.raises(BundleError, match=r"expected a \(30523, 256\) float32 array, got \(" + str(claim[0])):
+            static_text.load(planted(hdr.getvalue() + bytes(64), raw=True))

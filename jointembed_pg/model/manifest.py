@@ -17,6 +17,7 @@ write a manifest the runtime would refuse. Every error is a
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -30,6 +31,11 @@ SCHEMA_VERSION = 2
 SCHEMA_VERSIONS = (1, 2)
 #: Keys of the schema-2 ``source`` block (all strings; ``weights_sha256`` lowercase hex).
 SOURCE_KEYS = ("framework", "architecture", "weights", "weights_sha256", "licence")
+#: the longest ``source.*`` string (a hub id, a path, a licence name)
+MAX_SOURCE_CHARS = 4096
+#: Unicode categories refused in ``source.*``: controls (CR, LF, ESC ...), format (bidi
+#: overrides, zero-width), line/paragraph separators, surrogates
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 MANIFEST = "manifest.json"
 IMAGE_ONNX, TEXT_ONNX, TOKENIZER = "image.onnx", "text.onnx", "tokenizer.json"
 BUNDLE_FILES = (IMAGE_ONNX, TEXT_ONNX, TOKENIZER)
@@ -175,6 +181,12 @@ class Manifest:
                 if key not in _typed("source", self.source, dict):
                     raise BundleError(f"missing field 'source.{key}'")
                 _typed(f"source.{key}", self.source[key], str)
+                # printed by `model info/list/verify`: a CR/LF, escape or bidi override would fake
+                # or hide output lines
+                bad = [c for c in self.source[key] if unicodedata.category(c) in _UNPRINTABLE]
+                if bad or len(self.source[key]) > MAX_SOURCE_CHARS:
+                    raise BundleError(f"field 'source.{key}' " + (f"holds control character U+{ord(bad[0]):04X}" if bad
+                                      else f"is over {MAX_SOURCE_CHARS} characters"))
             if not _SHA256.fullmatch(self.source["weights_sha256"]):
                 raise BundleError("field 'source.weights_sha256' is not a lowercase hex sha256")
 

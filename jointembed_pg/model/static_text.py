@@ -92,6 +92,29 @@ def _tokenizer_rules(path: Path) -> tuple[dict[str, int], dict]:
     return vocab, rules
 
 
+def _check_header(path: Path, data: bytes, shape: tuple[int, int]) -> None:
+    """Refuse a .npy whose header is not a ``shape`` float32 array before ``np.load``
+    allocates what the header claims (a 60-byte file may claim 931 TiB).
+
+    Raises:
+        BundleError: not a version 1.0/2.0 .npy header, or another shape or dtype.
+    """
+    fmt = np.lib.format
+    buf = io.BytesIO(data)
+    try:
+        version = fmt.read_magic(buf)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"unsupported .npy version {version}")
+        read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        got_shape, _fortran, dtype = read(buf)
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as e:
+        raise BundleError(f"{path}: not a .npy array ({e})") from e
+    if dtype.hasobject:
+        raise BundleError(f"{path}: not a .npy array of numbers (pickled objects are refused)")
+    if tuple(got_shape) != shape or dtype != np.float32:
+        raise BundleError(f"{path}: expected a {shape} float32 array, got {tuple(got_shape)} {dtype}")
+
+
 def load(bundle: Any) -> StaticText:
     """Read and check the bundle's static text encoder.
 
@@ -117,15 +140,16 @@ def load(bundle: Any) -> StaticText:
     sha = hashlib.sha256(data).hexdigest()
     if not isinstance(entry, dict) or entry.get("sha256") != sha or entry.get("bytes") != len(data):
         raise BundleError(f"{path}: size or sha256 differs from the manifest's: corrupt or replaced")
-    try:
-        arr = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise BundleError(f"{path}: not a .npy array ({e})") from e
     vocab, rules = _tokenizer_rules(Path(bundle.path) / "tokenizer.json")
     if rules != SUPPORTED_TOKENIZER:
         raise BundleError(f"{bundle.path}/tokenizer.json: the SQL tokenizer implements BERT uncased WordPiece "
                           f"only ({SUPPORTED_TOKENIZER}); this tokenizer is {rules}")
     V = len(vocab)
+    _check_header(path, data, (V + 1, bundle.dim))
+    try:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise BundleError(f"{path}: not a .npy array ({e})") from e
     if not isinstance(arr, np.ndarray) or arr.dtype != np.float32 or arr.shape != (V + 1, bundle.dim):
         raise BundleError(f"{path}: expected a ({V + 1}, {bundle.dim}) float32 array, got "
                           f"{getattr(arr, 'shape', None)} {getattr(arr, 'dtype', type(arr).__name__)}")

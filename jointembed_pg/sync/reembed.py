@@ -50,7 +50,9 @@ SWITCH_POLL_S = 0.5
 #: SQLSTATE of ``_sync_activate_version``'s refusal to switch to a model that failed.
 FAILED_MODEL_SQLSTATE = "JE001"
 
-_MAX_FAILED = re.compile(r"\s*(\d+)\s*|\s*(\d+(?:\.\d+)?)\s*%\s*")
+#: ASCII digits only (\d also takes "١٢" or "５"), and at most 18 of them: int() of a
+#: 5000-digit count raised ValueError (a traceback, not a usage error)
+_MAX_FAILED = re.compile(r"\s*([0-9]{1,18})\s*|\s*([0-9]{1,3}(?:\.[0-9]{1,6})?)\s*%\s*")
 
 
 def parse_max_failed(value: int | str) -> tuple[int | None, float | None]:
@@ -64,8 +66,8 @@ def parse_max_failed(value: int | str) -> tuple[int | None, float | None]:
     if isinstance(value, bool):
         raise ArgumentError(f"--max-failed must be a count of rows or a percentage, got {value!r}")
     if isinstance(value, int):
-        if value < 0:
-            raise ArgumentError(f"--max-failed must be >= 0, got {value}")
+        if not 0 <= value < 10**18:
+            raise ArgumentError(f"--max-failed must be >= 0 and < 10^18, got {str(value)[:40]}")
         return value, None
     m = _MAX_FAILED.fullmatch(str(value))
     if m is None:

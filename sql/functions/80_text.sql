@@ -25,9 +25,10 @@
 -- strings "[CLS]", "[SEP]", "[MASK]", "[PAD]", "[UNK]" in a query are read as punctuation
 -- and words, not as special tokens. Needs a UTF8 database (normalize()).
 --
--- Refusals, as the CLI: a query with no word piece (empty, whitespace, control
--- characters) or only [UNK] pieces (emoji, unsupported scripts) raises
--- invalid_parameter_value; more than half [UNK] raises a WARNING and embeds.
+-- Refusals, as the CLI: a query over 131,072 characters (the caption limit), a query
+-- with no word piece (empty, whitespace, control characters) or only [UNK] pieces
+-- (emoji, unsupported scripts) raises invalid_parameter_value; more than half [UNK]
+-- raises a WARNING and embeds.
 
 -- The words of a text after BERT normalisation and pre-tokenisation (steps 1-2).
 CREATE OR REPLACE FUNCTION jointembed._text_words(p_text text)
@@ -82,6 +83,12 @@ BEGIN
     END IF;
     IF p_text IS NULL THEN
         RAISE EXCEPTION 'jointembed: query text is NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    -- the caption limit of the runtime (limits.MAX_TEXT_CHARS): normalisation is linear in
+    -- the text (about 1 us a character here), so a 10 MB query would hold a backend ~5 s
+    IF char_length(p_text) > 131072 THEN
+        RAISE EXCEPTION 'jointembed: query text is % characters, over the 131072-character limit',
+            char_length(p_text) USING ERRCODE = 'invalid_parameter_value';
     END IF;
     -- every word gives at least one piece: words past max_pieces cannot be kept
     words := (jointembed._text_words(p_text))[1:enc.max_pieces];
