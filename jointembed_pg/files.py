@@ -92,10 +92,14 @@ def kind_of(mode: int) -> str:
 def _named(where: str, path) -> str:
     """``"where: path"``, or just the path when ``where`` already is it (no ``a.jpg: a.jpg: ...``)."""
     try:
-        same = os.fsdecode(path) == str(where)
-    except TypeError:  # not a path at all: name both
+        name = os.fsdecode(path)
+        if name == str(where):
+            return name
+        # the caller's own spelling of the same file (a relative path it made absolute)
+        same = "\x00" not in str(where) and os.path.isabs(name) and os.path.abspath(str(where)) == name
+    except (TypeError, ValueError):  # not a path at all: name both
         same = False
-    return str(path) if same else f"{where}: {path}"
+    return str(where) if same else f"{where}: {path}"
 
 
 def _os_error(where: str, path, e: OSError) -> InputError:

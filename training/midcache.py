@@ -91,8 +91,13 @@ def image_mid(paths: Sequence[Path], cache_dir: Path = DEFAULT_CACHE_DIR, *, spe
 
 def bert_mask(bert: torch.nn.Module, mask: torch.Tensor, hidden: torch.Tensor):
     """The attention mask object BertModel passes to its layers for ``mask (N,L) int64``."""
-    m, _ = bert._create_attention_masks(attention_mask=mask, encoder_attention_mask=None,
-                                        embedding_output=hidden, encoder_hidden_states=None, cache=None)
+    import inspect
+
+    kw = dict(attention_mask=mask, encoder_attention_mask=None, embedding_output=hidden,
+              encoder_hidden_states=None, cache=None)
+    if "position_ids" in inspect.signature(bert._create_attention_masks).parameters:  # transformers >= 5.25
+        kw["position_ids"] = None
+    m, _ = bert._create_attention_masks(**kw)
     return m
 
 
