@@ -119,7 +119,7 @@ def _claimed(dsn: str, aid: int) -> int:
 def test_one_shot_commands_fail_cleanly_and_rerun_completes(own_server, bundle_dir, flickr8k_dir, tmp_path,
                                                             observe):
     dsn = new_database(own_server.admin_dsn)
-    n_rows = 60
+    n_rows = 400  # both commands must still be running when the server stops (60 rows synced in 1.8 s)
     aid = _attach_photos(dsn, bundle_dir, flickr8k_dir, n_rows)
     side = sql.Identifier("jointembed", f"a{aid}_v1")
     files = flickr_images(flickr8k_dir, 300, start=1000)
@@ -130,15 +130,18 @@ def test_one_shot_commands_fail_cleanly_and_rerun_completes(own_server, bundle_d
     procs = [cli_popen(index_cmd), cli_popen(sync_cmd)]
     assert wait_for(lambda: _items(dsn) >= 32 and _count(dsn, side) >= 8, 120)
     own_server.stop()
-    lines = []
-    for p in procs:
-        out, err = p.communicate(timeout=60)
-        lines.append(one_line_error(_Done(p.returncode, out, err)))
-        assert SECRET not in out + err
-    p = cli(index_cmd)
-    down = one_line_error(p)
-    assert SECRET not in p.stdout + p.stderr and "***" in down
-    own_server.start()
+    try:
+        lines = []
+        for p in procs:
+            out, err = p.communicate(timeout=60)
+            lines.append(one_line_error(_Done(p.returncode, out, err)))
+            assert SECRET not in out + err
+        p = cli(index_cmd)
+        down = one_line_error(p)
+        assert SECRET not in p.stdout + p.stderr and "***" in down
+    finally:  # a failure here must not leave the shared own_server down for later modules
+        if not own_server.is_up():
+            own_server.start()
     expired = _stale_claims(dsn, aid)
     p1, p2 = cli(index_cmd), cli(sync_cmd)
     assert p1.returncode == 0 and p2.returncode == 0, (p1.stderr[-2000:], p2.stderr[-2000:])

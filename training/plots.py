@@ -16,7 +16,8 @@ def _read_steps(path: Path) -> dict[str, list[float]]:
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
             for k, v in row.items():
-                cols.setdefault(k, []).append(float(v))
+                # a metric a run does not log (e.g. the binary-code columns) is blank: NaN, a gap in the plot
+                cols.setdefault(k, []).append(float(v) if v not in ("", None) else float("nan"))
     return cols
 
 
