@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytest.importorskip("torch", reason="model import needs the [import] extra (torch, open_clip)")
 import jointembed_train._torchvision  # noqa: E402,F401  (before anything imports torchvision)
 
 pytest.importorskip("open_clip")
