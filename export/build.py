@@ -90,12 +90,19 @@ def build_bundle(checkpoint: Path, out_dir: Path, *, data_dir: Path | None = Non
         out_dir: bundle directory to create (replaced only if ``force``).
         data_dir: Flickr8K-layout directory for the parity inputs (synthetic if ``None``).
 
+    A checkpoint trained on a ``backbone_bundle`` goes to
+    :func:`jointembed_export.heads_bundle.build_heads_bundle` (tower graphs + heads, composed).
+
     Raises:
         ExportError: ``out_dir`` exists, ONNX export failed, or parity exceeds 1e-4.
     """
     from jointembed_train.backbones import tokenizer_path
 
+    from .heads_bundle import build_heads_bundle, is_heads_checkpoint
+
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    if is_heads_checkpoint(checkpoint):  # heads over an imported bundle's towers: composed in ONNX
+        return build_heads_bundle(checkpoint, out_dir, data_dir=data_dir, force=force)
     with staged_dir(out_dir, force=force) as tmp:
         ckpt, image_enc, text_enc = load_encoders(checkpoint)
         spec = ckpt.config.image_spec()  # the backbone's input rule (224 Lite0, 260 Lite2)
@@ -151,6 +158,11 @@ def build_default_bundle(out_dir: Path | None = None, *, checkpoint: Path | None
     out_dir = Path(out_dir) if out_dir else paths.bundles_dir() / paths.DEFAULT_BUNDLE
     data_dir = data_dir if data_dir is not None else paths.default_data_dir()
     checkpoint = Path(checkpoint) if checkpoint else default_checkpoint()
+    from .heads_bundle import is_heads_checkpoint
+
+    if int8 and is_heads_checkpoint(checkpoint):
+        raise ExportError(f"{checkpoint}: int8 of heads on an imported bundle is not supported yet; "
+                          f"build the fp32 bundle (without --int8)")
     keep_int8 = False
     if int8 and int8_dir(out_dir).exists() and not force:  # fail before the slow part
         keep_int8 = _same_source(int8_dir(out_dir), checkpoint)  # rerun: "up to date", not an error
@@ -175,8 +187,12 @@ def bundle_is_current(bundle_dir: Path, checkpoint: Path | None = None,
                       options: ExportOptions = ExportOptions()) -> bool:
     """Whether ``bundle_dir`` is an intact bundle of ``checkpoint`` (default: committed)
     exported by this exporter version with ``options``. False if anything is missing."""
+    from .heads_bundle import is_current, is_heads_checkpoint
+
     try:
         checkpoint = Path(checkpoint) if checkpoint else default_checkpoint()
+        if is_heads_checkpoint(checkpoint):
+            return is_current(bundle_dir, checkpoint)
         m = validate_manifest(read_manifest(Path(bundle_dir)), Path(bundle_dir), checksums=True)
         ckpt_sha = sha256_file(checkpoint)
     except (BundleError, OSError, ImportError):

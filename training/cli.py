@@ -58,6 +58,9 @@ def cmd_train(a: argparse.Namespace) -> None:
 
     cfg = TrainConfig.from_file(a.config) if a.config else TrainConfig()
     over = _parse_set(a.set)
+    if a.backbone_bundle:  # a path is kept absolute (the checkpoint names it); a name is looked up at use
+        bb = a.backbone_bundle
+        over["backbone_bundle"] = str(Path(bb).resolve()) if ("/" in bb or "\\" in bb) else bb
     if a.seed is not None:
         over["seed"] = a.seed
     cfg = cfg.replace(**over) if over else cfg
@@ -101,6 +104,11 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--config", type=Path, help="JSON/YAML TrainConfig (defaults if omitted)")
     t.add_argument("--set", nargs="*", default=[], help="override config fields: key=json_value")
     t.add_argument("--seed", type=int)
+    t.add_argument("--backbone-bundle", metavar="NAME_OR_DIR",
+                   help="train the heads on this imported bundle's towers (jointembed model import) instead of "
+                        "EfficientNet-Lite/MiniLM: features are its embeddings, computed by the runtime and "
+                        "cached per bundle; export the result with `jointembed model build --checkpoint`. "
+                        "Same as --set backbone_bundle=...")
     t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     t.add_argument("--ship", type=Path, help="also copy best.pt here (e.g. training/weights/default.pt)")
     ab = sub.add_parser("ablation", help="the whole ablation table (3 seeds)")

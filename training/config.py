@@ -35,6 +35,10 @@ class TrainConfig:
     text_max_tokens: int = 128  #: tokenizer truncation limit (longest_first)
     # encoders
     image_backbone: str = "efficientnet-lite0"  #: efficientnet-lite0 | efficientnet-lite2 (training/backbones.py)
+    #: an imported bundle (name under the bundles directory, or a path) whose image and text
+    #: towers are the frozen backbones instead of EfficientNet-Lite/MiniLM (training/bundle_backbone.py);
+    #: "" = the built-in backbones. Frozen mode, mean pooling and the feature text head only.
+    backbone_bundle: str = ""
     image_size: int = 0  #: encoder input side S in pixels; 0 = the backbone's native size (224 Lite0, 260 Lite2)
     embed_dim: int = 256  #: D, the pgvector dimension
     head: str = "linear"  #: linear | mlp (2-layer MLP + linear skip)
@@ -101,13 +105,29 @@ class TrainConfig:
             raise ValueError(f"config image_backbone={self.image_backbone!r}: expected one of {IMAGE_BACKBONES}")
         if not (self.image_size == 0 or 32 <= self.image_size <= 1024):
             raise ValueError(f"config image_size={self.image_size}: expected 0 (native) or 32..1024 pixels")
+        if self.backbone_bundle:
+            need = {"mode": "frozen", "image_pool": "mean", "text_encoder": "minilm", "image_size": 0}
+            wrong = {k: getattr(self, k) for k, v in need.items() if getattr(self, k) != v}
+            if wrong:
+                raise ValueError(f"config backbone_bundle={self.backbone_bundle!r} trains heads on the bundle's "
+                                 f"pooled tower outputs: needs {need} (text_encoder minilm = the feature head; "
+                                 f"image_size 0 = the bundle's own), got {wrong}")
+            bad = [v for v in self.image_views if v not in ("center", "hflip")]
+            if bad:
+                raise ValueError(f"config image_views {bad}: a backbone_bundle supports the views center and hflip")
         if self.embed_dim <= 0 or self.batch_size < 2:
             raise ValueError(f"config embed_dim={self.embed_dim}, batch_size={self.batch_size}: invalid")
 
     def image_spec(self):
         """The :class:`jointembed_pg.model.preprocess.ImageSpec` of this config: the default
-        rule at ``image_size`` (the backbone's native side when 0)."""
+        rule at ``image_size`` (the backbone's native side when 0); with ``backbone_bundle``,
+        the bundle's own rule (its manifest's ``preprocess.image``, what the runtime applies)."""
         from jointembed_pg.model.preprocess import ImageSpec
+
+        if self.backbone_bundle:
+            from .bundle_backbone import open_bundle
+
+            return open_bundle(self.backbone_bundle).image_spec
 
         from .backbones import native_image_size
 

@@ -49,11 +49,19 @@ def _load_finetuned(bb: nn.Module, state: dict, which: str) -> None:
         raise ValueError(f"checkpoint's fine-tuned {which} backbone has unknown tensors {unexpected[:3]}")
 
 
+def _no_bundle(ckpt: Checkpoint) -> None:
+    if ckpt.config.backbone_bundle:
+        raise ValueError(f"the checkpoint's backbone is the bundle {ckpt.config.backbone_bundle!r} (ONNX, no "
+                         f"PyTorch tower): export it with jointembed_export.heads_bundle (jointembed model build)")
+
+
 def image_encoder(ckpt: Checkpoint) -> ImageEncoder:
     """The image encoder of ``ckpt`` in eval mode (loads the weights of its config's
-    ``image_backbone``, EfficientNet-Lite0 by default;
+    ``image_backbone``, EfficientNet-Lite0 by default; ValueError for a ``backbone_bundle``
+    checkpoint, whose tower is ONNX only;
     finetuned backbone weights from the checkpoint replace them when present: the whole
     backbone (finetune mode) or its unfrozen top blocks (partial mode))."""
+    _no_bundle(ckpt)
     heads = ckpt.build_heads()
     bb = backbones.load_image_backbone(grid=ckpt.config.image_pool != "mean", name=ckpt.config.image_backbone)
     if _finetuned(ckpt, "image") is not None:
@@ -63,6 +71,7 @@ def image_encoder(ckpt: Checkpoint) -> ImageEncoder:
 
 def text_encoder(ckpt: Checkpoint) -> TextEncoder:
     """The text encoder of ``ckpt`` in eval mode (MiniLM unless the config says GRU)."""
+    _no_bundle(ckpt)
     heads = ckpt.build_heads()
     bb = None if ckpt.config.text_encoder == "gru" else backbones.load_text_backbone()
     if bb is not None and _finetuned(ckpt, "text") is not None:

@@ -29,9 +29,10 @@ _ZOOM = 256  #: shorter side before a 224 corner crop for the ``zoom_*`` views
 
 
 def _key(kind: str, items: Sequence[str], extra: dict,
-         image_backbone: str = backbones.IMAGE_BACKBONE_NAME) -> str:
+         image_backbone: str = backbones.IMAGE_BACKBONE_NAME, fingerprint: str | None = None) -> str:
     """16 hex digits over the cache version, ``kind``, the backbone fingerprint (image backbone
-    ``image_backbone``'s weights + MiniLM), ``extra`` (spec, view, ...) and ``items``.
+    ``image_backbone``'s weights + MiniLM, or ``fingerprint`` when given: another backbone
+    whose identity is in ``extra``), ``extra`` (spec, view, ...) and ``items``.
 
     A non-default image backbone is also named in the hashed dict; the default's key is
     unchanged from before the backbone choice existed, so Lite0 caches stay valid.
@@ -40,7 +41,7 @@ def _key(kind: str, items: Sequence[str], extra: dict,
         extra = {**extra, "image_backbone": image_backbone}
     h = hashlib.sha256()
     h.update(json.dumps({"v": CACHE_VERSION, "kind": kind,
-                         "bb": backbones.backbone_fingerprint(image_backbone),
+                         "bb": fingerprint or backbones.backbone_fingerprint(image_backbone),
                          **extra}, sort_keys=True).encode())
     for s in items:
         h.update(s.encode("utf-8", "surrogatepass") + b"\0")

@@ -21,8 +21,9 @@ class FeatureSet:
 
     Attributes:
         image_feats: ``(V, N, 1280) float32`` per view (view 0 is the runtime ``center``),
-            or ``(V, N, 49, 1280) float16`` grids when the config pools the grid itself.
-        text_feats: ``(M, 384) float32`` mean-pooled MiniLM features.
+            or ``(V, N, 49, 1280) float16`` grids when the config pools the grid itself;
+            ``(V, N, F)`` with F = the bundle's dim for a ``backbone_bundle``.
+        text_feats: ``(M, 384) float32`` mean-pooled MiniLM features (``(M, F)``: the bundle's).
         token_ids, token_mask: ``(M, L) int64`` (for the GRU text encoder) or None.
         caption_image_ids: ``(M,) int64`` local image index per caption (= concept id).
     """
@@ -49,15 +50,28 @@ class FeatureSet:
 def load_split(cfg: TrainConfig, corpus: Corpus, split: str | SplitView, cache_dir: Path,
                views: tuple[str, ...] = ("center",), device: str = "cpu") -> FeatureSet:
     """Features of ``split`` (a split name or a :class:`SplitView`), computing and caching
-    backbone features (``cfg.image_backbone`` at ``cfg.image_spec()``) on a miss.
+    backbone features (``cfg.image_backbone`` at ``cfg.image_spec()``, or the towers of
+    ``cfg.backbone_bundle``: :mod:`jointembed_train.bundle_backbone`) on a miss.
 
     Whole-corpus caches are used for the ``center`` view; extra views are cached for the
     split's images only (they are only used for training).
     """
     view = corpus.split(split) if isinstance(split, str) else split
-    fn = image_features if cfg.image_pool == "mean" else image_grid_features
+    if cfg.backbone_bundle:  # an imported bundle's towers (training/bundle_backbone.py)
+        from . import bundle_backbone
+
+        bundle = bundle_backbone.open_bundle(cfg.backbone_bundle)
+
+        def fn(paths, cache_dir, view="center"):
+            return bundle_backbone.image_features(paths, cache_dir, bundle=bundle, view=view)
+
+        bb: dict = {}
+        all_txt = bundle_backbone.text_features(corpus.captions, cache_dir, bundle=bundle)
+    else:
+        fn = image_features if cfg.image_pool == "mean" else image_grid_features
+        bb = dict(spec=cfg.image_spec(), backbone=cfg.image_backbone, device=device)
+        all_txt = None
     img = []
-    bb = dict(spec=cfg.image_spec(), backbone=cfg.image_backbone, device=device)
     for v in views:
         if v == "center":
             img.append(fn(corpus.image_paths, cache_dir, **bb)[view.image_index])
@@ -65,8 +79,9 @@ def load_split(cfg: TrainConfig, corpus: Corpus, split: str | SplitView, cache_d
             paths = [corpus.image_paths[i] for i in view.image_index]
             img.append(fn(paths, cache_dir, view=v, **bb))
     caps = [corpus.captions[i] for i in view.caption_index]
-    txt = text_features(corpus.captions, cache_dir, max_tokens=cfg.text_max_tokens,
-                        device=device)[view.caption_index]
+    if all_txt is None:
+        all_txt = text_features(corpus.captions, cache_dir, max_tokens=cfg.text_max_tokens, device=device)
+    txt = all_txt[view.caption_index]
     ids = mask = None
     if cfg.text_encoder == "gru":
         ids, mask = tokenize(caps, cfg.text_max_tokens)

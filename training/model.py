@@ -18,12 +18,18 @@ VOCAB_SIZE = 30522  #: all-MiniLM-L6-v2 (BERT uncased) word-piece vocabulary
 
 
 class JointHeads(nn.Module):
-    """Image head ``(N,1280)->(N,D)``, text head ``(N,384)->(N,D)`` (or GRU over ids), shared post."""
+    """Image head ``(N,F_img)->(N,D)``, text head ``(N,F_txt)->(N,D)`` (or GRU over ids), shared post.
 
-    def __init__(self, cfg: TrainConfig):
+    ``image_dim``/``text_dim`` are the backbone feature widths F (default: EfficientNet-Lite's
+    1280 and MiniLM's 384; a ``backbone_bundle``'s dim for an imported model's towers); kept
+    as :attr:`feature_dims` and saved in checkpoints.
+    """
+
+    def __init__(self, cfg: TrainConfig, image_dim: int = IMAGE_FEATURE_DIM, text_dim: int = TEXT_FEATURE_DIM):
         super().__init__()
-        self.image_head = make_image_head(cfg, IMAGE_FEATURE_DIM)
-        self.text_head = make_text_head(cfg, TEXT_FEATURE_DIM, VOCAB_SIZE)
+        self.feature_dims = (int(image_dim), int(text_dim))
+        self.image_head = make_image_head(cfg, int(image_dim))
+        self.text_head = make_text_head(cfg, int(text_dim), VOCAB_SIZE)
         quant = None
         if cfg.quantizer and cfg.quant_subspaces > 1:
             quant = ProductQuantizer(cfg.quant_subspaces, cfg.codebook_size, cfg.embed_dim, cfg.quant_beta,
@@ -40,11 +46,11 @@ class JointHeads(nn.Module):
         return self.post.quantizer
 
     def embed_images(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(N,1280)`` pooled (or ``(N,T,1280)`` grid) features ``-> (e, z)``, both ``(N,D)``."""
+        """``(N,F_img)`` pooled (or ``(N,T,F_img)`` grid) features ``-> (e, z)``, both ``(N,D)``."""
         return self.post.forward_with_z(self.image_head(self.feature_drop(feats)))
 
     def embed_texts(self, *text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(N,384) float32`` features (or ``ids, mask`` for the GRU) ``-> (e, z)``."""
+        """``(N,F_txt) float32`` features (or ``ids, mask`` for the GRU) ``-> (e, z)``."""
         if not self.text_is_gru:
             text = (self.feature_drop(text[0]),)
         return self.post.forward_with_z(self.text_head(*text))

@@ -86,8 +86,11 @@ class TrainState:
         np.random.set_state(d["np_rng"])
 
 
-def build_state(cfg: TrainConfig, num_concepts: int, device: str) -> TrainState:
-    heads = JointHeads(cfg).to(device)
+def build_state(cfg: TrainConfig, num_concepts: int, device: str,
+                feature_dims: tuple[int, int] | None = None) -> TrainState:
+    """Heads (on features of widths ``feature_dims = (F_img, F_txt)``; default: the built-in
+    backbones'), losses and optimizer of ``cfg``."""
+    heads = JointHeads(cfg, *(feature_dims or ())).to(device)
     rank = build_rank_loss(cfg).to(device)
     center = CenterClassLoss(num_concepts, cfg.embed_dim, cfg.center_update, cfg.center_alpha).to(device) \
         if cfg.center else None
@@ -233,7 +236,8 @@ def train(cfg: TrainConfig, corpus: Corpus, out: Path, cache_dir: Path, device: 
     seed_everything(cfg.seed)
     train_fs = load_split(cfg, corpus, train_view(cfg, corpus), cache_dir, cfg.image_views, device)
     dev_fs = load_split(cfg, corpus, "dev", cache_dir, ("center",), device)
-    st = build_state(cfg, train_fs.num_images, device)
+    dims = (int(train_fs.image_feats.shape[-1]), int(train_fs.text_feats.shape[-1]))  # from the data
+    st = build_state(cfg, train_fs.num_images, device, dims)
     if cfg.quantizer and cfg.quant_init == "data":
         init_codebook_from_data(st.heads, train_fs, device)
     if resume and (out / "last.pt").is_file():
@@ -283,6 +287,11 @@ def finish(cfg: TrainConfig, st: TrainState, corpus: Corpus, out: Path, cache_di
                for s in ("dev", "test")}
     info = {"best_epoch": st.best_epoch, "train_seconds": round(seconds, 1),
             "selection": "best dev rsum over epochs"}
+    if cfg.backbone_bundle:  # which tower the heads were trained on (the exporter checks it)
+        from .bundle_backbone import fingerprint, open_bundle
+
+        base = open_bundle(cfg.backbone_bundle)
+        info.update(backbone_bundle_model_id=base.model_id, backbone_bundle_fingerprint=fingerprint(base))
     topic = topic_test_view(cfg, corpus)
     if topic is not None:  # the leave-topic-out gallery (the LTO proxy when cfg.holdout_topic)
         metrics["test_topic"] = evaluate(st.heads, load_split(cfg, corpus, topic, cache_dir, ("center",), device))
