@@ -148,6 +148,12 @@ def test_composed_bundle_embeds_as_the_torch_heads_on_cached_tower_features(trai
     assert _cos(u, u_ref).min() >= 0.9999 and _cos(v, v_ref).min() >= 0.9999
 
 
+def test_model_verify_shows_the_parity_recorded_at_build(trained):
+    out = _run(["model", "verify", trained / "heads"], trained, "jointembed_pg").stdout
+    assert "sha256 of 3 files OK" in out and "jointembed-heads:linear heads on open_clip:" in out
+    assert "parity when written: image " in out and "model build --checkpoint" in out and "?" not in out
+
+
 def test_composed_bundle_is_indexed_and_searched_through_sql(trained, pairs, pg_dsn):
     from jointembed_train.data import load_pairs
 

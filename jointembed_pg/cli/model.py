@@ -256,11 +256,11 @@ def verify_cmd(bundle: str | None, checkpoint: Path | None, data_dir: Path | Non
     except JointEmbedError as e:
         raise click.ClickException(str(e)) from e
     click.echo(f"{b.path}: manifest and sha256 of {len(BUNDLE_FILES)} files OK ({b.model_id})")
-    if b.meta.source is not None:  # imported: its reference is the framework, checked at import
+    if b.meta.source is not None:  # imported (or heads on imported towers): its reference was checked when written
         p = _obj(b.manifest.get("parity"))
-        click.echo(f"imported from {b.meta.source['framework']}:{b.meta.source['architecture']}; parity at import: "
-                   f"min cosine image {_fmt(p.get('image_min_cosine'), '.6f')}, text "
-                   f"{_fmt(p.get('text_min_cosine'), '.6f')} (re-run: jointembed model import ... --force)")
+        again = "model build --checkpoint ... --force" if "image_max_abs_diff" in p else "model import ... --force"
+        click.echo(f"imported from {b.meta.source['framework']}:{b.meta.source['architecture']}; parity when "
+                   f"written: {_parity_line(p)} (re-run: jointembed {again})")
         return
     try:
         build = exporter.load()
