@@ -176,6 +176,8 @@ def test_open_clip_checkpoint_file_without_causal_mask_pads_to_the_context(tmp_p
         assert ids.shape == (2, 77)
         assert _cos(bundle.encode_images(images), ref_img).min() >= 0.9999
         assert _cos(bundle.encode_texts(texts), ref_txt).min() >= 0.9999
+        # the ingest path (batches of similar length) keeps the fixed length too
+        assert _cos(bundle.encode_texts_by_length(texts, batch_size=8), ref_txt).min() >= 0.9999
     # why pad_to: the same caption without the padding embeds differently in this tower
     with torch.no_grad():
         full = tok(texts[:1])

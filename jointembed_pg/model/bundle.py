@@ -469,7 +469,8 @@ class Bundle:
         (:func:`~jointembed_pg.model.text.length_sorted_batches`), each batch padded to its own
         longest caption, and the embeddings put back in the order of ``texts``. The same
         embeddings as :meth:`encode_texts` (padding is masked out; max abs difference
-        <= 1e-5, ``tests/test_text.py``), with less padding to compute when lengths vary.
+        <= 1e-5, ``tests/test_text.py``), with less padding to compute when lengths vary
+        (none is removed for a bundle with ``pad_to``: its graph takes that length only).
         Pass a window of a few batches (ingest uses 8) to get the gain.
 
         Returns:
@@ -484,7 +485,8 @@ class Bundle:
         ids, mask = self._text_tokenizer().encode(texts, refuse_unreadable=True)
         out = np.empty((len(texts), self.dim), np.float32)
         for idx in length_sorted_batches(mask, batch_size):
-            width = int(mask[idx].sum(axis=1).max())  # right-padded: the first `width` columns hold every token
+            # right-padded: the first `width` columns hold every token; a `pad_to` graph takes exactly pad_to
+            width = self.meta.pad_to or int(mask[idx].sum(axis=1).max())
             out[idx] = self._run("text", {"input_ids": np.ascontiguousarray(ids[idx, :width]),
                                           "attention_mask": np.ascontiguousarray(mask[idx, :width])})
         return out
