@@ -184,3 +184,35 @@ def test_the_bundle_backbone_image_rule_is_the_bundles(base):
     from jointembed_train.config import TrainConfig
 
     assert TrainConfig(backbone_bundle=str(base.path)).image_spec() == base.image_spec
+
+
+def test_fixed_length_tower_with_an_mlp_head_composes_too(pairs, flickr8k_dir, tmp_path):
+    """A text tower exported at its context (pad_to 77: MobileCLIP-style, no causal mask) and the
+    MLP head: features through the runtime's fixed-length batches, composed graph = torch heads."""
+    from jointembed_export.heads_bundle import build_heads_bundle
+    from jointembed_export.import_bundle import import_model
+    from jointembed_train import checkpoint
+    from jointembed_train.config import TrainConfig
+    from jointembed_train.data import load_pairs
+    from jointembed_train.featureset import embed, load_split
+    from jointembed_train.runner import train
+
+    names = tiny.register_open_clip(tmp_path / "cfg")
+    base = Bundle.load(import_model(tiny.save_open_clip(names["nocausal"], tmp_path / "nc.pt"), tmp_path / "base",
+                                    arch=f"open_clip:{names['nocausal']}", data_dir=flickr8k_dir))
+    assert base.meta.pad_to == 77
+    corpus = load_pairs(pairs, "/")
+    cfg = TrainConfig(**{**CONFIG, "head": "mlp", "head_hidden": 32, "image_views": ["center"]},
+                      backbone_bundle=str(base.path))
+    train(cfg, corpus, tmp_path / "run", tmp_path / "cache", progress=False)
+    out = build_heads_bundle(tmp_path / "run" / "best.pt", tmp_path / "heads", data_dir=flickr8k_dir)
+    bundle = Bundle.load(out)
+    assert bundle.meta.pad_to == 77 and bundle.dim == 24
+    ck = checkpoint.load(tmp_path / "run" / "best.pt")
+    u_ref, v_ref = embed(ck.build_heads(), load_split(ck.config, corpus, "test", tmp_path / "cache"))
+    view = corpus.split("test")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        u = bundle.encode_images([corpus.image_paths[i] for i in view.image_index])
+        v = bundle.encode_texts([corpus.captions[i] for i in view.caption_index])
+    assert _cos(u, u_ref).min() >= 0.9999 and _cos(v, v_ref).min() >= 0.9999
