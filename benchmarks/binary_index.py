@@ -21,7 +21,8 @@ from the product's :class:`jointembed_pg.search.indexing.IndexSpec` and searched
 * ``binary``: HNSW ``bit_hamming_ops`` on ``binary_quantize(embedding)::bit(D)`` (same m /
   ef_construction); the Hamming pool ``jointembed._knn_binary_pool(k)`` re-ranked by L2;
 * ``binary-ivf``: IVFFlat ``bit_hamming_ops`` on the same bits, ``indexing.ivf_lists(N)``
-  lists, ``ivfflat.probes`` = ``jointembed._knn_ivf_probes(lists, N, pool)``, same pool.
+  lists, a pool of ``jointembed._knn_ivf_pool(k)`` with ``ivfflat.probes`` =
+  ``jointembed._knn_ivf_probes(lists, N, pool)``.
 
 ``float`` and ``binary`` are built only at sizes <= ``--float-max`` (a 1M float HNSW build
 does not fit a run on 2 cores); the report extrapolates the float index to larger sizes
@@ -138,9 +139,10 @@ def _queries(conn, name: str, queries: np.ndarray, truth: np.ndarray) -> dict:
 
 
 def _fix(conn, function: str, value: int | None) -> None:
-    """Pin ``jointembed._knn_binary_pool`` / ``_knn_ivf_probes`` to ``value`` in this throw-away
+    """Pin ``jointembed._knn_binary_pool`` / ``_knn_ivf_pool`` / ``_knn_ivf_probes`` to ``value`` in this throw-away
     database (``None``: restore the shipped definition saved by :func:`_saved`)."""
-    args = {"_knn_binary_pool": "p_k integer", "_knn_ivf_probes": "p_lists integer, p_rows float8, p_pool integer"}
+    args = {"_knn_binary_pool": "p_k integer", "_knn_ivf_pool": "p_k integer",
+            "_knn_ivf_probes": "p_lists integer, p_rows float8, p_pool integer"}
     if value is None:
         conn.execute(_SAVED[function])
         return
@@ -152,7 +154,7 @@ _SAVED: dict[str, str] = {}
 
 
 def _saved(conn) -> None:
-    for f in ("_knn_binary_pool", "_knn_ivf_probes"):
+    for f in ("_knn_binary_pool", "_knn_ivf_pool", "_knn_ivf_probes"):
         _SAVED[f] = conn.execute("SELECT pg_get_functiondef(p.oid) FROM pg_proc p WHERE p.proname = %s AND "
                                  "p.pronamespace = 'jointembed'::regnamespace", [f]).fetchone()[0]
 
@@ -192,11 +194,12 @@ def run_size(database, n: int, kinds: list[str], vecs: np.ndarray, queries: np.n
                    **_queries(conn, name, queries, truth), "load_average": machine.load_average()}
             if kind != "float" and pools:
                 row["pools"] = {}
+                f = "_knn_ivf_pool" if kind == "binary-ivf" else "_knn_binary_pool"
                 for pool in pools:   # fixed pools (reported for the reader; the default was chosen on dev)
-                    _fix(conn, "_knn_binary_pool", pool)
+                    _fix(conn, f, pool)
                     row["pools"][str(pool)] = _queries(conn, name, queries, truth)
                     say(f"{kind} pool {pool}: {json.dumps(row['pools'][str(pool)])}")
-                _fix(conn, "_knn_binary_pool", None)
+                _fix(conn, f, None)
             entry["kinds"][kind] = row
             save()
             print(json.dumps({"n": n, "kind": kind, **row}), flush=True)
@@ -225,7 +228,7 @@ def tune_size(database, n: int, vecs: np.ndarray, dev: np.ndarray, lists_rules: 
             spec = _spec(coll, "binary-ivf", lists)
             build_s, size = _build(conn, spec, n)
             for pool in pools:
-                _fix(conn, "_knn_binary_pool", pool)
+                _fix(conn, "_knn_ivf_pool", pool)
                 for p in [*probes, None]:
                     _fix(conn, "_knn_ivf_probes", p)
                     shipped = p is None
@@ -240,6 +243,7 @@ def tune_size(database, n: int, vecs: np.ndarray, dev: np.ndarray, lists_rules: 
                 _fix(conn, "_knn_ivf_probes", None)
             conn.execute(sql.SQL("DROP INDEX {}").format(spec.index_ident))
         _fix(conn, "_knn_binary_pool", None)
+        _fix(conn, "_knn_ivf_pool", None)
     finally:
         database.drop(coll)
     return out
@@ -301,8 +305,8 @@ def render(r: dict) -> str:
               f"ef_construction = {EF_CONSTRUCTION}; plain CREATE INDEX at maintenance_work_mem {MEM}; PostgreSQL "
               f"{m.get('postgresql')}, pgvector {m.get('pgvector')}, {m.get('cores')} cores ({m.get('cpu')}). Float "
               "searches: jointembed.knn at hnsw.ef_search 40; binary kinds: the Hamming pool "
-              "jointembed._knn_binary_pool(10) re-ranked by L2 (binary-ivf: ivfflat.probes = "
-              "jointembed._knn_ivf_probes(lists, rows, pool)); \"pool P\" rows: a fixed pool.", ""]
+              "jointembed._knn_binary_pool(10) = 400 re-ranked by L2 (binary-ivf: jointembed._knn_ivf_pool(10) = 1000 at "
+              "ivfflat.probes = jointembed._knn_ivf_probes(lists, rows, pool)); \"pool P\" rows: a fixed pool.", ""]
     return "\n".join(lines)
 
 

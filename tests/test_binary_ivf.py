@@ -49,8 +49,8 @@ def ivf(module_pg_dsn, pgvector_version):
     """4,000 unit images (200 clusters of 20) + 30 captions in collection 'ivf' (index binary-ivf).
 
     ``ensure_index`` builds both modalities' indexes by the rule (4 lists for the images);
-    the image index is then rebuilt with 100 lists, so that the probes rule (40 of 100 for a
-    pool of 400) probes a part of them. ``enable_sort = off`` on the Store's connection: the
+    the image index is then rebuilt with 100 lists, so that the probes rule (50 of 100 for a
+    pool of 1000) probes a part of them. ``enable_sort = off`` on the Store's connection: the
     planner takes the index as on a large table. ``source`` is ``/r/<i>`` with ``/x/<i>``
     for every 50th row (a selective filter).
     """
@@ -99,16 +99,18 @@ def test_catalog_row_and_ivfflat_bit_indexes_by_the_rule(ivf):
     assert not any("hnsw" in name for name in defs)
 
 
-def test_probes_rule(pg_dsn, pgvector_version):
-    """4 x pool x lists / rows rounded up, at least 8, at most all the lists."""
+def test_pool_and_probes_rules(pg_dsn, pgvector_version):
+    """Pool max(100 k, 1000) <= 10000; probes ceil(2 lists^0.6), >= 2 pool lists / rows, >= 8, <= lists."""
     from _pg import version_tuple
     if version_tuple(pgvector_version) < (0, 7):
-        pytest.skip("the rule ships with the binary index functions (any pgvector); checked once on >= 0.7")
+        pytest.skip("the rules ship with the binary index functions (any pgvector); checked once on >= 0.7")
     with Store(pg_dsn) as store, store.transaction() as conn:
+        pools = [conn.execute("SELECT jointembed._knn_ivf_pool(%s)", [k]).fetchone()[0] for k in (1, 10, 50, 500)]
         got = [conn.execute("SELECT jointembed._knn_ivf_probes(%s, %s, %s)", a).fetchone()[0]
-               for a in ((100, 4000, 400), (1000, 1e6, 400), (1000, 1e6, 4000), (100, 1e5, 400), (4, 4000, 400),
-                         (100, 1, 400))]
-    assert got == [40, 8, 16, 8, 4, 100]
+               for a in ((100, 4000, 1000), (100, 1e5, 1000), (300, 3e5, 1000), (1000, 1e6, 1000), (4, 4000, 1000),
+                         (100, 1, 1000), (1, 0, 1000))]
+    assert pools == [1000, 1000, 5000, 10000]
+    assert got == [50, 32, 62, 127, 4, 100, 1]
 
 
 def test_the_ivf_index_answers_and_results_equal_exact_l2(ivf):
@@ -119,16 +121,16 @@ def test_the_ivf_index_answers_and_results_equal_exact_l2(ivf):
             ref = _exact_ids(conn, coll.table_ident, q)
             plan = "\n".join(r[0] for r in conn.execute(sql.SQL(
                 "EXPLAIN SELECT id FROM {} i WHERE modality = 'image' ORDER BY "
-                "CAST(binary_quantize(i.embedding) AS bit({})) <~> binary_quantize(%s::vector) LIMIT 400"
+                "CAST(binary_quantize(i.embedding) AS bit({})) <~> binary_quantize(%s::vector) LIMIT 1000"
             ).format(coll.table_ident, sql.Literal(D)), [q]).fetchall())
             assert coll.index_name("image") in plan, plan
             rows, notes = _knn_notes(conn, "SELECT id, distance FROM jointembed.search('ivf', %s, %s, 'image')", [q, K])
             assert conn.execute("SELECT current_setting('ivfflat.probes')").fetchone()[0] == "1"  # restored
         assert [r[0] for r in rows] == ref
         assert len(rows) == K and all(a[1] <= b[1] for a, b in zip(rows, rows[1:]))
-        assert notes[0] == f"jointembed.knn: binary-ivf index: 400 Hamming candidates from 40 of {LISTS} lists " \
+        assert notes[0] == f"jointembed.knn: binary-ivf index: 1000 Hamming candidates from 50 of {LISTS} lists " \
                            "re-ranked by L2", notes
-        assert notes[1] == "jointembed.knn: 10 rows of 10 at ivfflat.probes 40", notes
+        assert notes[1] == "jointembed.knn: 10 rows of 10 at ivfflat.probes 50", notes
         assert not any("exact scan" in n for n in notes), notes
         assert [h.id for h in coll.search_vector(q, k=K)] == ref  # Python path, same function
 

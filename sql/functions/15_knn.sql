@@ -17,8 +17,8 @@
 --     LIMIT pool (jointembed._knn_binary_pool(k) = max(40 k, 400)), and the pool is re-ranked
 --     by exact L2 on the full vectors; the k nearest of it come back (the exact scan stays
 --     the fallback when the pool holds fewer than k rows).
---   * index_kind 'binary-ivf': the same pool query served by the IVFFlat bit index, with
---     ivfflat.probes = jointembed._knn_ivf_probes(lists, rows, pool); pgvector >= 0.8:
+--   * index_kind 'binary-ivf': the same pool query served by the IVFFlat bit index, with a
+--     pool of jointembed._knn_ivf_pool(k) = max(100 k, 1000) and ivfflat.probes = jointembed._knn_ivf_probes(lists, rows, pool); pgvector >= 0.8:
 --     ivfflat.iterative_scan = relaxed_order (probes more lists while fewer than pool rows
 --     came back; the order does not matter, the pool is re-ranked); pgvector < 0.8: probes
 --     x4 per step up to all lists while fewer than k rows come back. Then the exact scan.
@@ -166,6 +166,9 @@ BEGIN
                                    'ORDER BY 2 LIMIT $2) s', vs, coltype, dim);
         IF jointembed._knn_index_kind(rel) = 'binary-ivf' THEN
             SELECT x.lists, x.n_rows INTO lists, ivf_rows FROM jointembed._knn_ivf_index(rel, p_modality) x;
+            IF lists IS NOT NULL THEN
+                pool := greatest(jointembed._knn_ivf_pool(p_k), p_k);
+            END IF;
         END IF;
         IF lists IS NULL THEN
             RAISE DEBUG 'jointembed.knn: binary index: % Hamming candidates re-ranked by L2', pool;

@@ -10,8 +10,8 @@
 -- index_kind = 'binary-ivf' (migrations/008_binary_ivf_index.sql): the same bits in an IVFFlat
 -- index (USING ivfflat ... bit_hamming_ops WITH (lists = L), L = jointembed_pg.search.indexing.ivf_lists:
 -- rows / 1000, at least 1, sqrt(rows) above 1M rows), named <items_table>_<modality>_bit_ivf.
--- Per query jointembed.knn sets ivfflat.probes = jointembed._knn_ivf_probes(L, rows, pool)
--- (enough lists to hold several times the pool); pgvector >= 0.8 scans on (iterative scan)
+-- Per query jointembed.knn takes a pool of jointembed._knn_ivf_pool(k) Hamming candidates
+-- with ivfflat.probes = jointembed._knn_ivf_probes(L, rows, pool); pgvector >= 0.8 scans on (iterative scan)
 -- while fewer than pool rows came back, older versions retry with 4x the probes.
 
 -- True when the installed pgvector has binary_quantize and bit_hamming_ops (>= 0.7).
@@ -73,15 +73,31 @@ SET search_path = pg_catalog, jointembed, pg_temp AS $fn$
     WHERE tc.oid = p_rel
 $fn$;
 
+-- Hamming candidates re-ranked per query with the IVFFlat bit index: max(100 k, 1000), at
+-- most 10000. Chosen on dev captions at 100,000 rows grown from real embeddings (docs/
+-- BENCHMARKS.md, "binary-ivf"): with the probes below a pool of 400 found 0.949 of the exact
+-- top 10, 1000 found 0.976 (the exact Hamming top 400 itself holds only 0.96: the pool, not
+-- the probes, caps recall there). The probes cost the same for any pool; each pooled row
+-- costs one heap fetch and one L2 distance.
+CREATE OR REPLACE FUNCTION jointembed._knn_ivf_pool(p_k integer)
+RETURNS integer
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, jointembed, pg_temp AS $fn$
+    SELECT least(greatest(p_k::bigint * 100, 1000), 10000)::integer
+$fn$;
+
 -- ivfflat.probes for a Hamming pool of p_pool rows from an IVFFlat index of p_lists lists
--- over p_rows rows: the lists that hold 4 x the pool on average (4 * pool * lists / rows,
--- rounded up), at least 8 and at most all the lists. Chosen on dev captions at 100,000
--- rows grown from real embeddings (docs/BENCHMARKS.md, "binary-ivf").
+-- over p_rows rows: ceil(2 * lists^0.6), at least 8, at least the lists that hold twice the
+-- pool on average (2 * pool * lists / rows), at most all the lists. Chosen on dev captions
+-- at 100,000 rows (docs/BENCHMARKS.md, "binary-ivf"): recall@10 0.95-0.98 needed 32 of 100
+-- lists and 64 of 316 (k-means cells on sign bits are coarse for caption queries, which lie
+-- far from every image), i.e. probes growing as lists^0.6; 2 * lists^0.6 fits both.
 CREATE OR REPLACE FUNCTION jointembed._knn_ivf_probes(p_lists integer, p_rows float8, p_pool integer)
 RETURNS integer
 LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, jointembed, pg_temp AS $fn$
-    SELECT least(greatest(ceil(4 * p_pool::float8 * p_lists / greatest(p_rows, 1))::bigint, 8),
+    SELECT least(greatest(ceil(2 * power(greatest(p_lists, 1)::float8, 0.6))::bigint,
+                          ceil(2 * p_pool::float8 * p_lists / greatest(p_rows, 1))::bigint, 8),
                  greatest(p_lists, 1))::integer
 $fn$;
 
