@@ -176,3 +176,22 @@ def test_binary_ivf_is_refused_before_pgvector_0_7_with_the_reason(pg_dsn, pgvec
             else:
                 assert conn.execute("SELECT index_kind FROM jointembed.set_collection_index('c', 'binary-ivf')"
                                     ).fetchone() == ("binary-ivf",)
+
+
+def test_cli_init_index_binary_ivf(pg_dsn, bundle_dir):
+    """`init --collection NAME --index binary-ivf` makes a binary-ivf collection (pgvector >= 0.7)
+    or exits 1 with the reason (0.6)."""
+    import os
+    import subprocess
+    import sys
+
+    e = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    p = subprocess.run([sys.executable, "-m", "jointembed_pg", "init", "--dsn", pg_dsn, "--collection", "v",
+                        "--index", "binary-ivf", "--bundle", str(bundle_dir)],
+                       capture_output=True, text=True, env=e, timeout=600)
+    with Store(pg_dsn) as store:
+        if store.vector_version < (0, 7):
+            assert p.returncode == 1 and "index binary-ivf needs pgvector >= 0.7" in p.stderr, p.stderr
+            return
+        assert p.returncode == 0, p.stderr
+        assert store.collection("v").info.index == "binary-ivf"
