@@ -361,6 +361,7 @@ def main(argv: list[str] | None = None) -> None:
              "base": str(a.base) if a.base else "synthetic Gaussian clusters", "sizes": {}}
     if a.resume and a.json and a.json.exists():
         state = json.loads(a.json.read_text())
+        state["argv"] = sys.argv[1:] if argv is None else list(argv)   # the report names the finishing run
         say(f"resuming: {a.json} holds " + ", ".join(f"{k}: {sorted(v['kinds'])}" for k, v in state["sizes"].items()))
 
     def save():
