@@ -18,7 +18,8 @@
 --     by exact L2 on the full vectors; the k nearest of it come back (the exact scan stays
 --     the fallback when the pool holds fewer than k rows).
 --   * index_kind 'binary-ivf': the same pool query served by the IVFFlat bit index, with a
---     pool of jointembed._knn_ivf_pool(k) = max(100 k, 1000) and ivfflat.probes = jointembed._knn_ivf_probes(lists, rows, pool); pgvector >= 0.8:
+--     pool of jointembed._knn_ivf_pool(k) = max(100 k, 1000) and ivfflat.probes =
+--     jointembed._knn_ivf_probes(lists, rows, pool); pgvector >= 0.8:
 --     ivfflat.iterative_scan = relaxed_order (probes more lists while fewer than pool rows
 --     came back; the order does not matter, the pool is re-ranked); pgvector < 0.8: probes
 --     x4 per step up to all lists while fewer than k rows come back. Then the exact scan.
