@@ -83,10 +83,11 @@ storage_option = click.option("--storage", type=click.Choice(["vector", "halfvec
                                    "(float16, half the bytes; pgvector >= 0.7). An existing one must match.")
 
 search_index_option = click.option(
-    "--index", "search_index", type=click.Choice(["float", "binary"]), default=None,
-    help="Search index of a new collection: float (HNSW on the embeddings, L2; default) or binary (HNSW on "
-         "the sign bits, binary_quantize(embedding)::bit(D), ~32x smaller; each search re-ranks a Hamming "
-         "candidate pool by exact L2; pgvector >= 0.7). An existing one must match.")
+    "--index", "search_index", type=click.Choice(["float", "binary", "binary-ivf"]), default=None,
+    help="Search index of a new collection: float (HNSW on the embeddings, L2; default), binary (HNSW on "
+         "the sign bits, binary_quantize(embedding)::bit(D)) or binary-ivf (IVFFlat on the sign bits, rows/1000 "
+         "lists fixed at the build: about the codes' size; build after loading). Binary kinds re-rank a Hamming "
+         "candidate pool by exact L2; pgvector >= 0.7. An existing one must match.")
 
 
 def _check_memory_cap(ctx, param, value):

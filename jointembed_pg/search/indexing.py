@@ -51,12 +51,16 @@ STORAGES = tuple(OPCLASS)
 MAX_HNSW_DIM = {"vector": 2000, "halfvec": 4000}
 #: Oldest pgvector with each type (``halfvec`` arrived in 0.7.0).
 MIN_PGVECTOR = {"vector": (0, 5), "halfvec": (0, 7)}
-#: Search indexes of a collection: ``float`` (HNSW, L2 on the embedding) or ``binary``
-#: (HNSW, ``bit_hamming_ops`` on ``binary_quantize(embedding)::bit(D)``, re-ranked by L2 in
-#: ``jointembed.knn``; sql/functions/16_binary_index.sql).
-INDEXES = ("float", "binary")
+#: Search indexes of a collection: ``float`` (HNSW, L2 on the embedding), ``binary``
+#: (HNSW, ``bit_hamming_ops`` on ``binary_quantize(embedding)::bit(D)``) or ``binary-ivf``
+#: (IVFFlat, ``bit_hamming_ops`` on the same bits, :func:`ivf_lists` lists); the binary
+#: kinds' Hamming candidates are re-ranked by L2 in ``jointembed.knn``
+#: (sql/functions/15_knn.sql, 16_binary_index.sql).
+INDEXES = ("float", "binary", "binary-ivf")
 #: Oldest pgvector with each index kind (``binary_quantize`` / ``bit_hamming_ops``: 0.7.0).
-MIN_PGVECTOR_INDEX = {"float": (0, 5), "binary": (0, 7)}
+MIN_PGVECTOR_INDEX = {"float": (0, 5), "binary": (0, 7), "binary-ivf": (0, 7)}
+#: Index access method of each kind.
+METHOD = {"float": "hnsw", "binary": "hnsw", "binary-ivf": "ivfflat"}
 #: Upper bound for the ``maintenance_work_mem`` of a build, unless the caller passes one.
 DEFAULT_MEMORY_CAP = "1GB"
 #: Environment variable overriding :data:`DEFAULT_MEMORY_CAP` (e.g. ``4GB``, ``512MB``).
@@ -147,7 +151,8 @@ def check_index(index: str, vector_version: tuple[int, ...] | None = None) -> st
 
     Raises:
         ArgumentError: unknown kind.
-        DatabaseError: ``binary`` on pgvector < 0.7 (no ``binary_quantize`` / ``bit_hamming_ops``).
+        DatabaseError: ``binary`` / ``binary-ivf`` on pgvector < 0.7 (no ``binary_quantize`` /
+            ``bit_hamming_ops``).
     """
     if index not in INDEXES:
         raise ArgumentError(f"index must be one of {', '.join(INDEXES)}, got {index!r}")
@@ -156,6 +161,25 @@ def check_index(index: str, vector_version: tuple[int, ...] | None = None) -> st
         raise DatabaseError(f"index {index} needs pgvector >= {'.'.join(map(str, need))} (binary_quantize and "
                             f"bit_hamming_ops); this server has pgvector {'.'.join(map(str, vector_version))}")
     return index
+
+
+def ivf_lists(rows: int) -> int:
+    """IVFFlat lists for ``rows`` indexed rows: ``rows / 1000`` up to 1M rows, ``sqrt(rows)``
+    above, at least 1 (pgvector's README rule for choosing ``lists``).
+
+    The lists are fixed when the index is built: a collection that grows 10x past its build
+    searches more rows per list (slower, same recall); rebuild the index
+    (``DROP INDEX`` + ``jointembed index``) to re-cluster.
+    """
+    rows = max(int(rows), 0)
+    return max(1, rows // 1000 if rows <= 1_000_000 else int(rows ** 0.5))
+
+
+def ivf_build_bytes(lists: int, dim: int) -> int:
+    """``maintenance_work_mem`` an IVFFlat build needs: its k-means sample of ``50 * lists``
+    rows (pgvector src/ivfbuild.c ``SampleRows``) held as float vectors of ``dim`` plus the
+    centres, x2 for k-means' working copies, plus 16 MiB."""
+    return int(2 * (50 * lists + lists) * (8 + 4 * dim)) + 16 * 1024 * 1024
 
 
 def hnsw_element_bytes(dim: int, m: int, storage: str = "vector") -> float:
@@ -237,6 +261,8 @@ class IndexSpec:
     ef_construction: int
     opclass_schema: str | None = None   # schema of pgvector's operator classes
     binary: bool = False                # index binary_quantize(embedding)::bit(dim) with bit_hamming_ops
+    method: str = "hnsw"                # "hnsw" or "ivfflat" (binary only: the binary-ivf kind)
+    lists: int | None = None            # ivfflat: lists; None = ivf_lists(rows at build time)
 
     @property
     def table_ident(self) -> sql.Identifier:
@@ -255,6 +281,13 @@ class IndexSpec:
                 else sql.Identifier("binary_quantize")
             column = sql.SQL("(CAST({fn}(embedding) AS pg_catalog.bit({dim})))").format(
                 fn=fn, dim=sql.Literal(int(self.dim)))
+        if self.method == "ivfflat":
+            if not self.binary or self.lists is None:
+                raise ArgumentError("an ivfflat index is built on the bits (binary) with a number of lists")
+            return sql.SQL("CREATE INDEX {cc} {index} ON {table} USING ivfflat ({column} {op}) "
+                           "WITH (lists = {lists}) WHERE modality = {modality}").format(
+                cc=sql.SQL("CONCURRENTLY" if concurrently else ""), index=sql.Identifier(self.name), column=column,
+                table=self.table_ident, op=op, lists=sql.Literal(int(self.lists)), modality=sql.Literal(self.modality))
         return sql.SQL("CREATE INDEX {cc} {index} ON {table} USING hnsw ({column} {op}) "
                        "WITH (m = {m}, ef_construction = {efc}) WHERE modality = {modality}").format(
             cc=sql.SQL("CONCURRENTLY" if concurrently else ""), index=sql.Identifier(self.name), column=column,
@@ -374,9 +407,16 @@ def _build(conn: psycopg.Connection, spec: IndexSpec, fixed: int | None, limit: 
                         [spec.modality]).fetchone()[0]
     server = parse_memory(conn.execute("SELECT setting::bigint * 1024 FROM pg_settings "
                                        "WHERE name = 'maintenance_work_mem'").fetchone()[0])
-    plan = (MemoryPlan(fixed, server, fixed, fixed) if fixed is not None
-            else plan_memory(rows, spec.dim, spec.m, "bit" if spec.binary else spec.storage, server=server, cap=limit))
-    if not plan.fits:
+    if spec.method == "ivfflat" and spec.lists is None:
+        spec.lists = ivf_lists(rows)
+    if fixed is not None:
+        plan = MemoryPlan(fixed, server, fixed, fixed)
+    elif spec.method == "ivfflat":
+        need = ivf_build_bytes(spec.lists, spec.dim)
+        plan = MemoryPlan(need, server, limit, max(server, min(need, limit)))
+    else:
+        plan = plan_memory(rows, spec.dim, spec.m, "bit" if spec.binary else spec.storage, server=server, cap=limit)
+    if not plan.fits and spec.method == "hnsw":
         log.warning("index %s: the HNSW graph of %d rows needs ~%d MB of maintenance_work_mem, capped at %d MB; "
                     "the build finishes on disk, several times slower (raise the cap: --memory-cap or $%s)",
                     spec.name, rows, plan.needed >> 20, plan.chosen >> 20, MEMORY_CAP_ENV)

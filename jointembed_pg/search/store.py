@@ -59,7 +59,8 @@ class CollectionInfo:
     items_table: str
     created_at: datetime
     storage: str = "vector"   # type of the embedding column: "vector" (float32) or "halfvec" (float16)
-    index: str = "float"      # search index: "float" (HNSW, L2) or "binary" (Hamming HNSW + L2 re-rank)
+    index: str = "float"      # search index: "float" (HNSW, L2), "binary" (Hamming HNSW) or "binary-ivf"
+    #                           (Hamming IVFFlat); binary kinds re-rank by L2
 
 
 class Store:
@@ -234,13 +235,15 @@ class Store:
                 embedding, L2) or ``"binary"`` (HNSW with ``bit_hamming_ops`` on
                 ``binary_quantize(embedding)::bit(D)``, ~32x smaller; every search takes a
                 Hamming candidate pool from it and re-ranks it by exact L2, ``jointembed.knn``;
-                pgvector >= 0.7). An existing collection's must match.
+                pgvector >= 0.7) or ``"binary-ivf"`` (the same bits in an IVFFlat index of
+                ``rows / 1000`` lists fixed at its build: about the size of the codes, no
+                graph; pgvector >= 0.7). An existing collection's must match.
 
         Raises:
             ModelMismatchError: ``model_id``, ``dim``, ``storage`` or ``index`` differs from the
                 collection's (checked before anything is written).
             DatabaseError: no such collection and ``create`` is false; ``halfvec`` on
-                pgvector < 0.7; ``binary`` index on pgvector < 0.7.
+                pgvector < 0.7; ``binary`` / ``binary-ivf`` index on pgvector < 0.7.
             ArgumentError: invalid name or dim, or ``model_id``/``dim`` contradicting
                 ``bundle`` (also a ValueError).
             ValueError: invalid name, ``create`` without ``model_id``/``dim``, unknown
@@ -509,9 +512,11 @@ class Collection:
 
     # -- indexing --------------------------------------------------------------------
     def index_name(self, modality: str) -> str:
-        """Name of the HNSW index of one modality: ``items_<id>_<modality>_hnsw``, or
-        ``items_<id>_<modality>_bit_hnsw`` for a ``binary`` search index."""
-        return f"{self.info.items_table}_{modality}_{'bit_' if self.info.index == 'binary' else ''}hnsw"
+        """Name of the search index of one modality: ``items_<id>_<modality>_hnsw``,
+        ``items_<id>_<modality>_bit_hnsw`` for a ``binary`` search index, or
+        ``items_<id>_<modality>_bit_ivf`` for ``binary-ivf`` (the name jointembed.knn looks up)."""
+        suffix = {"binary": "bit_hnsw", "binary-ivf": "bit_ivf"}.get(self.info.index, "hnsw")
+        return f"{self.info.items_table}_{modality}_{suffix}"
 
     def ensure_index(self, m: int = DEFAULT_M, ef_construction: int = DEFAULT_EF_CONSTRUCTION, *,
                      modalities: Sequence[str] = search.MODALITIES,
@@ -551,7 +556,8 @@ class Collection:
                 for modality in modalities:
                     spec = indexing.IndexSpec("jointembed", self.info.items_table, self.index_name(modality),
                                               modality, self.storage, self.dim, int(m), int(ef_construction),
-                                              op_schema, binary=self.info.index == "binary")
+                                              op_schema, binary=self.info.index != "float",
+                                              method=indexing.METHOD[self.info.index])
                     built = indexing.ensure_hnsw(conn, spec, maintenance_work_mem=maintenance_work_mem,
                                                  cap=memory_cap, progress=progress)
                     if built is not None:

@@ -17,6 +17,12 @@
 --     LIMIT pool (jointembed._knn_binary_pool(k) = max(40 k, 400)), and the pool is re-ranked
 --     by exact L2 on the full vectors; the k nearest of it come back (the exact scan stays
 --     the fallback when the pool holds fewer than k rows).
+--   * index_kind 'binary-ivf': the same pool query served by the IVFFlat bit index, with a
+--     pool of jointembed._knn_ivf_pool(k) = max(100 k, 1000) and ivfflat.probes =
+--     jointembed._knn_ivf_probes(lists, rows, pool); pgvector >= 0.8:
+--     ivfflat.iterative_scan = relaxed_order (probes more lists while fewer than pool rows
+--     came back; the order does not matter, the pool is re-ranked); pgvector < 0.8: probes
+--     x4 per step up to all lists while fewer than k rows come back. Then the exact scan.
 --
 -- Settings are changed with set_config(..., is_local => true) and restored before
 -- returning. Each attempt is reported at DEBUG level (SET client_min_messages = debug1
@@ -81,6 +87,10 @@ DECLARE
     n        bigint;
     coltype  text;   -- 'vector' or 'halfvec': the query is cast to the column's type
     pool     integer;  -- binary index: Hamming candidates re-ranked by L2 ($4); NULL: float index
+    lists    integer;  -- binary-ivf index: its lists; NULL otherwise
+    ivf_rows float8;
+    probes   integer;
+    old_pr   text;
 BEGIN
     SELECT c.oid, format('%I.%I', ns.nspname, c.relname), ns.nspname, c.relname INTO rel, tbl, nsp, relname
     FROM pg_catalog.pg_type t
@@ -155,7 +165,19 @@ BEGIN
                  || cond || format(' ORDER BY CAST(%1$I.binary_quantize(i.embedding) AS pg_catalog.bit(%3$L)) '
                                    'OPERATOR(%1$I.<~>) %1$I.binary_quantize(CAST($1 AS %1$I.%2$I)) LIMIT $4) c '
                                    'ORDER BY 2 LIMIT $2) s', vs, coltype, dim);
-        RAISE DEBUG 'jointembed.knn: binary index: % Hamming candidates re-ranked by L2', pool;
+        IF jointembed._knn_index_kind(rel) = 'binary-ivf' THEN
+            SELECT x.lists, x.n_rows INTO lists, ivf_rows FROM jointembed._knn_ivf_index(rel, p_modality) x;
+            IF lists IS NOT NULL THEN
+                pool := greatest(jointembed._knn_ivf_pool(p_k), p_k);
+            END IF;
+        END IF;
+        IF lists IS NULL THEN
+            RAISE DEBUG 'jointembed.knn: binary index: % Hamming candidates re-ranked by L2', pool;
+        ELSE
+            probes := jointembed._knn_ivf_probes(lists, ivf_rows, pool);
+            RAISE DEBUG 'jointembed.knn: binary-ivf index: % Hamming candidates from % of % lists re-ranked by L2',
+                pool, probes, lists;
+        END IF;
     END IF;
 
     -- the filter's search_path (the caller's) is set around each statement holding the
@@ -177,7 +199,27 @@ BEGIN
         RAISE DEBUG 'jointembed.knn: the filter matches % rows (exact_below %)', CASE WHEN p_exact THEN n::text ELSE 'more than ' || cap END, cap;
     END IF;
 
-    IF NOT p_exact THEN
+    IF NOT p_exact AND lists IS NOT NULL THEN
+        old_pr := current_setting('ivfflat.probes', true);
+        IF jointembed._vector_iterative_scan() THEN
+            old_it := current_setting('ivfflat.iterative_scan', true);
+            PERFORM set_config('ivfflat.iterative_scan', 'relaxed_order', true);
+        END IF;
+        LOOP
+            PERFORM set_config('ivfflat.probes', probes::text, true);
+            PERFORM set_config('search_path', p_search_path, true);
+            EXECUTE ann_q INTO got USING p_query, p_k, args, pool;
+            PERFORM pg_catalog.set_config('search_path', old_path, true);
+            have := coalesce(cardinality(got.items), 0);
+            RAISE DEBUG 'jointembed.knn: % rows of % at ivfflat.probes %', have, p_k, probes;
+            EXIT WHEN have >= p_k OR probes >= lists;
+            probes := least(probes::bigint * 4, lists)::integer;
+        END LOOP;
+        IF old_it IS NOT NULL OR jointembed._vector_iterative_scan() THEN
+            PERFORM set_config('ivfflat.iterative_scan', coalesce(old_it, 'off'), true);
+        END IF;
+        PERFORM set_config('ivfflat.probes', coalesce(old_pr, '1'), true);
+    ELSIF NOT p_exact THEN
         ef := least(greatest(coalesce(p_ef_search, old_ef::integer, 40), coalesce(pool, p_k)), 1000);
         IF jointembed._vector_iterative_scan() THEN
             old_it := current_setting('hnsw.iterative_scan', true);
