@@ -152,3 +152,52 @@ def test_gallery_rows_do_not_stretch_hits_to_the_tallest():
 
     rule = re.search(r"^\.row\{([^}]*)\}", _CSS, re.MULTILINE).group(1)
     assert "display:flex" in rule and re.search(r"align-items:\s*(flex-)?start", rule), rule
+
+
+# -- a new user's first day (newuser) ----------------------------------------------------------
+def _all_commands(group, path=()):
+    import click
+
+    yield path, group
+    if isinstance(group, click.Group):
+        for name, cmd in sorted(group.commands.items()):
+            yield from _all_commands(cmd, (*path, name))
+
+
+def test_help_lists_each_command_with_its_whole_first_sentence_and_no_markup():
+    """At 80 columns click cut most command summaries mid-phrase ("Main job: build the bundle,
+    index Flickr8K into..."); every group now wraps the whole first sentence. Help text is
+    plain: no reStructuredText ``double backticks`` shown literally."""
+    import click
+    from click.testing import CliRunner
+
+    from jointembed_pg.cli import cli
+
+    runner = CliRunner()
+    for path, cmd in _all_commands(cli):
+        out = runner.invoke(cli, [*path, "--help"], terminal_width=80).output
+        assert "Usage:" in out, (path, out)
+        assert "``" not in out, (path, out)
+        if isinstance(cmd, click.Group):
+            rows = out.split("Commands:", 1)[1].splitlines()
+            assert not [r for r in rows if r.rstrip().endswith("...")], (path, out)
+            for name, sub in cmd.commands.items():  # each summary is complete (its words, wrapped)
+                summary = " ".join(sub.get_short_help_str(limit=10_000).split())
+                assert summary in " ".join(out.split()), (path, name, out)
+
+
+def test_search_of_a_kind_the_collection_lacks_says_why_and_the_fix(flickr8k_dir, bundle_dir, pg_dsn):
+    """`index image photos/` then `search image q.jpg` (target text by default) used to print a
+    bare "(no results)": the collection has no texts. It now says so and names --target image."""
+    imgs = _images(flickr8k_dir, 2)
+    run(["index", "image", *imgs, "--collection", "photos", *_args(pg_dsn, bundle_dir)], check_rc=0)
+    p = run(["search", "image", imgs[0], "--collection", "photos", *_args(pg_dsn, bundle_dir)], check_rc=0)
+    assert "(no results: collection 'photos' has no texts; it has 2 images: add --target image)" in p.stdout, p.stdout
+    p = run(["search", "image", imgs[0], "--collection", "photos", "--json", *_args(pg_dsn, bundle_dir)], check_rc=0)
+    assert p.stdout == "" and "note: no results: collection 'photos' has no texts" in p.stderr, (p.stdout, p.stderr)
+    p = run(["search", "item", "1", "--target", "text", "--collection", "photos", "--dsn", pg_dsn], check_rc=0)
+    assert "add --target image" in p.stdout, p.stdout
+    # the hint is only for a missing kind: a search that finds hits prints them as before
+    p = run(["search", "image", imgs[0], "--target", "image", "--collection", "photos",
+             *_args(pg_dsn, bundle_dir)], check_rc=0)
+    assert "no results" not in p.stdout and "[id " in p.stdout, p.stdout
