@@ -201,3 +201,23 @@ def test_search_of_a_kind_the_collection_lacks_says_why_and_the_fix(flickr8k_dir
     p = run(["search", "image", imgs[0], "--target", "image", "--collection", "photos",
              *_args(pg_dsn, bundle_dir)], check_rc=0)
     assert "no results" not in p.stdout and "[id " in p.stdout, p.stdout
+
+
+@pytest.mark.parametrize("command", [["demo"], ["eval"]])
+def test_missing_flickr8k_names_where_it_looked_and_both_ways_to_fix_it(command, tmp_path, monkeypatch):
+    """From a clone elsewhere (or a wheel), "no Flickr8K data found at ../shared/data/flickr8k"
+    read as relative to the working directory; the error names the absolute path it looked at
+    and both --data-dir and $JOINTEMBED_DATA_DIR."""
+    from click.testing import CliRunner
+
+    from jointembed_pg import settings
+    from jointembed_pg.cli import cli
+
+    missing = tmp_path / "shared" / "data" / "flickr8k"
+    monkeypatch.setattr(settings, "DEFAULT_FLICKR8K", missing)
+    monkeypatch.delenv("JOINTEMBED_DATA_DIR", raising=False)
+    monkeypatch.setenv("JOINTEMBED_HOME", str(tmp_path / "home"))
+    r = CliRunner().invoke(cli, command)
+    assert r.exit_code == 1, r.output
+    assert f"looked for {missing}" in r.output and "--data-dir DIR" in r.output, r.output
+    assert "JOINTEMBED_DATA_DIR" in r.output and "Flickr8k.token.txt" in r.output, r.output

@@ -175,8 +175,10 @@ def search_image(obj, path, k, target, collection, dsn, bundle_name, ef_search, 
 
 @click.command("eval")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-              help="Flickr8K-layout directory [default: ../shared/data/flickr8k when it exists].")
-@click.option("--split", type=click.Choice(["train", "dev", "test"]), default="test", show_default=True)
+              help="Flickr8K-layout directory (images/, Flickr8k.token.txt) [default: $JOINTEMBED_DATA_DIR, "
+                   "else shared/data/flickr8k beside the checkout].")
+@click.option("--split", type=click.Choice(["train", "dev", "test"]), default="test", show_default=True,
+              help="Flickr8K split (1,000 images for dev and test, 6,000 for train; 5 captions each).")
 @click.option("--collection", default=None, help="Collection to write the split into [default: flickr8k_<split>].")
 @dsn_option
 @bundle_option
@@ -194,9 +196,7 @@ def eval_cmd(obj, data_dir, split, collection, dsn, bundle_name, as_json, progre
     from ..evaluation.evaluate import evaluate_split
 
     with _errors():
-        data_dir = data_dir or paths.default_data_dir()
-        if data_dir is None:
-            raise InputError("no Flickr8K data found at ../shared/data/flickr8k; pass --data-dir DIR")
+        data_dir = paths.flickr8k_dir(data_dir)
         bundle = obj.bundle(bundle_name)
         name = collection or f"flickr8k_{split}"
         coll = obj.collection(dsn, name, bundle=bundle, create=True)
