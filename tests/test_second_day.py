@@ -188,7 +188,8 @@ def test_help_lists_each_command_with_its_whole_first_sentence_and_no_markup():
 
 def test_search_of_a_kind_the_collection_lacks_says_why_and_the_fix(flickr8k_dir, bundle_dir, pg_dsn):
     """`index image photos/` then `search image q.jpg` (target text by default) used to print a
-    bare "(no results)": the collection has no texts. It now says so and names --target image."""
+    bare "(no results)": the collection has no texts. It now says so and names --target image.
+    `search item N` names the item it started from (it printed only "item N")."""
     imgs = _images(flickr8k_dir, 2)
     run(["index", "image", *imgs, "--collection", "photos", *_args(pg_dsn, bundle_dir)], check_rc=0)
     p = run(["search", "image", imgs[0], "--collection", "photos", *_args(pg_dsn, bundle_dir)], check_rc=0)
@@ -197,6 +198,9 @@ def test_search_of_a_kind_the_collection_lacks_says_why_and_the_fix(flickr8k_dir
     assert p.stdout == "" and "note: no results: collection 'photos' has no texts" in p.stderr, (p.stdout, p.stderr)
     p = run(["search", "item", "1", "--target", "text", "--collection", "photos", "--dsn", pg_dsn], check_rc=0)
     assert "add --target image" in p.stdout, p.stdout
+    label = p.stdout.splitlines()[0]  # which item it is, not just its number
+    assert label.startswith("item 1 (image): ") and label.endswith(".jpg") and Path(label.split(": ", 1)[1]).name in {
+        i.name for i in imgs}, label
     # the hint is only for a missing kind: a search that finds hits prints them as before
     p = run(["search", "image", imgs[0], "--target", "image", "--collection", "photos",
              *_args(pg_dsn, bundle_dir)], check_rc=0)

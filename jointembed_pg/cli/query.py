@@ -237,10 +237,11 @@ def search_item(obj, item_id, k, target, collection, dsn, ef_search, exact, html
     with _errors():
         coll = obj.collection(dsn, collection)
         hits = coll.more_like_this(item_id, target=target, k=k, ef_search=ef_search, exact=exact)
-        _print_hits(f"item {item_id}", hits, as_json,
+        item = coll.get(item_id)
+        what = item.text if item.modality == "text" else (item.source or item.key)
+        _print_hits(f"item {item_id} ({item.modality}): {what}", hits, as_json,
                     empty_hint=empty_target_hint(coll, target) if not hits else "")
         if html:
-            item = coll.get(item_id)
             query_image = item.source if item.modality == "image" else None
             _write_html(html, coll, [{"label": f"more like item {item_id}", "query_image": query_image,
                                       "query_text": item.text, "query_id": item_id, "hits": hits}], as_json)
