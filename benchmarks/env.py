@@ -1,6 +1,7 @@
 """What a run needs: the model bundle, Flickr8K, and a PostgreSQL (embedded by default)."""
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import tempfile
@@ -16,6 +17,24 @@ from jointembed_pg.model.bundle import Bundle
 from jointembed_pg.search.store import Store
 
 from .config import TEST_BUNDLE
+
+
+def report_parser(module: str, doc: str, out: Path) -> argparse.ArgumentParser:
+    """The command line of a benchmark that writes one markdown report: ``python -m
+    benchmarks.<module>`` (description: the first line of ``doc``) with ``--dsn`` and
+    ``--out`` (default ``out``); the caller adds its own options."""
+    ap = argparse.ArgumentParser(prog=f"python -m benchmarks.{module}", description=doc.split("\n")[0])
+    ap.add_argument("--dsn", default=None, help="PostgreSQL to use (default: a throw-away embedded server)")
+    ap.add_argument("--out", type=Path, default=out, help=f"also write the markdown report here (default {out})")
+    return ap
+
+
+def publish(md: str, out: Path | None) -> int:
+    """Print the markdown report ``md`` and write it to ``out`` when set; the exit status (0)."""
+    print(md)
+    if out:
+        out.write_text(md)
+    return 0
 
 
 class Unavailable(RuntimeError):

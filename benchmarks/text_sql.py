@@ -18,14 +18,13 @@ carried into docs/BENCHMARKS.md as an appendix by benchmarks/report.py).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .env import Database, resolve_bundle
+from .env import Database, publish, report_parser, resolve_bundle
 from .machine import load_average
 
 QUERIES = [  # 12 words, all whole vocabulary pieces
@@ -165,21 +164,13 @@ def markdown(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.text_sql", description=__doc__.split("\n")[0])
-    ap.add_argument("--dsn", default=None, help="PostgreSQL to use (default: a throw-away embedded server)")
+    ap = report_parser("text_sql", __doc__, Path("docs/BENCHMARKS_TEXT_SQL.md"))
     ap.add_argument("--bundle", type=Path, default=None, help="bundle with text_static.npy (default: the tests')")
     ap.add_argument("--rows", type=int, default=100_000, help="stored vectors (default 100,000)")
     ap.add_argument("--repeat", type=int, default=300, help="runs per statement (default 300)")
-    ap.add_argument("--out", type=Path, default=Path("docs/BENCHMARKS_TEXT_SQL.md"),
-                    help="also write the markdown report here (default docs/BENCHMARKS_TEXT_SQL.md)")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    r = run(args.dsn, args.bundle, args.rows, args.repeat)
-    md = markdown(r)
-    print(md)
-    if args.out:
-        args.out.write_text(md)
-    return 0
+    return publish(markdown(run(args.dsn, args.bundle, args.rows, args.repeat)), args.out)
 
 
 if __name__ == "__main__":

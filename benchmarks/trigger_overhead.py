@@ -16,7 +16,6 @@ benchmarks/report.py carries into docs/BENCHMARKS.md as an appendix).
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from psycopg import sql
 
 from jointembed_pg.sync import catalog as sync
 
-from .env import Database
+from .env import Database, publish, report_parser
 
 BACKLOGS = (0, 100_000, 400_000)
 
@@ -115,19 +114,11 @@ def markdown(results: list[dict], rows: int, repeat: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.trigger_overhead", description=__doc__.split("\n")[0])
-    ap.add_argument("--dsn", default=None, help="PostgreSQL to use (default: a throw-away embedded server)")
+    ap = report_parser("trigger_overhead", __doc__, Path("docs/BENCHMARKS_TRIGGERS.md"))
     ap.add_argument("--rows", type=int, default=100_000, help="rows per table (default 100,000)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per statement (median; default 3)")
-    ap.add_argument("--out", type=Path, default=Path("docs/BENCHMARKS_TRIGGERS.md"),
-                    help="also write the markdown report here (default docs/BENCHMARKS_TRIGGERS.md)")
     args = ap.parse_args(argv)
-    results = run(args.dsn, args.rows, args.repeat)
-    md = markdown(results, args.rows, args.repeat)
-    print(md)
-    if args.out:
-        args.out.write_text(md)
-    return 0
+    return publish(markdown(run(args.dsn, args.rows, args.repeat), args.rows, args.repeat), args.out)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ import errno
 import os
 import stat
 from pathlib import Path, PurePath
+from typing import NamedTuple
 
 from .errors import InputError
 
@@ -220,6 +221,64 @@ def read_regular(path: str | os.PathLike, max_bytes: int, where: str = "<file>",
     return data
 
 
+_NO_FOLLOW_FLAGS = (getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+                    | getattr(os, "O_CLOEXEC", 0))
+
+
+class _Refusals(NamedTuple):
+    """How :func:`_open_no_follow` words its refusals: ``verb`` in "cannot <verb> (reason)",
+    and the tail after "is a symlink", after "is a FIFO (named pipe), not a regular file"
+    and after "is <kind>, not a regular file"."""
+    verb: str
+    symlink: str
+    fifo: str
+    not_regular: str
+
+
+#: an output the user named (:func:`write_regular`)
+_WRITE_REFUSALS = _Refusals("write", "; refused (write to the file itself)", "", " (refused before writing)")
+#: one of jointembed's own files (:func:`open_own`)
+_OWN_REFUSALS = _Refusals("open", " (planted?); refused: remove it", "; refused: remove it", "; refused: remove it")
+
+
+def _open_no_follow(path: str | os.PathLike, flags: int, mode: int, name: str, says: _Refusals, *,
+                    missing_raises: bool = False) -> tuple[int, os.stat_result]:
+    """``os.open(path, flags | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC, mode)``, then
+    ``fstat``: ``(fd, stat)`` of a regular file, the descriptor still non-blocking. A symlink
+    as the last component fails the open (ELOOP), a FIFO without a reader fails at once
+    (ENXIO) instead of blocking, and anything else that is not a regular file (a FIFO with a
+    reader, a device, a directory) is refused after ``fstat``, before any read or write.
+
+    Args:
+        name: the file as the messages name it (``"where: path"``).
+        says: the wording of the refusals (:class:`_Refusals`).
+        missing_raises: a missing file raises ``FileNotFoundError`` instead of an InputError.
+    Raises:
+        InputError: a symlink, a FIFO, not a regular file, or the operating system's reason.
+        FileNotFoundError: with ``missing_raises``, when ``path`` does not exist.
+    """
+    try:
+        fd = os.open(path, flags | _NO_FOLLOW_FLAGS, mode)
+    except FileNotFoundError as e:
+        if missing_raises:
+            raise
+        raise refuse(f"{name}: cannot {says.verb} ({e.strerror or e})") from e
+    except OSError as e:
+        if e.errno == errno.ELOOP or os.path.islink(path):
+            raise refuse(f"{name} is a symlink{says.symlink}") from e
+        if e.errno == errno.ENXIO:
+            raise refuse(f"{name} is a FIFO (named pipe), not a regular file{says.fifo}") from e
+        raise refuse(f"{name}: cannot {says.verb} ({e.strerror or e})") from e
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise refuse(f"{name} is {kind_of(st.st_mode)}, not a regular file{says.not_regular}")
+        return fd, st
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def write_regular(path: str | os.PathLike, data: bytes, where: str = "<output>") -> None:
     """Create or overwrite the regular file ``path`` with ``data`` (an output the user named,
     e.g. ``--html``), never writing through anything else.
@@ -233,27 +292,20 @@ def write_regular(path: str | os.PathLike, data: bytes, where: str = "<output>")
         InputError: ``path`` is a symlink, a FIFO, a device, a socket or a directory, or
             cannot be written (the reason from the operating system).
     """
-    flags = (os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-             | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0))
+    fd, _ = _open_no_follow(path, os.O_WRONLY | os.O_CREAT, 0o666, _named(where, path), _WRITE_REFUSALS)
     try:
-        fd = os.open(path, flags, 0o666)
-    except OSError as e:
-        if e.errno == errno.ELOOP or (e.errno == errno.EMLINK and os.path.islink(path)):
-            raise refuse(f"{_named(where, path)} is a symlink; refused (write to the file itself)") from e
-        if e.errno == errno.ENXIO:
-            raise refuse(f"{_named(where, path)} is a FIFO (named pipe), not a regular file") from e
-        raise refuse(f"{_named(where, path)}: cannot write ({e.strerror or e})") from e
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise refuse(f"{_named(where, path)} is {kind_of(st.st_mode)}, not a regular file (refused before writing)")
         os.set_blocking(fd, True)
-        os.ftruncate(fd, 0)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        _overwrite(fd, data)
     finally:
         os.close(fd)
+
+
+def _overwrite(fd: int, data: bytes) -> None:
+    """Truncate the open (blocking) file ``fd`` and write all of ``data`` (partial writes resumed)."""
+    os.ftruncate(fd, 0)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def display(path: str | os.PathLike) -> str:
@@ -340,8 +392,6 @@ def dir_problem(path: str | os.PathLike, owners: tuple[int, ...]) -> str | None:
     return None
 
 
-_OWN_FLAGS = (getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
-              | getattr(os, "O_CLOEXEC", 0))
 
 
 def open_own(path: str | os.PathLike, flags: int, owners: tuple[int, ...], where: str, *,
@@ -358,22 +408,10 @@ def open_own(path: str | os.PathLike, flags: int, owners: tuple[int, ...], where
         FileNotFoundError: missing (and ``flags`` has no ``O_CREAT``).
         InputError: a symlink, not a regular file, foreign owner, hard-linked, too open.
     """
+    fd, st = _open_no_follow(path, flags, mode, f"{where}: {path}", _OWN_REFUSALS, missing_raises=True)
     try:
-        fd = os.open(path, flags | _OWN_FLAGS, mode)
-    except FileNotFoundError:
-        raise
-    except OSError as e:
-        if e.errno == errno.ELOOP or os.path.islink(path):
-            raise refuse(f"{where}: {path} is a symlink (planted?); refused: remove it") from e
-        if e.errno == errno.ENXIO:
-            raise refuse(f"{where}: {path} is a FIFO (named pipe), not a regular file; refused: remove it") from e
-        raise refuse(f"{where}: {path}: cannot open ({e.strerror or e})") from e
-    try:
-        st = os.fstat(fd)
         problem = None
-        if not stat.S_ISREG(st.st_mode):
-            problem = f"is {kind_of(st.st_mode)}, not a regular file"
-        elif st.st_uid not in owners:
+        if st.st_uid not in owners:
             problem = f"belongs to {_owner_name(st.st_uid)}, not {' or '.join(_owner_name(o) for o in owners)}"
         elif st.st_nlink != 1:
             problem = f"has {st.st_nlink} hard links (a link to another file?)"
@@ -426,10 +464,7 @@ def write_own(path: str | os.PathLike, data: bytes, owners: tuple[int, ...], whe
     try:
         if chown is not None and os.fstat(fd).st_uid != chown[0]:
             os.fchown(fd, *chown)
-        os.ftruncate(fd, 0)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        _overwrite(fd, data)
     finally:
         os.close(fd)
 

@@ -33,3 +33,22 @@ def pgdata_dir() -> Path:
 def default_data_dir() -> Path | None:
     """Flickr8K directory beside the checkout (``../shared/data/flickr8k``), if present."""
     return settings.get().data_dir
+
+
+def flickr8k_dir(given: Path | None = None) -> Path:
+    """The Flickr8K directory a command reads: ``given`` (``--data-dir``), else
+    ``$JOINTEMBED_DATA_DIR``, else ``shared/data/flickr8k`` beside the checkout when present.
+
+    Raises:
+        InputError: none of them; the message names the absolute path looked at (the
+            default is beside the checkout, not the working directory, and means nothing
+            for an installed wheel) and both ways to point at the data.
+    """
+    from .errors import InputError
+
+    found = given if given is not None else default_data_dir()
+    if found is None:
+        raise InputError(f"no Flickr8K data found (looked for {settings.DEFAULT_FLICKR8K}, beside the checkout); "
+                         "pass --data-dir DIR or set JOINTEMBED_DATA_DIR "
+                         "(a directory with images/ and Flickr8k.token.txt)")
+    return Path(found)

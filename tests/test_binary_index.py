@@ -12,35 +12,12 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from _pg import version_tuple
+from _pg import analyze, exact_image_ids, hnsw_store, knn_debug_lines, unit, version_tuple
 from jointembed_pg.errors import DatabaseError, ModelMismatchError
 from jointembed_pg.search import indexing
 from jointembed_pg.search.store import Store
 
 D, N, K = 32, 600, 10
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
-
-
-def _exact_ids(conn, table, q, k=K) -> list:
-    return [r[0] for r in conn.execute(
-        sql.SQL("SELECT id FROM {} i WHERE i.modality = 'image' ORDER BY l2_distance(i.embedding, %(q)s), i.id "
-                "LIMIT %(k)s").format(table), {"q": q, "k": k}).fetchall()]
-
-
-def _knn_notes(conn, stmt, params) -> tuple[list, list[str]]:
-    notes: list[str] = []
-    handler = lambda d: notes.append(d.message_primary or "")  # noqa: E731
-    conn.add_notice_handler(handler)
-    try:
-        with conn.transaction():
-            conn.execute("SET LOCAL client_min_messages = debug1")
-            rows = conn.execute(stmt, params).fetchall()
-    finally:
-        conn.remove_notice_handler(handler)
-    return rows, [n for n in notes if n.startswith("jointembed.knn")]
 
 
 @pytest.fixture(scope="module")
@@ -54,17 +31,14 @@ def binary(module_pg_dsn, pgvector_version):
         pytest.skip(f"binary index needs pgvector >= 0.7; the test server has {pgvector_version}")
     rng = np.random.default_rng(5)
     centres = rng.standard_normal((N // 10, D))
-    emb = _unit(np.repeat(centres, 10, axis=0) + 0.3 * rng.standard_normal((N, D)))
-    txt = _unit(rng.standard_normal((50, D)))
-    store = Store(module_pg_dsn)
-    with store.transaction() as conn:
-        conn.execute("SET enable_sort = off")
+    emb = unit(np.repeat(centres, 10, axis=0) + 0.3 * rng.standard_normal((N, D)))
+    txt = unit(rng.standard_normal((50, D)))
+    store = hnsw_store(module_pg_dsn)
     coll = store.collection("bin", model_id="synthetic", dim=D, create=True, index="binary")
     coll.upsert([("image", f"k{i}", f"/{i}.jpg", None, None, emb[i]) for i in range(N)]
                 + [("text", f"t{i}", None, f"caption {i}", None, txt[i]) for i in range(50)])
     coll.ensure_index()
-    with store.transaction() as conn:
-        conn.execute(sql.SQL("ANALYZE {}").format(coll.table_ident))
+    analyze(store, coll)
     yield store, coll, emb
     store.close()
 
@@ -89,13 +63,13 @@ def test_the_bit_index_answers_and_results_equal_exact_l2(binary):
     for qi in (0, 17, 123):
         q = emb[qi]
         with store.transaction() as conn:
-            ref = _exact_ids(conn, coll.table_ident, q)
+            ref = exact_image_ids(conn, coll.table_ident, q)
             plan = "\n".join(r[0] for r in conn.execute(sql.SQL(
                 "EXPLAIN SELECT id FROM {} i WHERE modality = 'image' ORDER BY "
                 "CAST(binary_quantize(i.embedding) AS bit({})) <~> binary_quantize(%s::vector) LIMIT 400"
             ).format(coll.table_ident, sql.Literal(D)), [q]).fetchall())
             assert coll.index_name("image") in plan, plan
-            rows, notes = _knn_notes(conn, "SELECT id, distance FROM jointembed.search('bin', %s, %s, 'image')", [q, K])
+            rows, notes = knn_debug_lines(conn, "SELECT id, distance FROM jointembed.search('bin', %s, %s, 'image')", [q, K])
         assert [r[0] for r in rows] == ref
         assert len(rows) == K and all(a[1] <= b[1] for a, b in zip(rows, rows[1:]))
         assert notes[0] == "jointembed.knn: binary index: 400 Hamming candidates re-ranked by L2", notes
@@ -114,7 +88,7 @@ def test_k_is_exact_for_every_k(binary):
 def test_filtered_search_stays_exact_k(binary):
     store, coll, emb = binary
     with store.transaction() as conn:
-        rows, notes = _knn_notes(conn, sql.SQL(
+        rows, notes = knn_debug_lines(conn, sql.SQL(
             "SELECT (k.item).source FROM jointembed.knn(NULL::{}, %s::vector, %s, 'image', "
             "p_filter => $f$i.source LIKE '/1%%'$f$, p_exact_below => 0) k").format(coll.table_ident), [emb[9], K])
     assert len(rows) == K and all(r[0].startswith("/1") for r in rows)
@@ -125,20 +99,20 @@ def test_a_pool_covering_the_table_equals_exact_l2_on_random_vectors(binary):
     """k = 30: pool max(1200, 400) covers every image, so re-ranking alone decides: exact order,
     on a query with no structure (random), where the Hamming order differs from L2's."""
     store, coll, emb = binary
-    q = _unit(np.random.default_rng(99).standard_normal(D))
+    q = unit(np.random.default_rng(99).standard_normal(D))
     with store.transaction() as conn:
         assert [r[0] for r in conn.execute("SELECT id FROM jointembed.search('bin', %s, 30, 'image')",
-                                           [q]).fetchall()] == _exact_ids(conn, coll.table_ident, q, k=30)
+                                           [q]).fetchall()] == exact_image_ids(conn, coll.table_ident, q, k=30)
 
 
 def test_more_like_this_over_the_bit_index(binary):
     """More_like_this (SQL) over the bit index: the same ids as an exact L2 scan."""
     store, coll, emb = binary
     with store.transaction() as conn:
-        item = _exact_ids(conn, coll.table_ident, emb[40], k=1)[0]
+        item = exact_image_ids(conn, coll.table_ident, emb[40], k=1)[0]
         got = [r[0] for r in conn.execute("SELECT id FROM jointembed.more_like_this('bin', %s, %s)",
                                           [item, K]).fetchall()]
-        ref = [i for i in _exact_ids(conn, coll.table_ident, emb[40], k=K + 1) if i != item][:K]
+        ref = [i for i in exact_image_ids(conn, coll.table_ident, emb[40], k=K + 1) if i != item][:K]
     assert got == ref
 
 

@@ -24,7 +24,7 @@ from jointembed_pg.sync.drain import sync_table
 from jointembed_pg.sync.reembed import ReembedRefused, abort, reembed
 from jointembed_pg.sync.worker import JsonLog, Worker
 from test_reliability_support import scenario
-from test_sync_support import Projected, make_photos, side_rows
+from test_sync_support import LogLines, Projected, make_photos, side_rows
 
 pytest_plugins = ["_reliability"]
 
@@ -191,17 +191,6 @@ def test_superuser_reembed_of_a_table_another_role_owns(pg_dsn, bundle, observe)
 
 
 # -- 3. small items ------------------------------------------------------------------------
-class _Lines:
-    def __init__(self):
-        self.lines: list[str] = []
-
-    def write(self, s):
-        self.lines.extend(x for x in s.splitlines() if x)
-
-    def flush(self):
-        pass
-
-
 @scenario("An attached table dropped without detach, beside another attached table",
           "status shows the other table's counts and an error line for the dropped one (exit 0); the worker "
           "logs table_error once and embeds the other table", "database faults")
@@ -217,7 +206,7 @@ def test_a_dropped_attached_table_fails_only_its_own_status_and_worker_turn(conn
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert "photos: model" in p.stdout and "gone: error:" in p.stdout
-    logs = _Lines()
+    logs = LogLines()
     totals = Worker(pg_dsn, bundle, log=JsonLog(logs, worker="w")).run(until_idle=True, handle_signals=False)
     assert totals["written"] == 1
     events = [json.loads(x) for x in logs.lines]

@@ -16,15 +16,11 @@ import pytest
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from _pg import analyze, exact_image_ids, hnsw_store, knn_debug_lines, unit
 from jointembed_pg import db
 from jointembed_pg.sync import catalog as sync
-from jointembed_pg.search.store import Store
 
 D, N, NEAR, K = 32, 400, 60, 10
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -36,44 +32,18 @@ def dead(module_pg_dsn):
     does on large tables (pgvector 0.8 prefers a sequential scan and a sort at 400 rows).
     """
     rng = np.random.default_rng(11)
-    emb = _unit(rng.standard_normal((N, D)))
+    emb = unit(rng.standard_normal((N, D)))
     q = emb[0]
-    store = Store(module_pg_dsn)
-    with store.transaction() as conn:
-        conn.execute("SET enable_sort = off")  # session-wide: this Store's own connection
+    store = hnsw_store(module_pg_dsn)
     coll = store.collection("dead", model_id="synthetic", dim=D, create=True)
     rows = [("image", f"k{i}", f"/{'even' if i % 2 == 0 else 'odd'}/{i}.jpg", None, None, emb[i]) for i in range(N)]
     coll.upsert(rows)
     coll.ensure_index()
     near = np.argsort(np.linalg.norm(emb - q, axis=1))[:NEAR]
     coll.upsert([(*rows[i][:5], -emb[i]) for i in near])  # re-embed: the old versions are dead
-    with store.transaction() as conn:
-        conn.execute(sql.SQL("ANALYZE {}").format(coll.table_ident))
+    analyze(store, coll)
     yield store, coll, q
     store.close()
-
-
-def _exact_ids(conn, table: sql.Composable, q, k=K, cond: str = "TRUE", params=None) -> list:
-    """Reference: ids (or keys) of an exact scan over the live rows."""
-    col = sql.Identifier("id") if "items" in table.as_string(conn) else sql.Identifier("key")
-    return [r[0] for r in conn.execute(
-        sql.SQL("SELECT {} FROM {} i WHERE i.modality = 'image' AND ({}) "
-                "ORDER BY l2_distance(i.embedding, %(q)s), i.{} LIMIT %(k)s").format(col, table, sql.SQL(cond), col),
-        {"q": q, "k": k, **(params or {})}).fetchall()]
-
-
-def _debug_lines(conn, stmt, params) -> tuple[list, list[str]]:
-    """Run ``stmt`` with client_min_messages = debug1; (rows, jointembed.knn debug messages)."""
-    notes: list[str] = []
-    handler = lambda d: notes.append(d.message_primary or "")  # noqa: E731
-    conn.add_notice_handler(handler)
-    try:
-        with conn.transaction():
-            conn.execute("SET LOCAL client_min_messages = debug1")
-            rows = conn.execute(stmt, params).fetchall()
-    finally:
-        conn.remove_notice_handler(handler)
-    return rows, [n for n in notes if n.startswith("jointembed.knn")]
 
 
 def test_plain_index_scan_is_short_with_dead_tuples(dead):
@@ -93,7 +63,7 @@ def test_plain_index_scan_is_short_with_dead_tuples(dead):
 def test_sql_search_returns_k_exact_ids_over_dead_tuples(dead, target):
     store, coll, q = dead
     with store.transaction() as conn:
-        ref = _exact_ids(conn, coll.table_ident, q)
+        ref = exact_image_ids(conn, coll.table_ident, q)
         got = conn.execute("SELECT id FROM jointembed.search('dead', %s, %s, %s)", [q, K, target]).fetchall()
         assert [r[0] for r in got] == ref
         assert conn.execute("SHOW hnsw.ef_search").fetchone()[0] == "40"  # restored
@@ -102,8 +72,8 @@ def test_sql_search_returns_k_exact_ids_over_dead_tuples(dead, target):
 def test_python_search_and_more_like_this_over_dead_tuples(dead):
     store, coll, q = dead
     with store.transaction() as conn:
-        ref = _exact_ids(conn, coll.table_ident, q)
-        ref_mlt = _exact_ids(conn, coll.table_ident, q, k=K + 1)
+        ref = exact_image_ids(conn, coll.table_ident, q)
+        ref_mlt = exact_image_ids(conn, coll.table_ident, q, k=K + 1)
         item = ref_mlt[0]
         mlt_sql = [r[0] for r in conn.execute("SELECT id FROM jointembed.more_like_this('dead', %s, %s)",
                                               [item, K]).fetchall()]
@@ -113,14 +83,14 @@ def test_python_search_and_more_like_this_over_dead_tuples(dead):
     # more_like_this ranks around the item's own embedding: compare with an exact scan there
     item_q = coll.get(item).embedding
     with store.transaction() as conn:
-        assert mlt_sql == [i for i in _exact_ids(conn, coll.table_ident, item_q, k=K + 1) if i != item][:K]
+        assert mlt_sql == [i for i in exact_image_ids(conn, coll.table_ident, item_q, k=K + 1) if i != item][:K]
 
 
 def test_the_path_taken_depends_on_the_pgvector_version(dead):
     """< 0.8: ef_search 40 -> 160 -> ... until k rows; >= 0.8: one strict_order iterative scan."""
     store, coll, q = dead
     with store.transaction() as conn:
-        rows, notes = _debug_lines(conn, "SELECT id FROM jointembed.search('dead', %s, %s, 'image')", [q, K])
+        rows, notes = knn_debug_lines(conn, "SELECT id FROM jointembed.search('dead', %s, %s, 'image')", [q, K])
         assert len(rows) == K
         if store.iterative_scan:
             assert notes and "iterative scan" in notes[0], notes
@@ -136,9 +106,9 @@ def test_filtered_search_over_dead_tuples(dead, how):
     """Half the rows match; exact_below=0 forces the index path; same ids as exact."""
     store, coll, q = dead
     with store.transaction() as conn:
-        ref = _exact_ids(conn, coll.table_ident, q, cond="i.source LIKE %(p)s", params={"p": "/even/%"})
+        ref = exact_image_ids(conn, coll.table_ident, q, cond="i.source LIKE %(p)s", params={"p": "/even/%"})
         if how == "sql-knn":
-            rows, notes = _debug_lines(conn, sql.SQL(
+            rows, notes = knn_debug_lines(conn, sql.SQL(
                 "SELECT (r.item).id FROM jointembed.knn(NULL::{}, %s, %s, 'image', "
                 "p_filter => 'i.source LIKE $3->>''p''', p_args => %s, p_exact_below => 0) r").format(
                     coll.table_ident), [q, K, Jsonb({"p": "/even/%"})])
@@ -200,7 +170,7 @@ def test_sqla_nearest_over_dead_tuples(dead):
 
     store, coll, q = dead
     with store.transaction() as conn:
-        ref = _exact_ids(conn, coll.table_ident, q)
+        ref = exact_image_ids(conn, coll.table_ident, q)
     engine = create_engine(store._dsn, migrate=False, connect_args={"options": "-c enable_sort=off"})
     try:
         Item = item_model(coll)

@@ -152,3 +152,76 @@ def test_gallery_rows_do_not_stretch_hits_to_the_tallest():
 
     rule = re.search(r"^\.row\{([^}]*)\}", _CSS, re.MULTILINE).group(1)
     assert "display:flex" in rule and re.search(r"align-items:\s*(flex-)?start", rule), rule
+
+
+# -- a new user's first day (newuser) ----------------------------------------------------------
+def _all_commands(group, path=()):
+    import click
+
+    yield path, group
+    if isinstance(group, click.Group):
+        for name, cmd in sorted(group.commands.items()):
+            yield from _all_commands(cmd, (*path, name))
+
+
+def test_help_lists_each_command_with_its_whole_first_sentence_and_no_markup():
+    """At 80 columns click cut most command summaries mid-phrase ("Main job: build the bundle,
+    index Flickr8K into..."); every group now wraps the whole first sentence. Help text is
+    plain: no reStructuredText ``double backticks`` shown literally."""
+    import click
+    from click.testing import CliRunner
+
+    from jointembed_pg.cli import cli
+
+    runner = CliRunner()
+    for path, cmd in _all_commands(cli):
+        out = runner.invoke(cli, [*path, "--help"], terminal_width=80).output
+        assert "Usage:" in out, (path, out)
+        assert "``" not in out, (path, out)
+        if isinstance(cmd, click.Group):
+            rows = out.split("Commands:", 1)[1].splitlines()
+            assert not [r for r in rows if r.rstrip().endswith("...")], (path, out)
+            for name, sub in cmd.commands.items():  # each summary is complete (its words, wrapped)
+                summary = " ".join(sub.get_short_help_str(limit=10_000).split())
+                assert summary in " ".join(out.split()), (path, name, out)
+
+
+def test_search_of_a_kind_the_collection_lacks_says_why_and_the_fix(flickr8k_dir, bundle_dir, pg_dsn):
+    """`index image photos/` then `search image q.jpg` (target text by default) used to print a
+    bare "(no results)": the collection has no texts. It now says so and names --target image.
+    `search item N` names the item it started from (it printed only "item N")."""
+    imgs = _images(flickr8k_dir, 2)
+    run(["index", "image", *imgs, "--collection", "photos", *_args(pg_dsn, bundle_dir)], check_rc=0)
+    p = run(["search", "image", imgs[0], "--collection", "photos", *_args(pg_dsn, bundle_dir)], check_rc=0)
+    assert "(no results: collection 'photos' has no texts; it has 2 images: add --target image)" in p.stdout, p.stdout
+    p = run(["search", "image", imgs[0], "--collection", "photos", "--json", *_args(pg_dsn, bundle_dir)], check_rc=0)
+    assert p.stdout == "" and "note: no results: collection 'photos' has no texts" in p.stderr, (p.stdout, p.stderr)
+    p = run(["search", "item", "1", "--target", "text", "--collection", "photos", "--dsn", pg_dsn], check_rc=0)
+    assert "add --target image" in p.stdout, p.stdout
+    label = p.stdout.splitlines()[0]  # which item it is, not just its number
+    assert label.startswith("item 1 (image): ") and label.endswith(".jpg") and Path(label.split(": ", 1)[1]).name in {
+        i.name for i in imgs}, label
+    # the hint is only for a missing kind: a search that finds hits prints them as before
+    p = run(["search", "image", imgs[0], "--target", "image", "--collection", "photos",
+             *_args(pg_dsn, bundle_dir)], check_rc=0)
+    assert "no results" not in p.stdout and "[id " in p.stdout, p.stdout
+
+
+@pytest.mark.parametrize("command", [["demo"], ["eval"]])
+def test_missing_flickr8k_names_where_it_looked_and_both_ways_to_fix_it(command, tmp_path, monkeypatch):
+    """From a clone elsewhere (or a wheel), "no Flickr8K data found at ../shared/data/flickr8k"
+    read as relative to the working directory; the error names the absolute path it looked at
+    and both --data-dir and $JOINTEMBED_DATA_DIR."""
+    from click.testing import CliRunner
+
+    from jointembed_pg import settings
+    from jointembed_pg.cli import cli
+
+    missing = tmp_path / "shared" / "data" / "flickr8k"
+    monkeypatch.setattr(settings, "DEFAULT_FLICKR8K", missing)
+    monkeypatch.delenv("JOINTEMBED_DATA_DIR", raising=False)
+    monkeypatch.setenv("JOINTEMBED_HOME", str(tmp_path / "home"))
+    r = CliRunner().invoke(cli, command)
+    assert r.exit_code == 1, r.output
+    assert f"looked for {missing}" in r.output and "--data-dir DIR" in r.output, r.output
+    assert "JOINTEMBED_DATA_DIR" in r.output and "Flickr8k.token.txt" in r.output, r.output

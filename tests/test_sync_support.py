@@ -7,7 +7,8 @@
   embedded once);
 * :class:`Projected`: a second "model" of another dimension and model id, made from the
   real bundle by a fixed random projection (so switching models needs no second export);
-* :func:`catalog_snapshot`: what attach/detach could have touched in the user's schema.
+* :func:`catalog_snapshot`: what attach/detach could have touched in the user's schema;
+* :class:`LogLines`: a ``JsonLog`` stream that keeps the worker's log lines.
 """
 from __future__ import annotations
 
@@ -60,6 +61,19 @@ def make_photos(conn: psycopg.Connection, rows, *, schema: str = "public", table
         cur.executemany(sql.SQL("INSERT INTO {} ({}, {}, {}) VALUES (%s, %s, %s)").format(name, idc, cap, img),
                         list(rows))
     return name
+
+
+class LogLines:
+    """A JsonLog stream collecting the lines (thread-safe through JsonLog's lock)."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def write(self, s):
+        self.lines.extend(x for x in s.splitlines() if x)
+
+    def flush(self):
+        pass
 
 
 class Counting:

@@ -21,7 +21,7 @@ from jointembed_pg.errors import ModelMismatchError
 from jointembed_pg.sync.worker import JsonLog, Worker
 from jointembed_pg.sync.reembed import reembed
 from jointembed_pg.sync.drain import SyncConfig, sync_table
-from test_sync_support import Counting, Projected, flickr_rows, make_photos, queue, side_rows
+from test_sync_support import Counting, LogLines, Projected, flickr_rows, make_photos, queue, side_rows
 
 pytestmark = pytest.mark.flickr8k
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,19 +33,6 @@ def conn(pg_dsn):
         yield c
 
 
-class _Lines:
-    """A JsonLog stream collecting the lines (thread-safe through JsonLog's lock)."""
-
-    def __init__(self):
-        self.lines: list[str] = []
-
-    def write(self, s):
-        self.lines.extend(x for x in s.splitlines() if x)
-
-    def flush(self):
-        pass
-
-
 def test_three_parallel_workers_embed_each_of_500_rows_once(conn, pg_dsn, bundle, flickr8k_dir):
     n = 500
     rows = flickr_rows(str(flickr8k_dir), n)
@@ -54,7 +41,7 @@ def test_three_parallel_workers_embed_each_of_500_rows_once(conn, pg_dsn, bundle
                       image_root=str(flickr8k_dir / "images"))
     assert len(queue(conn, att.id)) == 2 * n
     counting = Counting(bundle)
-    logs = _Lines()
+    logs = LogLines()
     workers = [Worker(pg_dsn, counting, tables=[("photos", None)], cfg=SyncConfig(batch_size=16, load_threads=1),
                       log=JsonLog(logs, worker=f"w{i}"), name=f"w{i}") for i in range(3)]
     errors = []
@@ -167,7 +154,7 @@ def test_reembed_to_another_dimension_keeps_search_answering(conn, pg_dsn, bundl
     with pytest.raises(ModelMismatchError):
         sync_table(conn, "photos", bundle)                         # the old model is refused now
     with pytest.raises(ModelMismatchError):
-        Worker(pg_dsn, bundle, tables=[("photos", None)], log=JsonLog(_Lines())).run(
+        Worker(pg_dsn, bundle, tables=[("photos", None)], log=JsonLog(LogLines())).run(
             until_idle=True, handle_signals=False)
     hits = conn.execute("SELECT key FROM jointembed.search_attached('photos', %s, 1, 'text')",
                         [queries[new.model_id]]).fetchall()

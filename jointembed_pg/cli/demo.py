@@ -15,7 +15,7 @@ import click
 
 from .. import paths
 from .options import _errors, _progress, bundle_option, dsn_option, json_option, progress_option, quiet_stdout
-from ..errors import InputError, terminal_line
+from ..errors import terminal_line
 from ..progress import heartbeat
 
 DEMO_SENTENCES = (
@@ -59,8 +59,10 @@ def ensure_default_bundle(progress: bool = True, data_dir: Path | None = None) -
 
 @click.command()
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-              help="Flickr8K-layout directory [default: ../shared/data/flickr8k when it exists].")
-@click.option("--split", type=click.Choice(["train", "dev", "test"]), default="test", show_default=True)
+              help="Flickr8K-layout directory (images/, Flickr8k.token.txt) [default: $JOINTEMBED_DATA_DIR, "
+                   "else shared/data/flickr8k beside the checkout].")
+@click.option("--split", type=click.Choice(["train", "dev", "test"]), default="test", show_default=True,
+              help="Flickr8K split (1,000 images for dev and test, 6,000 for train; 5 captions each).")
 @click.option("--collection", default=None, help="Collection [default: flickr8k_<split>].")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("jointembed-demo.html"), show_default=True, help="Where to write the gallery.")
@@ -77,10 +79,7 @@ def demo(obj, data_dir, split, collection, html_path, k, dsn, bundle_name, as_js
 
     show = _progress(progress)
     with _errors():
-        data_dir = data_dir or paths.default_data_dir()
-        if data_dir is None:
-            raise InputError("no Flickr8K data found at ../shared/data/flickr8k; "
-                             "pass --data-dir DIR (a directory with images/ and Flickr8k.token.txt)")
+        data_dir = paths.flickr8k_dir(data_dir)
         data = flickr8k.load_split(data_dir, split)
         bundle = obj.bundle(bundle_name or str(ensure_default_bundle(show, data_dir)))
         name = collection or f"flickr8k_{split}"

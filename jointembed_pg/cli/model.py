@@ -16,7 +16,7 @@ from ..model import exporter
 from ..model.bundle import BUNDLE_FILES, MANIFEST, Bundle, available_bundles, bundles_dir, resolve
 from ..errors import JointEmbedError
 from ..progress import heartbeat
-from .options import quiet_stdout
+from .options import HelpGroup, quiet_stdout
 
 
 def _export_build():
@@ -27,7 +27,7 @@ def _export_build():
         raise click.ClickException(str(e)) from e
 
 
-@click.group("model", help="Build, inspect and verify model bundles (ONNX encoders + manifest).")
+@click.group("model", cls=HelpGroup, help="Build, inspect and verify model bundles (ONNX encoders + manifest).")
 def model() -> None:
     """Click group mounted as ``jointembed model``."""
 
@@ -181,7 +181,8 @@ def import_cmd(source: str, name: str, arch: str | None, licence: str, int8: boo
 @click.option("--json", "as_json", is_flag=True, help="One JSON array of {name, path, model_id, dim, precision, "
                                                       "test_rsum, source, licence, error}.")
 def list_cmd(as_json: bool) -> None:
-    """The bundles under the bundles directory: name, model id, dim, precision, test rsum, source."""
+    """The bundles under the bundles directory (<home>/bundles, or $JOINTEMBED_BUNDLES): name, model id,
+    dim, precision, test rsum, source."""
     rows = []
     for name in available_bundles():
         path = paths.bundles_dir() / name

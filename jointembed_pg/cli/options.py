@@ -56,7 +56,24 @@ class KindChoice(click.Choice):
         return super().convert(value, param, ctx)
 
 
-class AliasGroup(click.Group):
+class HelpGroup(click.Group):
+    """A command group whose ``--help`` lists each command with its whole first sentence,
+    wrapped to the terminal, instead of click's default of cutting it to one line with
+    ``...`` (which ends most of ours mid-phrase at 80 columns). A command's ``short_help``,
+    when set, is shown instead."""
+
+    def format_commands(self, ctx, formatter):
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(limit=10_000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+class AliasGroup(HelpGroup):
     """A command group that accepts ``images``/``texts`` for ``image``/``text`` (and back)."""
 
     group_class = type  # sub-groups made with @group.group() are AliasGroups too

@@ -35,13 +35,29 @@ def _search_options(default_target):
     return deco
 
 
-def _print_hits(label, hits, as_json, warnings=()):
+def empty_target_hint(coll, target) -> str:
+    """Why a search of ``coll`` found nothing when the cause is plain: the ``target`` kind
+    (``"image"`` / ``"text"``; ``None``: no hint) has no items, e.g. ``search image`` (target
+    text by default) in a collection of images only. ``""`` when it has some."""
+    if target not in ("image", "text") or coll.count(target) > 0:
+        return ""
+    other = "text" if target == "image" else "image"
+    n_other = coll.count(other)
+    hint = f"collection {coll.name!r} has no {target}s"
+    return hint + (f"; it has {n_other} {other}s: add --target {other}" if n_other else "")
+
+
+def _print_hits(label, hits, as_json, warnings=(), empty_hint=""):
     """Hits as text (rank, L2 distance, ``[id N]``, caption or path; each value on one line,
     control characters escaped by :func:`~jointembed_pg.errors.terminal_line`) or one JSON
-    object per hit (``id, key, modality, distance, source, text, warnings``)."""
+    object per hit (``id, key, modality, distance, source, text, warnings``). No hits: the
+    text says ``(no results)`` and ``empty_hint`` (why, and the fix); with JSON the hint
+    goes to stderr as a ``note:`` line."""
     for w in warnings:
         click.echo(f"warning: {w}", err=True)
     if as_json:
+        if not hits and empty_hint:
+            click.echo(f"note: no results: {empty_hint}", err=True)
         for h in hits:
             click.echo(json.dumps({"id": h.id, "key": h.key, "modality": h.modality, "distance": float(h.distance),
                                    "source": h.source, "text": h.text, "warnings": list(warnings)}))
@@ -49,7 +65,7 @@ def _print_hits(label, hits, as_json, warnings=()):
     label = label if len(label) <= 200 else f"{label[:197]}..."
     click.echo(terminal_line(label))
     if not hits:
-        click.echo("  (no results)")
+        click.echo(f"  (no results: {empty_hint})" if empty_hint else "  (no results)")
     for rank, h in enumerate(hits, 1):
         what = h.text if h.modality == "text" else (h.source or h.key)
         click.echo(f"  {rank:>3}. {h.distance:.4f}  [id {h.id}]  {terminal_line(what)}")
@@ -58,7 +74,7 @@ def _print_hits(label, hits, as_json, warnings=()):
 def _run_search(obj, coll, vec, label, query_image, query_text, k, target, ef_search, exact, html, as_json,
                 warnings=()):
     hits = coll.search_vector(vec, target=target, k=k, ef_search=ef_search, exact=exact)
-    _print_hits(label, hits, as_json, warnings)
+    _print_hits(label, hits, as_json, warnings, empty_target_hint(coll, target) if not hits else "")
     if html:
         _write_html(html, coll, [{"label": label, "query_image": query_image, "query_text": query_text,
                                   "hits": hits}], as_json)
@@ -122,8 +138,8 @@ def search_text(obj, query, k, target, collection, dsn, bundle_name, ef_search, 
     """Find stored images (or texts) closest to the sentence QUERY (L2 distance, lower = closer).
 
     A query whose word pieces are all unknown to the tokenizer (emoji, unsupported
-    scripts) is refused; one that is mostly unknown (> 50%) gets a warning (``warnings``
-    in --json). With --text-encoder sql the query is embedded by the database (no text
+    scripts) is refused; one that is mostly unknown (> 50%) gets a warning (a "warnings"
+    entry in each --json hit). With --text-encoder sql the query is embedded by the database (no text
     tower run here), with the same refusal and warning.
     """
     with _errors():
@@ -159,8 +175,10 @@ def search_image(obj, path, k, target, collection, dsn, bundle_name, ef_search, 
 
 @click.command("eval")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-              help="Flickr8K-layout directory [default: ../shared/data/flickr8k when it exists].")
-@click.option("--split", type=click.Choice(["train", "dev", "test"]), default="test", show_default=True)
+              help="Flickr8K-layout directory (images/, Flickr8k.token.txt) [default: $JOINTEMBED_DATA_DIR, "
+                   "else shared/data/flickr8k beside the checkout].")
+@click.option("--split", type=click.Choice(["train", "dev", "test"]), default="test", show_default=True,
+              help="Flickr8K split (1,000 images for dev and test, 6,000 for train; 5 captions each).")
 @click.option("--collection", default=None, help="Collection to write the split into [default: flickr8k_<split>].")
 @dsn_option
 @bundle_option
@@ -178,9 +196,7 @@ def eval_cmd(obj, data_dir, split, collection, dsn, bundle_name, as_json, progre
     from ..evaluation.evaluate import evaluate_split
 
     with _errors():
-        data_dir = data_dir or paths.default_data_dir()
-        if data_dir is None:
-            raise InputError("no Flickr8K data found at ../shared/data/flickr8k; pass --data-dir DIR")
+        data_dir = paths.flickr8k_dir(data_dir)
         bundle = obj.bundle(bundle_name)
         name = collection or f"flickr8k_{split}"
         coll = obj.collection(dsn, name, bundle=bundle, create=True)
@@ -216,14 +232,16 @@ def eval_cmd(obj, data_dir, split, collection, dsn, bundle_name, as_json, progre
 def search_item(obj, item_id, k, target, collection, dsn, ef_search, exact, html, as_json):
     """More like this: items nearest to the stored item ITEM_ID (no model needed).
 
-    ITEM_ID is the numeric id shown as ``[id N]`` in search output (``id`` with --json).
+    ITEM_ID is the numeric id shown as [id N] in search output ("id" with --json).
     """
     with _errors():
         coll = obj.collection(dsn, collection)
         hits = coll.more_like_this(item_id, target=target, k=k, ef_search=ef_search, exact=exact)
-        _print_hits(f"item {item_id}", hits, as_json)
+        item = coll.get(item_id)
+        what = item.text if item.modality == "text" else (item.source or item.key)
+        _print_hits(f"item {item_id} ({item.modality}): {what}", hits, as_json,
+                    empty_hint=empty_target_hint(coll, target) if not hits else "")
         if html:
-            item = coll.get(item_id)
             query_image = item.source if item.modality == "image" else None
             _write_html(html, coll, [{"label": f"more like item {item_id}", "query_image": query_image,
                                       "query_text": item.text, "query_id": item_id, "hits": hits}], as_json)

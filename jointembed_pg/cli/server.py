@@ -9,10 +9,10 @@ import json
 
 import click
 
-from .options import _errors
+from .options import HelpGroup, _errors
 
 
-@click.group()
+@click.group(cls=HelpGroup)
 def server():
     """The embedded PostgreSQL used when no --dsn / $DATABASE_URL is given."""
 
