@@ -192,3 +192,22 @@ def test_parity_failure_is_loud(monkeypatch, diffs, match):
     monkeypatch.setattr(parity, "compare", lambda *a: dict(report))
     with pytest.raises(ExportError, match=match):
         parity.check(None, None, None, None)
+
+
+def test_the_shipped_default_is_its_config_and_names_its_binary_quantizer(bundle_dir):
+    """Issue 26: the committed ``default.pt`` was trained by ``training/configs/default.json``
+    exactly (so RESULTS.md's reproduce line is true), with the binary-code quantizer chosen on
+    dev (tanh 1 -> 0.1, lambda_bin 0.1), and its bundle's manifest names that formulation."""
+    from jointembed_train.checkpoint import load
+    from jointembed_train.config import TrainConfig
+
+    ckpt = load(default_checkpoint())
+    shipped = TrainConfig.from_file(default_checkpoint().parent.parent / "configs" / "default.json")
+    a, b = ckpt.config.to_dict(), shipped.to_dict()
+    assert {k: a[k] for k in a if k != "extra"} == {k: b[k] for k in b if k != "extra"}
+    assert a["binary_codes"] and not a["bin_straight_through"] and a["lambda_bin"] == 0.1
+    m = json.loads((bundle_dir / "manifest.json").read_text())
+    if m["source_checkpoint_sha256"] != sha256_file(default_checkpoint()):
+        pytest.skip("the test bundle was not built from the committed default.pt")
+    assert m["quantizer"]["kind"] == "binary-sign" and m["quantizer"]["relaxation"] == "tanh"
+    assert m["quantizer"]["bits"] == m["dim"] == 256
