@@ -175,6 +175,37 @@ def ivf_lists(rows: int) -> int:
     return max(1, rows // 1000 if rows <= 1_000_000 else int(rows ** 0.5))
 
 
+#: An IVFFlat index is outgrown when the lists rule asks for this many times the lists it has.
+IVF_OUTGROWN = 4
+
+
+def ivf_outgrown(conn: psycopg.Connection, spec: "IndexSpec") -> str | None:
+    """Why the existing IVFFlat index ``spec.name`` no longer fits its rows, or ``None``.
+
+    Its lists were fixed at the build (:func:`ivf_lists` of the rows then: 1 for a collection
+    indexed while small or empty); once :func:`ivf_lists` of the rows now is at least
+    :data:`IVF_OUTGROWN` times that, every search probes lists :data:`IVF_OUTGROWN` x fuller
+    (with 1 list: a Hamming scan of every row), silently. Lists from the index's
+    ``reloptions`` (pgvector's default 100 when absent); rows by ``count(*)`` of the modality.
+    """
+    row = conn.execute(
+        "SELECT (SELECT substring(o FROM '^lists=([0-9]+)$')::integer FROM pg_catalog.unnest(c.reloptions) o "
+        "        WHERE o LIKE 'lists=%%' LIMIT 1) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_am a ON a.oid = c.relam "
+        "WHERE c.relnamespace = pg_catalog.to_regnamespace(%s) AND c.relname = %s AND a.amname = 'ivfflat'",
+        [spec.schema, spec.name]).fetchone()
+    if row is None:
+        return None
+    lists = row[0] or 100
+    rows = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE modality = %s").format(spec.table_ident),
+                        [spec.modality]).fetchone()[0]
+    want = ivf_lists(rows)
+    if want < IVF_OUTGROWN * lists:
+        return None
+    return (f"index {spec.name} has {lists} IVFFlat lists, built for far fewer rows than its {rows} now "
+            f"(the rule gives {want}): searches scan ~{rows // lists} rows per probed list; rebuild it: "
+            f"DROP INDEX jointembed.{spec.name}, then `jointembed index` / Collection.ensure_index")
+
+
 def ivf_build_bytes(lists: int, dim: int) -> int:
     """``maintenance_work_mem`` an IVFFlat build needs: its k-means sample of ``50 * lists``
     rows (pgvector src/ivfbuild.c ``SampleRows``) held as float vectors of ``dim`` plus the
