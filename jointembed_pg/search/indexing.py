@@ -189,15 +189,20 @@ def ivf_outgrown(conn: psycopg.Connection, spec: "IndexSpec") -> str | None:
     ``reloptions`` (pgvector's default 100 when absent); rows by ``count(*)`` of the modality.
     """
     row = conn.execute(
-        "SELECT (SELECT substring(o FROM '^lists=([0-9]+)$')::integer FROM pg_catalog.unnest(c.reloptions) o "
-        "        WHERE o LIKE 'lists=%%' LIMIT 1) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_am a ON a.oid = c.relam "
-        "WHERE c.relnamespace = pg_catalog.to_regnamespace(%s) AND c.relname = %s AND a.amname = 'ivfflat'",
+        # qualified throughout: this runs under the session's search_path (public may hold shadows)
+        "SELECT (SELECT CAST(pg_catalog.substring(o, '^lists=([0-9]+)$') AS pg_catalog.int4) "
+        "        FROM pg_catalog.unnest(c.reloptions) o "
+        "        WHERE pg_catalog.starts_with(o, 'lists=') LIMIT 1) "
+        "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_am a ON a.oid OPERATOR(pg_catalog.=) c.relam "
+        "WHERE c.relnamespace OPERATOR(pg_catalog.=) pg_catalog.to_regnamespace(%s) "
+        "AND c.relname OPERATOR(pg_catalog.=) CAST(%s AS pg_catalog.name) "
+        "AND a.amname OPERATOR(pg_catalog.=) CAST('ivfflat' AS pg_catalog.name)",
         [spec.schema, spec.name]).fetchone()
     if row is None:
         return None
     lists = row[0] or 100
-    rows = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE modality = %s").format(spec.table_ident),
-                        [spec.modality]).fetchone()[0]
+    rows = conn.execute(sql.SQL("SELECT pg_catalog.count(*) FROM {} WHERE modality OPERATOR(pg_catalog.=) "
+                                "CAST(%s AS pg_catalog.text)").format(spec.table_ident), [spec.modality]).fetchone()[0]
     want = ivf_lists(rows)
     if want < IVF_OUTGROWN * lists:
         return None
