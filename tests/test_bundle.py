@@ -303,6 +303,14 @@ def test_a_graph_replaced_after_load_never_runs(bundle_dir, tmp_path):
         with pytest.raises(BundleError, match="changed since the bundle was loaded"):
             b.encode_pixels(pixels)
         assert b.encode_texts(["a dog"]).shape == (1, b.dim)
+    # the tokenizer too (made on first use): a vocabulary edited after load is refused
+    shutil.copyfile(bundle_dir / "image.onnx", d / "image.onnx")
+    b = Bundle.load(d)
+    tok = (d / "tokenizer.json").read_text(encoding="utf-8")
+    (d / "tokenizer.json").write_text(tok.replace('"dog"', '"cat"', 1), encoding="utf-8")  # same size
+    with pytest.raises(BundleError, match="changed since the bundle was loaded"):
+        b.encode_texts(["a dog"])
+    shutil.copyfile(bundle_dir / "tokenizer.json", d / "tokenizer.json")
     # an intact bundle loaded from its bytes embeds as before
     shutil.copyfile(bundle_dir / "image.onnx", d / "image.onnx")
     assert np.allclose(Bundle.load(d).encode_pixels(pixels), Bundle.load(bundle_dir).encode_pixels(pixels))

@@ -280,7 +280,7 @@ class Bundle:
             opts.add_session_config_entry(key, value)
         if self.intra_op_threads:
             opts.intra_op_num_threads = int(self.intra_op_threads)
-        model = self._graph_bytes(path)
+        model = self._file_bytes(path)
         try:
             sess = ort.InferenceSession(model, sess_options=opts, providers=self.providers)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
@@ -291,11 +291,12 @@ class Bundle:
         self._check_graph(sess, path, encoder)
         return sess
 
-    def _graph_bytes(self, path: Path) -> bytes:
-        """The bytes of the graph ``path``, read once and handed to onnxruntime as they are:
-        sessions are made on first use, maybe hours after :meth:`load` checked the files, so
+    def _file_bytes(self, path: Path) -> bytes:
+        """The bytes of the bundle file ``path`` (a graph, the tokenizer), read once and used as
+        they are (onnxruntime and tokenizers get the bytes, not the path): sessions and the
+        tokenizer are made on first use, maybe hours after :meth:`load` checked the files, so
         the bytes are checked again (size always, sha256 unless loaded with ``verify=False``)
-        and a graph replaced or edited meanwhile never runs.
+        and a file replaced or edited meanwhile is never used.
 
         Raises:
             BundleError: the file is unreadable or differs from the manifest's entry.
@@ -360,7 +361,8 @@ class Bundle:
     def _text_tokenizer(self) -> TextTokenizer:
         with self._lock:
             if self._tokenizer is None:
-                self._tokenizer = TextTokenizer(self.path / TOKENIZER, self.max_tokens, self.meta.pad_to)
+                self._tokenizer = TextTokenizer(self.path / TOKENIZER, self.max_tokens, self.meta.pad_to,
+                                                data=self._file_bytes(self.path / TOKENIZER))
             return self._tokenizer
 
     # -- encoders -------------------------------------------------------------------
