@@ -195,3 +195,27 @@ def test_cli_init_index_binary_ivf(pg_dsn, bundle_dir):
             return
         assert p.returncode == 0, p.stderr
         assert store.collection("v").info.index == "binary-ivf"
+
+
+def test_an_outgrown_ivf_index_is_reported_with_the_fix(pg_dsn, pgvector_version, caplog):
+    """Indexed while small (1 list), then grown to 4,010 rows (the rule: 4 lists): every
+    search would scan all rows through the one list. ensure_index leaves the index but says
+    so, with the rebuild; an index that fits its rows says nothing."""
+    from _pg import version_tuple
+    if version_tuple(pgvector_version) < (0, 7):
+        pytest.skip(f"binary-ivf needs pgvector >= 0.7; the test server has {pgvector_version}")
+    emb = _unit(np.random.default_rng(3).standard_normal((4010, D)))
+    with Store(pg_dsn) as store:
+        coll = store.collection("grown", model_id="synthetic", dim=D, create=True, index="binary-ivf")
+        coll.upsert([("image", f"k{i}", f"/r/{i}", None, None, emb[i]) for i in range(10)])
+        assert coll.ensure_index(modalities=["image"]) == [coll.index_name("image")]
+        caplog.clear()
+        assert coll.ensure_index(modalities=["image"]) == []
+        assert not [r for r in caplog.records if "IVFFlat lists" in r.getMessage()]
+        coll.upsert([("image", f"k{i}", f"/r/{i}", None, None, emb[i]) for i in range(10, 4010)])
+        assert coll.ensure_index(modalities=["image"]) == []       # left as it is ...
+        msgs = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "IVFFlat lists" in r.getMessage()]
+        assert len(msgs) == 1, msgs                                 # ... but reported, with the fix
+        assert f"index {coll.index_name('image')} has 1 IVFFlat lists" in msgs[0]
+        assert "4010 now (the rule gives 4)" in msgs[0] and "DROP INDEX" in msgs[0], msgs[0]
+        assert len(coll.search_vector(emb[5], k=7)) == 7

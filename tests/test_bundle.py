@@ -273,6 +273,44 @@ def test_int8_products_exact_on_every_cpu(bundle_dir: Path, tmp_path: Path):
     d = _clone(bundle_dir, tmp_path / "b", copy=("image.onnx",))
     b = Bundle.load(d, verify=False)
     exact = _saturating_image_graph(d / "image.onnx", b.image_spec.size, b.dim)
+    size = (d / "image.onnx").stat().st_size  # the manifest lists it (a graph changed after load never runs)
+    _edit_manifest(d, lambda m: m["files"]["image.onnx"].update(bytes=size))
+    b = Bundle.load(d, verify=False)
     out = b.encode_pixels(np.ones((2, 3, b.image_spec.size, b.image_spec.size), np.float32))
     assert out.shape == (2, b.dim)
     np.testing.assert_array_equal(out, np.full((2, b.dim), exact, np.float32))
+
+
+def test_a_graph_replaced_after_load_never_runs(bundle_dir, tmp_path):
+    """Sessions are made on first use: a graph swapped after Bundle.load (here the int8
+    bundle's image.onnx: same inputs and outputs, other weights, so onnxruntime runs it
+    without a word) is refused by its size / sha256; the untouched text graph still runs."""
+    import os
+
+    from jointembed_pg.model.bundle import Bundle
+
+    other = Path(os.environ.get("JOINTEMBED_TEST_BUNDLE", "")).with_name("test-bundle-int8") / "image.onnx"
+    if not other.is_file():
+        pytest.skip("needs the prebuilt int8 test bundle beside JOINTEMBED_TEST_BUNDLE")
+    d = tmp_path / "b"
+    shutil.copytree(bundle_dir, d)
+    pixels = None
+    for verify in (True, False):
+        shutil.copyfile(bundle_dir / "image.onnx", d / "image.onnx")
+        b = Bundle.load(d, verify=verify)
+        pixels = np.zeros((1, 3, b.image_spec.size, b.image_spec.size), np.float32)
+        shutil.copyfile(other, d / "image.onnx")
+        with pytest.raises(BundleError, match="changed since the bundle was loaded"):
+            b.encode_pixels(pixels)
+        assert b.encode_texts(["a dog"]).shape == (1, b.dim)
+    # the tokenizer too (made on first use): a vocabulary edited after load is refused
+    shutil.copyfile(bundle_dir / "image.onnx", d / "image.onnx")
+    b = Bundle.load(d)
+    tok = (d / "tokenizer.json").read_text(encoding="utf-8")
+    (d / "tokenizer.json").write_text(tok.replace('"dog"', '"cat"', 1), encoding="utf-8")  # same size
+    with pytest.raises(BundleError, match="changed since the bundle was loaded"):
+        b.encode_texts(["a dog"])
+    shutil.copyfile(bundle_dir / "tokenizer.json", d / "tokenizer.json")
+    # an intact bundle loaded from its bytes embeds as before
+    shutil.copyfile(bundle_dir / "image.onnx", d / "image.onnx")
+    assert np.allclose(Bundle.load(d).encode_pixels(pixels), Bundle.load(bundle_dir).encode_pixels(pixels))

@@ -32,6 +32,7 @@ import numpy as np
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from jointembed_pg import db, migrations
 from jointembed_pg.search.store import Store
@@ -339,8 +340,11 @@ def test_shadow_set_is_generated_and_covers_the_attack(hijack):
           "concrete overloads of polymorphic ones), then attach, INSERT/UPDATE/DELETE/TRUNCATE, sync, worker, status, "
           "reembed and every search run as owner (superuser), worker and app role",
           "no shadow ever runs (call counter 0, log empty); no role's attributes or memberships change", "security")
-def test_no_shadow_runs_and_no_role_gains_rights(hijack, bundle, tmp_path, observe):
+def test_no_shadow_runs_and_no_role_gains_rights(hijack, bundle, tmp_path, observe, pgvector_version):
     dsn, roles, made, _, _ = hijack
+    from _pg import version_tuple
+    binary_kinds = ("binary", "binary-ivf") if version_tuple(pgvector_version) >= (0, 7) else ()
+    binary_tables: dict[str, str] = {}
     atk, worker, app = roles["atk"], roles["worker"], roles["app"]
     with psycopg.connect(dsn, autocommit=True) as admin:
         rights_before = admin.execute(_RIGHTS_SQL).fetchall()
@@ -366,6 +370,15 @@ def test_no_shadow_runs_and_no_role_gains_rights(hijack, bundle, tmp_path, obser
             assert len(col.search_vector(q, target="text", k=3, where="i.key <> %(k)s", params={"k": "1"})) == 3
             hit = col.search_vector(q, target="text", k=1)[0]
             assert len(col.more_like_this(hit.id, k=2)) == 2
+            # the binary search paths of jointembed.knn (bit HNSW; IVFFlat with ivfflat.probes from
+            # the catalog, sql/functions/16_binary_index.sql), with a filter run under the caller's path
+            for kind in binary_kinds:
+                bc = store.collection(f"shadowed-{kind}", bundle=bundle, create=True, index=kind)
+                bc.add_texts([r[1] for r in rows], keys=[str(r[0]) for r in rows])
+                bc.ensure_index()
+                assert len(bc.search_vector(q, target="text", k=3)) == 3
+                assert len(bc.search_vector(q, target="text", k=3, where="i.key <> %(k)s", params={"k": "1"})) == 3
+                binary_tables[kind] = bc.info.items_table
             own.execute("GRANT SELECT ON ALL TABLES IN SCHEMA jointembed TO " + sql.Identifier(app).as_string(own))
             own.execute("SELECT jointembed.grant_usage(%s)", [app])
         # -- the app role: the user's writes fire the SECURITY DEFINER trigger; SQL searches
@@ -380,6 +393,14 @@ def test_no_shadow_runs_and_no_role_gains_rights(hijack, bundle, tmp_path, obser
                          "SELECT * FROM jointembed.search_attached('photos'::regclass, %s, 3)"]:
                 assert len(a.execute(stmt, [vec]).fetchall()) == 3
             assert len(a.execute("SELECT * FROM jointembed.more_like_this('shadowed', %s, 2)", [hit.id]).fetchall()) == 2
+            for kind in binary_kinds:
+                assert len(a.execute("SELECT * FROM jointembed.search(%s, %s, 3, 'text')",
+                                     [f"shadowed-{kind}", vec]).fetchall()) == 3
+                # the index path with a filter under the app's path (never the exact scan)
+                assert len(a.execute(sql.SQL(
+                    "SELECT * FROM jointembed.knn(NULL::{}, %s, 3, 'text', p_filter => %s, p_args => %s, "
+                    "p_exact_below => 0)").format(sql.Identifier("jointembed", binary_tables[kind])),
+                    [vec, "i.key <> $3->>'k'", Jsonb({"k": "1"})]).fetchall()) == 3
             assert len(sync.search_attached(a, "photos", q, k=3, target="text")) == 3
             # the SQL text encoder (issue 25): fast path, WordPiece slow path, [UNK], CJK, punctuation,
             # accents, the mostly-[UNK] WARNING and a refusal
@@ -419,6 +440,8 @@ def test_no_shadow_runs_and_no_role_gains_rights(hijack, bundle, tmp_path, obser
             migrations.apply(own)
             sync.detach(own, "photos")
             Store(own).drop_collection("shadowed")
+            for kind in binary_kinds:
+                Store(own).drop_collection(f"shadowed-{kind}")
     failure = None
     try:
         everything()

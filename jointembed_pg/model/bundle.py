@@ -205,6 +205,8 @@ class Bundle:
         self.session_config = dict(session_config or {})
         self._lock = threading.Lock()
         self._sessions: dict[str, Any] = {}
+        #: check a graph's sha256 again when its session is made (``load(verify=...)``)
+        self._verify = True
         self._tokenizer: TextTokenizer | None = None
 
     @classmethod
@@ -228,8 +230,10 @@ class Bundle:
         d = resolve(name_or_path)
         m = read_manifest(d)
         meta = validate_manifest(m, d, checksums=verify)
-        return cls(d, meta, manifest=m, providers=providers, intra_op_threads=intra_op_threads,
-                   session_config=session_config)
+        b = cls(d, meta, manifest=m, providers=providers, intra_op_threads=intra_op_threads,
+                session_config=session_config)
+        b._verify = bool(verify)
+        return b
 
     @property
     def model_id(self) -> str:
@@ -276,8 +280,9 @@ class Bundle:
             opts.add_session_config_entry(key, value)
         if self.intra_op_threads:
             opts.intra_op_num_threads = int(self.intra_op_threads)
+        model = self._file_bytes(path)
         try:
-            sess = ort.InferenceSession(str(path), sess_options=opts, providers=self.providers)
+            sess = ort.InferenceSession(model, sess_options=opts, providers=self.providers)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
             raise BundleError(f"{path}: onnxruntime cannot load it ({e})") from e
         names = [i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()]
@@ -285,6 +290,27 @@ class Bundle:
             raise BundleError(f"{path}: graph inputs/outputs are {names}, expected {INPUTS[encoder]} -> {OUTPUTS[encoder]}")
         self._check_graph(sess, path, encoder)
         return sess
+
+    def _file_bytes(self, path: Path) -> bytes:
+        """The bytes of the bundle file ``path`` (a graph, the tokenizer), read once and used as
+        they are (onnxruntime and tokenizers get the bytes, not the path): sessions and the
+        tokenizer are made on first use, maybe hours after :meth:`load` checked the files, so
+        the bytes are checked again (size always, sha256 unless loaded with ``verify=False``)
+        and a file replaced or edited meanwhile is never used.
+
+        Raises:
+            BundleError: the file is unreadable or differs from the manifest's entry.
+        """
+        entry = self.meta.files[path.name]
+        try:
+            with open(path, "rb") as f:
+                data = f.read(entry.bytes + 1)
+        except OSError as e:
+            raise BundleError(f"{path}: cannot read it ({e.strerror or e})") from e
+        if len(data) != entry.bytes or (self._verify and hashlib.sha256(data).hexdigest() != entry.sha256):
+            raise BundleError(f"{path}: changed since the bundle was loaded (differs from the manifest's "
+                              "size or sha256): corrupt or replaced")
+        return data
 
     def _check_graph(self, sess, path: Path, encoder: str) -> None:
         """Refuse a graph that cannot take what the manifest says it feeds it, when the
@@ -335,7 +361,8 @@ class Bundle:
     def _text_tokenizer(self) -> TextTokenizer:
         with self._lock:
             if self._tokenizer is None:
-                self._tokenizer = TextTokenizer(self.path / TOKENIZER, self.max_tokens, self.meta.pad_to)
+                self._tokenizer = TextTokenizer(self.path / TOKENIZER, self.max_tokens, self.meta.pad_to,
+                                                data=self._file_bytes(self.path / TOKENIZER))
             return self._tokenizer
 
     # -- encoders -------------------------------------------------------------------

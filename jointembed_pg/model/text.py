@@ -124,7 +124,8 @@ class TextTokenizer:
         BundleError: the file is missing or not a valid tokenizer.
     """
 
-    def __init__(self, path: str | Path, max_tokens: int = DEFAULT_MAX_TOKENS, pad_to: int | None = None):
+    def __init__(self, path: str | Path, max_tokens: int = DEFAULT_MAX_TOKENS, pad_to: int | None = None, *,
+                 data: bytes | None = None):
         import json
 
         from tokenizers import Tokenizer
@@ -132,7 +133,8 @@ class TextTokenizer:
         if max_tokens < 3:
             raise BundleError(f"{path}: max_tokens must be >= 3, got {max_tokens}")
         try:
-            tok = Tokenizer.from_file(str(path))
+            # data: the file's bytes as already read and checked by the caller (Bundle), else read here
+            tok = Tokenizer.from_str(data.decode("utf-8")) if data is not None else Tokenizer.from_file(str(path))
         except Exception as e:  # tokenizers raises a bare Exception on bad JSON
             raise BundleError(f"{path}: cannot load tokenizer ({e})") from e
         padding = tok.padding or {}

@@ -70,6 +70,42 @@ FROM pg_stat_progress_create_index WHERE pid = %s
 """
 
 
+#: An IVFFlat index is outgrown when the lists rule asks for this many times the lists it has.
+IVF_OUTGROWN = 4
+
+
+def ivf_outgrown(conn: psycopg.Connection, spec: IndexSpec) -> str | None:
+    """Why the existing IVFFlat index ``spec.name`` no longer fits its rows, or ``None``.
+
+    Its lists were fixed at the build (:func:`ivf_lists` of the rows then: 1 for a collection
+    indexed while small or empty); once :func:`ivf_lists` of the rows now is at least
+    :data:`IVF_OUTGROWN` times that, every search probes lists :data:`IVF_OUTGROWN` x fuller
+    (with 1 list: a Hamming scan of every row), silently. Lists from the index's
+    ``reloptions`` (pgvector's default 100 when absent); rows by ``count(*)`` of the modality.
+    """
+    row = conn.execute(
+        # qualified throughout: this runs under the session's search_path (public may hold shadows)
+        "SELECT (SELECT CAST(pg_catalog.substring(o, '^lists=([0-9]+)$') AS pg_catalog.int4) "
+        "        FROM pg_catalog.unnest(c.reloptions) o "
+        "        WHERE pg_catalog.starts_with(o, 'lists=') LIMIT 1) "
+        "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_am a ON a.oid OPERATOR(pg_catalog.=) c.relam "
+        "WHERE c.relnamespace OPERATOR(pg_catalog.=) pg_catalog.to_regnamespace(%s) "
+        "AND c.relname OPERATOR(pg_catalog.=) CAST(%s AS pg_catalog.name) "
+        "AND a.amname OPERATOR(pg_catalog.=) CAST('ivfflat' AS pg_catalog.name)",
+        [spec.schema, spec.name]).fetchone()
+    if row is None:
+        return None
+    lists = row[0] or 100
+    rows = conn.execute(sql.SQL("SELECT pg_catalog.count(*) FROM {} WHERE modality OPERATOR(pg_catalog.=) "
+                                "CAST(%s AS pg_catalog.text)").format(spec.table_ident), [spec.modality]).fetchone()[0]
+    want = ivf_lists(rows)
+    if want < IVF_OUTGROWN * lists:
+        return None
+    return (f"index {spec.name} has {lists} IVFFlat lists, built for far fewer rows than its {rows} now "
+            f"(the rule gives {want}): searches scan ~{rows // lists} rows per probed list; rebuild it: "
+            f"DROP INDEX jointembed.{spec.name}, then `jointembed index` / Collection.ensure_index")
+
+
 # -- the build -------------------------------------------------------------------------
 @dataclass
 class BuildReport:

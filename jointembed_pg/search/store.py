@@ -22,6 +22,7 @@ writers (:mod:`jointembed_pg.search.indexing`). Attached user tables: :meth:`Sto
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import weakref
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ from . import indexing, knn as search
 from ..errors import ArgumentError, DatabaseError, InputError, ModelMismatchError
 from ..migrations import query, queries
 from .knn import Hit, Where  # noqa: F401  (re-exported)
+
+log = logging.getLogger(__name__)
 
 #: HNSW build parameters (pgvector defaults).
 DEFAULT_M = 16
@@ -529,7 +532,10 @@ class Collection:
         during the build; an INVALID index left by an interrupted build is dropped and
         rebuilt. A valid existing index is left as it is (whatever its ``m`` /
         ``ef_construction``), found by a catalog lookup without locking the table: calling
-        this again is a fast no-op. What each build did is in :attr:`last_builds`.
+        this again is a fast no-op. What each build did is in :attr:`last_builds`. An existing
+        ``binary-ivf`` index whose lists the collection has outgrown (the rule now gives at
+        least 4x its lists: :func:`jointembed_pg.search.indexing.ivf_outgrown`) is left too,
+        with a WARNING that says so and how to rebuild it.
 
         Args:
             maintenance_work_mem: exact value for the builds (``"2GB"`` or bytes); default:
@@ -562,6 +568,8 @@ class Collection:
                                                  cap=memory_cap, progress=progress)
                     if built is not None:
                         self.last_builds.append(built)
+                    elif spec.method == "ivfflat" and (why := indexing.ivf_outgrown(conn, spec)):
+                        log.warning("collection %r: %s", self.name, why)
             except psycopg.Error as e:
                 raise DatabaseError(f"indexing collection {self.name!r}: {type(e).__name__}: {db.one_line(e)}") from e
         return [b.name for b in self.last_builds]
