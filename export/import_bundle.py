@@ -18,7 +18,7 @@ import logging
 import platform
 import shutil
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
@@ -26,6 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from . import ExportError
+from .import_common import PROBE_TEXTS, ImportOptions, probe_images, probe_texts  # noqa: F401
 from .imported import Imported, load
 
 log = logging.getLogger(__name__)
@@ -36,12 +37,6 @@ MIN_COSINE = 0.9999
 MIN_TOKEN_AGREEMENT = 0.995
 #: The importer's own version (hashed into model ids).
 IMPORT_VERSION = 1
-#: Captions beyond what Flickr8K has: punctuation, unicode, entities, emoji, over-long.
-PROBE_TEXTS = [
-    "Hello, World!!! (really?)", "a dog &amp; a cat", "it's “quoted” ‘text’", "café naïve résumé",
-    "🐶 a dog and a 🚀 rocket", "東京タワー at night", "don't STOP me now", "price: $5.99 (50% off)!",
-    " ".join(["a brown dog runs across the green grass after a red ball"] * 12),
-]
 
 
 def _tower(fn, module, kind: str):
@@ -155,31 +150,6 @@ def _export_dynamo(graph, args, path: Path, kind: str, opset: int) -> None:
     onnx.checker.check_model(str(path))
 
 
-def probe_images(data_dir: Path | None, work: Path, n: int = 6) -> list[Path]:
-    """Real Flickr8K test images from ``data_dir`` if it is one, else a few synthetic JPEGs."""
-    from PIL import Image
-
-    from .data import is_flickr8k, load_split
-
-    if is_flickr8k(data_dir):
-        return list(load_split(Path(data_dir), "test", limit=n).images)
-    rng = np.random.default_rng(0)
-    out = []
-    for i, (w, h) in enumerate([(320, 240), (240, 333), (500, 375), (97, 131)]):
-        p = work / f"probe{i}.jpg"
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(p, quality=90)
-        out.append(p)
-    return out
-
-
-def probe_texts(data_dir: Path | None, n: int = 40) -> list[str]:
-    """Flickr8K test captions (if ``data_dir`` is one) plus :data:`PROBE_TEXTS`."""
-    from .data import is_flickr8k, load_split
-
-    caps = load_split(Path(data_dir), "test", limit=n // 5 + 1).captions[:n] if is_flickr8k(data_dir) else []
-    return caps + PROBE_TEXTS
-
-
 def compare(imp: Imported, bundle, images: Sequence[Path], texts: Sequence[str]) -> dict:
     """The bundle's embeddings and ids against the framework's own pipeline.
 
@@ -213,15 +183,6 @@ def compare(imp: Imported, bundle, images: Sequence[Path], texts: Sequence[str])
     return {"image_min_cosine": cos(img, ref_img), "text_min_cosine": cos(txt, ref_txt),
             "pixel_max_abs_diff": float(np.abs(ours_px - ref_px.numpy()).max()),
             "token_agreement": same / len(texts), "n_images": len(images), "n_texts": len(texts)}
-
-
-@dataclass(frozen=True)
-class ImportOptions:
-    """What besides the weights decides a bundle: opset, precision, int8 method."""
-
-    opset: int = 17
-    precision: str = "fp32"
-    int8_method: str | None = None
 
 
 def import_model(source: str | Path, out_dir: Path, *, arch: str | None = None, licence: str = "unknown",

@@ -175,7 +175,7 @@ def quantize_bundle(fp32_dir: Path, out_dir: Path, imp=None, *, data_dir: Path |
     from jointembed_pg.model.manifest import IMAGE_ONNX, TEXT_ONNX, TOKENIZER
 
     from .external_data import finalize_graph
-    from .import_bundle import ImportOptions, probe_images, probe_texts
+    from .import_common import ImportOptions, probe_images, probe_texts
     from .manifest import file_entries, write_manifest
     from .staging import staged_dir
 
