@@ -145,10 +145,15 @@ def quantize_static_conv(src: Path, dst: Path, pixels: np.ndarray) -> None:
 
 
 def quantize_dynamic_matmul(src: Path, dst: Path) -> None:
-    """Dynamic int8 copy (per-channel weights of every MatMul) of the graph ``src``."""
+    """Dynamic int8 copy (per-channel weights of every MatMul) of the graph ``src``; a source
+    with external data (over 2 GiB) is written with external data too (int8 is ~1/4 the
+    size: :func:`~jointembed_export.external_data.finalize_graph` inlines it when it fits)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
+    from .external_data import external_locations
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                     use_external_data_format=bool(external_locations(src)))
 
 
 def quantize_bundle(fp32_dir: Path, out_dir: Path, imp=None, *, data_dir: Path | None = None,
