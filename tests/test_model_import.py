@@ -452,3 +452,22 @@ def test_external_data_threshold_env_is_checked(monkeypatch):
     monkeypatch.setenv(THRESHOLD_ENV, "lots")
     with pytest.raises(ExportError, match="expected a number of bytes"):
         threshold_bytes()
+
+
+def test_calibration_images_come_from_the_folder_given(tmp_path, dev):
+    """--calibration-dir: the first N image files by name; links and other files are skipped."""
+    import shutil
+
+    from jointembed_export.import_int8 import calibration_images
+
+    images, _ = dev
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    for i, p in enumerate(images[:3]):
+        shutil.copyfile(p, folder / f"{i:02d}.jpg")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "03.jpg").symlink_to(images[3])
+    got, note = calibration_images(None, folder, n=2)
+    assert [p.name for p in got] == ["00.jpg", "01.jpg"] and note == "2 images of calib/"
+    got, _ = calibration_images(None, folder, n=10)
+    assert [p.name for p in got] == ["00.jpg", "01.jpg", "02.jpg"]
