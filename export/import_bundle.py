@@ -5,9 +5,10 @@ schema-2 manifest, then checks the bundle against the framework's *own* pipeline
 transform, its tokenizer, its encoders, L2-normalised) on real images and varied
 captions. A bundle that disagrees is never written (:class:`~jointembed_export.ExportError`).
 
-int8 (:func:`quantize_bundle`): dynamic quantisation (int8 per-channel weights of every
-MatMul, activations per batch) of both towers, its cosine to fp32 recorded; convolutional
-image towers (MobileCLIP's FastViT) would want static calibration, not implemented.
+int8 (:func:`jointembed_export.import_int8.quantize_bundle`): dynamic quantisation of
+transformer towers, static (calibrated) QDQ quantisation of convolutional image towers.
+A tower over protobuf's 2 GiB is written with one external data file
+(:mod:`jointembed_export.external_data`).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import logging
 import platform
 import shutil
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
@@ -25,6 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from . import ExportError
+from .import_common import PROBE_TEXTS, ImportOptions, probe_images, probe_texts  # noqa: F401
 from .imported import Imported, load
 
 log = logging.getLogger(__name__)
@@ -35,12 +37,6 @@ MIN_COSINE = 0.9999
 MIN_TOKEN_AGREEMENT = 0.995
 #: The importer's own version (hashed into model ids).
 IMPORT_VERSION = 1
-#: Captions beyond what Flickr8K has: punctuation, unicode, entities, emoji, over-long.
-PROBE_TEXTS = [
-    "Hello, World!!! (really?)", "a dog &amp; a cat", "it's “quoted” ‘text’", "café naïve résumé",
-    "🐶 a dog and a 🚀 rocket", "東京タワー at night", "don't STOP me now", "price: $5.99 (50% off)!",
-    " ".join(["a brown dog runs across the green grass after a red ball"] * 12),
-]
 
 
 def _tower(fn, module, kind: str):
@@ -63,16 +59,21 @@ def _tower(fn, module, kind: str):
     return ImageTower() if kind == "image" else TextTower()
 
 
-def export_graphs(imp: Imported, out_dir: Path, opset: int = 17) -> None:
+def export_graphs(imp: Imported, out_dir: Path, opset: int = 17, *, external_threshold: int | None = None) -> None:
     """Write ``image.onnx`` and ``text.onnx`` for ``imp`` into ``out_dir``.
 
     The TorchScript exporter with PyTorch's fused attention fast path switched off (it has
-    no ONNX export); fixed-length towers are traced at ``pad_to``.
+    no ONNX export); fixed-length towers are traced at ``pad_to``. Each tower is exported
+    into a work folder of its own, then :func:`~jointembed_export.external_data.finalize_graph`
+    moves it into ``out_dir`` as one file, or with one ``<name>.data`` file when it is over
+    ``external_threshold`` bytes (default: protobuf's 2 GiB less headroom).
 
     Raises:
         ExportError: the exporter failed.
     """
     import torch
+
+    from .external_data import finalize_graph
 
     from jointembed_pg.model.manifest import IMAGE_ONNX, INPUTS, OUTPUTS, TEXT_ONNX
 
@@ -93,17 +94,21 @@ def export_graphs(imp: Imported, out_dir: Path, opset: int = 17) -> None:
             # into its reshapes: its variable-length text goes through the dynamo exporter
             # (transformers' CLIP attention traces with dynamic shapes, as graphs.py's MiniLM).
             dynamo = kind == "text" and imp.pad_to is None and imp.framework == "open_clip"
+            work = out_dir / f".export-{kind}"
+            work.mkdir()
             try:
                 with warnings.catch_warnings(), torch.no_grad():
                     warnings.simplefilter("ignore")
                     if dynamo:
-                        _export_dynamo(graph.eval(), args, out_dir / name, kind, opset)
-                    else:
-                        torch.onnx.export(graph.eval(), args, str(out_dir / name), dynamo=False,
+                        _export_dynamo(graph.eval(), args, work / name, kind, opset)
+                    else:  # over 2 GiB it writes one external file per tensor into `work`
+                        torch.onnx.export(graph.eval(), args, str(work / name), dynamo=False,
                                           opset_version=opset, do_constant_folding=True,
                                           input_names=INPUTS[kind], output_names=OUTPUTS[kind], dynamic_axes=axes)
             except Exception as e:  # torch raises many types
                 raise ExportError(f"ONNX export of the {kind} tower failed: {e}") from e
+            finalize_graph(work / name, out_dir / name, threshold=external_threshold)
+            shutil.rmtree(work)
     finally:
         torch.backends.mha.set_fastpath_enabled(fast)
 
@@ -126,9 +131,10 @@ def _export_dynamo(graph, args, path: Path, kind: str, opset: int) -> None:
     tmp = path.with_suffix(".dynamo.onnx")
     prog = torch.onnx.export(graph, args, dynamo=True, opset_version=max(opset, 18), input_names=INPUTS[kind],
                              output_names=["je_output"], dynamic_shapes=shapes, external_data=False)
-    prog.save(str(tmp))
+    prog.save(str(tmp))  # external data of its own choosing when over 2 GiB
     model = onnx.load(str(tmp))
-    tmp.unlink()
+    for f in [tmp, *tmp.parent.glob(tmp.name + "*.data")]:
+        f.unlink()
     (out,) = model.graph.output
     old, new = out.name, OUTPUTS[kind][0]
     names = {old: new, new: new + "__inner"}  # an inner value may already be called "embedding"
@@ -138,33 +144,10 @@ def _export_dynamo(graph, args, path: Path, kind: str, opset: int) -> None:
     for vi in model.graph.value_info:
         vi.name = names.get(vi.name, vi.name)
     out.name = new
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-
-
-def probe_images(data_dir: Path | None, work: Path, n: int = 6) -> list[Path]:
-    """Real Flickr8K test images from ``data_dir`` if it is one, else a few synthetic JPEGs."""
-    from PIL import Image
-
-    from .data import is_flickr8k, load_split
-
-    if is_flickr8k(data_dir):
-        return list(load_split(Path(data_dir), "test", limit=n).images)
-    rng = np.random.default_rng(0)
-    out = []
-    for i, (w, h) in enumerate([(320, 240), (240, 333), (500, 375), (97, 131)]):
-        p = work / f"probe{i}.jpg"
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(p, quality=90)
-        out.append(p)
-    return out
-
-
-def probe_texts(data_dir: Path | None, n: int = 40) -> list[str]:
-    """Flickr8K test captions (if ``data_dir`` is one) plus :data:`PROBE_TEXTS`."""
-    from .data import is_flickr8k, load_split
-
-    caps = load_split(Path(data_dir), "test", limit=n // 5 + 1).captions[:n] if is_flickr8k(data_dir) else []
-    return caps + PROBE_TEXTS
+    # always external here (a >2 GiB proto cannot be serialised); finalize_graph inlines it when small
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=path.name + ".data")
+    onnx.checker.check_model(str(path))
 
 
 def compare(imp: Imported, bundle, images: Sequence[Path], texts: Sequence[str]) -> dict:
@@ -202,23 +185,22 @@ def compare(imp: Imported, bundle, images: Sequence[Path], texts: Sequence[str])
             "token_agreement": same / len(texts), "n_images": len(images), "n_texts": len(texts)}
 
 
-@dataclass(frozen=True)
-class ImportOptions:
-    """What besides the weights decides a bundle: opset, precision, int8 method."""
-
-    opset: int = 17
-    precision: str = "fp32"
-    int8_method: str | None = None
-
-
 def import_model(source: str | Path, out_dir: Path, *, arch: str | None = None, licence: str = "unknown",
-                 data_dir: Path | None = None, force: bool = False, int8: bool = False) -> Path:
+                 data_dir: Path | None = None, force: bool = False, int8: bool = False,
+                 calibration_dir: Path | None = None, calibration_n: int | None = None,
+                 external_threshold: int | None = None) -> Path:
     """Import ``source`` as a bundle in ``out_dir`` (and ``<out_dir>-int8`` with ``int8``).
 
     Args:
         source, arch: see :func:`load`.
         licence: the weights' licence as the user states it (recorded, not checked).
         data_dir: Flickr8K-layout folder for the parity images and captions (synthetic if None).
+        int8: also write the int8 sibling (:func:`jointembed_export.import_int8.quantize_bundle`:
+            static calibration for a convolutional image tower, dynamic otherwise).
+        calibration_dir, calibration_n: images to calibrate a convolutional image tower on
+            (default: the first 64 Flickr8K train images of ``data_dir``).
+        external_threshold: bytes above which a tower is written with external data
+            (default: protobuf's 2 GiB less headroom; ``$JOINTEMBED_EXTERNAL_DATA_BYTES``, tests only).
 
     Raises:
         ExportError: loading, export, or the parity check failed (cosine < :data:`MIN_COSINE`
@@ -235,7 +217,7 @@ def import_model(source: str | Path, out_dir: Path, *, arch: str | None = None, 
         raise ExportError(f"{out_dir} already exists (use --force to replace it)")
     imp = load(source, arch)
     with staged_dir(out_dir, force=force) as tmp:
-        export_graphs(imp, tmp)
+        export_graphs(imp, tmp, external_threshold=external_threshold)
         (tmp / TOKENIZER).write_text(imp.tokenizer_json, encoding="utf-8")
         manifest = _manifest(imp, tmp, licence, ImportOptions())
         write_manifest(tmp, manifest)
@@ -248,7 +230,11 @@ def import_model(source: str | Path, out_dir: Path, *, arch: str | None = None, 
         write_manifest(tmp, replace(manifest, extra={**manifest.extra, "parity": report}))
         log.info("imported %s as %s: %s", source, manifest.model_id, report)
     if int8:
-        quantize_bundle(out_dir, int8_dir(out_dir), imp, data_dir=data_dir, force=force)
+        from .import_int8 import CALIBRATION_IMAGES, quantize_bundle
+
+        quantize_bundle(out_dir, int8_dir(out_dir), data_dir=data_dir, calibration_dir=calibration_dir,
+                        calibration_n=calibration_n or CALIBRATION_IMAGES, force=force,
+                        external_threshold=external_threshold)
     return out_dir
 
 
@@ -276,55 +262,3 @@ def _manifest(imp: Imported, bundle_dir: Path, licence: str, options: ImportOpti
                 "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
                 "python": platform.python_version()},
     )
-
-
-#: Recorded in int8 manifests and hashed into their model id.
-INT8_METHOD = "dynamic-per-channel-int8-matmul;both-towers"
-
-
-def quantize_bundle(fp32_dir: Path, out_dir: Path, imp: Imported | None = None, *,
-                    data_dir: Path | None = None, force: bool = False) -> Path:
-    """Dynamic int8 copy of an imported fp32 bundle, with its agreement with fp32 recorded.
-
-    Raises:
-        ExportError: ``out_dir`` exists without ``force``, or quantisation failed.
-    """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from jointembed_pg.model.bundle import Bundle
-    from jointembed_pg.model.manifest import IMAGE_ONNX, TEXT_ONNX, TOKENIZER
-
-    from .manifest import file_entries, write_manifest
-    from .staging import staged_dir
-
-    fp32 = Bundle.load(fp32_dir)
-    options = ImportOptions(precision="int8", int8_method=INT8_METHOD)
-    with staged_dir(Path(out_dir), force=force) as tmp:
-        for name in (IMAGE_ONNX, TEXT_ONNX):
-            try:
-                quantize_dynamic(str(fp32.path / name), str(tmp / name), weight_type=QuantType.QInt8,
-                                 per_channel=True)
-            except Exception as e:
-                raise ExportError(f"int8 quantisation of {name} failed: {e}") from e
-        shutil.copyfile(fp32.path / TOKENIZER, tmp / TOKENIZER)
-        src = fp32.meta
-        key = json.dumps({"fp32": src.model_id, "opts": asdict(options)}, sort_keys=True)
-        m = replace(src, precision="int8", model_id="je-" + hashlib.sha256(key.encode()).hexdigest()[:12],
-                    files=file_entries(tmp), export={**src.export, "options": asdict(options)},
-                    extra={k: v for k, v in src.extra.items() if k != "parity"})
-        write_manifest(tmp, m)
-        int8 = Bundle.load(tmp)
-        work = tmp / ".probe"
-        work.mkdir()
-        images, texts = probe_images(data_dir, work), probe_texts(data_dir)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            pairs = {"image": (fp32.encode_images(images), int8.encode_images(images)),
-                     "text": (fp32.encode_texts(texts), int8.encode_texts(texts))}
-        shutil.rmtree(work)
-        dev = {"method": INT8_METHOD}
-        for enc, (a, b) in pairs.items():
-            dev[f"{enc}_min_cosine_vs_fp32"] = float(((a * b).sum(1)).min())
-            dev[f"{enc}_mean_cosine_vs_fp32"] = float(((a * b).sum(1)).mean())
-        write_manifest(tmp, replace(m, extra={**m.extra, "int8": dev}))
-    return Path(out_dir)

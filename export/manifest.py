@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from jointembed_pg.model.bundle import sha256_file
-from jointembed_pg.model.manifest import BUNDLE_FILES, MANIFEST, FileEntry, Manifest
+from jointembed_pg.model.manifest import BUNDLE_FILES, EXTERNAL_DATA, MANIFEST, FileEntry, Manifest
 from jointembed_pg.model.preprocess import ImageSpec
 from jointembed_pg.model.text import DEFAULT_MAX_TOKENS
 
@@ -48,8 +48,10 @@ def make_model_id(checkpoint_sha256: str, options: ExportOptions) -> str:
 
 
 def file_entries(bundle_dir: Path) -> dict[str, FileEntry]:
-    """``{name: FileEntry(sha256, bytes)}`` for every bundle file in ``bundle_dir``."""
-    return {n: FileEntry(sha256_file(bundle_dir / n), (bundle_dir / n).stat().st_size) for n in BUNDLE_FILES}
+    """``{name: FileEntry(sha256, bytes)}`` for every bundle file in ``bundle_dir``: the
+    :data:`BUNDLE_FILES` and the external data files (:data:`EXTERNAL_DATA`) present."""
+    names = BUNDLE_FILES + tuple(n for n in EXTERNAL_DATA.values() if (bundle_dir / n).is_file())
+    return {n: FileEntry(sha256_file(bundle_dir / n), (bundle_dir / n).stat().st_size) for n in names}
 
 
 def quantizer_info(config: dict[str, Any]) -> dict[str, Any] | None:

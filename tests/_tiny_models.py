@@ -1,7 +1,7 @@
 """Tiny randomly initialised models with the real architectures, saved the way users get them.
 
 For tests/test_model_import.py: open_clip (CLIP ViT with the real classes, tiny widths;
-a no-causal-mask text tower as MobileCLIP's), transformers ``CLIPModel`` and
+a no-causal-mask text tower as MobileCLIP's; the RN50 ResNet image tower), transformers ``CLIPModel`` and
 ``SiglipModel`` folders (``save_pretrained``). Nothing is downloaded.
 """
 from __future__ import annotations
@@ -19,6 +19,10 @@ OPEN_CLIP_TINY = {
 #: MobileCLIP-style text tower: no causal mask (pools at argmax without a padding mask).
 OPEN_CLIP_TINY_NOCAUSAL = {**OPEN_CLIP_TINY, "custom_text": True,
                            "text_cfg": {**OPEN_CLIP_TINY["text_cfg"], "no_causal_mask": True}}
+#: open_clip's ModifiedResNet (the ``RN50`` classes: conv stem, bottlenecks, attention pool),
+#: one block per stage at width 8: a convolutional image tower (static int8 calibration).
+OPEN_CLIP_TINY_RESNET = {**OPEN_CLIP_TINY,
+                         "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8, "head_width": 32}}
 _TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
 
 
@@ -27,9 +31,10 @@ def register_open_clip(folder: Path) -> dict[str, str]:
     from jointembed_train import _torchvision  # noqa: F401
     import open_clip
 
-    names = {"clip": "jetest-tiny-ViT", "nocausal": "jetest-tiny-ViT-nocausal"}
+    names = {"clip": "jetest-tiny-ViT", "nocausal": "jetest-tiny-ViT-nocausal", "resnet": "jetest-tiny-RN"}
     folder.mkdir(parents=True, exist_ok=True)
-    for key, cfg in (("clip", OPEN_CLIP_TINY), ("nocausal", OPEN_CLIP_TINY_NOCAUSAL)):
+    for key, cfg in (("clip", OPEN_CLIP_TINY), ("nocausal", OPEN_CLIP_TINY_NOCAUSAL),
+                     ("resnet", OPEN_CLIP_TINY_RESNET)):
         (folder / f"{names[key]}.json").write_text(json.dumps(cfg))
     open_clip.add_model_config(folder)
     return names

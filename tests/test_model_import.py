@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import _tiny_models as tiny  # noqa: E402
 
 from jointembed_pg import Bundle, Store  # noqa: E402
+from jointembed_export.import_int8 import DYNAMIC, STATIC  # noqa: E402
 from jointembed_pg.errors import BundleError  # noqa: E402
 
 pytestmark = pytest.mark.flickr8k
@@ -117,6 +118,8 @@ def test_cli_import_of_an_open_clip_folder_matches_open_clip(cli_import, open_cl
         warnings.simplefilter("ignore")
         assert _cos(int8.encode_images(images), img).min() > 0.99
         assert _cos(int8.encode_texts(texts), txt).min() > 0.99
+    q = int8.manifest["int8"]                                        # a ViT image tower: dynamic, no calibration
+    assert (q["image_method"], q["text_method"], q["calibration"]) == (DYNAMIC, DYNAMIC, None)
     listed = json.loads(_run_cli(["model", "list", "--json"], home).stdout)
     row = next(r for r in listed if r["name"] == "clip-tiny")
     assert row["source"].startswith("open_clip:") and row["licence"] == "MIT (test)"
@@ -306,3 +309,167 @@ def test_runtime_squash_is_transformers_siglip_pil_processor(dev):
     ref = proc(images=[Image.open(p).convert("RGB") for p in images], return_tensors="np")["pixel_values"]
     ours = np.stack([load(p, spec) for p in images])
     assert float(np.abs(ours - ref).max()) < 1e-5      # float rounding of rescale/normalise only
+
+
+# --------------------------------------------------------------------------- int8 of conv towers
+@pytest.fixture(scope="module")
+def resnet_import(tmp_path_factory, flickr8k_dir):
+    """open_clip's ModifiedResNet (RN50's classes, tiny) as a checkpoint, imported with int8
+    calibrated on 8 Flickr8K train images."""
+    from jointembed_export.import_bundle import import_model
+
+    tmp = tmp_path_factory.mktemp("rn")
+    names = tiny.register_open_clip(tmp / "cfg")
+    ckpt = tiny.save_open_clip(names["resnet"], tmp / "rn.pt")
+    out = import_model(ckpt, tmp / "rn", arch=f"open_clip:{names['resnet']}", data_dir=flickr8k_dir, int8=True,
+                       calibration_n=8)
+    return out, out.with_name(out.name + "-int8")
+
+
+def test_int8_of_a_convolutional_image_tower_is_static_and_calibrated(resnet_import, dev):
+    """RN-style image tower: static QDQ int8 convolutions (dynamic quantisation leaves Conv
+    fp32), ranges from the calibration images; the text tower stays dynamic."""
+    import onnx
+
+    fp32_dir, int8_dir = resnet_import
+    fp32, int8 = Bundle.load(fp32_dir), Bundle.load(int8_dir)
+    q = int8.manifest["int8"]
+    assert (q["image_method"], q["text_method"]) == (STATIC, DYNAMIC)
+    assert q["calibration"] == "8 Flickr8K train images"
+    graph = onnx.load(str(int8_dir / "image.onnx")).graph
+    made_by = {o: n for n in graph.node for o in n.output}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert len(convs) > 10 and all(made_by[n.input[0]].op_type == "DequantizeLinear"       # activations
+                                   and made_by[n.input[1]].op_type == "DequantizeLinear"    # weights
+                                   for n in convs)
+    weights = {t.name: t for t in graph.initializer}
+    w = weights[made_by[convs[0].input[1]].input[0]]
+    assert w.data_type == onnx.TensorProto.INT8 and len(weights[made_by[convs[0].input[1]].input[1]].dims) == 1
+    images, texts = dev
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert _cos(int8.encode_images(images), fp32.encode_images(images)).min() > 0.98
+        assert _cos(int8.encode_texts(texts), fp32.encode_texts(texts)).min() > 0.99
+    assert q["image_min_cosine_vs_fp32"] > 0.98
+
+
+def test_static_int8_without_calibration_images_is_refused(resnet_import, tmp_path):
+    from jointembed_export import ExportError
+    from jointembed_export.import_int8 import quantize_bundle
+
+    with pytest.raises(ExportError, match="needs calibration images: give --calibration-dir"):
+        quantize_bundle(resnet_import[0], tmp_path / "q", data_dir=None)
+    assert not (tmp_path / "q").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    with pytest.raises(ExportError, match="no image files"):
+        quantize_bundle(resnet_import[0], tmp_path / "q", calibration_dir=empty)
+
+
+# --------------------------------------------------------------------------- external data
+@pytest.fixture(scope="module")
+def external_import(open_clip_dir, flickr8k_dir, tmp_path_factory):
+    """The open_clip folder of ``cli_import`` imported with a 100 kB external-data threshold
+    (stands in for protobuf's 2 GiB: ViT-H/bigG towers)."""
+    from jointembed_export.import_bundle import import_model
+
+    return import_model(open_clip_dir, tmp_path_factory.mktemp("ext") / "ext", data_dir=flickr8k_dir,
+                        int8=True, external_threshold=100_000)
+
+
+def test_tower_over_the_threshold_gets_one_external_data_file(external_import, cli_import, dev):
+    import onnx
+
+    for d in (external_import, external_import.with_name(external_import.name + "-int8")):
+        names = sorted(p.name for p in d.iterdir())
+        assert names == ["image.onnx", "image.onnx.data", "manifest.json", "text.onnx", "text.onnx.data",
+                         "tokenizer.json"]
+        files = json.loads((d / "manifest.json").read_text())["files"]
+        from jointembed_pg.model.bundle import sha256_file
+
+        for name in ("image.onnx.data", "text.onnx.data"):
+            assert files[name] == {"sha256": sha256_file(d / name), "bytes": (d / name).stat().st_size}
+        for g in ("image.onnx", "text.onnx"):                        # over the threshold: weights moved out
+            assert (d / g).stat().st_size + (d / (g + ".data")).stat().st_size > 100_000
+            assert (d / (g + ".data")).stat().st_size > 50_000
+        graph = onnx.load(str(d / "image.onnx"), load_external_data=False).graph
+        assert {e.value for t in graph.initializer for e in t.external_data if e.key == "location"} \
+            == {"image.onnx.data"}
+    single, ext = Bundle.load(cli_import[1]["path"]), Bundle.load(external_import)
+    assert not any(p.suffix == ".data" for p in single.path.iterdir())
+    images, texts = dev
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        np.testing.assert_allclose(ext.encode_images(images), single.encode_images(images), atol=1e-6)
+        np.testing.assert_allclose(ext.encode_texts(texts), single.encode_texts(texts), atol=1e-6)
+
+
+def _copy_bundle(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_tampered_or_linked_external_data_is_refused(external_import, cli_import, tmp_path):
+    data = "image.onnx.data"
+    d = _copy_bundle(external_import, tmp_path / "tampered")          # same size, one byte changed
+    with open(d / data, "r+b") as f:
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(BundleError, match="image.onnx.data: sha256 differs"):
+        Bundle.load(d)
+    d = _copy_bundle(external_import, tmp_path / "linked")            # a symlink to identical bytes
+    (d / data).rename(tmp_path / "elsewhere.data")
+    (d / data).symlink_to(tmp_path / "elsewhere.data")
+    with pytest.raises(BundleError, match="image.onnx.data is a symlink"):
+        Bundle.load(d)
+    d = _copy_bundle(external_import, tmp_path / "hardlinked")        # a hard link to a file elsewhere
+    os.link(d / data, tmp_path / "other.data")
+    with pytest.raises(BundleError, match="hard links"):
+        Bundle.load(d, verify=False)
+    d = _copy_bundle(external_import, tmp_path / "swapped")           # checked at load, swapped before use
+    b = Bundle.load(d)
+    (d / data).rename(tmp_path / "swapped.data")
+    (d / data).symlink_to(tmp_path / "swapped.data")
+    with pytest.raises(BundleError, match="is a symlink"):
+        b.encode_pixels(np.zeros((1, 3, 64, 64), np.float32))
+    d = _copy_bundle(cli_import[1]["path"], tmp_path / "stray")       # a data file the manifest does not list
+    (d / data).write_bytes(b"\0" * 64)
+    with pytest.raises(BundleError, match="not listed in"):
+        Bundle.load(d)
+
+
+def test_external_data_threshold_env_is_checked(monkeypatch):
+    from jointembed_export import ExportError
+    from jointembed_export.external_data import DEFAULT_THRESHOLD, THRESHOLD_ENV, threshold_bytes
+
+    monkeypatch.delenv(THRESHOLD_ENV, raising=False)
+    assert threshold_bytes() == DEFAULT_THRESHOLD < 2**31
+    monkeypatch.setenv(THRESHOLD_ENV, "123456")
+    assert threshold_bytes() == 123456 and threshold_bytes(999) == 999
+    monkeypatch.setenv(THRESHOLD_ENV, "lots")
+    with pytest.raises(ExportError, match="expected a number of bytes"):
+        threshold_bytes()
+
+
+def test_calibration_images_come_from_the_folder_given(tmp_path, dev):
+    """--calibration-dir: the first N image files by name; links and other files are skipped."""
+    import shutil
+
+    from jointembed_export.import_int8 import calibration_images
+
+    images, _ = dev
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    for i, p in enumerate(images[:3]):
+        shutil.copyfile(p, folder / f"{i:02d}.jpg")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "03.jpg").symlink_to(images[3])
+    got, note = calibration_images(None, folder, n=2)
+    assert [p.name for p in got] == ["00.jpg", "01.jpg"] and note == "2 images of calib/"
+    got, _ = calibration_images(None, folder, n=10)
+    assert [p.name for p in got] == ["00.jpg", "01.jpg", "02.jpg"]

@@ -137,13 +137,20 @@ def _test_rsum(m: dict) -> float | None:
 @click.option("--arch", help="Architecture of a checkpoint file: open_clip:ARCH (e.g. open_clip:ViT-B-32).")
 @click.option("--licence", "--license", "licence", default="unknown", show_default=True,
               help="The weights' licence as you know it (recorded in the manifest, not checked).")
-@click.option("--int8", "int8", is_flag=True, help="Also write the dynamic-int8 variant as <name>-int8.")
+@click.option("--int8", "int8", is_flag=True,
+              help="Also write an int8 variant as <name>-int8: dynamic for transformer towers, static "
+                   "(calibrated on images) for a convolutional image tower.")
+@click.option("--calibration-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="With --int8 and a convolutional image tower: a folder of images like the ones you will "
+                   "index, to calibrate on (default: Flickr8K train images of --data-dir).")
+@click.option("--calibration-images", type=click.IntRange(1, 10_000), default=64, show_default=True,
+              help="How many calibration images (the first, by file name).")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Flickr8K-layout directory for the parity images and captions; default ../shared/data/flickr8k.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
 @click.option("--json", "as_json", is_flag=True, help="Print {path, model_id, dim, parity, int8_path} as JSON.")
-def import_cmd(source: str, name: str, arch: str | None, licence: str, int8: bool, data_dir: Path | None,
-               force: bool, as_json: bool) -> None:
+def import_cmd(source: str, name: str, arch: str | None, licence: str, int8: bool, calibration_dir: Path | None,
+               calibration_images: int, data_dir: Path | None, force: bool, as_json: bool) -> None:
     """Import a pretrained open_clip or transformers CLIP/SigLIP model as a bundle.
 
     SOURCE is an open_clip checkpoint file (with --arch open_clip:ARCH), a folder saved by
@@ -159,8 +166,9 @@ def import_cmd(source: str, name: str, arch: str | None, licence: str, int8: boo
     data_dir = data_dir if data_dir is not None else paths.default_data_dir()
     try:
         with quiet_stdout(), heartbeat(f"importing {source} as {name}"):
+            kw = {"calibration_dir": calibration_dir, "calibration_n": calibration_images} if int8 else {}
             path = build.import_model(source, target, arch=arch, licence=licence, data_dir=data_dir,
-                                      force=force, int8=int8)
+                                      force=force, int8=int8, **kw)
     except JointEmbedError as e:
         raise click.ClickException(str(e)) from e
     b = Bundle.load(path, verify=False)
@@ -174,7 +182,10 @@ def import_cmd(source: str, name: str, arch: str | None, licence: str, int8: boo
                f"image {_fmt(parity.get('image_min_cosine'), '.6f')} text {_fmt(parity.get('text_min_cosine'), '.6f')}, "
                f"token ids identical {_fmt(_num(parity.get('token_agreement')) and 100 * parity['token_agreement'], '.1f')}%")
     if int8:
-        click.echo(f"wrote {build.int8_dir(path)} (int8)")
+        q = _obj(Bundle.load(build.int8_dir(path), verify=False).manifest.get("int8"))
+        click.echo(f"wrote {build.int8_dir(path)} (int8: image {q.get('image_method')}, text {q.get('text_method')}; "
+                   f"min cosine vs fp32 image {_fmt(q.get('image_min_cosine_vs_fp32'), '.4f')} "
+                   f"text {_fmt(q.get('text_min_cosine_vs_fp32'), '.4f')})")
 
 
 @model.command("list")

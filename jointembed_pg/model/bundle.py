@@ -26,6 +26,7 @@ from .. import paths
 from ..errors import BundleError, InputError, ItemError
 from .manifest import (  # noqa: F401 - names of the bundle layout, re-exported
     BUNDLE_FILES,
+    EXTERNAL_DATA,
     IMAGE_ONNX,
     INPUTS,
     MANIFEST,
@@ -170,7 +171,43 @@ def validate_manifest(m: dict[str, Any], bundle_dir: Path, *, checksums: bool = 
     manifest = Manifest.from_dict(m, where)
     for name in BUNDLE_FILES:
         _check_file(Path(bundle_dir), name, manifest, where, checksums)
+    for data in EXTERNAL_DATA.values():
+        if data in manifest.files:
+            _check_external_data(Path(bundle_dir), data, manifest, where, checksums)
+        elif os.path.lexists(Path(bundle_dir) / data):
+            raise BundleError(f"{Path(bundle_dir) / data}: not listed in {where}, yet onnxruntime would load "
+                              f"weights from it unchecked; remove it (or re-import the model)")
     return manifest
+
+
+def _check_external_data(bundle_dir: Path, name: str, manifest: Manifest, where: Path, checksums: bool) -> None:
+    """An external data file (``image.onnx.data``): stricter than the other files, as
+    onnxruntime opens it by name beside the graph: a regular file (no symlink, FIFO or
+    device), owned by this user or root, one link (:func:`jointembed_pg.files.open_own`),
+    of the manifest's size, and (``checksums``) sha256, read from the descriptor checked.
+
+    Raises:
+        BundleError: naming the file.
+    """
+    from .. import files
+
+    entry, path = manifest.files[name], bundle_dir / name
+    try:
+        fd = files.open_own(path, os.O_RDONLY, tuple({os.geteuid(), 0}), "model bundle")
+    except FileNotFoundError:
+        raise BundleError(f"{path}: missing (listed in {where})") from None
+    except InputError as e:
+        raise BundleError(str(e)) from e
+    with os.fdopen(fd, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size != entry.bytes:
+            raise BundleError(f"{path}: {size} bytes, manifest says {entry.bytes}: corrupt or replaced")
+        if checksums:
+            h = hashlib.sha256()
+            while block := f.read(1 << 20):
+                h.update(block)
+            if h.hexdigest() != entry.sha256:
+                raise BundleError(f"{path}: sha256 differs from the manifest's: corrupt or replaced")
 
 
 def _check_file(bundle_dir: Path, name: str, manifest: Manifest, where: Path, checksums: bool) -> None:
@@ -280,7 +317,15 @@ class Bundle:
             opts.add_session_config_entry(key, value)
         if self.intra_op_threads:
             opts.intra_op_num_threads = int(self.intra_op_threads)
-        model = self._file_bytes(path)
+        data = EXTERNAL_DATA.get(path.name)
+        if data in self.meta.files:  # re-checked now: onnxruntime opens it by name, resolved beside `path`
+            _check_external_data(self.path, data, self.meta, self.path / MANIFEST, checksums=False)
+            self._file_bytes(path)  # the graph re-checked too (size; sha256 unless verify=False)
+            # a path, not bytes: external data is resolved relative to the graph's directory (the
+            # files could still be swapped between this check and onnxruntime's open: only here)
+            model = str(path)
+        else:
+            model = self._file_bytes(path)
         try:
             sess = ort.InferenceSession(model, sess_options=opts, providers=self.providers)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types

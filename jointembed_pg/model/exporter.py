@@ -37,8 +37,10 @@ class Exporter(Protocol):
         """Directory of the int8 sibling of the fp32 bundle at ``fp32_dir``."""
 
     def import_model(self, source: str | Path, out_dir: Path, *, arch: str | None = None, licence: str = "unknown",
-                     data_dir: Path | None = None, force: bool = False, int8: bool = False) -> Path:
-        """Import an open_clip / transformers CLIP or SigLIP model as a bundle in ``out_dir``."""
+                     data_dir: Path | None = None, force: bool = False, int8: bool = False,
+                     calibration_dir: Path | None = None, calibration_n: int | None = None) -> Path:
+        """Import an open_clip / transformers CLIP or SigLIP model as a bundle in ``out_dir``
+        (with ``int8``, its int8 sibling; ``calibration_*``: images for a convolutional tower)."""
 
     def verify_parity(self, bundle_dir: Path, *, checkpoint: Path | None = None,
                       data_dir: Path | None = None) -> dict:

@@ -39,9 +39,13 @@ _UNPRINTABLE = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 MANIFEST = "manifest.json"
 IMAGE_ONNX, TEXT_ONNX, TOKENIZER = "image.onnx", "text.onnx", "tokenizer.json"
 BUNDLE_FILES = (IMAGE_ONNX, TEXT_ONNX, TOKENIZER)
+#: ONNX external data of a tower over protobuf's 2 GiB (``jointembed_export.external_data``):
+#: one file per graph, next to it, resolved by onnxruntime relative to the graph's path.
+EXTERNAL_DATA = {IMAGE_ONNX: IMAGE_ONNX + ".data", TEXT_ONNX: TEXT_ONNX + ".data"}
 #: Files a bundle may have besides those: the SQL text encoder's artefact (issue 25,
-#: ``jointembed_pg.model.static_text``). Listed with sha256 and size when present.
-OPTIONAL_FILES = ("text_static.npy",)
+#: ``jointembed_pg.model.static_text``) and the external data files. Listed with sha256
+#: and size when present.
+OPTIONAL_FILES = ("text_static.npy", *EXTERNAL_DATA.values())
 #: Graph input/output names per encoder (dynamic batch axis 0; text also axis 1).
 INPUTS = {"image": ["pixels"], "text": ["input_ids", "attention_mask"]}
 OUTPUTS = {"image": ["embedding"], "text": ["embedding"]}
