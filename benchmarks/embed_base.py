@@ -22,21 +22,23 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from jointembed_pg.paths import flickr8k_dir  # noqa: E402
 from jointembed_pg.ingest import flickr8k  # noqa: E402
 from jointembed_pg.model.bundle import Bundle  # noqa: E402
 
-DATA = REPO.parent.parent / "shared" / "data" / "flickr8k"
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.embed_base", description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path)
-    p.add_argument("--data", type=Path, default=DATA, help="Flickr8K directory (default: %(default)s)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="Flickr8K directory (default: $JOINTEMBED_DATA_DIR, else shared/data/flickr8k beside the checkout)")
     p.add_argument("--bundle", default=None, help="bundle name or directory (default: the shipped default)")
     p.add_argument("--images", type=int, default=4000, help="stored images: test + dev + train, at most this many")
     a = p.parse_args(argv)
     bundle = Bundle.load(a.bundle)
-    splits = {s: flickr8k.load_split(a.data, s) for s in ("test", "dev", "train")}
+    data = flickr8k_dir(a.data)
+    splits = {s: flickr8k.load_split(data, s) for s in ("test", "dev", "train")}
     paths = [x for s in ("test", "dev", "train") for x in splits[s].image_paths][:a.images]
     t = time.perf_counter()
     images = np.concatenate([bundle.encode_images(paths[i:i + 256]) for i in range(0, len(paths), 256)])

@@ -103,3 +103,34 @@ def test_gru_text_baseline_trains(small_corpus, tmp_path, trained):
     enc = encoders.text_encoder(ck)
     ids, mask = tokenize(["a dog runs", "two people on a beach"], 128)
     assert enc(ids, mask).shape == (2, 32)
+
+
+def test_resume_continues_and_never_unpickles_code(trained, small_corpus, tmp_path):
+    """``--resume`` reads ``last.pt`` with ``weights_only=True``: our own state (numpy's RNG
+    included) loads and training continues from the saved epoch, while a ``last.pt`` holding a
+    pickled callable (someone else's run directory) is refused before anything runs."""
+    import pickle
+    import shutil
+
+    run, cache = trained
+    cfg = TrainConfig(epochs=5, batch_size=32, lr=5e-3, warmup_epochs=0.0, seed=0,
+                      loss="adaptive", center=True, quantizer=True, codebook_size=64)
+    mine = tmp_path / "mine"
+    shutil.copytree(run, mine)
+    train(cfg, small_corpus, mine, cache, resume=True, progress=False)
+    with open(mine / "epochs.csv") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2, 3, 4, 5]  # one more epoch only
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    hostile = tmp_path / "hostile"
+    hostile.mkdir()
+    with open(hostile / "last.pt", "wb") as f:
+        pickle.dump({"modules": Payload()}, f)
+    with pytest.raises(pickle.UnpicklingError):
+        train(cfg, small_corpus, hostile, cache, resume=True, progress=False)
+    assert not marker.exists()

@@ -75,7 +75,7 @@ class TrainState:
         return {"modules": self.modules().state_dict(), "optimizer": self.optimizer.state_dict(),
                 "epoch": self.epoch, "step": self.step, "best_rsum": self.best_rsum,
                 "best_epoch": self.best_epoch, "best_heads": self.best_heads, "history": self.history,
-                "torch_rng": torch.get_rng_state(), "np_rng": np.random.get_state()}
+                "torch_rng": torch.get_rng_state(), "np_rng": _np_rng_save(np.random.get_state())}
 
     def load_state_dict(self, d: dict) -> None:
         self.modules().load_state_dict(d["modules"])
@@ -83,7 +83,20 @@ class TrainState:
         for k in ("epoch", "step", "best_rsum", "best_epoch", "best_heads", "history"):
             setattr(self, k, d[k])
         torch.set_rng_state(d["torch_rng"])
-        np.random.set_state(d["np_rng"])
+        np.random.set_state(_np_rng_load(d["np_rng"]))
+
+
+def _np_rng_save(state: tuple) -> list:
+    """numpy's legacy RNG state ``('MT19937', keys (624,) uint32, pos, has_gauss, gauss)`` as
+    a list that ``torch.load(weights_only=True)`` accepts (keys as an int64 tensor)."""
+    name, keys, pos, has_gauss, gauss = state
+    return [str(name), torch.from_numpy(np.asarray(keys, np.int64)), int(pos), int(has_gauss), float(gauss)]
+
+
+def _np_rng_load(saved: list) -> tuple:
+    """Inverse of :func:`_np_rng_save`."""
+    name, keys, pos, has_gauss, gauss = saved
+    return str(name), np.asarray(keys.numpy(), np.uint32), int(pos), int(has_gauss), float(gauss)
 
 
 def build_state(cfg: TrainConfig, num_concepts: int, device: str,
@@ -241,7 +254,8 @@ def train(cfg: TrainConfig, corpus: Corpus, out: Path, cache_dir: Path, device: 
     if cfg.quantizer and cfg.quant_init == "data":
         init_codebook_from_data(st.heads, train_fs, device)
     if resume and (out / "last.pt").is_file():
-        st.load_state_dict(torch.load(out / "last.pt", map_location=device, weights_only=False))
+        # weights_only: a run directory may come from someone else; a pickle would run their code
+        st.load_state_dict(torch.load(out / "last.pt", map_location=device, weights_only=True))
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
     total = cfg.epochs * (len(train_fs.caption_image_ids) // cfg.batch_size)
     t_start = time.time()
