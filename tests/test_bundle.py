@@ -282,16 +282,21 @@ def test_int8_products_exact_on_every_cpu(bundle_dir: Path, tmp_path: Path):
 
 
 def test_a_graph_replaced_after_load_never_runs(bundle_dir, tmp_path):
-    """Sessions are made on first use: a graph swapped after Bundle.load (here the int8
-    bundle's image.onnx: same inputs and outputs, other weights, so onnxruntime runs it
-    without a word) is refused by its size / sha256; the untouched text graph still runs."""
-    import os
+    """Sessions are made on first use: a graph swapped after Bundle.load (here image.onnx
+    with one weight changed and a doc string added: same inputs and outputs, other weights,
+    so onnxruntime runs it without a word) is refused by its size / sha256; the untouched
+    text graph still runs."""
+    import onnx
+    from onnx import numpy_helper
 
     from jointembed_pg.model.bundle import Bundle
 
-    other = Path(os.environ.get("JOINTEMBED_TEST_BUNDLE", "")).with_name("test-bundle-int8") / "image.onnx"
-    if not other.is_file():
-        pytest.skip("needs the prebuilt int8 test bundle beside JOINTEMBED_TEST_BUNDLE")
+    g = onnx.load(str(bundle_dir / "image.onnx"))
+    w = max(g.graph.initializer, key=lambda x: int(np.prod(x.dims)))  # the largest weight
+    w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) + np.float32(0.01), w.name))
+    g.doc_string = "replaced after load"  # a different size too (verify=False checks only sizes)
+    other = tmp_path / "other.onnx"
+    onnx.save(g, str(other))
     d = tmp_path / "b"
     shutil.copytree(bundle_dir, d)
     pixels = None
