@@ -144,6 +144,23 @@ def _pgvector_gate(request):
         pytest.skip(f"needs pgvector >= {need}; the test server has {have}")
 
 
+@pytest.fixture(autouse=True)
+def _sigint_kept(request):
+    """A test (or a library it drives) that leaves SIGINT ignored in the pytest process makes
+    every later subprocess inherit SIG_IGN (an ignored signal survives exec: Python then
+    never raises KeyboardInterrupt there), so a later Ctrl-C test waits for nothing: restore
+    the handler and say which test changed it."""
+    import signal
+    import warnings
+
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    after = signal.getsignal(signal.SIGINT)
+    if after is not before:
+        signal.signal(signal.SIGINT, before)
+        warnings.warn(f"{request.node.nodeid} left SIGINT set to {after!r}; restored", stacklevel=1)
+
+
 @pytest.fixture
 def pg_dsn(pg_admin_dsn) -> str:
     """DSN of a fresh, empty database on the session server (one per test)."""

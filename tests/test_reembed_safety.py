@@ -305,7 +305,9 @@ def test_ctrl_c_during_index_json_prints_what_was_saved(pg_dsn, bundle_dir, tmp_
     captions.write_text("id,text\n" + "".join(f"c{i},a dog number {i} runs on the grass\n" for i in range(n)))
     proc = subprocess.Popen([sys.executable, "-m", "jointembed_pg", "index", "text", captions, "--json",
                              "--batch-size", "32", "--dsn", pg_dsn, "--bundle", bundle_dir, "--no-progress"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # as a shell starts it: SIGINT at its default, whatever this process holds
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         with db.connect(pg_dsn, autocommit=True) as c:
             def saved():
