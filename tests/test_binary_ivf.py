@@ -18,30 +18,9 @@ from jointembed_pg.errors import DatabaseError, ModelMismatchError
 from jointembed_pg.search import indexing
 from jointembed_pg.search.store import Store
 
+from _pg import exact_image_ids, knn_debug_lines, unit  # noqa: E402
+
 D, N, K, LISTS = 32, 4000, 10, 100
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
-
-
-def _exact_ids(conn, table, q, k=K, cond="TRUE") -> list:
-    return [r[0] for r in conn.execute(
-        sql.SQL("SELECT id FROM {} i WHERE i.modality = 'image' AND ({}) ORDER BY l2_distance(i.embedding, %(q)s), "
-                "i.id LIMIT %(k)s").format(table, sql.SQL(cond)), {"q": q, "k": k}).fetchall()]
-
-
-def _knn_notes(conn, stmt, params) -> tuple[list, list[str]]:
-    notes: list[str] = []
-    handler = lambda d: notes.append(d.message_primary or "")  # noqa: E731
-    conn.add_notice_handler(handler)
-    try:
-        with conn.transaction():
-            conn.execute("SET LOCAL client_min_messages = debug1")
-            rows = conn.execute(stmt, params).fetchall()
-    finally:
-        conn.remove_notice_handler(handler)
-    return rows, [n for n in notes if n.startswith("jointembed.knn")]
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +38,8 @@ def ivf(module_pg_dsn, pgvector_version):
         pytest.skip(f"binary-ivf needs pgvector >= 0.7; the test server has {pgvector_version}")
     rng = np.random.default_rng(8)
     centres = rng.standard_normal((N // 20, D))
-    emb = _unit(np.repeat(centres, 20, axis=0) + 0.3 * rng.standard_normal((N, D)))
-    txt = _unit(rng.standard_normal((30, D)))
+    emb = unit(np.repeat(centres, 20, axis=0) + 0.3 * rng.standard_normal((N, D)))
+    txt = unit(rng.standard_normal((30, D)))
     store = Store(module_pg_dsn)
     with store.transaction() as conn:
         conn.execute("SET enable_sort = off")
@@ -118,13 +97,13 @@ def test_the_ivf_index_answers_and_results_equal_exact_l2(ivf):
     for qi in (0, 17, 1234, 3999):
         q = emb[qi]
         with store.transaction() as conn:
-            ref = _exact_ids(conn, coll.table_ident, q)
+            ref = exact_image_ids(conn, coll.table_ident, q)
             plan = "\n".join(r[0] for r in conn.execute(sql.SQL(
                 "EXPLAIN SELECT id FROM {} i WHERE modality = 'image' ORDER BY "
                 "CAST(binary_quantize(i.embedding) AS bit({})) <~> binary_quantize(%s::vector) LIMIT 1000"
             ).format(coll.table_ident, sql.Literal(D)), [q]).fetchall())
             assert coll.index_name("image") in plan, plan
-            rows, notes = _knn_notes(conn, "SELECT id, distance FROM jointembed.search('ivf', %s, %s, 'image')", [q, K])
+            rows, notes = knn_debug_lines(conn, "SELECT id, distance FROM jointembed.search('ivf', %s, %s, 'image')", [q, K])
             assert conn.execute("SELECT current_setting('ivfflat.probes')").fetchone()[0] == "1"  # restored
         assert [r[0] for r in rows] == ref
         assert len(rows) == K and all(a[1] <= b[1] for a, b in zip(rows, rows[1:]))
@@ -148,10 +127,10 @@ def test_a_selective_filter_stays_exact_k(ivf):
     (iterative), older versions raise the probes; k rows that match, never the exact scan."""
     store, coll, emb, _, _ = ivf
     with store.transaction() as conn:
-        rows, notes = _knn_notes(conn, sql.SQL(
+        rows, notes = knn_debug_lines(conn, sql.SQL(
             "SELECT (k.item).id FROM jointembed.knn(NULL::{}, %s::vector, %s, 'image', "
             "p_filter => $f$i.source LIKE '/x/%%'$f$, p_exact_below => 0) k").format(coll.table_ident), [emb[7], K])
-        ref = _exact_ids(conn, coll.table_ident, emb[7], cond="i.source LIKE '/x/%%'")
+        ref = exact_image_ids(conn, coll.table_ident, emb[7], cond="i.source LIKE '/x/%%'")
     assert [r[0] for r in rows] == ref
     assert not any("exact scan" in n for n in notes), notes
 
@@ -204,7 +183,7 @@ def test_an_outgrown_ivf_index_is_reported_with_the_fix(pg_dsn, pgvector_version
     from _pg import version_tuple
     if version_tuple(pgvector_version) < (0, 7):
         pytest.skip(f"binary-ivf needs pgvector >= 0.7; the test server has {pgvector_version}")
-    emb = _unit(np.random.default_rng(3).standard_normal((4010, D)))
+    emb = unit(np.random.default_rng(3).standard_normal((4010, D)))
     with Store(pg_dsn) as store:
         coll = store.collection("grown", model_id="synthetic", dim=D, create=True, index="binary-ivf")
         coll.upsert([("image", f"k{i}", f"/r/{i}", None, None, emb[i]) for i in range(10)])
